@@ -1,0 +1,1 @@
+"""The three deployable services: lead partner, insourcing partner, sync bridge."""

@@ -1,0 +1,1 @@
+"""The insourcing partner's ticket service: receives outsourced work and does it."""

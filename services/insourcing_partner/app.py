@@ -1,0 +1,10 @@
+"""Composition root of the insourcing partner service."""
+from fastapi import FastAPI
+
+from services.insourcing_partner.settings import InsourcingSettings
+from shared.partner import create_partner_app
+
+
+def create_app(settings: InsourcingSettings | None = None) -> FastAPI:
+    settings = settings or InsourcingSettings()
+    return create_partner_app("insourcing_partner", settings, link_field="insource")

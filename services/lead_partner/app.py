@@ -1,0 +1,10 @@
+"""Composition root of the lead partner service."""
+from fastapi import FastAPI
+
+from services.lead_partner.settings import LeadSettings
+from shared.partner import create_partner_app
+
+
+def create_app(settings: LeadSettings | None = None) -> FastAPI:
+    settings = settings or LeadSettings()
+    return create_partner_app("lead_partner", settings, link_field="outsource")

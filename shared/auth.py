@@ -1,0 +1,103 @@
+"""Bearer tokens, stored as SHA-256 hashes, each with a set of permissions. 401 for a missing or
+unknown token, 403 for a token without the permission a call needs."""
+import enum
+import hashlib
+import secrets
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import DateTime, String, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.db import Base
+
+
+class Permission(enum.StrEnum):
+    TICKETS = "tickets"  # "Ticket access": tickets and their items
+    OUTSOURCING = "outsourcing"  # outsource, cancel, approve, reject, complete, accept, decline, dashboards
+    LINKS = "links"  # the bridge's link registry
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    name: Mapped[str] = mapped_column(String(255))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    permissions: Mapped[list[str]] = mapped_column(ARRAY(String(50)))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+async def create_token(session: AsyncSession, name: str, permissions: list[Permission], prefix: str) -> tuple[ApiToken, str]:
+    token = new_token(prefix)
+    row = ApiToken(name=name, token_sha256=hash_token(token), permissions=[p.value for p in permissions])
+    session.add(row)
+    await session.flush()
+    return row, token
+
+
+async def ensure_token(session: AsyncSession, name: str, token: str, permissions: list[Permission]) -> None:
+    """Register a token given by the operator (e.g. LEAD_API_TOKEN) so that it works, idempotently."""
+    await session.execute(
+        insert(ApiToken)
+        .values(id=str(uuid.uuid4()), name=name, token_sha256=hash_token(token), permissions=[p.value for p in permissions])
+        .on_conflict_do_update(
+            index_elements=[ApiToken.token_sha256],
+            set_={"permissions": [p.value for p in permissions], "revoked_at": None},
+        )
+    )
+
+
+async def revoke_token(session: AsyncSession, token_id: str) -> bool:
+    result = await session.execute(
+        update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None)).values(revoked_at=func.now())
+    )
+    return result.rowcount == 1
+
+
+_bearer = HTTPBearer(auto_error=False, description="A service API token")
+
+
+async def _session(request: Request):
+    async with request.app.state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+
+
+def require(permission: Permission):
+    """A dependency that admits only a live token carrying `permission`."""
+
+    async def check(
+        session: SessionDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> ApiToken:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        token = await session.scalar(
+            select(ApiToken).where(
+                ApiToken.token_sha256 == hash_token(credentials.credentials), ApiToken.revoked_at.is_(None)
+            )
+        )
+        if token is None:
+            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        if permission.value not in token.permissions:
+            raise HTTPException(403, f"this token lacks the '{permission.value}' permission")
+        return token
+
+    return check

@@ -1,0 +1,161 @@
+"""Inbox and dead letters. A consumer applies each event in one transaction with the record of its
+id, skips an id it has seen, and commits Kafka offsets only after the database commit. A message it
+cannot parse or apply is parked (table + log) and the stream keeps flowing."""
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, String, Text, UniqueConstraint, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.contracts import ContractError, Envelope, Payload, parse
+from shared.db import Base
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+
+
+class Rejected(Exception):
+    """A well-formed message that must never be applied (forged source, unknown link...)."""
+
+
+class InboxRecord(Base):
+    __tablename__ = "inbox"
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+    __table_args__ = (UniqueConstraint("topic", "partition", "offset"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[str | None] = mapped_column(String(255))
+    event_id: Mapped[str | None] = mapped_column(String(36))
+    type: Mapped[str | None] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    value: Mapped[bytes | None] = mapped_column(LargeBinary)
+    parked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+Handler = Callable[[AsyncSession, Envelope, Payload], Awaitable[None]]
+
+
+class InboxConsumer:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        consumer_factory: Callable[[], AIOKafkaConsumer],
+        handler: Handler,
+        name: str,
+    ):
+        self._sessions = sessions
+        self._consumer_factory = consumer_factory
+        self._handler = handler
+        self._name = name
+        self.consumer: AIOKafkaConsumer | None = None
+        self.applied_total = 0
+        self.duplicates_total = 0
+        self.parked_total = 0
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            consumer = self._consumer_factory()
+            try:
+                await consumer.start()
+                self.consumer = consumer
+                delay = 0.5
+                await self._consume(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s consumer failed; restarting from the last committed offset in %.1fs", self._name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                self.consumer = None
+                try:
+                    await consumer.stop()
+                except Exception:  # the broker may be gone; nothing left to release
+                    log.debug("consumer stop failed", exc_info=True)
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=500)
+            for tp, records in batches.items():
+                for record in records:
+                    await self.handle(record)
+                # Offsets move only after every record before them is committed in the database.
+                await consumer.commit({tp: records[-1].offset + 1})
+
+    async def handle(self, record: ConsumerRecord) -> None:
+        try:
+            env, payload = parse(record.value)
+        except ContractError as exc:
+            await self._park(record, None, str(exc))
+            return
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                await self._apply(env, payload)
+                return
+            except Rejected as exc:
+                await self._park(record, env, f"rejected: {exc}")
+                return
+            except Exception as exc:
+                if attempt == MAX_ATTEMPTS:
+                    log.exception("%s: %s %s failed %d times", self._name, env.type, env.event_id, attempt)
+                    await self._park(record, env, f"failed {attempt} times: {exc!r}")
+                    return
+                await asyncio.sleep(0.2 * attempt)
+
+    async def _apply(self, env: Envelope, payload: Payload) -> None:
+        async with self._sessions() as session, session.begin():
+            first_time = await session.scalar(
+                insert(InboxRecord)
+                .values(event_id=str(env.event_id), type=env.type)
+                .on_conflict_do_nothing()
+                .returning(InboxRecord.event_id)
+            )
+            if first_time is None:
+                self.duplicates_total += 1
+                log.info("%s: %s %s already applied; skipped", self._name, env.type, env.event_id)
+                return
+            await self._handler(session, env, payload)
+        self.applied_total += 1
+
+    async def _park(self, record: ConsumerRecord, env: Envelope | None, reason: str) -> None:
+        log.error(
+            "%s: parked message %s[%d]@%d: %s", self._name, record.topic, record.partition, record.offset, reason
+        )
+        async with self._sessions() as session, session.begin():
+            # A redelivered poison message is parked once.
+            await session.execute(
+                insert(DeadLetter)
+                .values(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key.decode(errors="replace") if record.key else None,
+                    event_id=str(env.event_id) if env else None,
+                    type=env.type if env else None,
+                    reason=reason[:4000],
+                    value=record.value,
+                )
+                .on_conflict_do_nothing()
+            )
+        self.parked_total += 1
+
+
+async def dead_letters(session: AsyncSession, limit: int = 100) -> list[DeadLetter]:
+    return list((await session.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit))).all())

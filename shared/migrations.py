@@ -1,0 +1,138 @@
+"""Alembic plumbing shared by the three services (each keeps its own migrations folder and its own
+database), plus the DDL of the tables every service or both partners have in common."""
+import asyncio
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+def alembic_config(migrations_dir: Path, url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(migrations_dir: Path, url: str) -> None:
+    command.upgrade(alembic_config(migrations_dir, url), "head")
+
+
+def run_env() -> None:
+    """The body of every service's migrations/env.py (online mode, async engine)."""
+    url = context.config.get_main_option("sqlalchemy.url")
+
+    def migrate(connection) -> None:
+        context.configure(connection=connection, target_metadata=None)
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def main() -> None:
+        engine = create_async_engine(url)
+        async with engine.connect() as connection:
+            await connection.run_sync(migrate)
+            await connection.commit()
+        await engine.dispose()
+
+    asyncio.run(main())
+
+
+def _timestamps() -> list[sa.Column]:
+    return [
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    ]
+
+
+def create_plumbing_tables(op) -> None:
+    """Tokens, outbox (with the trigger that wakes the relay), inbox and dead letters."""
+    op.create_table(
+        "api_tokens",
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+        sa.Column("permissions", postgresql.ARRAY(sa.String(50)), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    )
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+        sa.Column("topic", sa.String(255), nullable=False),
+        sa.Column("key", sa.String(255)),
+        sa.Column("type", sa.String(100), nullable=False),
+        sa.Column("schema_version", sa.Integer, nullable=False),
+        sa.Column("value", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("published_at", sa.DateTime(timezone=True)),
+    )
+    # The relay scans only what is left to publish.
+    op.create_index("ix_outbox_unpublished", "outbox", ["id"], postgresql_where=sa.text("published_at IS NULL"))
+    op.execute(
+        "CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN PERFORM pg_notify('outbox', ''); RETURN NULL; END $$"
+    )
+    op.execute(
+        "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()"
+    )
+    op.create_table(
+        "inbox",
+        sa.Column("event_id", sa.String(36), primary_key=True),
+        sa.Column("type", sa.String(100), nullable=False),
+        sa.Column("applied_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    )
+    op.create_table(
+        "dead_letters",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("topic", sa.String(255), nullable=False),
+        sa.Column("partition", sa.Integer, nullable=False),
+        sa.Column("offset", sa.BigInteger, nullable=False),
+        sa.Column("key", sa.String(255)),
+        sa.Column("event_id", sa.String(36)),
+        sa.Column("type", sa.String(100)),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("value", sa.LargeBinary),
+        sa.Column("parked_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.UniqueConstraint("topic", "partition", "offset", name="uq_dead_letters_topic"),
+    )
+
+
+def create_ticket_tables(op) -> None:
+    """The ticket core both partner services have."""
+    op.create_table(
+        "tickets",
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("number", sa.String(32), nullable=False, unique=True),
+        sa.Column("title", sa.String(255), nullable=False),
+        sa.Column("description", sa.Text, nullable=False),
+        sa.Column("status", sa.String(32), nullable=False),
+        *_timestamps(),
+    )
+    op.create_table(
+        "ticket_number_counters",
+        sa.Column("day", sa.String(8), primary_key=True),
+        sa.Column("last", sa.Integer, nullable=False),
+    )
+    op.create_table(
+        "ticket_items",
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False, unique=True),
+        sa.Column("ticket_id", sa.String(36), sa.ForeignKey("tickets.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("kind", sa.String(20), nullable=False),
+        sa.Column("origin", sa.String(10), nullable=False),
+        sa.Column("internal", sa.Boolean, nullable=False),
+        sa.Column("shared", sa.Boolean, nullable=False),
+        sa.Column("locked", sa.Boolean, nullable=False),
+        sa.Column("fields", postgresql.JSONB, nullable=False),
+        *_timestamps(),
+    )
+    op.create_index("ix_ticket_items_ticket_id_kind", "ticket_items", ["ticket_id", "kind", "seq"])
+    op.create_table(
+        "attachment_contents",
+        sa.Column("item_id", sa.String(36), sa.ForeignKey("ticket_items.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("content", sa.LargeBinary, nullable=False),
+    )

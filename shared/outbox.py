@@ -1,0 +1,153 @@
+"""Transactional outbox. A state change and the event describing it commit in one transaction;
+one relay per service (a PostgreSQL advisory lock elects it among replicas) publishes the rows in
+commit order, woken by LISTEN/NOTIFY, and marks them published only after the broker acknowledged."""
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import BigInteger, DateTime, Identity, LargeBinary, String, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.contracts import Envelope
+from shared.db import Base, asyncpg_dsn
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "outbox"
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    topic: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str | None] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(100))
+    schema_version: Mapped[int]
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
+def add_to_outbox(session: AsyncSession, topic: str, env: Envelope, key: str | None = None) -> None:
+    """Stage an event in the caller's transaction; it is published only if that transaction commits.
+    A trigger on the table sends the NOTIFY, which PostgreSQL delivers at commit, not before."""
+    session.add(
+        OutboxMessage(
+            event_id=str(env.event_id),
+            topic=topic,
+            key=key or env.link_id,
+            type=env.type,
+            schema_version=env.schema_version,
+            value=env.to_bytes(),
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes unpublished outbox rows. Only the replica holding the advisory lock publishes."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        database_url: str,
+        producer_factory: Callable[[], AIOKafkaProducer],
+        lock_key: int,
+        batch_size: int = 200,
+        after_publish: Callable[[list[int]], Awaitable[None]] | None = None,
+    ):
+        self._sessions = sessions
+        self._dsn = asyncpg_dsn(database_url)
+        self._producer_factory = producer_factory
+        self._lock_key = lock_key
+        self._batch_size = batch_size
+        self._wake = asyncio.Event()
+        # A test hook: runs between the broker's acknowledgement and the marking of the rows.
+        self._after_publish = after_publish
+        self.is_leader = False
+        self.published_total = 0
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; retrying in %.1fs", delay)
+                self.is_leader = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _run_once(self) -> None:
+        conn = await asyncpg.connect(self._dsn)
+        producer = None
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
+                await asyncio.sleep(1.0)
+            self.is_leader = True
+            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+            producer = self._producer_factory()
+            await producer.start()
+            log.info("outbox relay is the leader (lock %s)", self._lock_key)
+            while True:
+                self._wake.clear()
+                if await self.publish_batch(producer) == self._batch_size:
+                    continue
+                try:
+                    # NOTIFY wakes us at once; the timeout is only a safety net.
+                    await asyncio.wait_for(self._wake.wait(), timeout=2.0)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.is_leader = False
+            if producer is not None:
+                await producer.stop()
+            await conn.close()
+
+    async def publish_batch(self, producer: AIOKafkaProducer) -> int:
+        async with self._sessions() as session:
+            rows = (
+                await session.scalars(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.published_at.is_(None))
+                    .order_by(OutboxMessage.id)
+                    .limit(self._batch_size)
+                )
+            ).all()
+            if not rows:
+                return 0
+            # send() queues in order; one partition's batches are delivered in that order.
+            acks = [
+                await producer.send(
+                    row.topic,
+                    row.value,
+                    key=row.key.encode() if row.key else None,
+                    headers=[
+                        ("event_id", row.event_id.encode()),
+                        ("type", row.type.encode()),
+                        ("schema_version", str(row.schema_version).encode()),
+                    ],
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*acks)
+            ids = [row.id for row in rows]
+            if self._after_publish is not None:
+                await self._after_publish(ids)
+            await session.execute(
+                update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(published_at=func.now())
+            )
+            await session.commit()
+            self.published_total += len(ids)
+            return len(ids)
+
+
+async def outbox_backlog(session: AsyncSession) -> int:
+    return await session.scalar(select(func.count()).where(OutboxMessage.published_at.is_(None))) or 0

@@ -1,0 +1,126 @@
+"""The composition root every service uses: engine and sessions, the operator's token, the outbox
+relay and the inbox consumer as background tasks, and the common HTTP endpoints."""
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, FastAPI
+from prometheus_client import Gauge
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from shared.auth import Permission, ensure_token
+from shared.db import make_engine, make_sessionmaker
+from shared.inbox import Handler, InboxConsumer
+from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.outbox import OutboxRelay
+from shared.web import database_check, install_common, kafka_check
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceSpec:
+    name: str  # e.g. "lead_partner"; also the consumer group and the relay's lock key seed
+    settings: Any  # a CommonSettings subclass with database_url, api_token, port
+    routers: list[APIRouter]
+    token_permissions: list[Permission]
+    topics_to_create: list[str]
+    inbound_topics: list[str]
+    handler: Handler
+    state: dict[str, Any] = field(default_factory=dict)  # extra app.state values (e.g. the sync policy)
+    background: list[Callable[[FastAPI], Awaitable[None]]] = field(default_factory=list)
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def create_app(spec: ServiceSpec) -> FastAPI:
+    settings = spec.settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = make_engine(settings.database_url)
+        sessions = make_sessionmaker(engine)
+        app.state.engine = engine
+        app.state.sessions = sessions
+        app.state.settings = settings
+        for key, value in spec.state.items():
+            setattr(app.state, key, value)
+        if settings.api_token:
+            async with sessions() as session, session.begin():
+                await ensure_token(session, "operator (from environment)", settings.api_token, spec.token_permissions)
+
+        relay = OutboxRelay(
+            sessions,
+            settings.database_url,
+            lambda: make_producer(settings.kafka_bootstrap_servers),
+            lock_key=_lock_key(spec.name),
+        )
+        consumer = InboxConsumer(
+            sessions,
+            lambda: make_consumer(
+                settings.kafka_bootstrap_servers,
+                group_id=spec.name,
+                topics=spec.inbound_topics,
+                session_timeout_ms=settings.kafka_session_timeout_ms,
+            ),
+            spec.handler,
+            name=spec.name,
+        )
+        app.state.relay = relay
+        app.state.consumer = consumer
+        _install_messaging_metrics(app, relay, consumer)
+
+        async def messaging() -> None:
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential(min=0.2, max=5), retry=retry_if_exception_type(Exception)
+            ):
+                with attempt:
+                    await ensure_topics(
+                        settings.kafka_bootstrap_servers, spec.topics_to_create, settings.kafka_topic_partitions
+                    )
+            await asyncio.gather(relay.run(), consumer.run(), *(task(app) for task in spec.background))
+
+        task = asyncio.create_task(messaging(), name=f"{spec.name}-messaging")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await engine.dispose()
+
+    app = FastAPI(
+        title=spec.name.replace("_", " ").title(),
+        lifespan=lifespan,
+        description="Partner ticket outsourcing with synchronized tickets. Every /api call needs a bearer token.",
+    )
+    for router in spec.routers:
+        app.include_router(router)
+    app.state.metrics_registry = install_common(
+        app,
+        spec.name,
+        [lambda: database_check(app.state.engine)(), kafka_check(settings.kafka_bootstrap_servers)],
+    )
+    return app
+
+
+def _install_messaging_metrics(app: FastAPI, relay: OutboxRelay, consumer: InboxConsumer) -> None:
+    registry = app.state.metrics_registry
+    Gauge("outbox_published_total", "events published by this replica", registry=registry).set_function(
+        lambda: relay.published_total
+    )
+    Gauge("outbox_relay_leader", "1 when this replica's relay holds the lock", registry=registry).set_function(
+        lambda: int(relay.is_leader)
+    )
+    Gauge("inbox_applied_total", "events applied", registry=registry).set_function(lambda: consumer.applied_total)
+    Gauge("inbox_duplicates_total", "redelivered events skipped", registry=registry).set_function(
+        lambda: consumer.duplicates_total
+    )
+    Gauge("dead_letters_total", "messages parked by this replica", registry=registry).set_function(
+        lambda: consumer.parked_total
+    )

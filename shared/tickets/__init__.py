@@ -1,0 +1,1 @@
+"""The ticket core both partner services share: tickets and their notes, time entries, charges and attachments."""

@@ -1,0 +1,148 @@
+"""HTTP routes of the ticket core, shared by both partner services. Routes parse, call one
+service function, and shape the answer; the service's SyncPolicy supplies link state and mirroring."""
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from pydantic import BaseModel, create_model
+
+from shared.auth import Permission, SessionDep, require
+from shared.tickets import service
+from shared.tickets.models import Ticket, TicketItem
+from shared.tickets.rules import ItemKind
+from shared.tickets.schemas import (
+    CREATE_MODELS,
+    MAX_ATTACHMENT_BYTES,
+    OUT_MODELS,
+    UPDATE_MODELS,
+    PartnerLinkOut,
+    TicketCreate,
+    TicketOut,
+    TicketUpdate,
+    stored_fields,
+)
+from shared.errors import TooLarge
+
+
+def _policy(request: Request) -> service.SyncPolicy:
+    return request.app.state.sync_policy
+
+
+PolicyDep = Annotated[service.SyncPolicy, Depends(_policy)]
+
+
+def item_out(policy: service.SyncPolicy, item: TicketItem) -> dict[str, Any]:
+    return {
+        **item.fields,
+        "id": item.id,
+        "ticket_id": item.ticket_id,
+        "origin": item.origin,
+        "internal": item.internal,
+        "shared": item.shared,
+        "editable": policy.editable(item),
+        "created_at": item.created_at,
+        "updated_at": item.updated_at,
+    }
+
+
+def ticket_router(link_field: str) -> APIRouter:
+    """`link_field` is `outsource` on the lead partner and `insource` on the insourcing partner."""
+    router = APIRouter(prefix="/api/tickets", tags=["tickets"], dependencies=[Depends(require(Permission.TICKETS))])
+    TicketWithLink = create_model(
+        f"Ticket{link_field.title()}Out", __base__=TicketOut, **{link_field: (PartnerLinkOut | None, None)}
+    )
+
+    async def ticket_out(session, policy: service.SyncPolicy, ticket: Ticket) -> dict[str, Any]:
+        out = TicketOut.model_validate(ticket, from_attributes=True).model_dump()
+        out[link_field] = await policy.link_of(session, ticket)
+        return out
+
+    @router.post("", status_code=201, response_model=TicketWithLink, summary="Create a ticket")
+    async def create_ticket(body: TicketCreate, session: SessionDep, policy: PolicyDep):
+        ticket = await service.create_ticket(session, body.title, body.description)
+        await session.commit()
+        return await ticket_out(session, policy, ticket)
+
+    @router.get("/{ticket_id}", response_model=TicketWithLink, summary="Read a ticket")
+    async def read_ticket(ticket_id: str, session: SessionDep, policy: PolicyDep):
+        return await ticket_out(session, policy, await service.get_ticket(session, ticket_id))
+
+    @router.patch("/{ticket_id}", response_model=TicketWithLink, summary="Edit a ticket's title, description or status")
+    async def update_ticket(ticket_id: str, body: TicketUpdate, session: SessionDep, policy: PolicyDep):
+        ticket = await service.get_ticket(session, ticket_id, for_update=True)
+        for name, value in body.model_dump(exclude_unset=True, exclude_none=True).items():
+            setattr(ticket, name, value)
+        await session.commit()
+        await session.refresh(ticket)
+        return await ticket_out(session, policy, ticket)
+
+    for kind in ItemKind:
+        _item_routes(router, kind)
+
+    @router.get("/{ticket_id}/attachments/{item_id}/content", summary="Download an attachment's bytes")
+    async def download(ticket_id: str, item_id: str, session: SessionDep):
+        item, content = await service.attachment_content(session, ticket_id, item_id)
+        return Response(
+            content,
+            media_type=item.fields["content_type"],
+            headers={"Content-Disposition": f'attachment; filename="{item.fields["filename"]}"'},
+        )
+
+    return router
+
+
+def _item_routes(router: APIRouter, kind: ItemKind) -> None:
+    out_model = OUT_MODELS[kind]
+    noun = kind.value.replace("_", " ")
+    path = f"/{{ticket_id}}/{kind.path}"
+
+    if kind == ItemKind.ATTACHMENT:
+
+        @router.post(path, status_code=201, response_model=out_model, summary="Upload an attachment")
+        async def upload(
+            ticket_id: str,
+            session: SessionDep,
+            policy: PolicyDep,
+            file: Annotated[UploadFile, File(description="the file, at most 10 MiB")],
+            internal: Annotated[bool, Form()] = False,
+        ):
+            content = await file.read(MAX_ATTACHMENT_BYTES + 1)
+            if len(content) > MAX_ATTACHMENT_BYTES:
+                raise TooLarge(f"attachment is over the limit of {MAX_ATTACHMENT_BYTES} bytes (10 MiB); nothing was stored")
+            fields = service.attachment_fields(
+                file.filename or "attachment", file.content_type or "application/octet-stream", content
+            )
+            item = await service.add_item(session, policy, ticket_id, kind, fields, internal, content)
+            await session.commit()
+            return item_out(policy, item)
+
+    else:
+        create_model = CREATE_MODELS[kind]
+
+        async def create(ticket_id: str, body: BaseModel, session: SessionDep, policy: PolicyDep):
+            item = await service.add_item(session, policy, ticket_id, kind, stored_fields(body), body.internal)
+            await session.commit()
+            return item_out(policy, item)
+
+        create.__annotations__["body"] = create_model
+        router.post(path, status_code=201, response_model=out_model, summary=f"Add a {noun}")(create)
+
+    update_model = UPDATE_MODELS[kind]
+
+    async def list_(ticket_id: str, session: SessionDep, policy: PolicyDep):
+        return [item_out(policy, item) for item in await service.list_items(session, ticket_id, kind)]
+
+    async def update(ticket_id: str, item_id: str, body: BaseModel, session: SessionDep, policy: PolicyDep):
+        changes = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+        item = await service.update_item(session, policy, ticket_id, kind, item_id, changes)
+        await session.commit()
+        return item_out(policy, item)
+
+    async def delete(ticket_id: str, item_id: str, session: SessionDep, policy: PolicyDep):
+        await service.delete_item(session, policy, ticket_id, kind, item_id)
+        await session.commit()
+        return Response(status_code=204)
+
+    update.__annotations__["body"] = update_model
+    router.get(path, response_model=list[out_model], summary=f"List the {noun}s, oldest first")(list_)
+    router.patch(f"{path}/{{item_id}}", response_model=out_model, summary=f"Edit a {noun}")(update)
+    router.delete(f"{path}/{{item_id}}", status_code=204, summary=f"Delete a {noun}")(delete)

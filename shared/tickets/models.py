@@ -1,0 +1,63 @@
+"""Tables of the ticket core. Item fields specific to a kind live in one validated JSONB column,
+so that every kind is stored, listed and mirrored by the same code."""
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Identity, Integer, LargeBinary, String, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.db import Base
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    title: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(32), default="New")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())
+
+
+class TicketNumberCounter(Base):
+    """The last ticket number handed out per day, so numbers read T20261126.0001, .0002, ..."""
+
+    __tablename__ = "ticket_number_counters"
+
+    day: Mapped[str] = mapped_column(String(8), primary_key=True)
+    last: Mapped[int] = mapped_column(Integer)
+
+
+class TicketItem(Base):
+    __tablename__ = "ticket_items"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)  # creation order
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    origin: Mapped[str] = mapped_column(String(10))  # local | partner | system
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Part of the synchronized set of a link: set when the item crosses (or was received).
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Read-only for good (after completion) or while synchronization is suspended.
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    fields: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())
+
+
+class AttachmentContent(Base):
+    __tablename__ = "attachment_contents"
+
+    item_id: Mapped[str] = mapped_column(ForeignKey("ticket_items.id", ondelete="CASCADE"), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+

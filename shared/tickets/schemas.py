@@ -1,0 +1,172 @@
+"""HTTP request and response bodies of the ticket core, with the limits of SPEC section 5."""
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+
+from shared.tickets.rules import ItemKind, TicketStatus
+
+MAX_TITLE = 255
+MAX_TEXT = 32_000
+MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE)]
+OptionalTitle = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TITLE)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+Body = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+# Amounts are exact decimals inside, plain JSON numbers outside.
+Number = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
+Hours = Annotated[Decimal, Field(gt=0, le=24, max_digits=6, decimal_places=2)]
+Quantity = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=4)]
+Price = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TicketCreate(Strict):
+    title: Title
+    description: Text = ""
+
+
+class TicketUpdate(Strict):
+    title: Title | None = None
+    description: Text | None = None
+    status: TicketStatus | None = None
+
+
+class PartnerLinkOut(BaseModel):
+    status: str
+    link_id: str
+    partner_id: str
+    partner_ticket_number: str | None
+
+
+class TicketOut(BaseModel):
+    id: str
+    number: str
+    title: str
+    description: str
+    status: TicketStatus
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- items: what a client sends ----------------------------------------------------------------
+
+
+class NoteCreate(Strict):
+    title: OptionalTitle = ""
+    body: Body
+    internal: bool = False
+
+
+class NoteUpdate(Strict):
+    title: OptionalTitle | None = None
+    body: Body | None = None
+
+
+class TimeEntryCreate(Strict):
+    resource: Title
+    date_worked: date
+    hours: Hours
+    summary: Body
+    billable: bool = True
+    internal: bool = False
+
+
+class TimeEntryUpdate(Strict):
+    resource: Title | None = None
+    date_worked: date | None = None
+    hours: Hours | None = None
+    summary: Body | None = None
+    billable: bool | None = None
+
+
+class ChargeCreate(Strict):
+    name: Title
+    description: Text = ""
+    quantity: Quantity
+    unit_price: Price
+    billable: bool = True
+    internal: bool = False
+
+
+class ChargeUpdate(Strict):
+    name: Title | None = None
+    description: Text | None = None
+    quantity: Quantity | None = None
+    unit_price: Price | None = None
+    billable: bool | None = None
+
+
+class AttachmentUpdate(Strict):
+    filename: Title | None = None
+
+
+# --- items: what a client reads ------------------------------------------------------------------
+
+
+class ItemOut(BaseModel):
+    id: str
+    ticket_id: str
+    origin: str
+    internal: bool
+    shared: bool
+    editable: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class NoteOut(ItemOut):
+    title: str
+    body: str
+
+
+class TimeEntryOut(ItemOut):
+    resource: str
+    date_worked: date
+    hours: Number
+    summary: str
+    billable: bool
+
+
+class ChargeOut(ItemOut):
+    name: str
+    description: str
+    quantity: Number
+    unit_price: Number
+    billable: bool
+
+
+class AttachmentOut(ItemOut):
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+CREATE_MODELS: dict[ItemKind, type[Strict]] = {
+    ItemKind.NOTE: NoteCreate,
+    ItemKind.TIME_ENTRY: TimeEntryCreate,
+    ItemKind.CHARGE: ChargeCreate,
+}
+UPDATE_MODELS: dict[ItemKind, type[Strict]] = {
+    ItemKind.NOTE: NoteUpdate,
+    ItemKind.TIME_ENTRY: TimeEntryUpdate,
+    ItemKind.CHARGE: ChargeUpdate,
+    ItemKind.ATTACHMENT: AttachmentUpdate,
+}
+OUT_MODELS: dict[ItemKind, type[ItemOut]] = {
+    ItemKind.NOTE: NoteOut,
+    ItemKind.TIME_ENTRY: TimeEntryOut,
+    ItemKind.CHARGE: ChargeOut,
+    ItemKind.ATTACHMENT: AttachmentOut,
+}
+
+
+def stored_fields(model: BaseModel, *, exclude: set[str] = frozenset({"internal"})) -> dict[str, Any]:
+    """The kind-specific fields as they go into the JSONB column (decimals and dates as strings)."""
+    return model.model_dump(mode="json", exclude=exclude, exclude_unset=False)

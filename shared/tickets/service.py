@@ -1,0 +1,150 @@
+"""Use cases of the ticket core. Each write locks its ticket row first, so that all writes to one
+ticket (and the events they stage in the outbox) commit one after the other, in order."""
+import hashlib
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.errors import Conflict, NotFound, TooLarge
+from shared.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter
+from shared.tickets.rules import ItemFacts, ItemKind, Origin, item_editable
+from shared.tickets.schemas import MAX_ATTACHMENT_BYTES
+
+
+class SyncPolicy(Protocol):
+    """What the outsourcing side of a service adds to the core: link state, and mirroring."""
+
+    async def link_of(self, session: AsyncSession, ticket: Ticket) -> dict[str, Any] | None: ...
+
+    def editable(self, item: TicketItem) -> bool: ...
+
+    async def item_written(self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str) -> None: ...
+
+
+class LocalOnly:
+    """No link: every item stays on its ticket."""
+
+    async def link_of(self, session: AsyncSession, ticket: Ticket) -> dict[str, Any] | None:
+        return None
+
+    def editable(self, item: TicketItem) -> bool:
+        return item_editable(ItemFacts(Origin(item.origin), ItemKind(item.kind), item.locked))
+
+    async def item_written(self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str) -> None:
+        return None
+
+
+async def next_ticket_number(session: AsyncSession) -> str:
+    day = datetime.now(UTC).strftime("%Y%m%d")
+    last = await session.scalar(
+        insert(TicketNumberCounter)
+        .values(day=day, last=1)
+        .on_conflict_do_update(index_elements=[TicketNumberCounter.day], set_={"last": TicketNumberCounter.last + 1})
+        .returning(TicketNumberCounter.last)
+    )
+    return f"T{day}.{last:04d}"
+
+
+async def create_ticket(session: AsyncSession, title: str, description: str = "", status: str = "New") -> Ticket:
+    ticket = Ticket(number=await next_ticket_number(session), title=title, description=description, status=status)
+    session.add(ticket)
+    await session.flush()
+    return ticket
+
+
+async def get_ticket(session: AsyncSession, ticket_id: str, *, for_update: bool = False) -> Ticket:
+    query = select(Ticket).where(Ticket.id == ticket_id)
+    if for_update:
+        query = query.with_for_update()
+    ticket = await session.scalar(query)
+    if ticket is None:
+        raise NotFound(f"ticket {ticket_id} not found")
+    return ticket
+
+
+async def list_items(session: AsyncSession, ticket_id: str, kind: ItemKind) -> list[TicketItem]:
+    await get_ticket(session, ticket_id)
+    rows = await session.scalars(
+        select(TicketItem).where(TicketItem.ticket_id == ticket_id, TicketItem.kind == kind).order_by(TicketItem.seq)
+    )
+    return list(rows.all())
+
+
+async def get_item(session: AsyncSession, ticket_id: str, kind: ItemKind, item_id: str) -> TicketItem:
+    item = await session.scalar(
+        select(TicketItem).where(TicketItem.id == item_id, TicketItem.ticket_id == ticket_id, TicketItem.kind == kind)
+    )
+    if item is None:
+        raise NotFound(f"{kind.path.rstrip('s').replace('-', ' ')} {item_id} not found on ticket {ticket_id}")
+    return item
+
+
+async def add_item(
+    session: AsyncSession,
+    policy: SyncPolicy,
+    ticket_id: str,
+    kind: ItemKind,
+    fields: dict[str, Any],
+    internal: bool,
+    content: bytes | None = None,
+) -> TicketItem:
+    ticket = await get_ticket(session, ticket_id, for_update=True)
+    item = TicketItem(ticket_id=ticket.id, kind=kind, origin=Origin.LOCAL, internal=internal, fields=fields)
+    session.add(item)
+    await session.flush()
+    if kind == ItemKind.ATTACHMENT:
+        session.add(AttachmentContent(item_id=item.id, content=content or b""))
+    await policy.item_written(session, ticket, item, "created")
+    await session.flush()
+    return item
+
+
+def attachment_fields(filename: str, content_type: str, content: bytes) -> dict[str, Any]:
+    if len(content) > MAX_ATTACHMENT_BYTES:
+        raise TooLarge(f"attachment is {len(content)} bytes; the limit is {MAX_ATTACHMENT_BYTES} bytes (10 MiB)")
+    return {
+        "filename": filename,
+        "content_type": content_type,
+        "size": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(),
+    }
+
+
+def _refuse_unless_editable(policy: SyncPolicy, item: TicketItem) -> None:
+    if not policy.editable(item):
+        why = {
+            Origin.PARTNER: "it was added by the partner",
+            Origin.SYSTEM: "it was written by the system",
+        }.get(Origin(item.origin), "synchronization is suspended or the outsourcing is complete")
+        raise Conflict(f"this {ItemKind(item.kind).value.replace('_', ' ')} is read-only: {why}")
+
+
+async def update_item(
+    session: AsyncSession, policy: SyncPolicy, ticket_id: str, kind: ItemKind, item_id: str, changes: dict[str, Any]
+) -> TicketItem:
+    ticket = await get_ticket(session, ticket_id, for_update=True)
+    item = await get_item(session, ticket_id, kind, item_id)
+    _refuse_unless_editable(policy, item)
+    if changes:
+        item.fields = {**item.fields, **changes}
+        await session.flush()
+        await policy.item_written(session, ticket, item, "updated")
+    return item
+
+
+async def delete_item(session: AsyncSession, policy: SyncPolicy, ticket_id: str, kind: ItemKind, item_id: str) -> None:
+    ticket = await get_ticket(session, ticket_id, for_update=True)
+    item = await get_item(session, ticket_id, kind, item_id)
+    _refuse_unless_editable(policy, item)
+    await policy.item_written(session, ticket, item, "deleted")
+    await session.delete(item)
+    await session.flush()
+
+
+async def attachment_content(session: AsyncSession, ticket_id: str, item_id: str) -> tuple[TicketItem, bytes]:
+    item = await get_item(session, ticket_id, ItemKind.ATTACHMENT, item_id)
+    content = await session.scalar(select(AttachmentContent.content).where(AttachmentContent.item_id == item_id))
+    return item, content or b""

@@ -1,0 +1,114 @@
+"""The HTTP shell every service shares: health, readiness, Prometheus metrics, and errors that
+name the problem (4xx for bad input, never a 500)."""
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from shared.errors import DomainError
+from shared.kafka import broker_reachable
+from shared.tickets.schemas import MAX_ATTACHMENT_BYTES
+
+log = logging.getLogger(__name__)
+
+# Room for the multipart envelope around a 10 MiB file.
+MAX_BODY_BYTES = MAX_ATTACHMENT_BYTES + 256 * 1024
+
+
+def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[[], Awaitable[str | None]]]) -> CollectorRegistry:
+    """Adds /healthz, /readyz, /metrics and the error handlers. Each ready check returns None when
+    fine, or a sentence saying what is not."""
+    registry = CollectorRegistry()
+    requests = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
+    latency = Histogram(
+        "http_request_seconds",
+        "HTTP request latency",
+        ["method", "route"],
+        registry=registry,
+        buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return JSONResponse(
+                {"detail": f"request body of {length} bytes is over the limit (attachments up to 10 MiB); nothing was stored"},
+                status_code=413,
+            )
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        requests.labels(request.method, template, response.status_code).inc()
+        latency.labels(request.method, template).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = []
+        for error in exc.errors():
+            loc = error.get("loc", ())
+            if error.get("type") == "json_invalid":
+                where = f"body (position {loc[-1]})" if len(loc) > 1 else "body"
+            else:
+                where = ".".join(str(part) for part in loc if part != "body") or "body"
+            errors.append({"field": where, "message": error.get("msg", "invalid"), "type": error.get("type")})
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse({"detail": summary, "errors": errors}, status_code=422)
+
+    @app.exception_handler(DBAPIError)
+    async def database_refused(request: Request, exc: DBAPIError):
+        # Input that slipped past validation (e.g. a NUL byte in text) must not become a 500.
+        if exc.connection_invalidated:
+            log.exception("database connection lost")
+            return JSONResponse({"detail": "database unavailable, try again"}, status_code=503)
+        log.warning("database refused a request: %s", exc.orig)
+        return JSONResponse({"detail": f"the database refused this input: {str(exc.orig).splitlines()[0]}"}, status_code=400)
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    async def healthz():
+        return {"status": "ok", "service": service_name}
+
+    @app.get("/readyz", tags=["operations"], summary="The database and Kafka are reachable")
+    async def readyz():
+        problems = [p for p in [await check() for check in ready_checks] if p]
+        body = {"status": "ready" if not problems else "not ready", "service": service_name, "problems": problems}
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics():
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return registry
+
+
+def database_check(engine) -> Callable[[], Awaitable[str | None]]:
+    async def check() -> str | None:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return f"database unreachable: {exc.__class__.__name__}"
+        return None
+
+    return check
+
+
+def kafka_check(bootstrap: str) -> Callable[[], Awaitable[str | None]]:
+    async def check() -> str | None:
+        if not await broker_reachable(bootstrap):
+            return f"Kafka unreachable at {bootstrap}"
+        return None
+
+    return check
