@@ -72,7 +72,6 @@ def ticket_router(link_field: str) -> APIRouter:
         for name, value in body.model_dump(exclude_unset=True, exclude_none=True).items():
             setattr(ticket, name, value)
         await session.commit()
-        await session.refresh(ticket)
         return await ticket_out(session, policy, ticket)
 
     for kind in ItemKind:

@@ -17,6 +17,7 @@ def new_id() -> str:
 
 class Ticket(Base):
     __tablename__ = "tickets"
+    __mapper_args__ = {"eager_defaults": True}  # read server-set timestamps back with RETURNING
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     number: Mapped[str] = mapped_column(String(32), unique=True)
@@ -38,6 +39,7 @@ class TicketNumberCounter(Base):
 
 class TicketItem(Base):
     __tablename__ = "ticket_items"
+    __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)  # creation order

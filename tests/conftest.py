@@ -1,0 +1,88 @@
+"""Session-wide test stack: real PostgreSQL, a real Kafka-protocol broker, a real SMTP server on
+loopback, and the three services as real processes."""
+import secrets
+
+import pytest
+import pytest_asyncio
+
+from devstack import infra
+from tests.harness import Infrastructure, ServiceProcess, resolve_infrastructure
+
+_resolved: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def infrastructure():
+    resolved = resolve_infrastructure()
+    _resolved.update(postgres=resolved.postgres_source, kafka=resolved.kafka_source)
+    yield resolved
+    resolved.close()
+
+
+@pytest.fixture(scope="session")
+def databases(infrastructure: Infrastructure):
+    """A fresh database per service for this test session, dropped at the end."""
+    run = secrets.token_hex(4)
+    names = {name: f"t{run}_{name}" for name in ("lead_partner", "insourcing_partner", "sync_bridge", "plumbing")}
+    urls = infra.create_databases(infrastructure.postgres_admin_url, list(names.values()))
+    yield {name: urls[db] for name, db in names.items()}
+    infra.drop_databases(infrastructure.postgres_admin_url, list(names.values()))
+
+
+@pytest.fixture(scope="session")
+def base_env(infrastructure: Infrastructure, databases):
+    import os
+
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": infrastructure.kafka_bootstrap,
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "LEAD_DATABASE_URL": databases["lead_partner"],
+        "INSOURCING_DATABASE_URL": databases["insourcing_partner"],
+        "BRIDGE_DATABASE_URL": databases["sync_bridge"],
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(infra.free_port()),
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+def services(base_env):
+    procs = {name: ServiceProcess(name, base_env) for name in ("lead_partner", "insourcing_partner", "sync_bridge")}
+    for proc in procs.values():
+        proc.migrate()
+    for proc in procs.values():
+        proc.start()
+    try:
+        for proc in procs.values():
+            proc.wait_ready()
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def lead(services):
+    async with services["lead_partner"].client() as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def insourcing(services):
+    async with services["insourcing_partner"].client() as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def bridge(services):
+    async with services["sync_bridge"].client() as client:
+        yield client
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _resolved:
+        terminalreporter.write_line(
+            f"test infrastructure: PostgreSQL from {_resolved['postgres']}; Kafka from {_resolved['kafka']}"
+        )
+

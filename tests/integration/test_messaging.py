@@ -1,0 +1,195 @@
+"""The outbox relay and the inbox consumer against the real broker and a real PostgreSQL:
+nothing is lost when the relay dies between publishing and marking, nothing is applied twice,
+and a message nobody understands is parked while the rest keeps flowing."""
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, select
+
+from shared.contracts import Payload, contract, envelope
+from shared.db import make_engine, make_sessionmaker
+from shared.inbox import DeadLetter, InboxConsumer
+from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.migrations import upgrade
+from shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
+from shared.tickets.models import Ticket
+from shared.tickets.service import create_ticket
+from tests.harness import eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "lead_partner" / "migrations"
+
+
+@contract
+class OpenTicket(Payload):
+    """A test-only contract whose effect a test can count: one ticket per applied event."""
+
+    type = "test.open_ticket"
+    schema_version = 1
+    title: str
+
+
+async def open_ticket(session, env, payload: OpenTicket) -> None:
+    await create_ticket(session, payload.title)
+
+
+class Rig:
+    def __init__(self, url: str, bootstrap: str):
+        self.url, self.bootstrap = url, bootstrap
+        self.engine = make_engine(url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.topic = f"test.{uuid.uuid4().hex[:8]}"
+        self.tasks: list[asyncio.Task] = []
+
+    def relay(self, after_publish=None, lock_key=None) -> OutboxRelay:
+        return OutboxRelay(
+            self.sessions, self.url, lambda: make_producer(self.bootstrap),
+            lock_key=lock_key or uuid.uuid4().int >> 65, after_publish=after_publish,
+        )
+
+    def consumer(self) -> InboxConsumer:
+        return InboxConsumer(
+            self.sessions,
+            lambda: make_consumer(self.bootstrap, f"g-{self.topic}", [self.topic], session_timeout_ms=6000),
+            open_ticket,
+            name="test",
+        )
+
+    def spawn(self, coro) -> None:
+        self.tasks.append(asyncio.create_task(coro))
+
+    async def stage(self, title: str) -> str:
+        env = envelope(OpenTicket(title=title), source="test", link_id="link-1")
+        async with self.sessions() as session, session.begin():
+            add_to_outbox(session, self.topic, env)
+        return str(env.event_id)
+
+    async def tickets_titled(self, title: str) -> int:
+        async with self.sessions() as session:
+            return await session.scalar(select(func.count()).where(Ticket.title == title))
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def plumbing_db(databases):
+    upgrade(MIGRATIONS, databases["plumbing"])
+    return databases["plumbing"]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def rig(plumbing_db, infrastructure):
+    rig = Rig(plumbing_db, infrastructure.kafka_bootstrap)
+    await ensure_topics(rig.bootstrap, [rig.topic], partitions=2)
+    yield rig
+    await rig.close()
+
+
+async def test_an_event_published_but_not_marked_when_the_relay_dies_is_published_again_and_applied_once(rig):
+    event_id = await rig.stage("crash-between-publish-and-mark")
+
+    async def die(ids):
+        raise RuntimeError("relay process killed after the broker acknowledged")
+
+    producer = make_producer(rig.bootstrap)
+    await producer.start()
+    try:
+        with pytest.raises(RuntimeError):
+            await rig.relay(after_publish=die).publish_batch(producer)
+    finally:
+        await producer.stop()
+    async with rig.sessions() as session:
+        row = await session.scalar(select(OutboxMessage).where(OutboxMessage.event_id == event_id))
+        assert row.published_at is None  # the broker has it, the outbox does not know
+
+    consumer = rig.consumer()
+    rig.spawn(consumer.run())
+    rig.spawn(rig.relay().run())  # a fresh relay, as after a restart
+
+    async def marked():
+        async with rig.sessions() as session:
+            return await session.scalar(select(OutboxMessage.published_at).where(OutboxMessage.event_id == event_id))
+
+    await eventually(marked)
+    await eventually(lambda: _at_least(consumer, "duplicates_total", 1))
+    assert await rig.tickets_titled("crash-between-publish-and-mark") == 1
+    assert consumer.applied_total == 1
+
+
+async def _at_least(consumer, counter: str, n: int) -> bool:
+    return getattr(consumer, counter) >= n
+
+
+async def test_the_relay_wakes_on_commit_and_publishes_in_commit_order(rig):
+    consumer = rig.consumer()
+    rig.spawn(consumer.run())
+    relay = rig.relay()
+    rig.spawn(relay.run())
+    await eventually(lambda: _true(relay.is_leader))
+    titles = [f"ordered-{n}" for n in range(30)]
+    for title in titles:
+        await rig.stage(title)
+    await eventually(lambda: _at_least(consumer, "applied_total", len(titles)))
+    async with rig.sessions() as session:
+        applied = (await session.scalars(
+            select(Ticket.title).where(Ticket.title.like("ordered-%")).order_by(Ticket.number)
+        )).all()
+    assert applied == titles  # one key, one partition: applied in the order committed
+
+
+async def _true(value) -> bool:
+    return bool(value)
+
+
+async def test_the_same_event_delivered_twice_is_applied_once(rig):
+    env = envelope(OpenTicket(title="delivered-twice"), source="test", link_id="link-2")
+    producer = make_producer(rig.bootstrap)
+    await producer.start()
+    try:
+        for _ in range(2):
+            await producer.send_and_wait(rig.topic, env.to_bytes(), key=b"link-2")
+    finally:
+        await producer.stop()
+    consumer = rig.consumer()
+    rig.spawn(consumer.run())
+    await eventually(lambda: _at_least(consumer, "duplicates_total", 1))
+    assert await rig.tickets_titled("delivered-twice") == 1
+
+
+async def test_a_poison_message_is_parked_and_the_next_one_is_still_applied(rig):
+    good = envelope(OpenTicket(title="after-the-poison"), source="test", link_id="link-3")
+    unknown = envelope(OpenTicket(title="x"), source="test", link_id="link-3").model_copy(update={"type": "test.nope"})
+    producer = make_producer(rig.bootstrap)
+    await producer.start()
+    try:
+        for value in (b"\x00garbage", unknown.to_bytes(), good.to_bytes()):
+            await producer.send_and_wait(rig.topic, value, key=b"link-3")
+    finally:
+        await producer.stop()
+    consumer = rig.consumer()
+    rig.spawn(consumer.run())
+    await eventually(lambda: _at_least(consumer, "applied_total", 1))
+    assert await rig.tickets_titled("after-the-poison") == 1
+    async with rig.sessions() as session:
+        parked = (await session.scalars(select(DeadLetter).where(DeadLetter.topic == rig.topic))).all()
+    reasons = sorted(p.reason for p in parked)
+    assert len(parked) == 2
+    assert reasons[0].startswith("not an envelope") and "unknown message type 'test.nope'" in reasons[1]
+
+
+async def test_only_one_relay_publishes_at_a_time(rig):
+    first, second = rig.relay(lock_key=4242), rig.relay(lock_key=4242)
+    rig.spawn(first.run())
+    await eventually(lambda: _true(first.is_leader))
+    rig.spawn(second.run())
+    await asyncio.sleep(1.5)
+    assert first.is_leader and not second.is_leader
+    rig.tasks[0].cancel()  # the leader dies; the other takes over
+    await eventually(lambda: _true(second.is_leader))

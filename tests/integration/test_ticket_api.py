@@ -1,0 +1,163 @@
+"""The ticket core over real HTTP against a running partner service and a real PostgreSQL."""
+import hashlib
+import re
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TIME_ENTRY = {"resource": "Ana", "date_worked": "2026-11-26", "hours": 1.5, "summary": "Replaced the fuser"}
+CHARGE = {"name": "Toner", "quantity": 2, "unit_price": 19.99}
+
+
+async def new_ticket(client: httpx.AsyncClient, **body) -> dict:
+    answer = await client.post("/api/tickets", json={"title": "Printer offline", **body})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+async def test_a_new_ticket_gets_a_readable_unique_number_and_no_outsourcing(lead):
+    first, second = await new_ticket(lead), await new_ticket(lead, description="on floor 2")
+    assert re.fullmatch(r"T\d{8}\.\d{4}", first["number"])
+    assert first["number"] != second["number"]
+    assert first["status"] == "New" and first["outsource"] is None
+    read = (await lead.get(f"/api/tickets/{second['id']}")).json()
+    assert read["description"] == "on floor 2" and read["number"] == second["number"]
+
+
+async def test_the_insourcing_side_shows_insource_rather_than_outsource(insourcing):
+    ticket = await new_ticket(insourcing)
+    assert ticket["insource"] is None and "outsource" not in ticket
+
+
+async def test_a_ticket_can_be_renamed_and_moved_through_statuses(lead):
+    ticket = await new_ticket(lead)
+    answer = await lead.patch(f"/api/tickets/{ticket['id']}", json={"title": "Printer fixed", "status": "In Progress"})
+    assert answer.status_code == 200
+    assert (await lead.get(f"/api/tickets/{ticket['id']}")).json()["title"] == "Printer fixed"
+    bad = await lead.patch(f"/api/tickets/{ticket['id']}", json={"status": "Sleeping"})
+    assert bad.status_code == 422 and "status" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "path, body, expected",
+    [
+        ("notes", {"title": "Call", "body": "Customer called"}, {"body": "Customer called", "title": "Call"}),
+        ("time-entries", TIME_ENTRY, {"hours": 1.5, "billable": True, "resource": "Ana"}),
+        ("charges", CHARGE, {"quantity": 2.0, "unit_price": 19.99, "billable": True}),
+    ],
+)
+async def test_each_item_kind_is_added_listed_edited_and_deleted(lead, path, body, expected):
+    ticket = await new_ticket(lead)
+    created = await lead.post(f"/api/tickets/{ticket['id']}/{path}", json=body)
+    assert created.status_code == 201, created.text
+    item = created.json()
+    assert {k: item[k] for k in expected} == expected
+    assert item["origin"] == "local" and item["editable"] is True and item["shared"] is False
+
+    listed = (await lead.get(f"/api/tickets/{ticket['id']}/{path}")).json()
+    assert [i["id"] for i in listed] == [item["id"]]
+
+    change = {"notes": {"body": "Edited"}, "time-entries": {"hours": 2}, "charges": {"quantity": 3}}[path]
+    edited = await lead.patch(f"/api/tickets/{ticket['id']}/{path}/{item['id']}", json=change)
+    assert edited.status_code == 200, edited.text
+    field, value = next(iter(change.items()))
+    assert (await lead.get(f"/api/tickets/{ticket['id']}/{path}")).json()[0][field] == value
+
+    assert (await lead.delete(f"/api/tickets/{ticket['id']}/{path}/{item['id']}")).status_code == 204
+    assert (await lead.get(f"/api/tickets/{ticket['id']}/{path}")).json() == []
+
+
+async def test_items_are_listed_oldest_first(lead):
+    ticket = await new_ticket(lead)
+    for n in range(5):
+        await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": f"note {n}"})
+    bodies = [n["body"] for n in (await lead.get(f"/api/tickets/{ticket['id']}/notes")).json()]
+    assert bodies == [f"note {n}" for n in range(5)]
+
+
+async def test_an_attachment_keeps_its_bytes_and_checksum(lead):
+    ticket = await new_ticket(lead)
+    content = bytes(range(256)) * 4000
+    answer = await lead.post(
+        f"/api/tickets/{ticket['id']}/attachments",
+        files={"file": ("log.bin", content, "application/octet-stream")},
+        data={"internal": "true"},
+    )
+    assert answer.status_code == 201, answer.text
+    item = answer.json()
+    assert item["size"] == len(content) and item["sha256"] == hashlib.sha256(content).hexdigest()
+    assert item["filename"] == "log.bin" and item["internal"] is True
+    download = await lead.get(f"/api/tickets/{ticket['id']}/attachments/{item['id']}/content")
+    assert download.content == content and download.headers["content-type"] == "application/octet-stream"
+    renamed = await lead.patch(f"/api/tickets/{ticket['id']}/attachments/{item['id']}", json={"filename": "x.bin"})
+    assert renamed.json()["filename"] == "x.bin"
+
+
+async def test_an_attachment_over_10_mib_is_refused_with_413_and_nothing_is_stored(lead):
+    ticket = await new_ticket(lead)
+    exactly = b"a" * (10 * 1024 * 1024)
+    ok = await lead.post(f"/api/tickets/{ticket['id']}/attachments", files={"file": ("max.txt", exactly, "text/plain")})
+    assert ok.status_code == 201
+    over = await lead.post(
+        f"/api/tickets/{ticket['id']}/attachments", files={"file": ("big.txt", exactly + b"b", "text/plain")}
+    )
+    assert over.status_code == 413 and "10 MiB" in over.json()["detail"]
+    names = [a["filename"] for a in (await lead.get(f"/api/tickets/{ticket['id']}/attachments")).json()]
+    assert names == ["max.txt"]
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("", {"title": "x" * 256}, "title"),
+        ("", {"title": ""}, "title"),
+        ("", {"title": "ok", "description": "d" * 32_001}, "description"),
+        ("/notes", {"body": "b" * 32_001}, "body"),
+        ("/notes", {"body": ""}, "body"),
+        ("/time-entries", {**TIME_ENTRY, "hours": 0}, "hours"),
+        ("/time-entries", {**TIME_ENTRY, "hours": 24.01}, "hours"),
+        ("/time-entries", {**TIME_ENTRY, "date_worked": "yesterday"}, "date_worked"),
+        ("/charges", {**CHARGE, "quantity": 0}, "quantity"),
+        ("/charges", {**CHARGE, "quantity": "many"}, "quantity"),
+        ("/notes", {"body": "hi", "colour": "red"}, "colour"),
+    ],
+)
+async def test_input_over_a_limit_gets_a_422_naming_the_field_and_stores_nothing(lead, path, body, field):
+    ticket = await new_ticket(lead)
+    url = f"/api/tickets/{ticket['id']}{path}" if path else "/api/tickets"
+    answer = await lead.post(url, json=body)
+    assert answer.status_code == 422, answer.text
+    assert field in answer.json()["detail"]
+    if path:
+        assert (await lead.get(f"/api/tickets/{ticket['id']}{path}")).json() == []
+
+
+async def test_limits_hold_at_their_exact_edge(lead):
+    ticket = await new_ticket(lead, title="t" * 255, description="d" * 32_000)
+    assert (await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "b" * 32_000})).status_code == 201
+    assert (await lead.post(f"/api/tickets/{ticket['id']}/time-entries", json={**TIME_ENTRY, "hours": 24})).status_code == 201
+
+
+async def test_malformed_json_is_a_422_not_a_500(lead):
+    answer = await lead.post("/api/tickets", content=b"{title:", headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422 and "JSON" in answer.json()["detail"]
+
+
+async def test_text_the_database_cannot_store_is_a_4xx_not_a_500(lead):
+    answer = await lead.post("/api/tickets", json={"title": "nul \u0000 byte"})
+    assert 400 <= answer.status_code < 500
+
+
+async def test_unknown_tickets_and_items_are_404(lead):
+    assert (await lead.get("/api/tickets/nope")).status_code == 404
+    assert (await lead.post("/api/tickets/nope/notes", json={"body": "x"})).status_code == 404
+    ticket = await new_ticket(lead)
+    missing = await lead.patch(f"/api/tickets/{ticket['id']}/notes/nope", json={"body": "x"})
+    assert missing.status_code == 404 and "not found" in missing.json()["detail"]
+    note = (await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "x"})).json()
+    # An item is only reachable through its own ticket and its own kind.
+    other = await new_ticket(lead)
+    assert (await lead.delete(f"/api/tickets/{other['id']}/notes/{note['id']}")).status_code == 404
+    assert (await lead.delete(f"/api/tickets/{ticket['id']}/charges/{note['id']}")).status_code == 404
