@@ -48,7 +48,9 @@ class DeadLetter(Base):
     parked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-Handler = Callable[[AsyncSession, Envelope, Payload], Awaitable[None]]
+# (session, envelope, payload, topic it came from): the topic is the sender's identity, the
+# envelope's `source` only a claim.
+Handler = Callable[[AsyncSession, Envelope, Payload, str], Awaitable[None]]
 
 
 class InboxConsumer:
@@ -107,7 +109,7 @@ class InboxConsumer:
             return
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                await self._apply(env, payload)
+                await self._apply(env, payload, record.topic)
                 return
             except Rejected as exc:
                 await self._park(record, env, f"rejected: {exc}")
@@ -119,7 +121,7 @@ class InboxConsumer:
                     return
                 await asyncio.sleep(0.2 * attempt)
 
-    async def _apply(self, env: Envelope, payload: Payload) -> None:
+    async def _apply(self, env: Envelope, payload: Payload, topic: str) -> None:
         async with self._sessions() as session, session.begin():
             first_time = await session.scalar(
                 insert(InboxRecord)
@@ -131,7 +133,7 @@ class InboxConsumer:
                 self.duplicates_total += 1
                 log.info("%s: %s %s already applied; skipped", self._name, env.type, env.event_id)
                 return
-            await self._handler(session, env, payload)
+            await self._handler(session, env, payload, topic)
         self.applied_total += 1
 
     async def _park(self, record: ConsumerRecord, env: Envelope | None, reason: str) -> None:

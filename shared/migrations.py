@@ -136,3 +136,21 @@ def create_ticket_tables(op) -> None:
         sa.Column("item_id", sa.String(36), sa.ForeignKey("ticket_items.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("content", sa.LargeBinary, nullable=False),
     )
+
+
+def create_mirror_tables(op) -> None:
+    """Staging for attachment mirrors whose chunks are still arriving (both partners)."""
+    op.create_table(
+        "incoming_attachments",
+        sa.Column("mirror_id", sa.String(36), primary_key=True),
+        sa.Column("ticket_id", sa.String(36), nullable=False),
+        sa.Column("fields", postgresql.JSONB, nullable=False),
+        sa.Column("internal", sa.Boolean, nullable=False),
+        sa.Column("chunk_count", sa.Integer, nullable=False),
+    )
+    op.create_table(
+        "incoming_chunks",
+        sa.Column("mirror_id", sa.String(36), primary_key=True),
+        sa.Column("index", sa.Integer, primary_key=True),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    )

@@ -2,12 +2,9 @@
 
 from shared.auth import Permission
 from shared.config import CommonSettings
-from shared.contracts import Envelope, Payload
-from shared.inbox import Rejected
 from shared.kafka import inbound_topic, outbound_topic
 from shared.runtime import ServiceSpec, create_app
 from shared.tickets.endpoints import ticket_router
-from shared.tickets.service import LocalOnly
 
 PARTNER_PERMISSIONS = [Permission.TICKETS, Permission.OUTSOURCING]
 
@@ -21,11 +18,7 @@ class PartnerSettings(CommonSettings):
     partner_name: str
 
 
-async def refuse_unhandled(session, env: Envelope, payload: Payload) -> None:
-    raise Rejected(f"{env.type} is not handled by this service")
-
-
-def create_partner_app(name: str, settings: PartnerSettings, link_field: str, routers=(), handler=refuse_unhandled, policy=None):
+def create_partner_app(name: str, settings: PartnerSettings, link_field: str, routers, handler, policy, state):
     spec = ServiceSpec(
         name=name,
         settings=settings,
@@ -35,6 +28,6 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
         topics_to_create=[outbound_topic(settings.partner_id), inbound_topic(settings.partner_id)],
         inbound_topics=[inbound_topic(settings.partner_id)],
         handler=handler,
-        state={"sync_policy": policy or LocalOnly()},
+        state={"sync_policy": policy, **state},
     )
     return create_app(spec)

@@ -1,10 +1,23 @@
 """Composition root of the lead partner service."""
 from fastapi import FastAPI
 
+from services.lead_partner.endpoints import router
+from services.lead_partner.outsourcing import LeadOutsourcing
 from services.lead_partner.settings import LeadSettings
+from shared.kafka import outbound_topic
 from shared.partner import create_partner_app
+from shared.sync import MirroringPolicy
 
 
 def create_app(settings: LeadSettings | None = None) -> FastAPI:
     settings = settings or LeadSettings()
-    return create_partner_app("lead_partner", settings, link_field="outsource")
+    outsourcing = LeadOutsourcing(settings)
+    return create_partner_app(
+        "lead_partner",
+        settings,
+        link_field="outsource",
+        routers=[router],
+        handler=outsourcing.handle,
+        policy=MirroringPolicy(outsourcing.links, settings.partner_id, outbound_topic(settings.partner_id)),
+        state={"outsourcing": outsourcing},
+    )

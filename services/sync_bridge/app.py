@@ -2,16 +2,11 @@
 from fastapi import FastAPI
 
 from services.sync_bridge.endpoints import router
+from services.sync_bridge.mirror import Bridge
 from services.sync_bridge.settings import BridgeSettings
 from shared.auth import Permission
-from shared.contracts import Envelope, Payload
-from shared.inbox import Rejected
 from shared.kafka import inbound_topic, outbound_topic
 from shared.runtime import ServiceSpec, create_app as create_service_app
-
-
-async def mirror(session, env: Envelope, payload: Payload) -> None:
-    raise Rejected(f"{env.type} is not handled by the bridge")
 
 
 def create_app(settings: BridgeSettings | None = None) -> FastAPI:
@@ -25,6 +20,6 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             token_permissions=[Permission.LINKS],
             topics_to_create=topics,
             inbound_topics=[outbound_topic(p) for p in settings.partners],
-            handler=mirror,
+            handler=Bridge(settings.partners).handle,
         )
     )

@@ -22,3 +22,17 @@ class Link(Base):
     mirrored_to_insourcing: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ItemMirror(Base):
+    """The id mapping: an item on one ticket and its mirror on the other."""
+
+    __tablename__ = "item_mirrors"
+
+    link_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    source_item_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    source_partner_id: Mapped[str] = mapped_column(String(100))
+    mirror_id: Mapped[str] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(20))  # the mirror's kind (a lead time entry is a note at the partner)
+    deleted: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.errors import Conflict, NotFound, TooLarge
 from shared.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter
-from shared.tickets.rules import ItemFacts, ItemKind, Origin, item_editable
+from shared.tickets.rules import ItemKind, Origin
 from shared.tickets.schemas import MAX_ATTACHMENT_BYTES
 
 
@@ -22,19 +22,6 @@ class SyncPolicy(Protocol):
     def editable(self, item: TicketItem) -> bool: ...
 
     async def item_written(self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str) -> None: ...
-
-
-class LocalOnly:
-    """No link: every item stays on its ticket."""
-
-    async def link_of(self, session: AsyncSession, ticket: Ticket) -> dict[str, Any] | None:
-        return None
-
-    def editable(self, item: TicketItem) -> bool:
-        return item_editable(ItemFacts(Origin(item.origin), ItemKind(item.kind), item.locked))
-
-    async def item_written(self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str) -> None:
-        return None
 
 
 async def next_ticket_number(session: AsyncSession) -> str:
@@ -148,3 +135,13 @@ async def attachment_content(session: AsyncSession, ticket_id: str, item_id: str
     item = await get_item(session, ticket_id, ItemKind.ATTACHMENT, item_id)
     content = await session.scalar(select(AttachmentContent.content).where(AttachmentContent.item_id == item_id))
     return item, content or b""
+
+
+async def add_system_note(session: AsyncSession, ticket_id: str, title: str, body: str) -> TicketItem:
+    """An automatic note: each side writes its own, and none is ever mirrored."""
+    item = TicketItem(
+        ticket_id=ticket_id, kind=ItemKind.NOTE, origin=Origin.SYSTEM, internal=False, fields={"title": title, "body": body}
+    )
+    session.add(item)
+    await session.flush()
+    return item

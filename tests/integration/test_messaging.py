@@ -32,7 +32,7 @@ class OpenTicket(Payload):
     title: str
 
 
-async def open_ticket(session, env, payload: OpenTicket) -> None:
+async def open_ticket(session, env, payload: OpenTicket, topic: str) -> None:
     await create_ticket(session, payload.title)
 
 

@@ -1,0 +1,77 @@
+"""The insourcing partner's API for received work: the Received Work dashboard, accept, decline."""
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from shared.auth import Permission, SessionDep, require
+from shared.messages import Terms
+from shared.outsourcing import Status
+from shared.tickets.schemas import MAX_TEXT
+
+router = APIRouter(prefix="/api", tags=["received work"], dependencies=[Depends(require(Permission.OUTSOURCING))])
+
+
+def _insourcing(request: Request):
+    return request.app.state.insourcing
+
+
+class ReceivedWorkOut(BaseModel):
+    link_id: str
+    lead_partner: str
+    lead_partner_id: str
+    lead_ticket_number: str
+    title: str
+    description: str
+    instructions: str
+    terms: Terms | None
+    insource_status: Status
+    ticket_id: str | None
+    reason: str | None
+    created_at: datetime
+
+
+class DeclineBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)]
+
+
+def _out(row) -> dict:
+    return {
+        "link_id": row.link_id,
+        "lead_partner": row.lead_partner_name,
+        "lead_partner_id": row.lead_partner_id,
+        "lead_ticket_number": row.lead_ticket_number,
+        "title": row.title,
+        "description": row.description,
+        "instructions": row.instructions,
+        "terms": row.terms,
+        "insource_status": row.status,
+        "ticket_id": row.ticket_id,
+        "reason": row.reason,
+        "created_at": row.created_at,
+    }
+
+
+@router.get("/received-work", response_model=list[ReceivedWorkOut],
+            summary="Received Work dashboard: work from lead partners, by Insource Status")
+async def received_work(session: SessionDep, status: Annotated[Status | None, Query()] = None,
+                        insourcing=Depends(_insourcing)):
+    return [_out(row) for row in await insourcing.received(session, status)]
+
+
+@router.post("/received-work/{link_id}/accept", response_model=ReceivedWorkOut,
+             summary="Accept received work: creates the insourced ticket and activates the link")
+async def accept(link_id: str, session: SessionDep, insourcing=Depends(_insourcing)):
+    row = await insourcing.accept(session, link_id)
+    await session.commit()
+    return _out(row)
+
+
+@router.post("/received-work/{link_id}/decline", response_model=ReceivedWorkOut,
+             summary="Decline received work (a reason is required)")
+async def decline(link_id: str, body: DeclineBody, session: SessionDep, insourcing=Depends(_insourcing)):
+    row = await insourcing.decline(session, link_id, body.reason)
+    await session.commit()
+    return _out(row)

@@ -1,0 +1,83 @@
+"""The lead partner's outsourcing API: partners, outsource, cancel, and the Outsourced Work dashboard."""
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.auth import Permission, SessionDep, require
+from shared.messages import Terms
+from shared.outsourcing import Status
+from shared.tickets.schemas import MAX_TEXT
+
+router = APIRouter(prefix="/api", tags=["outsourcing"], dependencies=[Depends(require(Permission.OUTSOURCING))])
+
+
+def _outsourcing(request: Request):
+    return request.app.state.outsourcing
+
+
+class PartnerOut(BaseModel):
+    id: str
+    name: str
+
+
+class OutsourceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    partner_id: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    instructions: Annotated[str, StringConstraints(max_length=MAX_TEXT)] = ""
+    terms: Terms | None = None
+
+
+class OutsourcingOut(BaseModel):
+    link_id: str
+    ticket_id: str
+    status: Status
+    partner_id: str
+    partner_name: str
+    partner_ticket_number: str | None
+    instructions: str
+    terms: Terms | None
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class OutsourcedWorkOut(OutsourcingOut):
+    ticket_number: str
+    title: str
+
+
+def _out(row) -> dict:
+    return OutsourcingOut.model_validate(row, from_attributes=True).model_dump()
+
+
+@router.get("/partners", response_model=list[PartnerOut], summary="The insourcing partners this lead may outsource to")
+async def partners(request: Request):
+    return [p.model_dump() for p in request.app.state.settings.partners]
+
+
+@router.post("/tickets/{ticket_id}/outsource", status_code=202, response_model=OutsourcingOut,
+             summary="Outsource a ticket to an insourcing partner")
+async def outsource(ticket_id: str, body: OutsourceBody, session: SessionDep, outsourcing=Depends(_outsourcing)):
+    row = await outsourcing.outsource(session, ticket_id, body.partner_id, body.instructions, body.terms)
+    await session.commit()
+    return _out(row)
+
+
+@router.post("/tickets/{ticket_id}/outsource/cancel", response_model=OutsourcingOut,
+             summary="Cancel an outsourcing the partner has not accepted yet")
+async def cancel(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
+    row = await outsourcing.cancel(session, ticket_id)
+    await session.commit()
+    return _out(row)
+
+
+@router.get("/outsourced-work", response_model=list[OutsourcedWorkOut],
+            summary="Outsource Management dashboard: outsourced tickets, by Outsource Status")
+async def outsourced_work(session: SessionDep, status: Annotated[Status | None, Query()] = None,
+                          outsourcing=Depends(_outsourcing)):
+    return [
+        {**_out(row), "ticket_number": ticket.number, "title": ticket.title}
+        for row, ticket in await outsourcing.dashboard(session, status)
+    ]

@@ -1,0 +1,41 @@
+"""outsourcings and attachment mirror staging
+
+Revision ID: 0002
+Revises: 0001
+"""
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+from shared.migrations import create_mirror_tables
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_mirror_tables(op)
+    op.create_table(
+        "outsourcings",
+        sa.Column("link_id", sa.String(36), primary_key=True),
+        sa.Column("ticket_id", sa.String(36), sa.ForeignKey("tickets.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("partner_id", sa.String(100), nullable=False),
+        sa.Column("partner_name", sa.String(255), nullable=False),
+        sa.Column("status", sa.String(32), nullable=False),
+        sa.Column("instructions", sa.Text, nullable=False),
+        sa.Column("terms", postgresql.JSONB),
+        sa.Column("partner_ticket_number", sa.String(32)),
+        sa.Column("reason", sa.Text),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    )
+    op.create_index("ix_outsourcings_ticket", "outsourcings", ["ticket_id", "created_at"])
+    op.create_index("ix_outsourcings_status", "outsourcings", ["status"])
+
+
+def downgrade() -> None:
+    op.drop_table("outsourcings")
+    op.drop_table("incoming_chunks")
+    op.drop_table("incoming_attachments")

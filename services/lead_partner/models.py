@@ -1,0 +1,26 @@
+"""The lead partner's own table: its outsourcings (one row per time a ticket was outsourced)."""
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import DateTime, ForeignKey, String, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.db import Base
+
+
+class Outsourcing(Base):
+    __tablename__ = "outsourcings"
+    __mapper_args__ = {"eager_defaults": True}
+
+    link_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    partner_id: Mapped[str] = mapped_column(String(100))
+    partner_name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32))
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    terms: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    partner_ticket_number: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())

@@ -1,0 +1,206 @@
+"""What the bridge does with each partner event: keep the link registry, refuse what a partner may
+not say, and mirror items onto the other ticket through that partner's inbound topic."""
+import logging
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.sync_bridge.models import ItemMirror, Link
+from shared.contracts import Envelope, Payload, envelope
+from shared.db import utcnow
+from shared.inbox import Rejected
+from shared.kafka import inbound_topic
+from shared.messages import (
+    AttachmentChunk,
+    InsourceAccepted,
+    InsourceDeclined,
+    ItemBody,
+    ItemCreated,
+    ItemDeleted,
+    ItemUpdated,
+    MirrorChunk,
+    MirrorDelete,
+    MirrorUpsert,
+    OutsourceCanceled,
+    OutsourceRequested,
+    WorkAccepted,
+    WorkCanceled,
+    WorkDeclined,
+    WorkRequested,
+)
+from shared.outbox import add_to_outbox
+
+log = logging.getLogger(__name__)
+MIRROR_NAMESPACE = uuid.UUID("6f1c2a52-8d7e-4d0b-9a51-2f0b6c1d9e11")
+
+PENDING, ACTIVE, SUSPENDED, TERMINATED = "pending", "active", "suspended", "terminated"
+
+
+def sender_of(topic: str) -> str:
+    """psa.<partner>.outbound -> <partner>. The topic, not the envelope, says who sent it."""
+    parts = topic.split(".")
+    if len(parts) != 3 or parts[0] != "psa" or parts[2] != "outbound":
+        raise Rejected(f"the bridge does not read topic {topic}")
+    return parts[1]
+
+
+def lead_time_entry_as_note(fields: dict) -> dict:
+    billable = "billable" if fields.get("billable", True) else "non-billable"
+    return {
+        "title": f"Time entry by {fields['resource']}",
+        "body": f"{fields['resource']} worked {fields['hours']} h on {fields['date_worked']} ({billable}): {fields['summary']}",
+    }
+
+
+class Bridge:
+    def __init__(self, partners: list[str]):
+        self.partners = set(partners)
+
+    async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
+        sender = sender_of(topic)
+        if env.source != sender:
+            raise Rejected(f"event claims to come from {env.source!r} but arrived on {sender}'s topic")
+        link_id = getattr(payload, "link_id", None)
+        if link_id is None or link_id != env.link_id:
+            raise Rejected("the event's link id and its envelope's do not agree")
+        link = await session.get(Link, link_id, with_for_update=True)
+
+        if isinstance(payload, OutsourceRequested):
+            await self._requested(session, sender, link, payload)
+            return
+        if link is None:
+            raise Rejected(f"unknown link {link_id}")
+        if sender not in (link.lead_partner_id, link.insourcing_partner_id):
+            raise Rejected(f"{sender} is not a party to link {link_id}")
+        link.last_event_at = utcnow()
+        is_lead = sender == link.lead_partner_id
+
+        if isinstance(payload, OutsourceCanceled):
+            self._require(is_lead, sender, env)
+            if link.state == PENDING:
+                link.state = TERMINATED
+                self._send(session, link.insourcing_partner_id, WorkCanceled(link_id=link.id), link.id)
+            else:
+                log.warning("cancel of link %s ignored: the link is already %s", link.id, link.state)
+        elif isinstance(payload, InsourceAccepted):
+            self._require(not is_lead, sender, env)
+            if link.state == PENDING:
+                link.state, link.insourcing_ticket_id = ACTIVE, payload.insourcing_ticket_id
+                self._send(
+                    session,
+                    link.lead_partner_id,
+                    WorkAccepted(link_id=link.id, partner_ticket_number=payload.insourcing_ticket_number),
+                    link.id,
+                )
+            else:
+                log.warning("acceptance of link %s ignored: the link is already %s", link.id, link.state)
+        elif isinstance(payload, InsourceDeclined):
+            self._require(not is_lead, sender, env)
+            if link.state == PENDING:
+                link.state = TERMINATED
+                self._send(session, link.lead_partner_id, WorkDeclined(link_id=link.id, reason=payload.reason), link.id)
+        elif isinstance(payload, (ItemCreated, ItemUpdated, ItemDeleted, AttachmentChunk)):
+            await self._mirror(session, link, sender, is_lead, payload)
+        else:
+            raise Rejected(f"{env.type} is not for the bridge")
+
+    @staticmethod
+    def _require(allowed: bool, sender: str, env: Envelope) -> None:
+        if not allowed:
+            raise Rejected(f"{sender} may not send {env.type} on this link")
+
+    async def _requested(self, session: AsyncSession, sender: str, link: Link | None, payload: OutsourceRequested) -> None:
+        if link is not None:
+            raise Rejected(f"link {payload.link_id} exists already")
+        target = payload.insourcing_partner_id
+        if target not in self.partners or target == sender:
+            raise Rejected(f"{sender} cannot outsource to {target!r}: not a partner this bridge serves")
+        session.add(
+            Link(
+                id=payload.link_id,
+                state=PENDING,
+                lead_partner_id=sender,
+                lead_ticket_id=payload.lead_ticket_id,
+                insourcing_partner_id=target,
+                mirrored_to_lead=0,
+                mirrored_to_insourcing=0,
+                last_event_at=utcnow(),
+            )
+        )
+        self._send(
+            session,
+            target,
+            WorkRequested(
+                link_id=payload.link_id,
+                lead_partner_id=sender,
+                lead_partner_name=payload.lead_partner_name,
+                lead_ticket_number=payload.lead_ticket_number,
+                title=payload.title,
+                description=payload.description,
+                instructions=payload.instructions,
+                terms=payload.terms,
+            ),
+            payload.link_id,
+        )
+
+    async def _mirror(self, session: AsyncSession, link: Link, sender: str, is_lead: bool, payload) -> None:
+        if link.state != ACTIVE:
+            log.info("link %s is %s: %s of item %s stays on its side", link.id, link.state, payload.type, payload.item_id)
+            return
+        target = link.insourcing_partner_id if is_lead else link.lead_partner_id
+        mapping = await session.get(ItemMirror, (link.id, payload.item_id))
+
+        if isinstance(payload, ItemCreated):
+            if mapping is None:
+                mapping = ItemMirror(
+                    link_id=link.id,
+                    source_item_id=payload.item_id,
+                    source_partner_id=sender,
+                    mirror_id=str(uuid.uuid5(MIRROR_NAMESPACE, f"{link.id}:{payload.item_id}")),
+                    kind="note" if (is_lead and payload.kind == "time_entry") else payload.kind,
+                    deleted=False,
+                )
+                session.add(mapping)
+                if is_lead:
+                    link.mirrored_to_insourcing += 1
+                else:
+                    link.mirrored_to_lead += 1
+            self._send(session, target, self._upsert(link, mapping, is_lead, payload), link.id)
+            return
+        if mapping is None or mapping.deleted:
+            log.info("no mirror of item %s on link %s: %s not forwarded", payload.item_id, link.id, payload.type)
+            return
+        if mapping.source_partner_id != sender:
+            raise Rejected(f"{sender} did not create item {payload.item_id}")
+        if isinstance(payload, ItemUpdated):
+            self._send(session, target, self._upsert(link, mapping, is_lead, payload), link.id)
+        elif isinstance(payload, ItemDeleted):
+            mapping.deleted = True
+            self._send(session, target, MirrorDelete(link_id=link.id, mirror_id=mapping.mirror_id), link.id)
+        else:
+            self._send(
+                session,
+                target,
+                MirrorChunk(link_id=link.id, mirror_id=mapping.mirror_id, index=payload.index, count=payload.count,
+                            data=payload.data),
+                link.id,
+            )
+
+    @staticmethod
+    def _upsert(link: Link, mapping: ItemMirror, is_lead: bool, payload: ItemBody) -> MirrorUpsert:
+        fields = payload.fields
+        if is_lead and payload.kind == "time_entry":
+            fields = lead_time_entry_as_note(fields)  # the lead's time is described to the partner, not billed
+        return MirrorUpsert(
+            link_id=link.id,
+            mirror_id=mapping.mirror_id,
+            kind=mapping.kind,
+            fields=fields,
+            # The partner's notes must not reach the lead's customer.
+            internal=(not is_lead) and mapping.kind == "note",
+            chunk_count=payload.chunk_count,
+        )
+
+    @staticmethod
+    def _send(session: AsyncSession, partner_id: str, payload: Payload, link_id: str) -> None:
+        add_to_outbox(session, inbound_topic(partner_id), envelope(payload, source="bridge", link_id=link_id))

@@ -1,0 +1,217 @@
+"""Partner-side mirroring, the same on both partners: which local items cross and when (the
+outbound half), and how mirrors of the other partner's items are stored (the inbound half)."""
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Integer, LargeBinary, String, Boolean, delete, func, select
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.contracts import envelope
+from shared.db import Base
+from shared.inbox import Rejected
+from shared.messages import (
+    CHUNK_BYTES,
+    AttachmentChunk,
+    ItemCreated,
+    ItemDeleted,
+    ItemUpdated,
+    MirrorChunk,
+    MirrorDelete,
+    MirrorUpsert,
+)
+from shared.outbox import add_to_outbox
+from shared.outsourcing import Status, synchronizing
+from shared.tickets.models import AttachmentContent, Ticket, TicketItem
+from shared.tickets.rules import ItemFacts, ItemKind, Origin, item_editable
+from shared.tickets.service import get_ticket
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """A ticket's current link as its own partner sees it."""
+
+    link_id: str
+    status: Status
+    partner_id: str
+    partner_ticket_number: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "link_id": self.link_id,
+            "partner_id": self.partner_id,
+            "partner_ticket_number": self.partner_ticket_number,
+        }
+
+
+class LinkDirectory(Protocol):
+    """Each partner keeps its links its own way (outsourcings on the lead, received work on the
+    insourcing side); mirroring needs only these two look-ups."""
+
+    async def link_for_ticket(self, session: AsyncSession, ticket_id: str) -> LinkView | None: ...
+
+    async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None: ...
+
+
+class IncomingAttachment(Base):
+    """An attachment mirror whose bytes are still arriving in chunks; it becomes an item when complete."""
+
+    __tablename__ = "incoming_attachments"
+
+    mirror_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    ticket_id: Mapped[str] = mapped_column(String(36))
+    fields: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    internal: Mapped[bool] = mapped_column(Boolean)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+
+
+class IncomingChunk(Base):
+    __tablename__ = "incoming_chunks"
+
+    mirror_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MirroringPolicy:
+    """The SyncPolicy of a partner service: a local, non-internal item crosses while the link is
+    active; edits and deletes by its creator follow it."""
+
+    def __init__(self, links: LinkDirectory, partner_id: str, outbound_topic: str):
+        self.links = links
+        self.partner_id = partner_id
+        self.topic = outbound_topic
+
+    async def link_of(self, session: AsyncSession, ticket: Ticket) -> dict[str, Any] | None:
+        link = await self.links.link_for_ticket(session, ticket.id)
+        return link.as_json() if link else None
+
+    def editable(self, item: TicketItem) -> bool:
+        return item_editable(ItemFacts(Origin(item.origin), ItemKind(item.kind), item.locked))
+
+    async def item_written(self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str) -> None:
+        if item.origin != Origin.LOCAL or item.internal:
+            return  # internal items never leave; mirrors and system notes are never mirrored back
+        if action != "created" and not item.shared:
+            return  # it never crossed, so there is nothing to follow it
+        link = await self.links.link_for_ticket(session, ticket.id)
+        if link is None or not synchronizing(link.status):
+            return
+        if action == "deleted":
+            self._emit(session, ItemDeleted(link_id=link.link_id, item_id=item.id, kind=item.kind), link.link_id)
+            return
+        chunks: list[bytes] = []
+        if action == "created":
+            item.shared = True
+            if item.kind == ItemKind.ATTACHMENT:
+                content = (await session.get(AttachmentContent, item.id)).content
+                chunks = [content[i : i + CHUNK_BYTES] for i in range(0, len(content), CHUNK_BYTES)] or [b""]
+        model = ItemCreated if action == "created" else ItemUpdated
+        self._emit(
+            session,
+            model(link_id=link.link_id, item_id=item.id, kind=item.kind, fields=item.fields, chunk_count=len(chunks)),
+            link.link_id,
+        )
+        for index, chunk in enumerate(chunks):
+            data = base64.b64encode(chunk).decode()
+            self._emit(
+                session,
+                AttachmentChunk(link_id=link.link_id, item_id=item.id, index=index, count=len(chunks), data=data),
+                link.link_id,
+            )
+
+    def _emit(self, session: AsyncSession, payload, link_id: str) -> None:
+        add_to_outbox(session, self.topic, envelope(payload, source=self.partner_id, link_id=link_id))
+
+
+async def apply_mirror(session: AsyncSession, links: LinkDirectory, payload) -> None:
+    """Apply a mirror.upsert, mirror.chunk or mirror.delete from the bridge."""
+    ticket_id = await links.ticket_for_link(session, payload.link_id)
+    if ticket_id is None:
+        raise Rejected(f"no ticket is linked by {payload.link_id}")
+    await get_ticket(session, ticket_id, for_update=True)  # same order as local writes
+    if isinstance(payload, MirrorUpsert):
+        await _upsert(session, ticket_id, payload)
+    elif isinstance(payload, MirrorChunk):
+        await _chunk(session, payload)
+    elif isinstance(payload, MirrorDelete):
+        item = await session.get(TicketItem, payload.mirror_id)
+        if item is not None and item.ticket_id == ticket_id and item.origin == Origin.PARTNER:
+            await session.delete(item)
+        await session.execute(delete(IncomingAttachment).where(IncomingAttachment.mirror_id == payload.mirror_id))
+        await session.execute(delete(IncomingChunk).where(IncomingChunk.mirror_id == payload.mirror_id))
+
+
+async def _upsert(session: AsyncSession, ticket_id: str, payload: MirrorUpsert) -> None:
+    item = await session.get(TicketItem, payload.mirror_id)
+    if item is not None:
+        if item.ticket_id != ticket_id or item.origin != Origin.PARTNER:
+            raise Rejected(f"item {payload.mirror_id} is not a mirror on ticket {ticket_id}")
+        item.fields = {**item.fields, **payload.fields}
+        return
+    if payload.kind == ItemKind.ATTACHMENT:
+        await session.execute(
+            insert(IncomingAttachment)
+            .values(
+                mirror_id=payload.mirror_id,
+                ticket_id=ticket_id,
+                fields=payload.fields,
+                internal=payload.internal,
+                chunk_count=payload.chunk_count,
+            )
+            .on_conflict_do_nothing()
+        )
+        await _assemble_if_complete(session, payload.mirror_id)
+        return
+    session.add(
+        TicketItem(
+            id=payload.mirror_id,
+            ticket_id=ticket_id,
+            kind=payload.kind,
+            origin=Origin.PARTNER,
+            internal=payload.internal,
+            shared=True,
+            fields=payload.fields,
+        )
+    )
+
+
+async def _chunk(session: AsyncSession, payload: MirrorChunk) -> None:
+    await session.execute(
+        insert(IncomingChunk)
+        .values(mirror_id=payload.mirror_id, index=payload.index, data=base64.b64decode(payload.data))
+        .on_conflict_do_nothing()
+    )
+    await _assemble_if_complete(session, payload.mirror_id)
+
+
+async def _assemble_if_complete(session: AsyncSession, mirror_id: str) -> None:
+    staged = await session.get(IncomingAttachment, mirror_id)
+    if staged is None:
+        return
+    have = await session.scalar(select(func.count()).where(IncomingChunk.mirror_id == mirror_id))
+    if have < staged.chunk_count:
+        return
+    parts = await session.scalars(select(IncomingChunk.data).where(IncomingChunk.mirror_id == mirror_id).order_by(IncomingChunk.index))
+    content = b"".join(parts.all())
+    if hashlib.sha256(content).hexdigest() != staged.fields.get("sha256") or len(content) != staged.fields.get("size"):
+        raise Rejected(f"attachment {mirror_id} arrived with a checksum or size that does not match")
+    session.add(
+        TicketItem(
+            id=mirror_id,
+            ticket_id=staged.ticket_id,
+            kind=ItemKind.ATTACHMENT,
+            origin=Origin.PARTNER,
+            internal=staged.internal,
+            shared=True,
+            fields=staged.fields,
+        )
+    )
+    await session.flush()
+    session.add(AttachmentContent(item_id=mirror_id, content=content))
+    await session.execute(delete(IncomingChunk).where(IncomingChunk.mirror_id == mirror_id))
+    await session.delete(staged)

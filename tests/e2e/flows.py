@@ -1,0 +1,65 @@
+"""Steps of the outsourcing workflow as a user drives them over HTTP, shared by the end-to-end tests."""
+import httpx
+
+from tests.harness import eventually
+
+PARTNER = "insourcing-partner"
+
+
+async def new_ticket(client: httpx.AsyncClient, title: str = "Server room too hot", **body) -> dict:
+    answer = await client.post("/api/tickets", json={"title": title, **body})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+async def received(insourcing: httpx.AsyncClient, link_id: str, status: str | None = None) -> dict:
+    """Waits until the insourcing partner has the work (in `status`, when given) and returns it."""
+
+    async def check():
+        work = (await insourcing.get("/api/received-work")).json()
+        found = next((w for w in work if w["link_id"] == link_id), None)
+        return found if found and (status is None or found["insource_status"] == status) else None
+
+    return await eventually(check)
+
+
+async def outsource_status(lead: httpx.AsyncClient, ticket_id: str, status: str) -> dict:
+    async def check():
+        ticket = (await lead.get(f"/api/tickets/{ticket_id}")).json()
+        return ticket if ticket["outsource"] and ticket["outsource"]["status"] == status else None
+
+    return await eventually(check)
+
+
+async def outsource(lead: httpx.AsyncClient, ticket_id: str, **body) -> dict:
+    answer = await lead.post(f"/api/tickets/{ticket_id}/outsource", json={"partner_id": PARTNER, **body})
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
+async def linked_tickets(lead: httpx.AsyncClient, insourcing: httpx.AsyncClient, **ticket) -> tuple[dict, dict, str]:
+    """A lead ticket outsourced and accepted: returns (lead ticket, insourced ticket, link id)."""
+    lead_ticket = await new_ticket(lead, **ticket)
+    link_id = (await outsource(lead, lead_ticket["id"], instructions="Please look today"))["link_id"]
+    await received(insourcing, link_id, "Pending")
+    accepted = await insourcing.post(f"/api/received-work/{link_id}/accept")
+    assert accepted.status_code == 200, accepted.text
+    await outsource_status(lead, lead_ticket["id"], "In Progress")
+    insourced = (await insourcing.get(f"/api/tickets/{accepted.json()['ticket_id']}")).json()
+    return lead_ticket, insourced, link_id
+
+
+async def items(client: httpx.AsyncClient, ticket_id: str, kind: str) -> list[dict]:
+    answer = await client.get(f"/api/tickets/{ticket_id}/{kind}")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def arrived(client: httpx.AsyncClient, ticket_id: str, kind: str, predicate, count: int = 1) -> list[dict]:
+    """Waits until `count` items of `kind` matching `predicate` are on the ticket; returns them."""
+
+    async def check():
+        found = [i for i in await items(client, ticket_id, kind) if predicate(i)]
+        return found if len(found) >= count else None
+
+    return await eventually(check)
