@@ -1,5 +1,6 @@
 """Session-wide test stack: real PostgreSQL, a real Kafka-protocol broker, a real SMTP server on
 loopback, and the three services as real processes."""
+import logging
 import secrets
 
 import pytest
@@ -9,6 +10,7 @@ from devstack import infra
 from tests.harness import Infrastructure, ServiceProcess, resolve_infrastructure
 
 _resolved: dict[str, str] = {}
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
 
 
 @pytest.fixture(scope="session")
