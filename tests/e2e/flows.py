@@ -55,11 +55,13 @@ async def items(client: httpx.AsyncClient, ticket_id: str, kind: str) -> list[di
     return answer.json()
 
 
-async def arrived(client: httpx.AsyncClient, ticket_id: str, kind: str, predicate, count: int = 1) -> list[dict]:
+async def arrived(
+    client: httpx.AsyncClient, ticket_id: str, kind: str, predicate, count: int = 1, timeout: float = 15.0
+) -> list[dict]:
     """Waits until `count` items of `kind` matching `predicate` are on the ticket; returns them."""
 
     async def check():
         found = [i for i in await items(client, ticket_id, kind) if predicate(i)]
         return found if len(found) >= count else None
 
-    return await eventually(check)
+    return await eventually(check, timeout=timeout)

@@ -1,0 +1,155 @@
+"""What operators of two companies worry about: a forged or malformed message, a redelivered one,
+and a process killed mid-stream. Nothing is lost, nothing is duplicated, the rest keeps flowing."""
+import asyncio
+import signal
+import uuid
+
+import httpx
+import pytest
+
+from shared.contracts import envelope
+from shared.kafka import make_producer, outbound_topic
+from shared.messages import ItemCreated, OutsourceCanceled
+from tests.e2e.flows import arrived, items, linked_tickets, received
+from tests.harness import ServiceProcess, eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+LEAD, PARTNER = "lead-partner", "insourcing-partner"
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes) -> None:
+    producer = make_producer(bootstrap)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def parked(bridge: httpx.AsyncClient, text: str) -> list[dict]:
+    async def check():
+        return [d for d in (await bridge.get("/api/dead-letters")).json() if text in d["reason"]]
+
+    return await eventually(check)
+
+
+async def test_forged_events_are_parked_and_change_nothing(lead, insourcing, bridge, infrastructure):
+    lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
+    key = link_id.encode()
+    # The insourcing partner may not cancel for the lead, nor pretend to be the lead.
+    cancel = envelope(OutsourceCanceled(link_id=link_id), source=PARTNER, link_id=link_id)
+    posing = envelope(OutsourceCanceled(link_id=link_id), source=LEAD, link_id=link_id)
+    stranger = envelope(
+        ItemCreated(link_id="no-such-link", item_id=str(uuid.uuid4()), kind="note", fields={"title": "", "body": "hi"}),
+        source=PARTNER, link_id="no-such-link",
+    )
+    await produce(infrastructure.kafka_bootstrap, outbound_topic(PARTNER),
+                  [cancel.to_bytes(), posing.to_bytes(), stranger.to_bytes()], key)
+    assert (await parked(bridge, "may not send outsource.canceled"))[0]["event_id"] == str(cancel.event_id)
+    assert (await parked(bridge, "claims to come from 'lead-partner'"))[0]["event_id"] == str(posing.event_id)
+    assert await parked(bridge, "unknown link no-such-link")
+    # Still linked: a note crosses, and both sides are still In Progress.
+    await insourcing.post(f"/api/tickets/{insourced['id']}/notes", json={"body": "still linked"})
+    await arrived(lead, lead_ticket["id"], "notes", lambda n: n["body"] == "still linked")
+    assert (await bridge.get(f"/api/links/{link_id}")).json()["state"] == "active"
+    assert (await received(insourcing, link_id))["insource_status"] == "In Progress"
+
+
+async def test_a_poison_message_is_parked_and_the_stream_keeps_flowing(lead, insourcing, bridge, infrastructure):
+    lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
+    await produce(infrastructure.kafka_bootstrap, outbound_topic(LEAD), [b"{not json", b"\xff\xfe"], link_id.encode())
+    await lead.post(f"/api/tickets/{lead_ticket['id']}/notes", json={"body": "after the poison"})
+    await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "after the poison")
+    poison = await parked(bridge, "not an envelope")
+    assert {d["key"] for d in poison} >= {link_id}
+
+
+async def test_an_event_delivered_twice_is_mirrored_once(lead, insourcing, infrastructure):
+    lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
+    event = envelope(
+        ItemCreated(link_id=link_id, item_id=str(uuid.uuid4()), kind="note", fields={"title": "", "body": "said twice"}),
+        source=LEAD, link_id=link_id,
+    )
+    await produce(infrastructure.kafka_bootstrap, outbound_topic(LEAD), [event.to_bytes()] * 2, link_id.encode())
+    await lead.post(f"/api/tickets/{lead_ticket['id']}/notes", json={"body": "marker after"})
+    await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "marker after")
+    assert len([n for n in await items(insourcing, insourced["id"], "notes") if n["body"] == "said twice"]) == 1
+
+
+async def write_notes(client: httpx.AsyncClient, ticket_id: str, prefix: str, count: int) -> list[str]:
+    """Writes notes one after another, as a busy technician would; returns those the service accepted."""
+    accepted = []
+    for n in range(count):
+        body = f"{prefix} {n:03d}"
+        try:
+            answer = await client.post(f"/api/tickets/{ticket_id}/notes", json={"body": body})
+            if answer.status_code == 201:
+                accepted.append(body)
+        except httpx.HTTPError:
+            await asyncio.sleep(0.2)  # the service is down; a user would retry later
+        await asyncio.sleep(0.01)
+    return accepted
+
+
+async def kill_and_restart(proc: ServiceProcess, after: float, down_for: float) -> None:
+    await asyncio.sleep(after)
+    proc.kill(signal.SIGKILL)
+    await asyncio.sleep(down_for)
+    proc.start()
+    await asyncio.to_thread(proc.wait_ready)
+
+
+async def assert_all_arrived_once_in_order(client, ticket_id: str, prefix: str, expected: list[str]) -> None:
+    found = await arrived(client, ticket_id, "notes", lambda n: n["body"].startswith(prefix + " "),
+                          count=len(expected), timeout=90)
+    await asyncio.sleep(1.0)  # anything duplicated or late would show up now
+    found = [n["body"] for n in await items(client, ticket_id, "notes") if n["body"].startswith(prefix + " ")]
+    assert found == expected
+
+
+@pytest.mark.parametrize("victim", ["sync_bridge", "insourcing_partner"])
+async def test_a_killed_bridge_or_receiving_partner_loses_and_duplicates_nothing(lead, insourcing, services, victim):
+    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
+    prefix = f"kill-{victim}"
+    accepted, _ = await asyncio.gather(
+        write_notes(lead, lead_ticket["id"], prefix, 80),
+        kill_and_restart(services[victim], after=0.4, down_for=1.0),
+    )
+    assert len(accepted) == 80
+    await assert_all_arrived_once_in_order(insourcing, insourced["id"], prefix, accepted)
+
+
+async def test_a_killed_sending_partner_loses_nothing_it_acknowledged(lead, insourcing, services):
+    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
+    accepted, _ = await asyncio.gather(
+        write_notes(insourcing, insourced["id"], "sender-killed", 80),
+        kill_and_restart(services["insourcing_partner"], after=0.4, down_for=1.0),
+    )
+    assert 0 < len(accepted) < 80  # some writes met a dead service; what was acknowledged must arrive
+    await assert_all_arrived_once_in_order(lead, lead_ticket["id"], "sender-killed", accepted)
+
+
+async def test_two_bridges_share_the_work_and_one_dying_loses_nothing(lead, insourcing, services, base_env):
+    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
+    second = ServiceProcess("sync_bridge", base_env)
+    second.start()
+    try:
+        await asyncio.to_thread(second.wait_ready)
+        await asyncio.sleep(4)  # let the group rebalance over both members
+        first = services["sync_bridge"]
+        accepted, _ = await asyncio.gather(
+            write_notes(lead, lead_ticket["id"], "two-bridges", 60),
+            _kill_after(first, 0.4),
+        )
+        await assert_all_arrived_once_in_order(insourcing, insourced["id"], "two-bridges", accepted)
+    finally:
+        if services["sync_bridge"].proc.poll() is not None:
+            services["sync_bridge"].start()
+            await asyncio.to_thread(services["sync_bridge"].wait_ready)
+        second.stop()
+
+
+async def _kill_after(proc: ServiceProcess, after: float) -> None:
+    await asyncio.sleep(after)
+    proc.kill(signal.SIGKILL)
