@@ -3,6 +3,7 @@ unknown token, 403 for a token without the permission a call needs."""
 import enum
 import hashlib
 import secrets
+import time
 import uuid
 from datetime import datetime
 from typing import Annotated
@@ -66,7 +67,33 @@ async def revoke_token(session: AsyncSession, token_id: str) -> bool:
     result = await session.execute(
         update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None)).values(revoked_at=func.now())
     )
+    # Every running replica drops its cache of verified tokens when this commits.
+    await session.execute(select(func.pg_notify(TOKENS_CHANNEL, token_id)))
     return result.rowcount == 1
+
+
+TOKENS_CHANNEL = "api_tokens"
+
+
+class TokenCache:
+    """Verified tokens, so that a request does not pay a database query to authenticate. Emptied
+    on a revocation NOTIFY from any process, and after `ttl` seconds in any case."""
+
+    def __init__(self, ttl: float = 30.0):
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, list[str]]] = {}
+
+    def get(self, digest: str) -> list[str] | None:
+        entry = self._entries.get(digest)
+        if entry is None or time.monotonic() - entry[0] > self.ttl:
+            return None
+        return entry[1]
+
+    def put(self, digest: str, permissions: list[str]) -> None:
+        self._entries[digest] = (time.monotonic(), permissions)
+
+    def clear(self, *_: object) -> None:
+        self._entries.clear()
 
 
 _bearer = HTTPBearer(auto_error=False, description="A service API token")
@@ -84,20 +111,23 @@ def require(permission: Permission):
     """A dependency that admits only a live token carrying `permission`."""
 
     async def check(
+        request: Request,
         session: SessionDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> ApiToken:
+    ) -> None:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        token = await session.scalar(
-            select(ApiToken).where(
-                ApiToken.token_sha256 == hash_token(credentials.credentials), ApiToken.revoked_at.is_(None)
+        digest = hash_token(credentials.credentials)
+        cache: TokenCache = request.app.state.token_cache
+        permissions = cache.get(digest)
+        if permissions is None:
+            permissions = await session.scalar(
+                select(ApiToken.permissions).where(ApiToken.token_sha256 == digest, ApiToken.revoked_at.is_(None))
             )
-        )
-        if token is None:
-            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        if permission.value not in token.permissions:
+            if permissions is None:
+                raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+            cache.put(digest, permissions)
+        if permission.value not in permissions:
             raise HTTPException(403, f"this token lacks the '{permission.value}' permission")
-        return token
 
     return check

@@ -42,7 +42,7 @@ def make_consumer(bootstrap: str, group_id: str, topics: list[str], session_time
         auto_offset_reset="earliest",
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=max(300, session_timeout_ms // 5),
-        fetch_max_wait_ms=15,
+        fetch_max_wait_ms=10,  # Tansu answers a waiting fetch only when this expires
         max_partition_fetch_bytes=4 * MAX_MESSAGE_BYTES,
         fetch_max_bytes=16 * MAX_MESSAGE_BYTES,
         metadata_max_age_ms=5_000,

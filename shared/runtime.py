@@ -7,13 +7,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI
 from prometheus_client import Gauge
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from shared.auth import Permission, ensure_token
-from shared.db import make_engine, make_sessionmaker
+from shared.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
+from shared.db import asyncpg_dsn, make_engine, make_sessionmaker
 from shared.inbox import Handler, InboxConsumer
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.outbox import OutboxRelay
@@ -49,6 +50,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = sessions
         app.state.settings = settings
+        app.state.token_cache = TokenCache()
         for key, value in spec.state.items():
             setattr(app.state, key, value)
         if settings.api_token:
@@ -86,12 +88,17 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                     )
             await asyncio.gather(relay.run(), consumer.run(), *(task(app) for task in spec.background))
 
+        listener = asyncio.create_task(
+            listen_for_revocations(settings.database_url, app.state.token_cache), name="token-revocations"
+        )
+
         task = asyncio.create_task(messaging(), name=f"{spec.name}-messaging")
         try:
             yield
         finally:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            listener.cancel()
+            await asyncio.gather(task, listener, return_exceptions=True)
             await engine.dispose()
 
     app = FastAPI(
@@ -124,3 +131,24 @@ def _install_messaging_metrics(app: FastAPI, relay: OutboxRelay, consumer: Inbox
     Gauge("dead_letters_total", "messages parked by this replica", registry=registry).set_function(
         lambda: consumer.parked_total
     )
+
+
+async def listen_for_revocations(database_url: str, cache: TokenCache) -> None:
+    """Empties the token cache whenever any process revokes a token (and on every reconnect, since
+    a notification may have been missed meanwhile)."""
+    while True:
+        try:
+            conn = await asyncpg.connect(asyncpg_dsn(database_url))
+            try:
+                await conn.add_listener(TOKENS_CHANNEL, cache.clear)
+                cache.clear()
+                while not conn.is_closed():
+                    await asyncio.sleep(1.0)
+            finally:
+                await conn.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("token revocation listener lost its connection; reconnecting", exc_info=True)
+            cache.clear()
+            await asyncio.sleep(1.0)

@@ -34,21 +34,7 @@ def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[
         buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse(
-                {"detail": f"request body of {length} bytes is over the limit (attachments up to 10 MiB); nothing was stored"},
-                status_code=413,
-            )
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        requests.labels(request.method, template, response.status_code).inc()
-        latency.labels(request.method, template).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_Measure, requests=requests, latency=latency)
 
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError):
@@ -112,3 +98,37 @@ def kafka_check(bootstrap: str) -> Callable[[], Awaitable[str | None]]:
         return None
 
     return check
+
+
+class _Measure:
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): refuses bodies over
+    the attachment limit before reading them, and records request counts and latency per route."""
+
+    def __init__(self, app, requests: Counter, latency: Histogram):
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            response = JSONResponse(
+                {"detail": f"request body of {int(length)} bytes is over the limit (attachments up to 10 MiB); "
+                           "nothing was stored"},
+                status_code=413,
+            )
+            return await response(scope, receive, send)
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(scope["method"], route, status["code"]).inc()
+            self.latency.labels(scope["method"], route).observe(time.perf_counter() - started)

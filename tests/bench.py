@@ -1,0 +1,154 @@
+"""`make bench`: how long a note takes to show up on the other side, beside two floors measured in
+the same run on the same broker: one HTTP round trip, and one Kafka produce->consume hop."""
+import asyncio
+import statistics
+import time
+import uuid
+
+import httpx
+
+from devstack import infra
+from shared.kafka import ensure_topics, make_consumer, make_producer
+from tests.e2e.flows import linked_tickets
+from tests.harness import ServiceProcess, resolve_infrastructure
+
+SAMPLES = 500
+LINKS = 50
+RATE_NOTES = 2000
+
+
+def summary(name: str, seconds: list[float]) -> str:
+    ms = sorted(s * 1000 for s in seconds)
+    q = statistics.quantiles(ms, n=100)
+    return f"{name:<44} n={len(ms):<5} p50={q[49]:7.2f} ms  p95={q[94]:7.2f} ms  p99={q[98]:7.2f} ms"
+
+
+async def http_floor(client: httpx.AsyncClient) -> list[float]:
+    out = []
+    for _ in range(SAMPLES):
+        started = time.perf_counter()
+        (await client.get("/healthz")).raise_for_status()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def kafka_floor(bootstrap: str) -> list[float]:
+    topic = f"bench.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, [topic], 1)
+    producer = make_producer(bootstrap)
+    consumer = make_consumer(bootstrap, f"bench-{topic}", [topic], session_timeout_ms=6000)
+    await producer.start()
+    await consumer.start()
+    try:
+        while not consumer.assignment():
+            await asyncio.sleep(0.05)
+        await producer.send_and_wait(topic, b"warm-up")
+        await consumer.getmany(timeout_ms=5000)
+        out = []
+        for n in range(SAMPLES):
+            started = time.perf_counter()
+            await producer.send(topic, str(n).encode())
+            while not await consumer.getmany(timeout_ms=1000):
+                pass
+            out.append(time.perf_counter() - started)
+        return out
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def note_latency(source, target, pairs) -> list[float]:
+    """Each sample: create a note through one API, then read the other ticket through the other
+    API until the note is there."""
+    out = []
+    for n in range(SAMPLES):
+        src_id, dst_id = pairs[n % len(pairs)]
+        before = len((await target.get(f"/api/tickets/{dst_id}/notes")).json())
+        started = time.perf_counter()
+        (await source.post(f"/api/tickets/{src_id}/notes", json={"body": f"bench {n}"})).raise_for_status()
+        while len((await target.get(f"/api/tickets/{dst_id}/notes")).json()) == before:
+            await asyncio.sleep(0.001)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def sustained_rate(source, bridge, pairs, link_ids) -> tuple[float, float]:
+    async def mirrored() -> int:
+        links = (await bridge.get("/api/links", params={"state": "active"})).json()
+        return sum(l["mirrored_to_insourcing"] for l in links if l["id"] in link_ids)
+
+    start_count = await mirrored()
+    queue = asyncio.Queue()
+    for n in range(RATE_NOTES):
+        queue.put_nowait(n)
+
+    async def worker() -> None:
+        while not queue.empty():
+            n = queue.get_nowait()
+            src_id, _ = pairs[n % len(pairs)]
+            (await source.post(f"/api/tickets/{src_id}/notes", json={"body": f"rate {n}"})).raise_for_status()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(16)))
+    written = time.perf_counter() - started
+    while await mirrored() - start_count < RATE_NOTES:
+        await asyncio.sleep(0.05)
+    return RATE_NOTES / written, RATE_NOTES / (time.perf_counter() - started)
+
+
+async def run(procs: dict[str, ServiceProcess], bootstrap: str) -> None:
+    async with procs["lead_partner"].client() as lead, procs["insourcing_partner"].client() as insourcing, \
+            procs["sync_bridge"].client() as bridge:
+        pairs, link_ids = [], set()
+        for _ in range(LINKS):
+            lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
+            pairs.append((lead_ticket["id"], insourced["id"]))
+            link_ids.add(link_id)
+        lines = [
+            summary("floor: HTTP round trip (GET /healthz)", await http_floor(lead)),
+            summary("floor: Kafka produce -> consume, one hop", await kafka_floor(bootstrap)),
+            summary("note lead -> insourcing, visible via API", await note_latency(lead, insourcing, pairs)),
+            summary("note insourcing -> lead, visible via API",
+                    await note_latency(insourcing, lead, [(b, a) for a, b in pairs])),
+        ]
+        accepted, delivered = await sustained_rate(lead, bridge, pairs, link_ids)
+        lines.append(f"sustained: {RATE_NOTES} notes over {LINKS} links, 16 writers: "
+                     f"{accepted:.0f} notes/s accepted, {delivered:.0f} notes/s delivered to the other side")
+        print("\n".join(["", "make bench (target: note p50 < 25 ms, p99 < 100 ms on the local broker)", *lines]))
+
+
+def main() -> None:
+    resolved = resolve_infrastructure()
+    try:
+        names = {n: f"bench_{uuid.uuid4().hex[:6]}_{n}" for n in ("lead_partner", "insourcing_partner", "sync_bridge")}
+        urls = infra.create_databases(resolved.postgres_admin_url, list(names.values()))
+        import os
+
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": resolved.kafka_bootstrap,
+            "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "LEAD_DATABASE_URL": urls[names["lead_partner"]],
+            "INSOURCING_DATABASE_URL": urls[names["insourcing_partner"]],
+            "BRIDGE_DATABASE_URL": urls[names["sync_bridge"]],
+            "LOG_LEVEL": "WARNING",
+        }
+        procs = {n: ServiceProcess(n, env) for n in names}
+        for p in procs.values():
+            p.migrate()
+            p.start()
+        try:
+            for p in procs.values():
+                p.wait_ready()
+            print(f"PostgreSQL from {resolved.postgres_source}; Kafka from {resolved.kafka_source}")
+            asyncio.run(run(procs, resolved.kafka_bootstrap))
+        finally:
+            for p in procs.values():
+                p.stop()
+            infra.drop_databases(resolved.postgres_admin_url, list(names.values()))
+    finally:
+        resolved.close()
+
+
+if __name__ == "__main__":
+    main()
