@@ -158,3 +158,68 @@ class MirrorDelete(Payload):
     type = "mirror.delete"
     link_id: str
     mirror_id: str
+
+
+# --- completion (SPEC section 3, last four rows) -------------------------------------------------
+
+
+@contract
+class InsourceCompletionRequested(Payload):
+    """Insourcing -> bridge: "Notify Lead Partner > Insource Complete"."""
+
+    type = "insource.completion_requested"
+    link_id: str
+
+
+@contract
+class OutsourceRejected(Payload):
+    type = "outsource.rejected"
+    link_id: str
+    reason: str
+
+
+@contract
+class OutsourceCompleted(Payload):
+    """Lead -> bridge: approved, or set Complete at any time (the results are the same)."""
+
+    type = "outsource.completed"
+    link_id: str
+    approved: bool
+
+
+@contract
+class MirrorRefused(Payload):
+    """Partner -> bridge: a mirror arrived after this side suspended or ended synchronization."""
+
+    type = "mirror.refused"
+    link_id: str
+    mirror_id: str
+
+
+@contract
+class WorkWaitingApproval(Payload):
+    type = "link.waiting_approval"
+    link_id: str
+
+
+@contract
+class WorkRejected(Payload):
+    type = "link.rejected"
+    link_id: str
+    reason: str
+
+
+@contract
+class WorkCompleted(Payload):
+    type = "link.completed"
+    link_id: str
+    approved: bool
+
+
+@contract
+class ItemUnshared(Payload):
+    """Bridge -> the item's creator: the item did not cross (synchronization was suspended or over)."""
+
+    type = "item.unshared"
+    link_id: str
+    item_id: str

@@ -126,7 +126,8 @@ def create_ticket_tables(op) -> None:
         sa.Column("origin", sa.String(10), nullable=False),
         sa.Column("internal", sa.Boolean, nullable=False),
         sa.Column("shared", sa.Boolean, nullable=False),
-        sa.Column("locked", sa.Boolean, nullable=False),
+        sa.Column("lock", sa.String(16)),
+        sa.Column("released", sa.Boolean, nullable=False),
         sa.Column("fields", postgresql.JSONB, nullable=False),
         *_timestamps(),
     )
@@ -154,3 +155,21 @@ def create_mirror_tables(op) -> None:
         sa.Column("index", sa.Integer, primary_key=True),
         sa.Column("data", sa.LargeBinary, nullable=False),
     )
+
+
+def create_notification_table(op) -> None:
+    """E-mail notifications, written with the change they announce and sent from this outbox."""
+    op.create_table(
+        "notifications",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("kind", sa.String(50), nullable=False),
+        sa.Column("to", sa.String(255), nullable=False),
+        sa.Column("subject", sa.String(255), nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("ticket_id", sa.String(36)),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True)),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("last_error", sa.Text),
+    )
+    op.create_index("ix_notifications_unsent", "notifications", ["id"], postgresql_where=sa.text("sent_at IS NULL"))

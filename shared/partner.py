@@ -1,9 +1,15 @@
 """What both partner services are made of: their settings, their ticket API and their messaging."""
 
-from shared.auth import Permission
+from datetime import datetime
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+
+from shared.auth import Permission, SessionDep, require
 from shared.config import CommonSettings
 from shared.kafka import inbound_topic, outbound_topic
 from shared.runtime import ServiceSpec, create_app
+from shared.notifications import NotificationSender, list_notifications
 from shared.tickets.endpoints import ticket_router
 
 PARTNER_PERMISSIONS = [Permission.TICKETS, Permission.OUTSOURCING]
@@ -16,18 +22,50 @@ class PartnerSettings(CommonSettings):
     notify_email: str
     partner_id: str
     partner_name: str
+    mail_from: str | None = None  # default: "<partner name> <notifications@<partner id>.invalid>"
+
+
+class NotificationOut(BaseModel):
+    id: int
+    kind: str
+    to: str
+    subject: str
+    body: str
+    ticket_id: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+
+notifications_router = APIRouter(
+    prefix="/api", tags=["notifications"], dependencies=[Depends(require(Permission.OUTSOURCING))]
+)
+
+
+@notifications_router.get("/notifications", response_model=list[NotificationOut],
+                          summary="E-mail notifications this side sent (or is still sending), newest first")
+async def notifications(session: SessionDep):
+    return await list_notifications(session)
 
 
 def create_partner_app(name: str, settings: PartnerSettings, link_field: str, routers, handler, policy, state):
     spec = ServiceSpec(
         name=name,
         settings=settings,
-        routers=[ticket_router(link_field), *routers],
+        routers=[ticket_router(link_field), notifications_router, *routers],
         token_permissions=PARTNER_PERMISSIONS,
         # A partner writes only its outbound topic and reads only its inbound topic.
         topics_to_create=[outbound_topic(settings.partner_id), inbound_topic(settings.partner_id)],
         inbound_topics=[inbound_topic(settings.partner_id)],
         handler=handler,
         state={"sync_policy": policy, **state},
+        background=[lambda app: NotificationSender(
+            app.state.sessions,
+            settings.smtp_host,
+            settings.smtp_port,
+            sender=settings.mail_from or f"{settings.partner_name} <notifications@{settings.partner_id}.invalid>",
+            domain=f"{settings.partner_id}.invalid",
+        ).run()],
     )
     return create_app(spec)

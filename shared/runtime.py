@@ -86,19 +86,21 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                     await ensure_topics(
                         settings.kafka_bootstrap_servers, spec.topics_to_create, settings.kafka_topic_partitions
                     )
-            await asyncio.gather(relay.run(), consumer.run(), *(task(app) for task in spec.background))
+            await asyncio.gather(relay.run(), consumer.run())
 
         listener = asyncio.create_task(
             listen_for_revocations(settings.database_url, app.state.token_cache), name="token-revocations"
         )
+        # Work that does not need Kafka (e.g. sending mail) starts without waiting for it.
+        others = [asyncio.create_task(job(app)) for job in spec.background]
 
         task = asyncio.create_task(messaging(), name=f"{spec.name}-messaging")
         try:
             yield
         finally:
-            task.cancel()
-            listener.cancel()
-            await asyncio.gather(task, listener, return_exceptions=True)
+            for running in (task, listener, *others):
+                running.cancel()
+            await asyncio.gather(task, listener, *others, return_exceptions=True)
             await engine.dispose()
 
     app = FastAPI(

@@ -5,7 +5,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Integer, LargeBinary, String, Boolean, delete, func, select
+from sqlalchemy import Boolean, Integer, LargeBinary, String, delete, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -18,15 +18,17 @@ from shared.messages import (
     AttachmentChunk,
     ItemCreated,
     ItemDeleted,
+    ItemUnshared,
     ItemUpdated,
     MirrorChunk,
+    MirrorRefused,
     MirrorDelete,
     MirrorUpsert,
 )
 from shared.outbox import add_to_outbox
 from shared.outsourcing import Status, synchronizing
 from shared.tickets.models import AttachmentContent, Ticket, TicketItem
-from shared.tickets.rules import ItemFacts, ItemKind, Origin, item_editable
+from shared.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
 from shared.tickets.service import get_ticket
 
 
@@ -91,7 +93,9 @@ class MirroringPolicy:
         return link.as_json() if link else None
 
     def editable(self, item: TicketItem) -> bool:
-        return item_editable(ItemFacts(Origin(item.origin), ItemKind(item.kind), item.locked))
+        return item_editable(
+            ItemFacts(Origin(item.origin), ItemKind(item.kind), Lock(item.lock) if item.lock else None, item.released)
+        )
 
     async def item_written(self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str) -> None:
         if item.origin != Origin.LOCAL or item.internal:
@@ -128,22 +132,59 @@ class MirroringPolicy:
         add_to_outbox(session, self.topic, envelope(payload, source=self.partner_id, link_id=link_id))
 
 
-async def apply_mirror(session: AsyncSession, links: LinkDirectory, payload) -> None:
-    """Apply a mirror.upsert, mirror.chunk or mirror.delete from the bridge."""
-    ticket_id = await links.ticket_for_link(session, payload.link_id)
-    if ticket_id is None:
-        raise Rejected(f"no ticket is linked by {payload.link_id}")
-    await get_ticket(session, ticket_id, for_update=True)  # same order as local writes
-    if isinstance(payload, MirrorUpsert):
-        await _upsert(session, ticket_id, payload)
-    elif isinstance(payload, MirrorChunk):
-        await _chunk(session, payload)
-    elif isinstance(payload, MirrorDelete):
-        item = await session.get(TicketItem, payload.mirror_id)
-        if item is not None and item.ticket_id == ticket_id and item.origin == Origin.PARTNER:
-            await session.delete(item)
-        await session.execute(delete(IncomingAttachment).where(IncomingAttachment.mirror_id == payload.mirror_id))
-        await session.execute(delete(IncomingChunk).where(IncomingChunk.mirror_id == payload.mirror_id))
+    # --- the inbound half: what the bridge sends about the other ticket ---------------------------
+
+    async def apply(self, session: AsyncSession, payload) -> None:
+        """Apply mirror.upsert, mirror.chunk, mirror.delete or item.unshared from the bridge."""
+        ticket_id = await self.links.ticket_for_link(session, payload.link_id)
+        if ticket_id is None:
+            raise Rejected(f"no ticket is linked by {payload.link_id}")
+        await get_ticket(session, ticket_id, for_update=True)  # same order as local writes
+        if isinstance(payload, ItemUnshared):
+            item = await session.get(TicketItem, payload.item_id)
+            if item is not None and item.ticket_id == ticket_id and item.origin == Origin.LOCAL:
+                item.shared = False
+            return
+        link = await self.links.link_for_ticket(session, ticket_id)
+        if not synchronizing(link.status if link else None):
+            # This side suspended or ended synchronization before the item arrived: its own order
+            # of events decides, so a new item is refused (and its creator told) and changes to
+            # earlier mirrors wait for nothing: they are not mirrored.
+            if isinstance(payload, MirrorUpsert) and await session.get(TicketItem, payload.mirror_id) is None:
+                self._emit(session, MirrorRefused(link_id=payload.link_id, mirror_id=payload.mirror_id), payload.link_id)
+            if not (isinstance(payload, MirrorChunk) and await session.get(IncomingAttachment, payload.mirror_id)):
+                return
+        if isinstance(payload, MirrorUpsert):
+            await _upsert(session, ticket_id, payload)
+        elif isinstance(payload, MirrorChunk):
+            await _chunk(session, payload)
+        elif isinstance(payload, MirrorDelete):
+            item = await session.get(TicketItem, payload.mirror_id)
+            if item is not None and item.ticket_id == ticket_id and item.origin == Origin.PARTNER:
+                await session.delete(item)
+            await session.execute(delete(IncomingAttachment).where(IncomingAttachment.mirror_id == payload.mirror_id))
+            await session.execute(delete(IncomingChunk).where(IncomingChunk.mirror_id == payload.mirror_id))
+
+
+MIRROR_MESSAGES = (MirrorUpsert, MirrorChunk, MirrorDelete, ItemUnshared)
+
+
+async def lock_items(session: AsyncSession, ticket_id: str, lock: Lock) -> None:
+    """Everything on the ticket now (own items and mirrors) becomes read-only, for `lock`'s reason."""
+    await session.execute(update(TicketItem).where(TicketItem.ticket_id == ticket_id).values(lock=lock))
+
+
+async def unlock_suspended(session: AsyncSession, ticket_id: str) -> None:
+    await session.execute(
+        update(TicketItem).where(TicketItem.ticket_id == ticket_id, TicketItem.lock == Lock.SUSPENSION).values(lock=None)
+    )
+
+
+async def release_partner_items(session: AsyncSession, ticket_id: str) -> None:
+    """After completion the lead may edit the partner's items (the rule keeps time entries read-only)."""
+    await session.execute(
+        update(TicketItem).where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.PARTNER).values(released=True)
+    )
 
 
 async def _upsert(session: AsyncSession, ticket_id: str, payload: MirrorUpsert) -> None:

@@ -1,12 +1,10 @@
 """Composition root of the insourcing partner service."""
 from fastapi import FastAPI
 
-from services.insourcing_partner.endpoints import router
+from services.insourcing_partner.endpoints import insource_router, router
 from services.insourcing_partner.received_work import Insourcing
 from services.insourcing_partner.settings import InsourcingSettings
-from shared.kafka import outbound_topic
 from shared.partner import create_partner_app
-from shared.sync import MirroringPolicy
 
 
 def create_app(settings: InsourcingSettings | None = None) -> FastAPI:
@@ -16,8 +14,8 @@ def create_app(settings: InsourcingSettings | None = None) -> FastAPI:
         "insourcing_partner",
         settings,
         link_field="insource",
-        routers=[router],
+        routers=[router, insource_router],
         handler=insourcing.handle,
-        policy=MirroringPolicy(insourcing.links, settings.partner_id, outbound_topic(settings.partner_id)),
+        policy=insourcing.mirroring,
         state={"insourcing": insourcing},
     )

@@ -75,3 +75,15 @@ async def decline(link_id: str, body: DeclineBody, session: SessionDep, insourci
     row = await insourcing.decline(session, link_id, body.reason)
     await session.commit()
     return _out(row)
+
+
+insource_router = APIRouter(prefix="/api", tags=["received work"],
+                            dependencies=[Depends(require(Permission.TICKETS))])
+
+
+@insource_router.post("/tickets/{ticket_id}/insource/complete", response_model=ReceivedWorkOut,
+                      summary="Notify Lead Partner > Insource Complete: ask the lead to approve")
+async def insource_complete(ticket_id: str, session: SessionDep, insourcing=Depends(_insourcing)):
+    row = await insourcing.request_approval(session, ticket_id)
+    await session.commit()
+    return _out(row)

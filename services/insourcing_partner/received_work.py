@@ -12,18 +12,20 @@ from shared.inbox import Rejected
 from shared.kafka import outbound_topic
 from shared.messages import (
     InsourceAccepted,
+    InsourceCompletionRequested,
     InsourceDeclined,
-    MirrorChunk,
-    MirrorDelete,
-    MirrorUpsert,
     WorkCanceled,
+    WorkCompleted,
+    WorkRejected,
     WorkRequested,
 )
+from shared.notifications import notify
 from shared.outbox import add_to_outbox
 from shared.outsourcing import FINISHED, Status, insourcing_transition
-from shared.sync import LinkView, apply_mirror
+from shared.sync import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
 from shared.tickets.models import Ticket
-from shared.tickets.service import add_system_note, create_ticket
+from shared.tickets.rules import Lock
+from shared.tickets.service import add_system_note, create_ticket, get_ticket
 
 
 class ReceivedLinks:
@@ -47,6 +49,7 @@ class Insourcing:
         self.settings = settings
         self.links = ReceivedLinks()
         self.topic = outbound_topic(settings.partner_id)
+        self.mirroring = MirroringPolicy(self.links, settings.partner_id, self.topic)
 
     def _emit(self, session: AsyncSession, payload: Payload, link_id: str) -> None:
         add_to_outbox(session, self.topic, envelope(payload, source=self.settings.partner_id, link_id=link_id))
@@ -86,11 +89,34 @@ class Insourcing:
         self._emit(session, InsourceDeclined(link_id=link_id, reason=reason), link_id)
         return row
 
+    async def request_approval(self, session: AsyncSession, ticket_id: str) -> ReceivedWork:
+        """"Notify Lead Partner > Insource Complete": synchronization is suspended, and everything on
+        the ticket now (own items and mirrors) is read-only until the lead decides."""
+        ticket = await get_ticket(session, ticket_id, for_update=True)
+        row = await self.links.for_ticket(session, ticket.id)
+        if row is None:
+            raise NotFound(f"ticket {ticket.number} was not received from a lead partner")
+        row.status = insourcing_transition("insource complete", Status(row.status))
+        await lock_items(session, ticket.id, Lock.SUSPENSION)
+        self._emit(session, InsourceCompletionRequested(link_id=row.link_id), row.link_id)
+        await add_system_note(
+            session, ticket.id, "Insource Complete",
+            f"Asked {row.lead_partner_name} to approve the work. Synchronization is suspended; "
+            "items added from now on stay on this ticket.",
+        )
+        return row
+
+    async def _locked_with_ticket(self, session: AsyncSession, link_id: str) -> tuple[ReceivedWork, Ticket | None]:
+        """The received work and its ticket, locked ticket first (the order every writer uses)."""
+        ticket_id = await self.links.ticket_for_link(session, link_id)
+        ticket = await get_ticket(session, ticket_id, for_update=True) if ticket_id else None
+        return await self._locked(session, link_id), ticket
+
     # --- what the bridge tells the insourcing partner --------------------------------------------
 
     async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
-        if isinstance(payload, (MirrorUpsert, MirrorChunk, MirrorDelete)):
-            await apply_mirror(session, self.links, payload)
+        if isinstance(payload, MIRROR_MESSAGES):
+            await self.mirroring.apply(session, payload)
         elif isinstance(payload, WorkRequested):
             await session.execute(
                 insert(ReceivedWork)
@@ -107,16 +133,68 @@ class Insourcing:
                 )
                 .on_conflict_do_nothing()
             )
+            notify(
+                session, "work.requested", self.settings.notify_email,
+                f"New work from {payload.lead_partner_name}: {payload.lead_ticket_number} {payload.title}",
+                f"{payload.lead_partner_name} asks you to take their ticket {payload.lead_ticket_number} "
+                f"({payload.title}). Instructions: {payload.instructions or '(none)'}. "
+                "Accept or decline it under Received Work: Pending.",
+                None,
+            )
         elif isinstance(payload, WorkCanceled):
-            row = await self._locked(session, payload.link_id)
+            row, ticket = await self._locked_with_ticket(session, payload.link_id)
             if Status(row.status) in FINISHED:
                 return
             row.status = Status.CANCELED
-            if row.ticket_id:
-                await session.get(Ticket, row.ticket_id, with_for_update=True)
+            if ticket:
                 await add_system_note(
-                    session, row.ticket_id, "Outsourcing canceled",
+                    session, ticket.id, "Outsourcing canceled",
                     f"{row.lead_partner_name} canceled the request; nothing synchronizes any more.",
                 )
+            notify(
+                session, "work.canceled", self.settings.notify_email,
+                f"Work canceled by {row.lead_partner_name}: {row.lead_ticket_number} {row.title}",
+                f"{row.lead_partner_name} canceled their request for ticket {row.lead_ticket_number} ({row.title}).",
+                row.ticket_id,
+            )
+        elif isinstance(payload, WorkRejected):
+            row, ticket = await self._locked_with_ticket(session, payload.link_id)
+            if row.status != Status.WAITING_APPROVAL or ticket is None:
+                return
+            row.status, row.reason = Status.IN_PROGRESS, payload.reason
+            await unlock_suspended(session, ticket.id)
+            await add_system_note(
+                session, ticket.id, "Rejected by the lead partner",
+                f"{row.lead_partner_name} rejected the work: {payload.reason}\nSynchronization resumes; "
+                "address the concerns and submit Insource Complete again.",
+            )
+            notify(
+                session, "work.rejected", self.settings.notify_email,
+                f"Work rejected by {row.lead_partner_name}: {ticket.number} {ticket.title}",
+                f"{row.lead_partner_name} rejected the work on your ticket {ticket.number} ({ticket.title}), "
+                f"their ticket {row.lead_ticket_number}. Reason: {payload.reason}\n"
+                "The Insource Status is In Progress again and synchronization resumes.",
+                ticket.id,
+            )
+        elif isinstance(payload, WorkCompleted):
+            row, ticket = await self._locked_with_ticket(session, payload.link_id)
+            if Status(row.status) in FINISHED or ticket is None:
+                return
+            row.status = Status.COMPLETE
+            await lock_items(session, ticket.id, Lock.COMPLETION)
+            how = "approved your work" if payload.approved else "set the outsourcing to Complete"
+            await add_system_note(
+                session, ticket.id, "Insource Complete: approved" if payload.approved else "Insource Status Complete",
+                f"{row.lead_partner_name} {how}. The tickets are no longer synchronized; everything added "
+                "before now is read-only. Bill the lead partner as your procedures say.",
+            )
+            notify(
+                session, "insource.complete", self.settings.notify_email,
+                f"Insource Complete: {ticket.number} {ticket.title}",
+                f"{row.lead_partner_name} {how} on your ticket {ticket.number} ({ticket.title}), their ticket "
+                f"{row.lead_ticket_number}. The Insource Status is Complete and the tickets are no longer "
+                "synchronized. The ticket status itself is unchanged.",
+                ticket.id,
+            )
         else:
             raise Rejected(f"{env.type} is not for the insourcing partner")

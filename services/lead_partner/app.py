@@ -4,9 +4,7 @@ from fastapi import FastAPI
 from services.lead_partner.endpoints import router
 from services.lead_partner.outsourcing import LeadOutsourcing
 from services.lead_partner.settings import LeadSettings
-from shared.kafka import outbound_topic
 from shared.partner import create_partner_app
-from shared.sync import MirroringPolicy
 
 
 def create_app(settings: LeadSettings | None = None) -> FastAPI:
@@ -18,6 +16,6 @@ def create_app(settings: LeadSettings | None = None) -> FastAPI:
         link_field="outsource",
         routers=[router],
         handler=outsourcing.handle,
-        policy=MirroringPolicy(outsourcing.links, settings.partner_id, outbound_topic(settings.partner_id)),
+        policy=outsourcing.mirroring,
         state={"outsourcing": outsourcing},
     )

@@ -3,7 +3,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from shared.auth import Permission, SessionDep, require
 from shared.messages import Terms
@@ -81,3 +81,32 @@ async def outsourced_work(session: SessionDep, status: Annotated[Status | None, 
         {**_out(row), "ticket_number": ticket.number, "title": ticket.title}
         for row, ticket in await outsourcing.dashboard(session, status)
     ]
+
+
+class RejectBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)]
+
+
+@router.post("/tickets/{ticket_id}/outsource/reject", response_model=OutsourcingOut,
+             summary="Reject the partner's work (a reason is required): synchronization resumes")
+async def reject(ticket_id: str, body: RejectBody, session: SessionDep, outsourcing=Depends(_outsourcing)):
+    row = await outsourcing.reject(session, ticket_id, body.reason)
+    await session.commit()
+    return _out(row)
+
+
+@router.post("/tickets/{ticket_id}/outsource/approve", response_model=OutsourcingOut,
+             summary="Approve the partner's work: the outsourcing is Complete and the link ends")
+async def approve(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
+    row = await outsourcing.finish(session, ticket_id, "approve")
+    await session.commit()
+    return _out(row)
+
+
+@router.post("/tickets/{ticket_id}/outsource/complete", response_model=OutsourcingOut,
+             summary="Set the Outsource Status to Complete at any time: the same results as approve")
+async def complete(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
+    row = await outsourcing.finish(session, ticket_id, "complete")
+    await session.commit()
+    return _out(row)

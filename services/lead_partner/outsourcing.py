@@ -1,6 +1,7 @@
 """The lead partner's side of outsourcing: send a ticket to a partner, cancel, follow what the
 partner answers, and keep the ticket's link for mirroring."""
 import uuid
+from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,19 +13,21 @@ from shared.errors import NotFound
 from shared.inbox import Rejected
 from shared.kafka import outbound_topic
 from shared.messages import (
-    MirrorChunk,
-    MirrorDelete,
-    MirrorUpsert,
     OutsourceCanceled,
+    OutsourceCompleted,
+    OutsourceRejected,
     OutsourceRequested,
     Terms,
     WorkAccepted,
     WorkDeclined,
+    WorkWaitingApproval,
 )
+from shared.notifications import notify
 from shared.outbox import add_to_outbox
-from shared.outsourcing import Status, lead_transition, may_outsource
-from shared.sync import LinkView, apply_mirror
-from shared.tickets.models import Ticket
+from shared.outsourcing import FINISHED, Status, lead_transition, may_outsource
+from shared.sync import MIRROR_MESSAGES, LinkView, MirroringPolicy, release_partner_items
+from shared.tickets.models import Ticket, TicketItem
+from shared.tickets.rules import ItemKind, Origin
 from shared.tickets.service import add_system_note, get_ticket
 
 
@@ -51,6 +54,7 @@ class LeadOutsourcing:
         self.settings = settings
         self.links = Outsourcings()
         self.topic = outbound_topic(settings.partner_id)
+        self.mirroring = MirroringPolicy(self.links, settings.partner_id, self.topic)
 
     def _emit(self, session: AsyncSession, payload: Payload, link_id: str) -> None:
         add_to_outbox(session, self.topic, envelope(payload, source=self.settings.partner_id, link_id=link_id))
@@ -108,6 +112,70 @@ class LeadOutsourcing:
         await add_system_note(session, ticket.id, "Outsourcing canceled", f"The request to {row.partner_name} was canceled.")
         return row
 
+    async def reject(self, session: AsyncSession, ticket_id: str, reason: str) -> Outsourcing:
+        ticket, row = await self._current(session, ticket_id)
+        row.status = lead_transition("reject", Status(row.status))
+        row.reason = reason
+        self._emit(session, OutsourceRejected(link_id=row.link_id, reason=reason), row.link_id)
+        await add_system_note(
+            session, ticket.id, "Outsourced work rejected",
+            f"Rejected the work of {row.partner_name}: {reason}\nSynchronization resumes.",
+        )
+        return row
+
+    async def finish(self, session: AsyncSession, ticket_id: str, action: str) -> Outsourcing:
+        """Approve (from Waiting Approval) or Complete at any time: the results are the same."""
+        ticket, row = await self._current(session, ticket_id)
+        row.status = lead_transition(action, Status(row.status))
+        await release_partner_items(session, ticket.id)
+        hours = await self._partner_hours_charge(session, ticket, row)
+        self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=action == "approve"), row.link_id)
+        what = "approved the work of" if action == "approve" else "set the outsourcing to Complete for"
+        await add_system_note(
+            session, ticket.id, "Outsourcing complete",
+            f"The lead partner {what} {row.partner_name} (their ticket {row.partner_ticket_number}). "
+            f"The tickets are no longer synchronized. Partner hours: {hours} h.",
+        )
+        notify(
+            session, "outsourcing.complete", self.settings.notify_email,
+            f"Outsourcing complete: {ticket.number} {ticket.title}",
+            f"The outsourcing of ticket {ticket.number} ({ticket.title}) to {row.partner_name} is Complete: "
+            f"the lead partner {what} the partner's work. The tickets are no longer synchronized. "
+            f"Partner ticket: {row.partner_ticket_number}. Partner hours: {hours} h.",
+            ticket.id,
+        )
+        return row
+
+    async def _partner_hours_charge(self, session: AsyncSession, ticket: Ticket, row: Outsourcing) -> Decimal:
+        """The partner's time entries, summed into one non-billable charge on the lead ticket."""
+        entries = await session.scalars(
+            select(TicketItem.fields).where(
+                TicketItem.ticket_id == ticket.id,
+                TicketItem.kind == ItemKind.TIME_ENTRY,
+                TicketItem.origin == Origin.PARTNER,
+            )
+        )
+        hours = sum((Decimal(str(f["hours"])) for f in entries.all()), Decimal(0))
+        if hours > 0:
+            terms = row.terms or {}
+            rate = Decimal(str(terms.get("rate", 0))) if terms.get("rate_type") == "hourly" else Decimal(0)
+            session.add(
+                TicketItem(
+                    ticket_id=ticket.id,
+                    kind=ItemKind.CHARGE,
+                    origin=Origin.SYSTEM,
+                    internal=True,
+                    fields={
+                        "name": f"Outsourced labor: {row.partner_name}",
+                        "description": f"Time entries of {row.partner_name} on their ticket {row.partner_ticket_number}",
+                        "quantity": str(hours),
+                        "unit_price": str(rate),
+                        "billable": False,
+                    },
+                )
+            )
+        return hours
+
     async def dashboard(self, session: AsyncSession, status: Status | None) -> list[tuple[Outsourcing, Ticket]]:
         query = select(Outsourcing, Ticket).join(Ticket, Ticket.id == Outsourcing.ticket_id).order_by(Outsourcing.created_at)
         if status:
@@ -117,24 +185,54 @@ class LeadOutsourcing:
     # --- what the bridge tells the lead ----------------------------------------------------------
 
     async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
-        if isinstance(payload, (MirrorUpsert, MirrorChunk, MirrorDelete)):
-            await apply_mirror(session, self.links, payload)
+        if isinstance(payload, MIRROR_MESSAGES):
+            await self.mirroring.apply(session, payload)
             return
-        if not isinstance(payload, (WorkAccepted, WorkDeclined)):
+        if not isinstance(payload, (WorkAccepted, WorkDeclined, WorkWaitingApproval)):
             raise Rejected(f"{env.type} is not for the lead partner")
-        row = await session.get(Outsourcing, payload.link_id)
-        if row is None:
+        ticket_id = await self.links.ticket_for_link(session, payload.link_id)
+        if ticket_id is None:
             raise Rejected(f"no outsourcing has link {payload.link_id}")
-        await get_ticket(session, row.ticket_id, for_update=True)
-        if isinstance(payload, WorkAccepted):
+        ticket = await get_ticket(session, ticket_id, for_update=True)
+        row = await session.get(Outsourcing, payload.link_id, with_for_update=True)
+        about = f"ticket {ticket.number} ({ticket.title})"
+        if isinstance(payload, WorkWaitingApproval):
+            if Status(row.status) in FINISHED:
+                return  # the lead completed it meanwhile; nothing is waiting for approval
+            row.status = Status.WAITING_APPROVAL
+            await add_system_note(
+                session, ticket.id, "Insource Complete",
+                f"{row.partner_name} reports the work done and asks for approval. Synchronization is suspended.",
+            )
+            notify(
+                session, "approval.requested", self.settings.notify_email,
+                f"Approval requested: {ticket.number} {ticket.title}",
+                f"{row.partner_name} has completed the work on {about} (their ticket {row.partner_ticket_number}) "
+                "and asks you to approve or reject it. Synchronization is suspended until you decide.",
+                ticket.id,
+            )
+        elif isinstance(payload, WorkAccepted):
             # The bridge saw the acceptance before any cancel: the acceptance stands.
             note = f"{row.partner_name} accepted the ticket as {payload.partner_ticket_number}."
             if row.status == Status.CANCELED:
                 note += " The cancel reached the partner too late; the outsourcing goes on."
             row.status, row.partner_ticket_number = Status.IN_PROGRESS, payload.partner_ticket_number
             await add_system_note(session, row.ticket_id, "Outsourcing accepted", note)
+            notify(
+                session, "work.accepted", self.settings.notify_email,
+                f"Outsourcing accepted: {ticket.number} {ticket.title}",
+                f"{row.partner_name} accepted {about} as their ticket {payload.partner_ticket_number}. "
+                "Notes, attachments, charges and time entries now synchronize.",
+                ticket.id,
+            )
         else:
             row.status, row.reason = Status.DECLINED, payload.reason
             await add_system_note(
                 session, row.ticket_id, "Outsourcing declined", f"{row.partner_name} declined the ticket: {payload.reason}"
+            )
+            notify(
+                session, "work.declined", self.settings.notify_email,
+                f"Outsourcing declined: {ticket.number} {ticket.title}",
+                f"{row.partner_name} declined {about}. Reason: {payload.reason}",
+                ticket.id,
             )

@@ -3,6 +3,7 @@ not say, and mirror items onto the other ticket through that partner's inbound t
 import logging
 import uuid
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.models import ItemMirror, Link
@@ -13,20 +14,28 @@ from shared.kafka import inbound_topic
 from shared.messages import (
     AttachmentChunk,
     InsourceAccepted,
+    InsourceCompletionRequested,
     InsourceDeclined,
     ItemBody,
     ItemCreated,
     ItemDeleted,
+    ItemUnshared,
     ItemUpdated,
     MirrorChunk,
     MirrorDelete,
+    MirrorRefused,
     MirrorUpsert,
     OutsourceCanceled,
+    OutsourceCompleted,
+    OutsourceRejected,
     OutsourceRequested,
     WorkAccepted,
     WorkCanceled,
+    WorkCompleted,
     WorkDeclined,
+    WorkRejected,
     WorkRequested,
+    WorkWaitingApproval,
 )
 from shared.outbox import add_to_outbox
 
@@ -99,6 +108,27 @@ class Bridge:
             if link.state == PENDING:
                 link.state = TERMINATED
                 self._send(session, link.lead_partner_id, WorkDeclined(link_id=link.id, reason=payload.reason), link.id)
+        elif isinstance(payload, InsourceCompletionRequested):
+            self._require(not is_lead, sender, env)
+            if link.state == ACTIVE:
+                link.state = SUSPENDED  # from here on, items of either side stay on their side
+                self._send(session, link.lead_partner_id, WorkWaitingApproval(link_id=link.id), link.id)
+            else:
+                log.warning("Insource Complete on link %s ignored: the link is %s", link.id, link.state)
+        elif isinstance(payload, OutsourceRejected):
+            self._require(is_lead, sender, env)
+            if link.state == SUSPENDED:
+                link.state = ACTIVE
+                self._send(session, link.insourcing_partner_id, WorkRejected(link_id=link.id, reason=payload.reason), link.id)
+        elif isinstance(payload, OutsourceCompleted):
+            self._require(is_lead, sender, env)
+            if link.state in (ACTIVE, SUSPENDED):
+                link.state = TERMINATED
+                self._send(
+                    session, link.insourcing_partner_id, WorkCompleted(link_id=link.id, approved=payload.approved), link.id
+                )
+        elif isinstance(payload, MirrorRefused):
+            await self._refused(session, link, sender, payload)
         elif isinstance(payload, (ItemCreated, ItemUpdated, ItemDeleted, AttachmentChunk)):
             await self._mirror(session, link, sender, is_lead, payload)
         else:
@@ -143,9 +173,26 @@ class Bridge:
             payload.link_id,
         )
 
+    async def _refused(self, session: AsyncSession, link: Link, sender: str, payload: MirrorRefused) -> None:
+        """The receiving partner had suspended or ended synchronization before the mirror arrived."""
+        mapping = await session.scalar(
+            select(ItemMirror).where(ItemMirror.link_id == link.id, ItemMirror.mirror_id == payload.mirror_id)
+        )
+        if mapping is None or mapping.source_partner_id == sender or mapping.deleted:
+            return
+        mapping.deleted = True
+        if sender == link.lead_partner_id:
+            link.mirrored_to_lead -= 1
+        else:
+            link.mirrored_to_insourcing -= 1
+        self._send(session, mapping.source_partner_id, ItemUnshared(link_id=link.id, item_id=mapping.source_item_id), link.id)
+
     async def _mirror(self, session: AsyncSession, link: Link, sender: str, is_lead: bool, payload) -> None:
         if link.state != ACTIVE:
             log.info("link %s is %s: %s of item %s stays on its side", link.id, link.state, payload.type, payload.item_id)
+            if isinstance(payload, ItemCreated):
+                # Its creator marks it as not shared.
+                self._send(session, sender, ItemUnshared(link_id=link.id, item_id=payload.item_id), link.id)
             return
         target = link.insourcing_partner_id if is_lead else link.lead_partner_id
         mapping = await session.get(ItemMirror, (link.id, payload.item_id))

@@ -49,8 +49,10 @@ class TicketItem(Base):
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
     # Part of the synchronized set of a link: set when the item crosses (or was received).
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Read-only for good (after completion) or while synchronization is suspended.
-    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Why the item is read-only for everyone: "suspension" (until the lead rejects) or "completion" (for good).
+    lock: Mapped[str | None] = mapped_column(String(16))
+    # A partner's item the lead may now edit: set when the outsourcing completes.
+    released: Mapped[bool] = mapped_column(Boolean, default=False)
     fields: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())

@@ -28,14 +28,25 @@ class Origin(enum.StrEnum):
     SYSTEM = "system"  # written automatically by this service
 
 
+class Lock(enum.StrEnum):
+    SUSPENSION = "suspension"  # Insource Complete: read-only until the lead rejects
+    COMPLETION = "completion"  # the outsourcing is complete: read-only for good
+
+
 @dataclass(frozen=True)
 class ItemFacts:
     origin: Origin
     kind: ItemKind
-    locked: bool
+    lock: Lock | None = None
+    released: bool = False
 
 
 def item_editable(item: ItemFacts) -> bool:
-    """Only the creator edits an item, and only while it is not locked (suspension or completion).
-    System notes are a record of what happened and are never edited."""
-    return item.origin == Origin.LOCAL and not item.locked
+    """Only the creator edits an item, and not while a suspension or completion locks it. Once an
+    outsourcing is complete, the lead may edit the partner's notes, charges and attachments
+    (released), never its time entries. System notes are a record and are never edited."""
+    if item.lock is not None:
+        return False
+    if item.origin == Origin.LOCAL:
+        return True
+    return item.origin == Origin.PARTNER and item.released and item.kind != ItemKind.TIME_ENTRY

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.errors import Conflict, NotFound, TooLarge
 from shared.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter
-from shared.tickets.rules import ItemKind, Origin
+from shared.tickets.rules import ItemKind, Lock, Origin
 from shared.tickets.schemas import MAX_ATTACHMENT_BYTES
 
 
@@ -101,12 +101,20 @@ def attachment_fields(filename: str, content_type: str, content: bytes) -> dict[
 
 
 def _refuse_unless_editable(policy: SyncPolicy, item: TicketItem) -> None:
-    if not policy.editable(item):
-        why = {
-            Origin.PARTNER: "it was added by the partner",
-            Origin.SYSTEM: "it was written by the system",
-        }.get(Origin(item.origin), "synchronization is suspended or the outsourcing is complete")
-        raise Conflict(f"this {ItemKind(item.kind).value.replace('_', ' ')} is read-only: {why}")
+    if policy.editable(item):
+        return
+    noun = ItemKind(item.kind).value.replace("_", " ")
+    if item.lock == Lock.SUSPENSION:
+        why = "synchronization is suspended (Insource Complete) and items from before it are read-only"
+    elif item.lock == Lock.COMPLETION:
+        why = "the outsourcing is complete and items from before it are read-only for good"
+    elif item.origin == Origin.SYSTEM:
+        why = "it was written by the system"
+    elif item.kind == ItemKind.TIME_ENTRY:
+        why = "time entries added by the partner stay read-only"
+    else:
+        why = "it was added by the partner and the tickets are linked"
+    raise Conflict(f"this {noun} is read-only: {why}")
 
 
 async def update_item(

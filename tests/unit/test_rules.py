@@ -5,21 +5,35 @@ import uuid
 import pytest
 
 from shared.contracts import ContractError, Payload, contract, envelope, parse
-from shared.tickets.rules import ItemFacts, ItemKind, Origin, item_editable
+from shared.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
 
 
 @pytest.mark.parametrize("kind", list(ItemKind))
 def test_the_creator_may_edit_its_own_unlocked_item(kind):
-    assert item_editable(ItemFacts(Origin.LOCAL, kind, locked=False))
+    assert item_editable(ItemFacts(Origin.LOCAL, kind))
 
 
 @pytest.mark.parametrize("origin", [Origin.PARTNER, Origin.SYSTEM])
 def test_partner_mirrors_and_system_notes_are_read_only(origin):
-    assert not item_editable(ItemFacts(origin, ItemKind.NOTE, locked=False))
+    assert not item_editable(ItemFacts(origin, ItemKind.NOTE))
 
 
-def test_a_locked_item_is_read_only_even_for_its_creator():
-    assert not item_editable(ItemFacts(Origin.LOCAL, ItemKind.CHARGE, locked=True))
+@pytest.mark.parametrize("lock", list(Lock))
+def test_a_locked_item_is_read_only_even_for_its_creator(lock):
+    assert not item_editable(ItemFacts(Origin.LOCAL, ItemKind.CHARGE, lock))
+
+
+@pytest.mark.parametrize("kind", [ItemKind.NOTE, ItemKind.CHARGE, ItemKind.ATTACHMENT])
+def test_after_completion_the_lead_may_edit_the_partners_notes_charges_and_attachments(kind):
+    assert item_editable(ItemFacts(Origin.PARTNER, kind, released=True))
+
+
+def test_the_partners_time_entries_stay_read_only_after_completion():
+    assert not item_editable(ItemFacts(Origin.PARTNER, ItemKind.TIME_ENTRY, released=True))
+
+
+def test_a_system_note_is_never_editable():
+    assert not item_editable(ItemFacts(Origin.SYSTEM, ItemKind.NOTE, released=True))
 
 
 def test_item_kinds_use_the_url_names_of_the_api():

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from shared.migrations import create_mirror_tables
+from shared.migrations import create_mirror_tables, create_notification_table
 
 revision = "0002"
 down_revision = "0001"
@@ -17,6 +17,7 @@ depends_on = None
 
 def upgrade() -> None:
     create_mirror_tables(op)
+    create_notification_table(op)
     op.create_table(
         "outsourcings",
         sa.Column("link_id", sa.String(36), primary_key=True),
@@ -37,5 +38,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("outsourcings")
+    op.drop_table("notifications")
     op.drop_table("incoming_chunks")
     op.drop_table("incoming_attachments")
