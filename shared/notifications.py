@@ -1,13 +1,14 @@
 """E-mail notifications. A notification is a row written in the same transaction as the change it
 announces; a sender sends it over SMTP, retrying with backoff while the server is down, and marks
-it sent. Replicas do not send the same row: each claims rows with FOR UPDATE SKIP LOCKED."""
+it sent. A sender claims a row with a lease (FOR UPDATE SKIP LOCKED, then `claimed_until`), so
+replicas never send the same row at once, and a sender that dies hands its row on when the lease ends."""
 import asyncio
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 
 import aiosmtplib
-from sqlalchemy import BigInteger, DateTime, Identity, Integer, String, Text, func, select
+from sqlalchemy import BigInteger, DateTime, Identity, Integer, String, Text, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
@@ -15,6 +16,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from shared.db import Base
 
 log = logging.getLogger(__name__)
+LEASE = timedelta(seconds=60)  # how long a claimed row is this sender's to send
 
 
 class Notification(Base):
@@ -31,6 +33,7 @@ class Notification(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 def notify(session: AsyncSession, kind: str, to: str, subject: str, body: str, ticket_id: str | None) -> None:
@@ -63,36 +66,51 @@ class NotificationSender:
                 await asyncio.sleep(1.0)
 
     async def send_one(self) -> bool:
+        row = await self._claim()
+        if row is None:
+            return False
+        message = EmailMessage()
+        message["From"] = self._from
+        message["To"] = row.to
+        message["Subject"] = row.subject
+        # A stable id: should a crash come between the server's "250" and our commit, the resend
+        # carries the same Message-ID, which mail systems de-duplicate on.
+        message["Message-ID"] = f"<notification-{row.id}@{self._domain}>"
+        message.set_content(row.body)
+
+        async def record_failure(state) -> None:
+            error = state.outcome.exception()
+            log.warning("notification %s not sent (attempt %d): %r", row.id, state.attempt_number, error)
+            await self._update(row.id, attempts=Notification.attempts + 1, last_error=repr(error)[:2000],
+                               claimed_until=func.now() + LEASE)
+
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential(multiplier=0.25, max=10),
+            retry=retry_if_exception_type((OSError, aiosmtplib.SMTPException, asyncio.TimeoutError)),
+            before_sleep=record_failure,
+        ):
+            with attempt:
+                await aiosmtplib.send(message, hostname=self._host, port=self._port, timeout=10)
+        await self._update(row.id, attempts=Notification.attempts + 1, sent_at=func.now(), last_error=None)
+        self.sent_total += 1
+        return True
+
+    async def _claim(self) -> Notification | None:
         async with self._sessions() as session, session.begin():
             row = await session.scalar(
                 select(Notification)
-                .where(Notification.sent_at.is_(None))
+                .where(
+                    Notification.sent_at.is_(None),
+                    or_(Notification.claimed_until.is_(None), Notification.claimed_until < func.now()),
+                )
                 .order_by(Notification.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)
             )
-            if row is None:
-                return False
-            message = EmailMessage()
-            message["From"] = self._from
-            message["To"] = row.to
-            message["Subject"] = row.subject
-            # A stable id: should a crash come between the server's "250" and our commit, the
-            # resend carries the same Message-ID, which mail systems de-duplicate on.
-            message["Message-ID"] = f"<notification-{row.id}@{self._domain}>"
-            message.set_content(row.body)
-            async for attempt in AsyncRetrying(
-                wait=wait_exponential(multiplier=0.2, max=10), retry=retry_if_exception_type(Exception), reraise=True
-            ):
-                with attempt:
-                    row.attempts += 1
-                    try:
-                        await aiosmtplib.send(message, hostname=self._host, port=self._port, timeout=10)
-                    except Exception as exc:
-                        row.last_error = repr(exc)[:2000]
-                        log.warning("notification %s not sent (attempt %d): %r", row.id, row.attempts, exc)
-                        raise
-            row.sent_at = func.now()
-            row.last_error = None
-        self.sent_total += 1
-        return True
+            if row is not None:
+                row.claimed_until = func.now() + LEASE
+            return row
+
+    async def _update(self, notification_id: int, **values) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.execute(update(Notification).where(Notification.id == notification_id).values(**values))

@@ -7,7 +7,10 @@ import pytest
 import pytest_asyncio
 
 from devstack import infra
-from tests.harness import Infrastructure, ServiceProcess, resolve_infrastructure
+from tests.harness import Infrastructure, Mailbox, ServiceProcess, resolve_infrastructure
+
+LEAD_EMAIL = "dispatch@lead.example"
+INSOURCING_EMAIL = "desk@insourcing.example"
 
 _resolved: dict[str, str] = {}
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
@@ -44,12 +47,22 @@ def base_env(infrastructure: Infrastructure, databases):
         "BRIDGE_DATABASE_URL": databases["sync_bridge"],
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(infra.free_port()),
+        "LEAD_NOTIFY_EMAIL": LEAD_EMAIL,
+        "INSOURCING_NOTIFY_EMAIL": INSOURCING_EMAIL,
         "LOG_LEVEL": "INFO",
     }
 
 
 @pytest.fixture(scope="session")
-def services(base_env):
+def mailbox(base_env):
+    box = Mailbox(int(base_env["SMTP_PORT"]))
+    box.start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="session")
+def services(base_env, mailbox):
     procs = {name: ServiceProcess(name, base_env) for name in ("lead_partner", "insourcing_partner", "sync_bridge")}
     for proc in procs.values():
         proc.migrate()

@@ -171,3 +171,40 @@ async def eventually(check, timeout: float = 15.0, interval: float = 0.05):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value: {result!r})")
         await asyncio.sleep(interval)
+
+
+class Mailbox:
+    """A real SMTP server (aiosmtpd) on loopback that keeps what it receives, and can be stopped
+    and started again on the same port to play an SMTP outage."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.messages: list[dict] = []
+        self._controller = None
+
+    async def handle_DATA(self, server, session, envelope):
+        from email import message_from_bytes
+        from email.policy import default
+
+        message = message_from_bytes(envelope.content, policy=default)
+        self.messages.append({
+            "to": list(envelope.rcpt_tos),
+            "subject": str(message["Subject"]),
+            "body": message.get_content(),
+            "message_id": str(message["Message-ID"]),
+        })
+        return "250 OK"
+
+    def start(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller:
+            self._controller.stop()
+            self._controller = None
+
+    def to(self, address: str, subject_contains: str = "") -> list[dict]:
+        return [m for m in self.messages if address in m["to"] and subject_contains in m["subject"]]

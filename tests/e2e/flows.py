@@ -65,3 +65,28 @@ async def arrived(
         return found if len(found) >= count else None
 
     return await eventually(check, timeout=timeout)
+
+
+async def insource_status(insourcing: httpx.AsyncClient, ticket_id: str, status: str) -> dict:
+    async def check():
+        ticket = (await insourcing.get(f"/api/tickets/{ticket_id}")).json()
+        return ticket if ticket["insource"] and ticket["insource"]["status"] == status else None
+
+    return await eventually(check)
+
+
+async def waiting_approval(lead, insourcing) -> tuple[dict, dict, str]:
+    """Linked tickets whose insourcing partner has pressed Insource Complete, seen by both sides."""
+    lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
+    answer = await insourcing.post(f"/api/tickets/{insourced['id']}/insource/complete")
+    assert answer.status_code == 200, answer.text
+    await outsource_status(lead, lead_ticket["id"], "Waiting Approval")
+    return lead_ticket, insourced, link_id
+
+
+async def mail(mailbox, address: str, subject_contains: str, count: int = 1) -> list[dict]:
+    async def check():
+        found = mailbox.to(address, subject_contains)
+        return found if len(found) >= count else None
+
+    return await eventually(check, timeout=30)
