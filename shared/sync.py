@@ -97,7 +97,9 @@ class MirroringPolicy:
             ItemFacts(Origin(item.origin), ItemKind(item.kind), Lock(item.lock) if item.lock else None, item.released)
         )
 
-    async def item_written(self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str) -> None:
+    async def item_written(
+        self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str, content: bytes | None = None
+    ) -> None:
         if item.origin != Origin.LOCAL or item.internal:
             return  # internal items never leave; mirrors and system notes are never mirrored back
         if action != "created" and not item.shared:
@@ -112,7 +114,7 @@ class MirroringPolicy:
         if action == "created":
             item.shared = True
             if item.kind == ItemKind.ATTACHMENT:
-                content = (await session.get(AttachmentContent, item.id)).content
+                content = content or b""
                 chunks = [content[i : i + CHUNK_BYTES] for i in range(0, len(content), CHUNK_BYTES)] or [b""]
         model = ItemCreated if action == "created" else ItemUpdated
         self._emit(

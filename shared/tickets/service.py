@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.errors import Conflict, NotFound, TooLarge
-from shared.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter
+from shared.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter, new_id
 from shared.tickets.rules import ItemKind, Lock, Origin
 from shared.tickets.schemas import MAX_ATTACHMENT_BYTES
 
@@ -21,7 +21,9 @@ class SyncPolicy(Protocol):
 
     def editable(self, item: TicketItem) -> bool: ...
 
-    async def item_written(self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str) -> None: ...
+    async def item_written(
+        self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str, content: bytes | None = None
+    ) -> None: ...
 
 
 async def next_ticket_number(session: AsyncSession) -> str:
@@ -79,13 +81,15 @@ async def add_item(
     content: bytes | None = None,
 ) -> TicketItem:
     ticket = await get_ticket(session, ticket_id, for_update=True)
-    item = TicketItem(ticket_id=ticket.id, kind=kind, origin=Origin.LOCAL, internal=internal, fields=fields)
+    # The policy sees the item before it is written, so that `shared` goes in with the INSERT.
+    item = TicketItem(id=new_id(), ticket_id=ticket.id, kind=kind, origin=Origin.LOCAL, internal=internal,
+                      shared=False, fields=fields)
+    await policy.item_written(session, ticket, item, "created", content)
     session.add(item)
     await session.flush()
     if kind == ItemKind.ATTACHMENT:
         session.add(AttachmentContent(item_id=item.id, content=content or b""))
-    await policy.item_written(session, ticket, item, "created")
-    await session.flush()
+        await session.flush()
     return item
 
 
