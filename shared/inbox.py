@@ -10,6 +10,7 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, String, Text, UniqueConstraint, func, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -20,6 +21,18 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 COMMIT_EVERY = 0.5  # seconds
+
+
+TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+
+
+def transient(exc: BaseException) -> bool:
+    """Errors that say nothing about the message: a lost connection, a deadlock, a serialization failure."""
+    if isinstance(exc, (OSError, asyncio.TimeoutError, OperationalError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
+    return False
 
 
 class Rejected(Exception):
@@ -124,6 +137,10 @@ class InboxConsumer:
                 await self._park(record, env, f"rejected: {exc}")
                 return
             except Exception as exc:
+                if transient(exc):
+                    # The database is away (restart, failover) or the transaction lost a race:
+                    # nothing is wrong with the message. Restart from the committed offset.
+                    raise
                 if attempt == MAX_ATTEMPTS:
                     log.exception("%s: %s %s failed %d times", self._name, env.type, env.event_id, attempt)
                     await self._park(record, env, f"failed {attempt} times: {exc!r}")

@@ -148,18 +148,27 @@ class MirroringPolicy:
                 item.shared = False
             return
         link = await self.links.link_for_ticket(session, ticket_id)
-        if not synchronizing(link.status if link else None):
+        staged = await session.scalar(
+            select(IncomingAttachment).where(
+                IncomingAttachment.mirror_id == payload.mirror_id, IncomingAttachment.ticket_id == ticket_id
+            )
+        )
+        # Only the ticket's current link synchronizes (an older link of the same ticket never does).
+        current = link is not None and link.link_id == payload.link_id and synchronizing(link.status)
+        if not current:
             # This side suspended or ended synchronization before the item arrived: its own order
-            # of events decides, so a new item is refused (and its creator told) and changes to
-            # earlier mirrors wait for nothing: they are not mirrored.
-            if isinstance(payload, MirrorUpsert) and await session.get(TicketItem, payload.mirror_id) is None:
+            # of events decides. A new item is refused (its creator is told); changes to earlier
+            # mirrors are not mirrored. The rest of an attachment already being received completes.
+            if isinstance(payload, MirrorChunk) and staged is not None:
+                await _chunk(session, payload)
+            elif isinstance(payload, MirrorUpsert) and staged is None and await session.get(TicketItem, payload.mirror_id) is None:
                 self._emit(session, MirrorRefused(link_id=payload.link_id, mirror_id=payload.mirror_id), payload.link_id)
-            if not (isinstance(payload, MirrorChunk) and await session.get(IncomingAttachment, payload.mirror_id)):
-                return
+            return
         if isinstance(payload, MirrorUpsert):
             await _upsert(session, ticket_id, payload)
         elif isinstance(payload, MirrorChunk):
-            await _chunk(session, payload)
+            if staged is not None:
+                await _chunk(session, payload)
         elif isinstance(payload, MirrorDelete):
             item = await session.get(TicketItem, payload.mirror_id)
             if item is not None and item.ticket_id == ticket_id and item.origin == Origin.PARTNER:
@@ -174,6 +183,17 @@ MIRROR_MESSAGES = (MirrorUpsert, MirrorChunk, MirrorDelete, ItemUnshared)
 async def lock_items(session: AsyncSession, ticket_id: str, lock: Lock) -> None:
     """Everything on the ticket now (own items and mirrors) becomes read-only, for `lock`'s reason."""
     await session.execute(update(TicketItem).where(TicketItem.ticket_id == ticket_id).values(lock=lock))
+
+
+async def lock_shared_items(session: AsyncSession, ticket_id: str) -> None:
+    """The lead's own items that crossed stay as they are while the partner waits for approval, so
+    that the two tickets still agree when synchronization resumes."""
+    await session.execute(
+        update(TicketItem)
+        .where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.LOCAL, TicketItem.shared.is_(True),
+               TicketItem.lock.is_(None))
+        .values(lock=Lock.SUSPENSION)
+    )
 
 
 async def unlock_suspended(session: AsyncSession, ticket_id: str) -> None:

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from shared.errors import DomainError
 from shared.kafka import broker_reachable
@@ -56,9 +56,10 @@ def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[
     @app.exception_handler(DBAPIError)
     async def database_refused(request: Request, exc: DBAPIError):
         # Input that slipped past validation (e.g. a NUL byte in text) must not become a 500.
-        if exc.connection_invalidated:
-            log.exception("database connection lost")
-            return JSONResponse({"detail": "database unavailable, try again"}, status_code=503)
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        if not (isinstance(exc, (DataError, IntegrityError)) or sqlstate[:2] in ("22", "23")):
+            log.exception("database error")
+            return JSONResponse({"detail": "the database is unavailable or busy; try again"}, status_code=503)
         log.warning("database refused a request: %s", exc.orig)
         return JSONResponse({"detail": f"the database refused this input: {str(exc.orig).splitlines()[0]}"}, status_code=400)
 

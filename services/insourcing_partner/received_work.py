@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.insourcing_partner.models import ReceivedWork
 from services.insourcing_partner.settings import InsourcingSettings
 from shared.contracts import Envelope, Payload, envelope
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.inbox import Rejected
 from shared.kafka import outbound_topic
 from shared.messages import (
@@ -95,7 +95,7 @@ class Insourcing:
         ticket = await get_ticket(session, ticket_id, for_update=True)
         row = await self.links.for_ticket(session, ticket.id)
         if row is None:
-            raise NotFound(f"ticket {ticket.number} was not received from a lead partner")
+            raise Conflict(f"ticket {ticket.number} was not received from a lead partner: it has no Insource Status")
         row.status = insourcing_transition("insource complete", Status(row.status))
         await lock_items(session, ticket.id, Lock.SUSPENSION)
         self._emit(session, InsourceCompletionRequested(link_id=row.link_id), row.link_id)
@@ -110,7 +110,10 @@ class Insourcing:
         """The received work and its ticket, locked ticket first (the order every writer uses)."""
         ticket_id = await self.links.ticket_for_link(session, link_id)
         ticket = await get_ticket(session, ticket_id, for_update=True) if ticket_id else None
-        return await self._locked(session, link_id), ticket
+        row = await self._locked(session, link_id)
+        if ticket is None and row.ticket_id:  # accepted while we waited for the row
+            ticket = await get_ticket(session, row.ticket_id, for_update=True)
+        return row, ticket
 
     # --- what the bridge tells the insourcing partner --------------------------------------------
 
@@ -147,6 +150,7 @@ class Insourcing:
                 return
             row.status = Status.CANCELED
             if ticket:
+                await unlock_suspended(session, ticket.id)
                 await add_system_note(
                     session, ticket.id, "Outsourcing canceled",
                     f"{row.lead_partner_name} canceled the request; nothing synchronizes any more.",

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.lead_partner.models import Outsourcing
 from services.lead_partner.settings import LeadSettings
 from shared.contracts import Envelope, Payload, envelope
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.inbox import Rejected
 from shared.kafka import outbound_topic
 from shared.messages import (
@@ -25,7 +25,14 @@ from shared.messages import (
 from shared.notifications import notify
 from shared.outbox import add_to_outbox
 from shared.outsourcing import FINISHED, Status, lead_transition, may_outsource
-from shared.sync import MIRROR_MESSAGES, LinkView, MirroringPolicy, release_partner_items
+from shared.sync import (
+    MIRROR_MESSAGES,
+    LinkView,
+    MirroringPolicy,
+    lock_shared_items,
+    release_partner_items,
+    unlock_suspended,
+)
 from shared.tickets.models import Ticket, TicketItem
 from shared.tickets.rules import ItemKind, Origin
 from shared.tickets.service import add_system_note, get_ticket
@@ -63,7 +70,7 @@ class LeadOutsourcing:
         ticket = await get_ticket(session, ticket_id, for_update=True)
         row = await self.links.latest(session, ticket_id)
         if row is None:
-            raise NotFound(f"ticket {ticket.number} has not been outsourced")
+            raise Conflict(f"ticket {ticket.number} is not outsourced: there is no Outsource Status to change")
         return ticket, row
 
     async def outsource(
@@ -116,6 +123,7 @@ class LeadOutsourcing:
         ticket, row = await self._current(session, ticket_id)
         row.status = lead_transition("reject", Status(row.status))
         row.reason = reason
+        await unlock_suspended(session, ticket.id)
         self._emit(session, OutsourceRejected(link_id=row.link_id, reason=reason), row.link_id)
         await add_system_note(
             session, ticket.id, "Outsourced work rejected",
@@ -127,8 +135,9 @@ class LeadOutsourcing:
         """Approve (from Waiting Approval) or Complete at any time: the results are the same."""
         ticket, row = await self._current(session, ticket_id)
         row.status = lead_transition(action, Status(row.status))
+        hours = await self._partner_hours_charge(session, ticket, row)  # before this link's items are released
+        await unlock_suspended(session, ticket.id)  # the lead's own items are its own again; edits stay local
         await release_partner_items(session, ticket.id)
-        hours = await self._partner_hours_charge(session, ticket, row)
         self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=action == "approve"), row.link_id)
         what = "approved the work of" if action == "approve" else "set the outsourcing to Complete for"
         await add_system_note(
@@ -153,6 +162,7 @@ class LeadOutsourcing:
                 TicketItem.ticket_id == ticket.id,
                 TicketItem.kind == ItemKind.TIME_ENTRY,
                 TicketItem.origin == Origin.PARTNER,
+                TicketItem.released.is_(False),  # not counted by an earlier outsourcing of this ticket
             )
         )
         hours = sum((Decimal(str(f["hours"])) for f in entries.all()), Decimal(0))
@@ -200,6 +210,7 @@ class LeadOutsourcing:
             if Status(row.status) in FINISHED:
                 return  # the lead completed it meanwhile; nothing is waiting for approval
             row.status = Status.WAITING_APPROVAL
+            await lock_shared_items(session, ticket.id)
             await add_system_note(
                 session, ticket.id, "Insource Complete",
                 f"{row.partner_name} reports the work done and asks for approval. Synchronization is suspended.",
@@ -212,8 +223,19 @@ class LeadOutsourcing:
                 ticket.id,
             )
         elif isinstance(payload, WorkAccepted):
-            # The bridge saw the acceptance before any cancel: the acceptance stands.
+            # The bridge saw the acceptance before any cancel: the acceptance stands, unless the
+            # lead has outsourced the ticket again meanwhile; then this older link is ended.
             note = f"{row.partner_name} accepted the ticket as {payload.partner_ticket_number}."
+            latest = await self.links.latest(session, ticket.id)
+            if row.status == Status.CANCELED and latest.link_id != row.link_id:
+                row.partner_ticket_number = payload.partner_ticket_number
+                self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=False), row.link_id)
+                await add_system_note(
+                    session, ticket.id, "Outsourcing ended",
+                    f"{note} The cancel reached the partner too late and the ticket is outsourced again, "
+                    "so that earlier outsourcing was set to Complete.",
+                )
+                return
             if row.status == Status.CANCELED:
                 note += " The cancel reached the partner too late; the outsourcing goes on."
             row.status, row.partner_ticket_number = Status.IN_PROGRESS, payload.partner_ticket_number

@@ -3,6 +3,7 @@ not say, and mirror items onto the other ticket through that partner's inbound t
 import logging
 import uuid
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,6 +13,7 @@ from shared.db import utcnow
 from shared.inbox import Rejected
 from shared.kafka import inbound_topic
 from shared.messages import (
+    CHUNK_BYTES,
     AttachmentChunk,
     InsourceAccepted,
     InsourceCompletionRequested,
@@ -38,6 +40,7 @@ from shared.messages import (
     WorkWaitingApproval,
 )
 from shared.outbox import add_to_outbox
+from shared.tickets.schemas import MAX_ATTACHMENT_BYTES, AttachmentFields, ChargeCreate, NoteCreate, TimeEntryCreate
 
 log = logging.getLogger(__name__)
 MIRROR_NAMESPACE = uuid.UUID("6f1c2a52-8d7e-4d0b-9a51-2f0b6c1d9e11")
@@ -51,6 +54,26 @@ def sender_of(topic: str) -> str:
     if len(parts) != 3 or parts[0] != "psa" or parts[2] != "outbound":
         raise Rejected(f"the bridge does not read topic {topic}")
     return parts[1]
+
+
+_FIELDS = {
+    "note": NoteCreate,
+    "time_entry": TimeEntryCreate,
+    "charge": ChargeCreate,
+    "attachment": AttachmentFields,
+}
+
+
+def check_fields(payload: ItemBody) -> None:
+    """A partner's item must be what the other partner's API would accept: a partner cannot plant
+    an item the other side could not display, edit or bill (or an attachment over the limit)."""
+    model = _FIELDS[payload.kind]
+    try:
+        model.model_validate(payload.fields)
+    except ValidationError as exc:
+        raise Rejected(f"invalid {payload.kind} fields: {exc.errors(include_url=False)}") from exc
+    if payload.kind == "attachment" and payload.chunk_count > MAX_ATTACHMENT_BYTES // CHUNK_BYTES + 1:
+        raise Rejected(f"an attachment of {payload.chunk_count} chunks is over the 10 MiB limit")
 
 
 def lead_time_entry_as_note(fields: dict) -> dict:
@@ -188,6 +211,16 @@ class Bridge:
         self._send(session, mapping.source_partner_id, ItemUnshared(link_id=link.id, item_id=mapping.source_item_id), link.id)
 
     async def _mirror(self, session: AsyncSession, link: Link, sender: str, is_lead: bool, payload) -> None:
+        if isinstance(payload, (ItemCreated, ItemUpdated)):
+            check_fields(payload)
+        if isinstance(payload, AttachmentChunk):
+            # The rest of an attachment whose first part crossed follows it, whatever happened since.
+            mapping = await session.get(ItemMirror, (link.id, payload.item_id))
+            if mapping is not None and not mapping.deleted and mapping.source_partner_id == sender:
+                self._send(session, mapping.target_partner_id(link), MirrorChunk(
+                    link_id=link.id, mirror_id=mapping.mirror_id, index=payload.index, count=payload.count,
+                    data=payload.data), link.id)
+            return
         if link.state != ACTIVE:
             log.info("link %s is %s: %s of item %s stays on its side", link.id, link.state, payload.type, payload.item_id)
             if isinstance(payload, ItemCreated):
@@ -221,17 +254,9 @@ class Bridge:
             raise Rejected(f"{sender} did not create item {payload.item_id}")
         if isinstance(payload, ItemUpdated):
             self._send(session, target, self._upsert(link, mapping, is_lead, payload), link.id)
-        elif isinstance(payload, ItemDeleted):
+        else:
             mapping.deleted = True
             self._send(session, target, MirrorDelete(link_id=link.id, mirror_id=mapping.mirror_id), link.id)
-        else:
-            self._send(
-                session,
-                target,
-                MirrorChunk(link_id=link.id, mirror_id=mapping.mirror_id, index=payload.index, count=payload.count,
-                            data=payload.data),
-                link.id,
-            )
 
     @staticmethod
     def _upsert(link: Link, mapping: ItemMirror, is_lead: bool, payload: ItemBody) -> MirrorUpsert:

@@ -1,6 +1,7 @@
 """HTTP routes of the ticket core, shared by both partner services. Routes parse, call one
 service function, and shape the answer; the service's SyncPolicy supplies link state and mirroring."""
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, create_model
@@ -44,6 +45,12 @@ def item_out(policy: service.SyncPolicy, item: TicketItem) -> dict[str, Any]:
     }
 
 
+def content_disposition(filename: str) -> str:
+    """An ASCII fallback and the exact UTF-8 name (RFC 6266), safe for any file name."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename) or "attachment"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 def ticket_router(link_field: str) -> APIRouter:
     """`link_field` is `outsource` on the lead partner and `insource` on the insourcing partner."""
     router = APIRouter(prefix="/api/tickets", tags=["tickets"], dependencies=[Depends(require(Permission.TICKETS))])
@@ -83,7 +90,8 @@ def ticket_router(link_field: str) -> APIRouter:
         return Response(
             content,
             media_type=item.fields["content_type"],
-            headers={"Content-Disposition": f'attachment; filename="{item.fields["filename"]}"'},
+            headers={"Content-Disposition": content_disposition(item.fields["filename"]),
+                     "X-Content-Type-Options": "nosniff"},
         )
 
     return router

@@ -102,6 +102,15 @@ class ChargeUpdate(Strict):
     billable: bool | None = None
 
 
+class AttachmentFields(BaseModel):
+    """An attachment's description as it travels (its bytes travel in chunks)."""
+
+    filename: Title
+    content_type: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    size: int = Field(ge=0, le=MAX_ATTACHMENT_BYTES)
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
 class AttachmentUpdate(Strict):
     filename: Title | None = None
 

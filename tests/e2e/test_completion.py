@@ -63,7 +63,8 @@ async def test_insource_complete_is_allowed_only_from_in_progress_and_only_on_in
     again = await insourcing.post(f"/api/tickets/{insourced['id']}/insource/complete")
     assert again.status_code == 409 and "Waiting Approval" in again.json()["detail"]
     own = await new_ticket(insourcing)
-    assert (await insourcing.post(f"/api/tickets/{own['id']}/insource/complete")).status_code == 404
+    refused = await insourcing.post(f"/api/tickets/{own['id']}/insource/complete")
+    assert refused.status_code == 409 and "no Insource Status" in refused.json()["detail"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -338,3 +339,58 @@ async def test_a_notification_waits_out_an_smtp_outage_and_is_sent_once(lead, in
     await eventually(sent, timeout=30)
     await asyncio.sleep(1.5)
     assert len(mailbox.to(INSOURCING_EMAIL, ticket["number"])) == 1
+
+
+async def test_the_partners_hours_are_charged_once_per_outsourcing(lead, insourcing):
+    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
+    await add(insourcing, insourced["id"], "time-entries", "first round")
+    await arrived(lead, lead_ticket["id"], "time-entries", labelled("first round"))
+    await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/complete")
+    second = await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource", json={"partner_id": "insourcing-partner"})
+    link_id = second.json()["link_id"]
+    await eventually(lambda: _pending(insourcing, link_id))
+    insourced_again = (await insourcing.post(f"/api/received-work/{link_id}/accept")).json()["ticket_id"]
+    await outsource_status(lead, lead_ticket["id"], "In Progress")
+    await insourcing.post(f"/api/tickets/{insourced_again}/time-entries", json={**TIME_ENTRY, "hours": 2, "summary": "second round"})
+    await arrived(lead, lead_ticket["id"], "time-entries", labelled("second round"))
+    await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/complete")
+    charges = [c["quantity"] for c in await items(lead, lead_ticket["id"], "charges") if c["origin"] == "system"]
+    assert charges == [1.5, 2.0]
+
+
+async def _pending(insourcing, link_id):
+    work = (await insourcing.get("/api/received-work", params={"status": "Pending"})).json()
+    return any(w["link_id"] == link_id for w in work)
+
+
+async def test_while_waiting_for_approval_the_leads_shared_items_are_read_only_too(lead, insourcing):
+    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
+    shared = await add(lead, lead_ticket["id"], "notes", "agreed wording")
+    await arrived(insourcing, insourced["id"], "notes", labelled("agreed wording"))
+    await insourcing.post(f"/api/tickets/{insourced['id']}/insource/complete")
+    await outsource_status(lead, lead_ticket["id"], "Waiting Approval")
+    refused = await lead.patch(f"/api/tickets/{lead_ticket['id']}/notes/{shared['id']}", json={"body": "changed"})
+    assert refused.status_code == 409 and "suspended" in refused.json()["detail"]
+    await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/reject", json={"reason": "one more thing"})
+    edited = await lead.patch(f"/api/tickets/{lead_ticket['id']}/notes/{shared['id']}", json={"body": "changed"})
+    assert edited.status_code == 200
+    await arrived(insourcing, insourced["id"], "notes", labelled("changed"))
+
+
+async def test_an_attachment_racing_completion_either_arrives_whole_or_is_marked_not_shared(lead, insourcing):
+    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
+    content = bytes(range(256)) * (12 * 1024)  # 3 MiB: several chunks
+    sent = (await insourcing.post(f"/api/tickets/{insourced['id']}/attachments",
+                                  files={"file": ("racing.bin", content)})).json()
+    await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/complete")
+    await insource_status(insourcing, insourced["id"], "Complete")
+
+    async def settled():
+        on_lead = [a for a in await items(lead, lead_ticket["id"], "attachments") if a["filename"] == "racing.bin"]
+        if on_lead:
+            body = (await lead.get(f"/api/tickets/{lead_ticket['id']}/attachments/{on_lead[0]['id']}/content")).content
+            return body == content
+        mine = next(a for a in await items(insourcing, insourced["id"], "attachments") if a["id"] == sent["id"])
+        return mine["shared"] is False
+
+    await eventually(settled, timeout=30)

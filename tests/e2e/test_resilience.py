@@ -31,7 +31,7 @@ async def parked(bridge: httpx.AsyncClient, text: str) -> list[dict]:
     async def check():
         return [d for d in (await bridge.get("/api/dead-letters")).json() if text in d["reason"]]
 
-    return await eventually(check)
+    return await eventually(check, timeout=60)  # after a kill test the group may still be rebalancing
 
 
 async def test_forged_events_are_parked_and_change_nothing(lead, insourcing, bridge, infrastructure):
@@ -153,3 +153,14 @@ async def test_two_bridges_share_the_work_and_one_dying_loses_nothing(lead, inso
 async def _kill_after(proc: ServiceProcess, after: float) -> None:
     await asyncio.sleep(after)
     proc.kill(signal.SIGKILL)
+
+
+async def test_an_item_the_other_side_could_not_use_is_refused_by_the_bridge(lead, insourcing, bridge, infrastructure):
+    lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
+    broken = envelope(
+        ItemCreated(link_id=link_id, item_id=str(uuid.uuid4()), kind="time_entry", fields={"resource": "x"}),
+        source=PARTNER, link_id=link_id,
+    )
+    await produce(infrastructure.kafka_bootstrap, outbound_topic(PARTNER), [broken.to_bytes()], link_id.encode())
+    assert (await parked(bridge, "invalid time_entry fields"))[0]["event_id"] == str(broken.event_id)
+    assert await items(lead, lead_ticket["id"], "time-entries") == []

@@ -161,3 +161,12 @@ async def test_unknown_tickets_and_items_are_404(lead):
     other = await new_ticket(lead)
     assert (await lead.delete(f"/api/tickets/{other['id']}/notes/{note['id']}")).status_code == 404
     assert (await lead.delete(f"/api/tickets/{ticket['id']}/charges/{note['id']}")).status_code == 404
+
+
+async def test_an_attachment_with_a_non_ascii_name_downloads_under_that_name(lead):
+    ticket = await new_ticket(lead)
+    item = (await lead.post(f"/api/tickets/{ticket['id']}/attachments",
+                            files={"file": ("报告 \"final\".pdf", b"%PDF", "application/pdf")})).json()
+    download = await lead.get(f"/api/tickets/{ticket['id']}/attachments/{item['id']}/content")
+    assert download.status_code == 200 and download.content == b"%PDF"
+    assert "filename*=UTF-8''%E6%8A%A5%E5%91%8A" in download.headers["content-disposition"]
