@@ -35,7 +35,10 @@ class Component:
 
     def start(self) -> None:
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        # Its own session: a terminal's Ctrl-C reaches only the supervisor, which stops the
+        # components in order instead of racing them (and restarting one that already exited).
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     start_new_session=True)
 
 
 class Stack:
@@ -191,7 +194,9 @@ class Stack:
 
     def run(self) -> None:
         (VAR / "logs").mkdir(parents=True, exist_ok=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        # Installed explicitly: a shell starts background jobs with SIGINT ignored.
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             self.start_broker()
             self.start_databases()
@@ -208,6 +213,10 @@ class Stack:
             pass
         finally:
             self.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:
