@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI
 from prometheus_client import Gauge
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
