@@ -1,6 +1,7 @@
 """`make bench`: how long a note takes to show up on the other side, beside two floors measured in
 the same run on the same broker: one HTTP round trip, and one Kafka produce->consume hop."""
 import asyncio
+import os
 import statistics
 import time
 import uuid
@@ -12,9 +13,10 @@ from shared.kafka import ensure_topics, make_consumer, make_producer
 from tests.e2e.flows import linked_tickets
 from tests.harness import ServiceProcess, resolve_infrastructure
 
-SAMPLES = 500
+SAMPLES = int(os.environ.get("BENCH_SAMPLES", 500))
 LINKS = 50
-RATE_NOTES = 2000
+RATE_NOTES = int(os.environ.get("BENCH_RATE_NOTES", 2000))
+POLL = float(os.environ.get("BENCH_POLL_SECONDS", 0.003))
 
 
 def summary(name: str, seconds: list[float]) -> str:
@@ -67,7 +69,7 @@ async def note_latency(source, target, pairs) -> list[float]:
         started = time.perf_counter()
         (await source.post(f"/api/tickets/{src_id}/notes", json={"body": f"bench {n}"})).raise_for_status()
         while len((await target.get(f"/api/tickets/{dst_id}/notes")).json()) == before:
-            await asyncio.sleep(0.003)  # polling harder would steal the CPU the receiving service needs
+            await asyncio.sleep(POLL)  # polling harder steals the CPU the receiving service needs
         out.append(time.perf_counter() - started)
     return out
 
@@ -122,8 +124,6 @@ def main() -> None:
     try:
         names = {n: f"bench_{uuid.uuid4().hex[:6]}_{n}" for n in ("lead_partner", "insourcing_partner", "sync_bridge")}
         urls = infra.create_databases(resolved.postgres_admin_url, list(names.values()))
-        import os
-
         env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": resolved.kafka_bootstrap,
