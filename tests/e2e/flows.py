@@ -12,7 +12,7 @@ async def new_ticket(client: httpx.AsyncClient, title: str = "Server room too ho
     return answer.json()
 
 
-async def received(insourcing: httpx.AsyncClient, link_id: str, status: str | None = None) -> dict:
+async def received(insourcing: httpx.AsyncClient, link_id: str, status: str | None = None, timeout: float = 15.0) -> dict:
     """Waits until the insourcing partner has the work (in `status`, when given) and returns it."""
 
     async def check():
@@ -20,15 +20,15 @@ async def received(insourcing: httpx.AsyncClient, link_id: str, status: str | No
         found = next((w for w in work if w["link_id"] == link_id), None)
         return found if found and (status is None or found["insource_status"] == status) else None
 
-    return await eventually(check)
+    return await eventually(check, timeout=timeout)
 
 
-async def outsource_status(lead: httpx.AsyncClient, ticket_id: str, status: str) -> dict:
+async def outsource_status(lead: httpx.AsyncClient, ticket_id: str, status: str, timeout: float = 15.0) -> dict:
     async def check():
         ticket = (await lead.get(f"/api/tickets/{ticket_id}")).json()
         return ticket if ticket["outsource"] and ticket["outsource"]["status"] == status else None
 
-    return await eventually(check)
+    return await eventually(check, timeout=timeout)
 
 
 async def outsource(lead: httpx.AsyncClient, ticket_id: str, **body) -> dict:
@@ -37,14 +37,16 @@ async def outsource(lead: httpx.AsyncClient, ticket_id: str, **body) -> dict:
     return answer.json()
 
 
-async def linked_tickets(lead: httpx.AsyncClient, insourcing: httpx.AsyncClient, **ticket) -> tuple[dict, dict, str]:
+async def linked_tickets(
+    lead: httpx.AsyncClient, insourcing: httpx.AsyncClient, timeout: float = 15.0, **ticket
+) -> tuple[dict, dict, str]:
     """A lead ticket outsourced and accepted: returns (lead ticket, insourced ticket, link id)."""
     lead_ticket = await new_ticket(lead, **ticket)
     link_id = (await outsource(lead, lead_ticket["id"], instructions="Please look today"))["link_id"]
-    await received(insourcing, link_id, "Pending")
+    await received(insourcing, link_id, "Pending", timeout=timeout)
     accepted = await insourcing.post(f"/api/received-work/{link_id}/accept")
     assert accepted.status_code == 200, accepted.text
-    await outsource_status(lead, lead_ticket["id"], "In Progress")
+    await outsource_status(lead, lead_ticket["id"], "In Progress", timeout=timeout)
     insourced = (await insourcing.get(f"/api/tickets/{accepted.json()['ticket_id']}")).json()
     return lead_ticket, insourced, link_id
 
