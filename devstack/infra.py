@@ -8,6 +8,8 @@ from pathlib import Path
 
 import asyncpg
 
+from shared.db import asyncpg_dsn
+
 log = logging.getLogger(__name__)
 
 
@@ -67,12 +69,6 @@ def stop_embedded_postgres(server) -> None:
     server.stop()
 
 
-def plain_dsn(url: str) -> str:
-    from shared.db import asyncpg_dsn
-
-    return asyncpg_dsn(url)
-
-
 def with_database(admin_url: str, name: str) -> str:
     from sqlalchemy import make_url
 
@@ -80,7 +76,7 @@ def with_database(admin_url: str, name: str) -> str:
 
 
 async def _create_databases(admin_url: str, names: list[str], drop_first: bool) -> None:
-    conn = await asyncpg.connect(plain_dsn(admin_url))
+    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
     try:
         existing = {r[0] for r in await conn.fetch("SELECT datname FROM pg_database")}
         for name in names:
@@ -100,7 +96,7 @@ def create_databases(admin_url: str, names: list[str], drop_first: bool = False)
 
 def drop_databases(admin_url: str, names: list[str]) -> None:
     async def drop() -> None:
-        conn = await asyncpg.connect(plain_dsn(admin_url))
+        conn = await asyncpg.connect(asyncpg_dsn(admin_url))
         try:
             for name in names:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

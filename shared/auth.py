@@ -18,6 +18,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from shared.db import Base
 
 
+TOKENS_CHANNEL = "api_tokens"  # NOTIFY channel: a token was revoked
+
+
 class Permission(enum.StrEnum):
     TICKETS = "tickets"  # "Ticket access": tickets and their items
     OUTSOURCING = "outsourcing"  # outsource, cancel, approve, reject, complete, accept, decline, dashboards
@@ -70,9 +73,6 @@ async def revoke_token(session: AsyncSession, token_id: str) -> bool:
     # Every running replica drops its cache of verified tokens when this commits.
     await session.execute(select(func.pg_notify(TOKENS_CHANNEL, token_id)))
     return result.rowcount == 1
-
-
-TOKENS_CHANNEL = "api_tokens"
 
 
 class TokenCache:

@@ -4,6 +4,7 @@ commit order, woken by LISTEN/NOTIFY, and marks them published only after the br
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -12,7 +13,7 @@ from sqlalchemy import BigInteger, DateTime, Identity, LargeBinary, String, func
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.contracts import Envelope
+from shared.contracts import Envelope, Payload, envelope
 from shared.db import Base, asyncpg_dsn
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,17 @@ class OutboxMessage(Base):
     value: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
+@dataclass(frozen=True)
+class Publisher:
+    """Stages events from one source on one topic, keyed by their link."""
+
+    topic: str
+    source: str
+
+    def emit(self, session: AsyncSession, payload: Payload, link_id: str) -> None:
+        add_to_outbox(session, self.topic, envelope(payload, source=self.source, link_id=link_id))
 
 
 def add_to_outbox(session: AsyncSession, topic: str, env: Envelope, key: str | None = None) -> None:
@@ -148,6 +160,3 @@ class OutboxRelay:
             self.published_total += len(ids)
             return len(ids)
 
-
-async def outbox_backlog(session: AsyncSession) -> int:
-    return await session.scalar(select(func.count()).where(OutboxMessage.published_at.is_(None))) or 0

@@ -10,7 +10,6 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.contracts import envelope
 from shared.db import Base
 from shared.inbox import Rejected
 from shared.messages import (
@@ -25,7 +24,7 @@ from shared.messages import (
     MirrorDelete,
     MirrorUpsert,
 )
-from shared.outbox import add_to_outbox
+from shared.outbox import Publisher
 from shared.outsourcing import Status, synchronizing
 from shared.tickets.models import AttachmentContent, Ticket, TicketItem
 from shared.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
@@ -85,8 +84,7 @@ class MirroringPolicy:
 
     def __init__(self, links: LinkDirectory, partner_id: str, outbound_topic: str):
         self.links = links
-        self.partner_id = partner_id
-        self.topic = outbound_topic
+        self.publisher = Publisher(outbound_topic, partner_id)
 
     async def link_of(self, session: AsyncSession, ticket: Ticket) -> dict[str, Any] | None:
         link = await self.links.link_for_ticket(session, ticket.id)
@@ -108,7 +106,7 @@ class MirroringPolicy:
         if link is None or not synchronizing(link.status):
             return
         if action == "deleted":
-            self._emit(session, ItemDeleted(link_id=link.link_id, item_id=item.id, kind=item.kind), link.link_id)
+            self.publisher.emit(session, ItemDeleted(link_id=link.link_id, item_id=item.id, kind=item.kind), link.link_id)
             return
         chunks: list[bytes] = []
         if action == "created":
@@ -117,21 +115,18 @@ class MirroringPolicy:
                 content = content or b""
                 chunks = [content[i : i + CHUNK_BYTES] for i in range(0, len(content), CHUNK_BYTES)] or [b""]
         model = ItemCreated if action == "created" else ItemUpdated
-        self._emit(
+        self.publisher.emit(
             session,
             model(link_id=link.link_id, item_id=item.id, kind=item.kind, fields=item.fields, chunk_count=len(chunks)),
             link.link_id,
         )
         for index, chunk in enumerate(chunks):
             data = base64.b64encode(chunk).decode()
-            self._emit(
+            self.publisher.emit(
                 session,
                 AttachmentChunk(link_id=link.link_id, item_id=item.id, index=index, count=len(chunks), data=data),
                 link.link_id,
             )
-
-    def _emit(self, session: AsyncSession, payload, link_id: str) -> None:
-        add_to_outbox(session, self.topic, envelope(payload, source=self.partner_id, link_id=link_id))
 
 
     # --- the inbound half: what the bridge sends about the other ticket ---------------------------
@@ -162,7 +157,7 @@ class MirroringPolicy:
             if isinstance(payload, MirrorChunk) and staged is not None:
                 await _chunk(session, payload)
             elif isinstance(payload, MirrorUpsert) and staged is None and await session.get(TicketItem, payload.mirror_id) is None:
-                self._emit(session, MirrorRefused(link_id=payload.link_id, mirror_id=payload.mirror_id), payload.link_id)
+                self.publisher.emit(session, MirrorRefused(link_id=payload.link_id, mirror_id=payload.mirror_id), payload.link_id)
             return
         if isinstance(payload, MirrorUpsert):
             await _upsert(session, ticket_id, payload)

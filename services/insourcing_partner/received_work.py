@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.insourcing_partner.models import ReceivedWork
 from services.insourcing_partner.settings import InsourcingSettings
-from shared.contracts import Envelope, Payload, envelope
+from shared.contracts import Envelope, Payload
 from shared.errors import Conflict, NotFound
 from shared.inbox import Rejected
 from shared.kafka import outbound_topic
@@ -20,7 +20,6 @@ from shared.messages import (
     WorkRequested,
 )
 from shared.notifications import notify
-from shared.outbox import add_to_outbox
 from shared.outsourcing import FINISHED, Status, insourcing_transition
 from shared.sync import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
 from shared.tickets.models import Ticket
@@ -48,11 +47,8 @@ class Insourcing:
     def __init__(self, settings: InsourcingSettings):
         self.settings = settings
         self.links = ReceivedLinks()
-        self.topic = outbound_topic(settings.partner_id)
-        self.mirroring = MirroringPolicy(self.links, settings.partner_id, self.topic)
-
-    def _emit(self, session: AsyncSession, payload: Payload, link_id: str) -> None:
-        add_to_outbox(session, self.topic, envelope(payload, source=self.settings.partner_id, link_id=link_id))
+        self.mirroring = MirroringPolicy(self.links, settings.partner_id, outbound_topic(settings.partner_id))
+        self._emit = self.mirroring.publisher.emit
 
     async def _locked(self, session: AsyncSession, link_id: str) -> ReceivedWork:
         row = await session.scalar(select(ReceivedWork).where(ReceivedWork.link_id == link_id).with_for_update())

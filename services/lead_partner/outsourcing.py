@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_partner.models import Outsourcing
 from services.lead_partner.settings import LeadSettings
-from shared.contracts import Envelope, Payload, envelope
+from shared.contracts import Envelope, Payload
 from shared.errors import Conflict, NotFound
 from shared.inbox import Rejected
 from shared.kafka import outbound_topic
@@ -23,7 +23,6 @@ from shared.messages import (
     WorkWaitingApproval,
 )
 from shared.notifications import notify
-from shared.outbox import add_to_outbox
 from shared.outsourcing import FINISHED, Status, lead_transition, may_outsource
 from shared.sync import (
     MIRROR_MESSAGES,
@@ -60,11 +59,8 @@ class LeadOutsourcing:
     def __init__(self, settings: LeadSettings):
         self.settings = settings
         self.links = Outsourcings()
-        self.topic = outbound_topic(settings.partner_id)
-        self.mirroring = MirroringPolicy(self.links, settings.partner_id, self.topic)
-
-    def _emit(self, session: AsyncSession, payload: Payload, link_id: str) -> None:
-        add_to_outbox(session, self.topic, envelope(payload, source=self.settings.partner_id, link_id=link_id))
+        self.mirroring = MirroringPolicy(self.links, settings.partner_id, outbound_topic(settings.partner_id))
+        self._emit = self.mirroring.publisher.emit
 
     async def _current(self, session: AsyncSession, ticket_id: str) -> tuple[Ticket, Outsourcing]:
         ticket = await get_ticket(session, ticket_id, for_update=True)

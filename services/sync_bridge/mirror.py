@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.models import ItemMirror, Link
-from shared.contracts import Envelope, Payload, envelope
+from shared.contracts import Envelope, Payload
 from shared.db import utcnow
 from shared.inbox import Rejected
 from shared.kafka import inbound_topic
@@ -39,7 +39,7 @@ from shared.messages import (
     WorkRequested,
     WorkWaitingApproval,
 )
-from shared.outbox import add_to_outbox
+from shared.outbox import Publisher
 from shared.tickets.schemas import MAX_ATTACHMENT_BYTES, AttachmentFields, ChargeCreate, NoteCreate, TimeEntryCreate
 
 log = logging.getLogger(__name__)
@@ -275,4 +275,4 @@ class Bridge:
 
     @staticmethod
     def _send(session: AsyncSession, partner_id: str, payload: Payload, link_id: str) -> None:
-        add_to_outbox(session, inbound_topic(partner_id), envelope(payload, source="bridge", link_id=link_id))
+        Publisher(inbound_topic(partner_id), "bridge").emit(session, payload, link_id)
