@@ -309,10 +309,14 @@ async def test_each_workflow_event_emails_the_partner_it_concerns(lead, insourci
 
     accepted_ticket, _, _ = await linked_tickets(lead, insourcing, title="VPN")
     await mail(mailbox, LEAD_EMAIL, f"Outsourcing accepted: {accepted_ticket['number']}")
-    listed = (await lead.get("/api/notifications")).json()
-    kinds = {n["kind"] for n in listed if n["ticket_id"] == accepted_ticket["id"]}
-    assert "work.accepted" in kinds
-    assert all(n["sent_at"] for n in listed if n["ticket_id"] == accepted_ticket["id"])
+
+    async def all_marked_sent():
+        # The mail sink has the message as soon as DATA ends; the sender marks the row a moment later.
+        listed = [n for n in (await lead.get("/api/notifications")).json() if n["ticket_id"] == accepted_ticket["id"]]
+        return listed if listed and all(n["sent_at"] for n in listed) else None
+
+    listed = await eventually(all_marked_sent)
+    assert "work.accepted" in {n["kind"] for n in listed}
 
 
 async def test_a_notification_waits_out_an_smtp_outage_and_is_sent_once(lead, insourcing, mailbox):
