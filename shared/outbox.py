@@ -9,9 +9,9 @@ from datetime import datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import BigInteger, DateTime, Identity, LargeBinary, String, func, select, update
+from sqlalchemy import BigInteger, DateTime, Identity, LargeBinary, String, event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from shared.contracts import Envelope, Payload, envelope
 from shared.db import Base, asyncpg_dsn
@@ -46,19 +46,36 @@ class Publisher:
         add_to_outbox(session, self.topic, envelope(payload, source=self.source, link_id=link_id))
 
 
+_STAGED = "outbox.staged"
+
+
 def add_to_outbox(session: AsyncSession, topic: str, env: Envelope, key: str | None = None) -> None:
     """Stage an event in the caller's transaction; it is published only if that transaction commits.
-    A trigger on the table sends the NOTIFY, which PostgreSQL delivers at commit, not before."""
-    session.add(
-        OutboxMessage(
-            event_id=str(env.event_id),
-            topic=topic,
-            key=key or env.link_id,
-            type=env.type,
-            schema_version=env.schema_version,
-            value=env.to_bytes(),
-        )
+    The staged rows go in with one INSERT just before the commit (see `_write_staged`); a trigger on
+    the table sends the NOTIFY, which PostgreSQL delivers at commit, not before."""
+    session.info.setdefault(_STAGED, []).append(
+        {
+            "event_id": str(env.event_id),
+            "topic": topic,
+            "key": key or env.link_id,
+            "type": env.type,
+            "schema_version": env.schema_version,
+            "value": env.to_bytes(),
+        }
     )
+
+
+@event.listens_for(Session, "before_commit")
+def _write_staged(session: Session) -> None:
+    # A Core INSERT without RETURNING: the unit of work would read every generated id back.
+    staged = session.info.pop(_STAGED, None)
+    if staged:
+        session.execute(insert(OutboxMessage), staged)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_staged(session: Session) -> None:
+    session.info.pop(_STAGED, None)
 
 
 class OutboxRelay:
@@ -126,8 +143,11 @@ class OutboxRelay:
     async def publish_batch(self, producer: AIOKafkaProducer) -> int:
         async with self._sessions() as session:
             rows = (
-                await session.scalars(
-                    select(OutboxMessage)
+                await session.execute(
+                    select(
+                        OutboxMessage.id, OutboxMessage.topic, OutboxMessage.key, OutboxMessage.event_id,
+                        OutboxMessage.type, OutboxMessage.schema_version, OutboxMessage.value,
+                    )
                     .where(OutboxMessage.published_at.is_(None))
                     .order_by(OutboxMessage.id)
                     .limit(self._batch_size)
