@@ -2,10 +2,11 @@
 from datetime import datetime
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel
-from sqlalchemy import select
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.sync_bridge.models import Link
+from services.sync_bridge.models import ItemMirror, Link
 from shared.auth import Permission, SessionDep, require
 from shared.errors import NotFound
 from shared.inbox import dead_letters
@@ -20,10 +21,14 @@ class LinkOut(BaseModel):
     lead_ticket_id: str
     insourcing_partner_id: str
     insourcing_ticket_id: str | None
-    mirrored_to_lead: int
-    mirrored_to_insourcing: int
+    mirrored_to_lead: int = Field(description="the insourcing partner's items that have a mirror on the lead ticket")
+    mirrored_to_insourcing: int = Field(description="the lead partner's items that have a mirror on the insourcing ticket")
     created_at: datetime
     last_event_at: datetime | None
+
+
+LINK_COLUMNS = ("id", "state", "lead_partner_id", "lead_ticket_id", "insourcing_partner_id", "insourcing_ticket_id",
+                "created_at", "last_event_at")
 
 
 class DeadLetterOut(BaseModel):
@@ -38,12 +43,34 @@ class DeadLetterOut(BaseModel):
     parked_at: datetime
 
 
+async def with_counts(session: AsyncSession, links: list[Link]) -> list[LinkOut]:
+    """Counted when asked rather than kept on the link: mirroring stays one row lighter per item."""
+    counts = {}
+    if links:
+        rows = await session.execute(
+            select(ItemMirror.link_id, ItemMirror.source_partner_id, func.count())
+            .where(ItemMirror.link_id.in_([link.id for link in links]), ItemMirror.deleted.is_(False))
+            .group_by(ItemMirror.link_id, ItemMirror.source_partner_id)
+        )
+        counts = {(link_id, source): n for link_id, source, n in rows}
+    return [
+        LinkOut.model_validate(
+            {
+                **{column: getattr(link, column) for column in LINK_COLUMNS},
+                "mirrored_to_insourcing": counts.get((link.id, link.lead_partner_id), 0),
+                "mirrored_to_lead": counts.get((link.id, link.insourcing_partner_id), 0),
+            }
+        )
+        for link in links
+    ]
+
+
 @router.get("/links", response_model=list[LinkOut], summary="All links, newest first")
 async def list_links(session: SessionDep, state: str | None = None):
     query = select(Link).order_by(Link.created_at.desc())
     if state:
         query = query.where(Link.state == state)
-    return list((await session.scalars(query)).all())
+    return await with_counts(session, list((await session.scalars(query)).all()))
 
 
 @router.get("/links/{link_id}", response_model=LinkOut, summary="One link")
@@ -51,7 +78,8 @@ async def read_link(link_id: str, session: SessionDep):
     link = await session.get(Link, link_id)
     if link is None:
         raise NotFound(f"link {link_id} not found")
-    return link
+    [out] = await with_counts(session, [link])
+    return out
 
 
 @router.get("/dead-letters", response_model=list[DeadLetterOut], summary="Messages the bridge parked, newest first")

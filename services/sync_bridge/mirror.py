@@ -4,7 +4,8 @@ import logging
 import uuid
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.models import ItemMirror, Link
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 MIRROR_NAMESPACE = uuid.UUID("6f1c2a52-8d7e-4d0b-9a51-2f0b6c1d9e11")
 
 PENDING, ACTIVE, SUSPENDED, TERMINATED = "pending", "active", "suspended", "terminated"
+MAPPING_COLUMNS = ("link_id", "source_item_id", "source_partner_id", "mirror_id", "kind", "deleted")
 
 
 def sender_of(topic: str) -> str:
@@ -95,7 +97,10 @@ class Bridge:
         link_id = getattr(payload, "link_id", None)
         if link_id is None or link_id != env.link_id:
             raise Rejected("the event's link id and its envelope's do not agree")
-        link = await session.get(Link, link_id, with_for_update=True)
+        # One statement both locks the link (its events apply one at a time) and records the event.
+        link = await session.scalar(
+            update(Link).where(Link.id == link_id).values(last_event_at=func.now()).returning(Link)
+        )
 
         if isinstance(payload, OutsourceRequested):
             await self._requested(session, sender, link, payload)
@@ -104,7 +109,6 @@ class Bridge:
             raise Rejected(f"unknown link {link_id}")
         if sender not in (link.lead_partner_id, link.insourcing_partner_id):
             raise Rejected(f"{sender} is not a party to link {link_id}")
-        link.last_event_at = utcnow()
         is_lead = sender == link.lead_partner_id
 
         if isinstance(payload, OutsourceCanceled):
@@ -175,8 +179,6 @@ class Bridge:
                 lead_partner_id=sender,
                 lead_ticket_id=payload.lead_ticket_id,
                 insourcing_partner_id=target,
-                mirrored_to_lead=0,
-                mirrored_to_insourcing=0,
                 last_event_at=utcnow(),
             )
         )
@@ -204,10 +206,6 @@ class Bridge:
         if mapping is None or mapping.source_partner_id == sender or mapping.deleted:
             return
         mapping.deleted = True
-        if sender == link.lead_partner_id:
-            link.mirrored_to_lead -= 1
-        else:
-            link.mirrored_to_insourcing -= 1
         self._send(session, mapping.source_partner_id, ItemUnshared(link_id=link.id, item_id=mapping.source_item_id), link.id)
 
     async def _mirror(self, session: AsyncSession, link: Link, sender: str, is_lead: bool, payload) -> None:
@@ -228,25 +226,29 @@ class Bridge:
                 self._send(session, sender, ItemUnshared(link_id=link.id, item_id=payload.item_id), link.id)
             return
         target = link.insourcing_partner_id if is_lead else link.lead_partner_id
-        mapping = await session.get(ItemMirror, (link.id, payload.item_id))
-
         if isinstance(payload, ItemCreated):
-            if mapping is None:
-                mapping = ItemMirror(
-                    link_id=link.id,
-                    source_item_id=payload.item_id,
-                    source_partner_id=sender,
-                    mirror_id=str(uuid.uuid5(MIRROR_NAMESPACE, f"{link.id}:{payload.item_id}")),
-                    kind="note" if (is_lead and payload.kind == "time_entry") else payload.kind,
-                    deleted=False,
-                )
-                session.add(mapping)
-                if is_lead:
-                    link.mirrored_to_insourcing += 1
-                else:
-                    link.mirrored_to_lead += 1
+            mapping = ItemMirror(
+                link_id=link.id,
+                source_item_id=payload.item_id,
+                source_partner_id=sender,
+                mirror_id=str(uuid.uuid5(MIRROR_NAMESPACE, f"{link.id}:{payload.item_id}")),
+                kind="note" if (is_lead and payload.kind == "time_entry") else payload.kind,
+                deleted=False,
+            )
+            # The common case in one round trip; an item announced twice keeps its first mapping.
+            inserted = await session.scalar(
+                insert(ItemMirror)
+                .values(**{c: getattr(mapping, c) for c in MAPPING_COLUMNS})
+                .on_conflict_do_nothing()
+                .returning(ItemMirror.mirror_id)
+            )
+            if inserted is None:
+                mapping = await session.get(ItemMirror, (link.id, payload.item_id))
+                if mapping.source_partner_id != sender:
+                    raise Rejected(f"{sender} did not create item {payload.item_id}")
             self._send(session, target, self._upsert(link, mapping, is_lead, payload), link.id)
             return
+        mapping = await session.get(ItemMirror, (link.id, payload.item_id))
         if mapping is None or mapping.deleted:
             log.info("no mirror of item %s on link %s: %s not forwarded", payload.item_id, link.id, payload.type)
             return

@@ -1,7 +1,7 @@
 """The bridge's own tables: the link registry."""
 from datetime import datetime
 
-from sqlalchemy import DateTime, Integer, String, func
+from sqlalchemy import DateTime, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base
@@ -18,8 +18,6 @@ class Link(Base):
     lead_ticket_id: Mapped[str] = mapped_column(String(36))
     insourcing_partner_id: Mapped[str] = mapped_column(String(100))
     insourcing_ticket_id: Mapped[str | None] = mapped_column(String(36))
-    mirrored_to_lead: Mapped[int] = mapped_column(Integer, default=0)
-    mirrored_to_insourcing: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
