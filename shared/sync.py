@@ -28,7 +28,6 @@ from shared.outbox import Publisher
 from shared.outsourcing import Status, synchronizing
 from shared.tickets.models import AttachmentContent, Ticket, TicketItem
 from shared.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
-from shared.tickets.service import get_ticket
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,9 @@ class LinkDirectory(Protocol):
 
     async def link_for_ticket(self, session: AsyncSession, ticket_id: str) -> LinkView | None: ...
 
-    async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None: ...
+    async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
+        """The ticket `link_id` links, its row locked (the order every writer of a ticket uses)."""
+        ...
 
 
 class IncomingAttachment(Base):
@@ -136,20 +137,22 @@ class MirroringPolicy:
         ticket_id = await self.links.ticket_for_link(session, payload.link_id)
         if ticket_id is None:
             raise Rejected(f"no ticket is linked by {payload.link_id}")
-        await get_ticket(session, ticket_id, for_update=True)  # same order as local writes
         if isinstance(payload, ItemUnshared):
             item = await session.get(TicketItem, payload.item_id)
             if item is not None and item.ticket_id == ticket_id and item.origin == Origin.LOCAL:
                 item.shared = False
             return
         link = await self.links.link_for_ticket(session, ticket_id)
+        # Only the ticket's current link synchronizes (an older link of the same ticket never does).
+        current = link is not None and link.link_id == payload.link_id and synchronizing(link.status)
+        if current and isinstance(payload, MirrorUpsert) and payload.kind != ItemKind.ATTACHMENT:
+            await _upsert(session, ticket_id, payload)  # the common case: no attachment being staged
+            return
         staged = await session.scalar(
             select(IncomingAttachment).where(
                 IncomingAttachment.mirror_id == payload.mirror_id, IncomingAttachment.ticket_id == ticket_id
             )
         )
-        # Only the ticket's current link synchronizes (an older link of the same ticket never does).
-        current = link is not None and link.link_id == payload.link_id and synchronizing(link.status)
         if not current:
             # This side suspended or ended synchronization before the item arrived: its own order
             # of events decides. A new item is refused (its creator is told); changes to earlier
@@ -205,37 +208,36 @@ async def release_partner_items(session: AsyncSession, ticket_id: str) -> None:
 
 
 async def _upsert(session: AsyncSession, ticket_id: str, payload: MirrorUpsert) -> None:
+    if payload.kind != ItemKind.ATTACHMENT:
+        # A new mirror in one round trip; an update (or a redelivered create) takes the path below.
+        created = await session.scalar(
+            insert(TicketItem)
+            .values(id=payload.mirror_id, ticket_id=ticket_id, kind=payload.kind, origin=Origin.PARTNER,
+                    internal=payload.internal, shared=True, fields=payload.fields)
+            .on_conflict_do_nothing(index_elements=[TicketItem.id])
+            .returning(TicketItem.id)
+        )
+        if created is not None:
+            return
     item = await session.get(TicketItem, payload.mirror_id)
     if item is not None:
         if item.ticket_id != ticket_id or item.origin != Origin.PARTNER:
             raise Rejected(f"item {payload.mirror_id} is not a mirror on ticket {ticket_id}")
         item.fields = {**item.fields, **payload.fields}
         return
-    if payload.kind == ItemKind.ATTACHMENT:
-        await session.execute(
-            insert(IncomingAttachment)
-            .values(
-                mirror_id=payload.mirror_id,
-                ticket_id=ticket_id,
-                fields=payload.fields,
-                internal=payload.internal,
-                chunk_count=payload.chunk_count,
-            )
-            .on_conflict_do_nothing()
-        )
-        await _assemble_if_complete(session, payload.mirror_id)
-        return
-    session.add(
-        TicketItem(
-            id=payload.mirror_id,
+    # A new attachment: it becomes an item once all its chunks are in.
+    await session.execute(
+        insert(IncomingAttachment)
+        .values(
+            mirror_id=payload.mirror_id,
             ticket_id=ticket_id,
-            kind=payload.kind,
-            origin=Origin.PARTNER,
-            internal=payload.internal,
-            shared=True,
             fields=payload.fields,
+            internal=payload.internal,
+            chunk_count=payload.chunk_count,
         )
+        .on_conflict_do_nothing()
     )
+    await _assemble_if_complete(session, payload.mirror_id)
 
 
 async def _chunk(session: AsyncSession, payload: MirrorChunk) -> None:

@@ -24,7 +24,7 @@ from shared.outsourcing import FINISHED, Status, insourcing_transition
 from shared.sync import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
 from shared.tickets.models import Ticket
 from shared.tickets.rules import Lock
-from shared.tickets.service import add_system_note, create_ticket, get_ticket
+from shared.tickets.service import add_system_note, create_ticket, get_ticket, lock_ticket_of
 
 
 class ReceivedLinks:
@@ -40,7 +40,7 @@ class ReceivedLinks:
         return LinkView(row.link_id, Status(row.status), row.lead_partner_id, row.lead_ticket_number)
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
-        return await session.scalar(select(ReceivedWork.ticket_id).where(ReceivedWork.link_id == link_id))
+        return await lock_ticket_of(session, select(ReceivedWork.ticket_id).where(ReceivedWork.link_id == link_id))
 
 
 class Insourcing:

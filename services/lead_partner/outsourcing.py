@@ -34,7 +34,7 @@ from shared.sync import (
 )
 from shared.tickets.models import Ticket, TicketItem
 from shared.tickets.rules import ItemKind, Origin
-from shared.tickets.service import add_system_note, get_ticket
+from shared.tickets.service import add_system_note, get_ticket, lock_ticket_of
 
 
 class Outsourcings:
@@ -52,7 +52,7 @@ class Outsourcings:
         return LinkView(row.link_id, Status(row.status), row.partner_id, row.partner_ticket_number)
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
-        return await session.scalar(select(Outsourcing.ticket_id).where(Outsourcing.link_id == link_id))
+        return await lock_ticket_of(session, select(Outsourcing.ticket_id).where(Outsourcing.link_id == link_id))
 
 
 class LeadOutsourcing:

@@ -4,7 +4,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,6 +52,11 @@ async def get_ticket(session: AsyncSession, ticket_id: str, *, for_update: bool 
     if ticket is None:
         raise NotFound(f"ticket {ticket_id} not found")
     return ticket
+
+
+async def lock_ticket_of(session: AsyncSession, ticket_ids: Select) -> str | None:
+    """Lock the ticket row `ticket_ids` (a one-column query) selects, in one round trip; its id."""
+    return await session.scalar(select(Ticket.id).where(Ticket.id == ticket_ids.scalar_subquery()).with_for_update())
 
 
 async def list_items(session: AsyncSession, ticket_id: str, kind: ItemKind) -> list[TicketItem]:
