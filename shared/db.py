@@ -23,7 +23,9 @@ def utcnow() -> datetime:
 
 
 def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per transaction. After a database restart the first use of
+    # a dead connection fails (a 503, or a consumer retry) and the pool then replaces them all.
+    return create_async_engine(url, pool_size=pool_size, max_overflow=20)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
