@@ -122,10 +122,14 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
             self.is_leader = True
             await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+            conn.add_termination_listener(lambda *_: self._wake.set())
             producer = self._producer_factory()
             await producer.start()
             log.info("outbox relay is the leader (lock %s)", self._lock_key)
             while True:
+                if conn.is_closed():
+                    # The lock went with the connection: another replica may lead now.
+                    raise ConnectionError("the outbox relay lost the connection holding its lock")
                 self._wake.clear()
                 if await self.publish_batch(producer) == self._batch_size:
                     continue

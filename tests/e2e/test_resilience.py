@@ -4,10 +4,13 @@ import asyncio
 import signal
 import uuid
 
+import asyncpg
 import httpx
 import pytest
+from sqlalchemy import make_url
 
 from shared.contracts import envelope
+from shared.db import asyncpg_dsn
 from shared.kafka import make_producer, outbound_topic
 from shared.messages import ItemCreated, OutsourceCanceled
 from tests.e2e.flows import arrived, items, linked_tickets, received
@@ -116,6 +119,14 @@ async def settled(lead, insourcing) -> None:
     await linked_tickets(lead, insourcing, timeout=90)
 
 
+async def kept(client, ticket_id: str, prefix: str, accepted: list[str]) -> list[str]:
+    """The notes the writing side stored: every acknowledged one, plus at most the one in flight when
+    the failure struck (it may have committed with its answer lost). That is what must cross."""
+    stored = [n["body"] for n in await items(client, ticket_id, "notes") if n["body"].startswith(prefix + " ")]
+    assert set(accepted) <= set(stored) and len(stored) <= len(accepted) + 1, (accepted, stored)
+    return stored
+
+
 async def assert_all_arrived_once_in_order(client, ticket_id: str, prefix: str, expected: list[str]) -> None:
     found = await arrived(client, ticket_id, "notes", lambda n: n["body"].startswith(prefix + " "),
                           count=len(expected), timeout=90)
@@ -144,7 +155,8 @@ async def test_a_killed_sending_partner_loses_nothing_it_acknowledged(lead, inso
         kill_and_restart(services["insourcing_partner"], after=0.4, down_for=1.0),
     )
     assert 0 < len(accepted) < 80  # some writes met a dead service; what was acknowledged must arrive
-    await assert_all_arrived_once_in_order(lead, lead_ticket["id"], "sender-killed", accepted)
+    committed = await kept(insourcing, insourced["id"], "sender-killed", accepted)
+    await assert_all_arrived_once_in_order(lead, lead_ticket["id"], "sender-killed", committed)
     await settled(lead, insourcing)
 
 
@@ -176,3 +188,33 @@ async def _kill_after(proc: ServiceProcess, after: float) -> None:
     await asyncio.sleep(after)
     proc.kill(signal.SIGKILL)
 
+
+
+async def cut_database_connections(admin_url: str, database_urls: list[str], after: float) -> int:
+    """What a database restart or failover does to the services: every connection they hold dies."""
+    await asyncio.sleep(after)
+    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        return await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = ANY($1::text[])",
+            [make_url(url).database for url in database_urls],
+        )
+    finally:
+        await conn.close()
+
+
+async def test_cut_database_connections_lose_and_duplicate_nothing(lead, insourcing, infrastructure, databases):
+    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
+    services = [databases[name] for name in ("lead_partner", "insourcing_partner", "sync_bridge")]
+    accepted, cut = await asyncio.gather(
+        write_notes(lead, lead_ticket["id"], "db-cut", 60),
+        cut_database_connections(infrastructure.postgres_admin_url, services, after=0.3),
+    )
+    assert cut >= 6  # each service held connections (pool, relay lock, listeners) and lost them
+    # A request that met a dead connection is refused (503); the pool then replaces them all.
+    assert len(accepted) >= 55, f"only {len(accepted)} of 60 writes were accepted"
+    committed = await kept(lead, lead_ticket["id"], "db-cut", accepted)
+    await assert_all_arrived_once_in_order(insourcing, insourced["id"], "db-cut", committed)
+    note = await lead.post(f"/api/tickets/{lead_ticket['id']}/notes", json={"body": "after the cut"})
+    assert note.status_code == 201
+    await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "after the cut", timeout=30)
