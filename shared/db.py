@@ -1,7 +1,10 @@
 """Database plumbing: the declarative base, engines and sessions (SQLAlchemy 2 async on asyncpg)."""
 from datetime import UTC, datetime
 
+import asyncio
+
 from sqlalchemy import MetaData, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -35,3 +38,15 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 def asyncpg_dsn(url: str) -> str:
     """The same database as a plain libpq-style DSN, for a raw asyncpg connection (LISTEN, advisory locks)."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+
+
+def transient(exc: BaseException) -> bool:
+    """Errors that say nothing about the work being done: a lost connection, a deadlock, a serialization failure."""
+    if isinstance(exc, (OSError, asyncio.TimeoutError, OperationalError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
+    return False

@@ -10,29 +10,16 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, String, Text, UniqueConstraint, func, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.contracts import ContractError, Envelope, Payload, parse
-from shared.db import Base
+from shared.db import Base, transient
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 COMMIT_EVERY = 0.5  # seconds
-
-
-TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
-
-
-def transient(exc: BaseException) -> bool:
-    """Errors that say nothing about the message: a lost connection, a deadlock, a serialization failure."""
-    if isinstance(exc, (OSError, asyncio.TimeoutError, OperationalError, InterfaceError)):
-        return True
-    if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
-    return False
 
 
 class Rejected(Exception):

@@ -1,5 +1,6 @@
 """Kafka plumbing: topic names, and producers and consumers tuned for both Apache Kafka and the
-local Tansu broker (no idempotent producer, short fetch waits, small linger to batch)."""
+local Tansu broker (no idempotent producer, short fetch waits, no linger: the relay sends in
+bursts, which batch anyway)."""
 import asyncio
 import logging
 

@@ -11,9 +11,9 @@ import aiosmtplib
 from sqlalchemy import BigInteger, DateTime, Identity, Integer, String, Text, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, wait_exponential
 
-from shared.db import Base
+from shared.db import Base, transient
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)  # how long a claimed row is this sender's to send
@@ -91,7 +91,13 @@ class NotificationSender:
         ):
             with attempt:
                 await aiosmtplib.send(message, hostname=self._host, port=self._port, timeout=10)
-        await self._update(row.id, attempts=Notification.attempts + 1, sent_at=func.now(), last_error=None)
+        # The mail is out: recording that must outlast a database blip (a connection that died while
+        # we were talking SMTP), or the lease would run out and the mail go twice.
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential(multiplier=0.25, max=5), retry=retry_if_exception(transient), reraise=True
+        ):
+            with attempt:
+                await self._update(row.id, attempts=Notification.attempts + 1, sent_at=func.now(), last_error=None)
         self.sent_total += 1
         return True
 

@@ -53,6 +53,8 @@ def add_to_outbox(session: AsyncSession, topic: str, env: Envelope, key: str | N
     """Stage an event in the caller's transaction; it is published only if that transaction commits.
     The staged rows go in with one INSERT just before the commit (see `_write_staged`); a trigger on
     the table sends the NOTIFY, which PostgreSQL delivers at commit, not before."""
+    if not session.in_transaction():
+        session.sync_session.begin()  # the rows belong to a transaction, whose end drops them
     session.info.setdefault(_STAGED, []).append(
         {
             "event_id": str(env.event_id),
@@ -73,9 +75,12 @@ def _write_staged(session: Session) -> None:
         session.execute(insert(OutboxMessage), staged)
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_staged(session: Session) -> None:
-    session.info.pop(_STAGED, None)
+@event.listens_for(Session, "after_transaction_end")
+def _drop_staged(session: Session, transaction) -> None:
+    # Whatever ended the outermost transaction (commit, rollback, close), nothing staged in it may
+    # reach the next one. A savepoint ending leaves its enclosing transaction's rows alone.
+    if transaction.parent is None:
+        session.info.pop(_STAGED, None)
 
 
 class OutboxRelay:
@@ -137,7 +142,7 @@ class OutboxRelay:
                     # NOTIFY wakes us at once; the timeout is only a safety net.
                     await asyncio.wait_for(self._wake.wait(), timeout=2.0)
                 except asyncio.TimeoutError:
-                    pass
+                    await conn.execute("SELECT 1")  # a connection that died silently holds no lock
         finally:
             self.is_leader = False
             if producer is not None:

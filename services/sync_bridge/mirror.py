@@ -99,7 +99,11 @@ class Bridge:
             raise Rejected("the event's link id and its envelope's do not agree")
         # One statement both locks the link (its events apply one at a time) and records the event.
         link = await session.scalar(
-            update(Link).where(Link.id == link_id).values(last_event_at=func.now()).returning(Link)
+            update(Link)
+            .where(Link.id == link_id)
+            .values(last_event_at=func.now())
+            .returning(Link)
+            .execution_options(populate_existing=True)
         )
 
         if isinstance(payload, OutsourceRequested):
@@ -246,6 +250,9 @@ class Bridge:
                 mapping = await session.get(ItemMirror, (link.id, payload.item_id))
                 if mapping.source_partner_id != sender:
                     raise Rejected(f"{sender} did not create item {payload.item_id}")
+                if mapping.deleted:
+                    log.info("item %s on link %s was deleted or refused; not mirrored again", payload.item_id, link.id)
+                    return
             self._send(session, target, self._upsert(link, mapping, is_lead, payload), link.id)
             return
         mapping = await session.get(ItemMirror, (link.id, payload.item_id))

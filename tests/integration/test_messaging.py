@@ -193,3 +193,47 @@ async def test_only_one_relay_publishes_at_a_time(rig):
     assert first.is_leader and not second.is_leader
     rig.tasks[0].cancel()  # the leader dies; the other takes over
     await eventually(lambda: _true(second.is_leader))
+
+
+async def _outbox_has(rig, event_id: str) -> bool:
+    async with rig.sessions() as session:
+        return await session.scalar(select(func.count()).where(OutboxMessage.event_id == event_id)) == 1
+
+
+async def test_an_event_staged_in_a_transaction_that_fails_is_never_written(rig):
+    env = envelope(OpenTicket(title="rolled back"), source="test", link_id="link-1")
+    with pytest.raises(RuntimeError):
+        async with rig.sessions() as session, session.begin():
+            add_to_outbox(session, rig.topic, env)
+            raise RuntimeError("the state change failed")
+    assert not await _outbox_has(rig, str(env.event_id))
+
+    # The same session used again commits only what its new transaction staged.
+    kept = envelope(OpenTicket(title="kept"), source="test", link_id="link-1")
+    async with rig.sessions() as session:
+        add_to_outbox(session, rig.topic, env)
+        await session.rollback()
+        async with session.begin():
+            add_to_outbox(session, rig.topic, kept)
+    assert not await _outbox_has(rig, str(env.event_id))
+    assert await _outbox_has(rig, str(kept.event_id))
+
+    # ...and after a close without commit, too.
+    closed = envelope(OpenTicket(title="closed"), source="test", link_id="link-1")
+    session = rig.sessions()
+    add_to_outbox(session, rig.topic, closed)
+    await session.close()
+    async with session.begin():
+        await create_ticket(session, "after the close")
+    await session.close()
+    assert not await _outbox_has(rig, str(closed.event_id))
+
+
+async def test_a_savepoint_rolled_back_keeps_the_events_staged_before_it(rig):
+    outer = envelope(OpenTicket(title="outer"), source="test", link_id="link-1")
+    async with rig.sessions() as session, session.begin():
+        add_to_outbox(session, rig.topic, outer)
+        savepoint = await session.begin_nested()
+        await create_ticket(session, "inside the savepoint")
+        await savepoint.rollback()
+    assert await _outbox_has(rig, str(outer.event_id))
