@@ -105,7 +105,7 @@ class Insourcing:
     async def _locked_with_ticket(self, session: AsyncSession, link_id: str) -> tuple[ReceivedWork, Ticket | None]:
         """The received work and its ticket, locked ticket first (the order every writer uses)."""
         ticket_id = await self.links.ticket_for_link(session, link_id)
-        ticket = await get_ticket(session, ticket_id, for_update=True) if ticket_id else None
+        ticket = await get_ticket(session, ticket_id) if ticket_id else None  # locked by ticket_for_link
         row = await self._locked(session, link_id)
         if ticket is None and row.ticket_id:  # accepted while we waited for the row
             ticket = await get_ticket(session, row.ticket_id, for_update=True)

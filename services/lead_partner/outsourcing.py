@@ -199,7 +199,7 @@ class LeadOutsourcing:
         ticket_id = await self.links.ticket_for_link(session, payload.link_id)
         if ticket_id is None:
             raise Rejected(f"no outsourcing has link {payload.link_id}")
-        ticket = await get_ticket(session, ticket_id, for_update=True)
+        ticket = await get_ticket(session, ticket_id)  # locked by ticket_for_link
         row = await session.get(Outsourcing, payload.link_id, with_for_update=True)
         about = f"ticket {ticket.number} ({ticket.title})"
         if isinstance(payload, WorkWaitingApproval):
