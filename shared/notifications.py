@@ -1,7 +1,9 @@
 """E-mail notifications. A notification is a row written in the same transaction as the change it
-announces; a sender sends it over SMTP, retrying with backoff while the server is down, and marks
-it sent. A sender claims a row with a lease (FOR UPDATE SKIP LOCKED, then `claimed_until`), so
-replicas never send the same row at once, and a sender that dies hands its row on when the lease ends."""
+announces; a sender sends it over SMTP and marks it sent. While the server is down each row is
+retried with a backoff of its own (tenacity for a blip, then the row is set aside in the database),
+so no row holds up the others. A sender claims a row with a lease (FOR UPDATE SKIP LOCKED, then
+`claimed_until`), so replicas never send the same row at once, and a sender that dies hands its row
+on when the lease ends."""
 import asyncio
 import logging
 from datetime import datetime, timedelta
@@ -11,12 +13,15 @@ import aiosmtplib
 from sqlalchemy import BigInteger, DateTime, Identity, Integer, String, Text, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
-from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from shared.db import Base, transient
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)  # how long a claimed row is this sender's to send
+QUICK_ATTEMPTS = 3  # tries in a row before a row is set aside
+MAX_BACKOFF = timedelta(seconds=60)  # the longest a row waits between rounds while SMTP is down
+SMTP_ERRORS = (OSError, aiosmtplib.SMTPException, asyncio.TimeoutError)
 
 
 class Notification(Base):
@@ -84,13 +89,26 @@ class NotificationSender:
             await self._update(row.id, attempts=Notification.attempts + 1, last_error=repr(error)[:2000],
                                claimed_until=func.now() + LEASE)
 
-        async for attempt in AsyncRetrying(
-            wait=wait_exponential(multiplier=0.25, max=10),
-            retry=retry_if_exception_type((OSError, aiosmtplib.SMTPException, asyncio.TimeoutError)),
-            before_sleep=record_failure,
-        ):
-            with attempt:
-                await aiosmtplib.send(message, hostname=self._host, port=self._port, timeout=10)
+        try:
+            # A blip is retried at once; a server that stays down sets the row aside (below).
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential(multiplier=0.25, max=1),
+                stop=stop_after_attempt(QUICK_ATTEMPTS),
+                retry=retry_if_exception_type(SMTP_ERRORS),
+                before_sleep=record_failure,
+                reraise=True,
+            ):
+                with attempt:
+                    await aiosmtplib.send(message, hostname=self._host, port=self._port, timeout=10)
+        except SMTP_ERRORS as error:
+            # Back off per row, in the database: the row is due again when its claim lapses, and the
+            # rows behind it are not held up meanwhile.
+            rounds = row.attempts // QUICK_ATTEMPTS + 1
+            delay = timedelta(seconds=min(0.5 * 2**rounds, MAX_BACKOFF.total_seconds()))
+            log.warning("notification %s not sent; next try in %s: %r", row.id, delay, error)
+            await self._update(row.id, attempts=Notification.attempts + 1, last_error=repr(error)[:2000],
+                               claimed_until=func.now() + delay)
+            return True
         # The mail is out: recording that must outlast a database blip (a connection that died while
         # we were talking SMTP), or the lease would run out and the mail go twice.
         async for attempt in AsyncRetrying(
