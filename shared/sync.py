@@ -145,28 +145,24 @@ class MirroringPolicy:
         link = await self.links.link_for_ticket(session, ticket_id)
         # Only the ticket's current link synchronizes (an older link of the same ticket never does).
         current = link is not None and link.link_id == payload.link_id and synchronizing(link.status)
-        if current and isinstance(payload, MirrorUpsert) and payload.kind != ItemKind.ATTACHMENT:
-            await _upsert(session, ticket_id, payload)  # the common case: no attachment being staged
+        if isinstance(payload, MirrorChunk):
+            # The rest of an attachment already being received completes, whatever happened since.
+            if await _staged(session, ticket_id, payload.mirror_id) is not None:
+                await _chunk(session, payload)
             return
-        staged = await session.scalar(
-            select(IncomingAttachment).where(
-                IncomingAttachment.mirror_id == payload.mirror_id, IncomingAttachment.ticket_id == ticket_id
-            )
-        )
         if not current:
             # This side suspended or ended synchronization before the item arrived: its own order
             # of events decides. A new item is refused (its creator is told); changes to earlier
-            # mirrors are not mirrored. The rest of an attachment already being received completes.
-            if isinstance(payload, MirrorChunk) and staged is not None:
-                await _chunk(session, payload)
-            elif isinstance(payload, MirrorUpsert) and staged is None and await session.get(TicketItem, payload.mirror_id) is None:
+            # mirrors are not mirrored.
+            if (
+                isinstance(payload, MirrorUpsert)
+                and await _staged(session, ticket_id, payload.mirror_id) is None
+                and await session.get(TicketItem, payload.mirror_id) is None
+            ):
                 self.publisher.emit(session, MirrorRefused(link_id=payload.link_id, mirror_id=payload.mirror_id), payload.link_id)
             return
         if isinstance(payload, MirrorUpsert):
             await _upsert(session, ticket_id, payload)
-        elif isinstance(payload, MirrorChunk):
-            if staged is not None:
-                await _chunk(session, payload)
         elif isinstance(payload, MirrorDelete):
             item = await session.get(TicketItem, payload.mirror_id)
             if item is not None and item.ticket_id == ticket_id and item.origin == Origin.PARTNER:
@@ -204,6 +200,13 @@ async def release_partner_items(session: AsyncSession, ticket_id: str) -> None:
     """After completion the lead may edit the partner's items (the rule keeps time entries read-only)."""
     await session.execute(
         update(TicketItem).where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.PARTNER).values(released=True)
+    )
+
+
+async def _staged(session: AsyncSession, ticket_id: str, mirror_id: str) -> IncomingAttachment | None:
+    """An attachment mirror on this ticket whose chunks are still arriving."""
+    return await session.scalar(
+        select(IncomingAttachment).where(IncomingAttachment.mirror_id == mirror_id, IncomingAttachment.ticket_id == ticket_id)
     )
 
 

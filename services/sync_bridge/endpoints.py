@@ -27,10 +27,6 @@ class LinkOut(BaseModel):
     last_event_at: datetime | None
 
 
-LINK_COLUMNS = ("id", "state", "lead_partner_id", "lead_ticket_id", "insourcing_partner_id", "insourcing_ticket_id",
-                "created_at", "last_event_at")
-
-
 class DeadLetterOut(BaseModel):
     id: int
     topic: str
@@ -54,12 +50,10 @@ async def with_counts(session: AsyncSession, links: list[Link]) -> list[LinkOut]
         )
         counts = {(link_id, source): n for link_id, source, n in rows}
     return [
-        LinkOut.model_validate(
-            {
-                **{column: getattr(link, column) for column in LINK_COLUMNS},
-                "mirrored_to_insourcing": counts.get((link.id, link.lead_partner_id), 0),
-                "mirrored_to_lead": counts.get((link.id, link.insourcing_partner_id), 0),
-            }
+        LinkOut(
+            **{name: getattr(link, name) for name in LinkOut.model_fields if not name.startswith("mirrored_to_")},
+            mirrored_to_insourcing=counts.get((link.id, link.lead_partner_id), 0),
+            mirrored_to_lead=counts.get((link.id, link.insourcing_partner_id), 0),
         )
         for link in links
     ]

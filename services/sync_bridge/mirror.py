@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 MIRROR_NAMESPACE = uuid.UUID("6f1c2a52-8d7e-4d0b-9a51-2f0b6c1d9e11")
 
 PENDING, ACTIVE, SUSPENDED, TERMINATED = "pending", "active", "suspended", "terminated"
-MAPPING_COLUMNS = ("link_id", "source_item_id", "source_partner_id", "mirror_id", "kind", "deleted")
 
 
 def sender_of(topic: str) -> str:
@@ -231,7 +230,7 @@ class Bridge:
             return
         target = link.insourcing_partner_id if is_lead else link.lead_partner_id
         if isinstance(payload, ItemCreated):
-            mapping = ItemMirror(
+            values = dict(
                 link_id=link.id,
                 source_item_id=payload.item_id,
                 source_partner_id=sender,
@@ -241,11 +240,9 @@ class Bridge:
             )
             # The common case in one round trip; an item announced twice keeps its first mapping.
             inserted = await session.scalar(
-                insert(ItemMirror)
-                .values(**{c: getattr(mapping, c) for c in MAPPING_COLUMNS})
-                .on_conflict_do_nothing()
-                .returning(ItemMirror.mirror_id)
+                insert(ItemMirror).values(**values).on_conflict_do_nothing().returning(ItemMirror.mirror_id)
             )
+            mapping = ItemMirror(**values)
             if inserted is None:
                 mapping = await session.get(ItemMirror, (link.id, payload.item_id))
                 if mapping.source_partner_id != sender:
