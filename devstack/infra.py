@@ -115,3 +115,17 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def signing_env(lead_id: str = "lead-partner", insourcing_id: str = "insourcing-partner") -> dict[str, str]:
+    """A fresh message signing key for each partner, shared with the bridge (shared/signing.py)."""
+    import json
+
+    from shared.signing import KeyRing
+
+    lead, insourcing = KeyRing.generate(), KeyRing.generate()
+    return {
+        "LEAD_SIGNING_KEYS": lead,
+        "INSOURCING_SIGNING_KEYS": insourcing,
+        "BRIDGE_SIGNING_KEYS": json.dumps({lead_id: lead, insourcing_id: insourcing}),
+    }

@@ -3,6 +3,9 @@ nothing outside a Settings class reads the environment."""
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.kafka import KafkaAccess
+from shared.signing import KeyRing
+
 
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -11,7 +14,25 @@ class CommonSettings(BaseSettings):
     # Tansu answers a group join after about half the session timeout: keep it short locally.
     kafka_session_timeout_ms: int = Field(10_000, validation_alias="KAFKA_SESSION_TIMEOUT_MS")
     kafka_topic_partitions: int = Field(4, validation_alias="KAFKA_TOPIC_PARTITIONS")
+    # This service's own Kafka user (SASL/SCRAM-SHA-256), read with the service's prefix
+    # (LEAD_KAFKA_USERNAME...): on Apache Kafka with ACLs each service may use only its own topics.
+    kafka_username: str | None = None
+    kafka_password: str | None = None
     smtp_host: str = Field("127.0.0.1", validation_alias="SMTP_HOST")
     smtp_port: int = Field(8025, validation_alias="SMTP_PORT")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     host: str = "127.0.0.1"
+
+    def key_ring(self, text: str | None, field: str) -> KeyRing:
+        """A message signing key ring from this service's settings, or a clear refusal to start."""
+        variable = f"{self.model_config.get('env_prefix', '')}{field}".upper()
+        if not text:
+            raise SystemExit(f"{variable} is not set: messages to and from the bridge are signed with it "
+                             "(make run generates one; see the README)")
+        try:
+            return KeyRing.parse(text)
+        except ValueError as exc:
+            raise SystemExit(f"{variable}: {exc}") from None
+
+    def kafka_access(self) -> KafkaAccess:
+        return KafkaAccess(self.kafka_bootstrap_servers, self.kafka_username, self.kafka_password)

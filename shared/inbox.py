@@ -15,6 +15,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.contracts import ContractError, Envelope, Payload, parse
 from shared.db import Base, transient
+from shared.signing import BadSignature, Signatures
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,13 @@ class InboxConsumer:
         consumer_factory: Callable[[], AIOKafkaConsumer],
         handler: Handler,
         name: str,
+        signatures: Signatures,
     ):
         self._sessions = sessions
         self._consumer_factory = consumer_factory
         self._handler = handler
         self._name = name
+        self._signatures = signatures
         self.consumer: AIOKafkaConsumer | None = None
         self.applied_total = 0
         self.duplicates_total = 0
@@ -111,6 +114,11 @@ class InboxConsumer:
                 done, last_commit = {}, time.monotonic()
 
     async def handle(self, record: ConsumerRecord) -> None:
+        try:
+            self._signatures.verify(record.topic, record.headers, record.value)
+        except BadSignature as exc:
+            await self._park(record, _claimed_envelope(record.value), f"not authenticated: {exc}")
+            return
         try:
             env, payload = parse(record.value)
         except ContractError as exc:
@@ -170,6 +178,14 @@ class InboxConsumer:
                 .on_conflict_do_nothing()
             )
         self.parked_total += 1
+
+
+def _claimed_envelope(value: bytes | None) -> Envelope | None:
+    """What an unauthenticated message claims to be, for the operator's record only."""
+    try:
+        return parse(value)[0]
+    except ContractError:
+        return None
 
 
 async def dead_letters(session: AsyncSession, limit: int = 100) -> list[DeadLetter]:

@@ -1,12 +1,16 @@
-"""Kafka plumbing: topic names, and producers and consumers tuned for both Apache Kafka and the
-local Tansu broker (no idempotent producer, short fetch waits, no linger: the relay sends in
-bursts, which batch anyway)."""
+"""Kafka plumbing: topic names, how a service reaches the broker (address and its own SASL user),
+what the broker can do (probed at start), producers and consumers tuned to it, topics, and the ACLs
+that keep each partner to its own topics."""
 import asyncio
 import logging
+from dataclasses import dataclass, field
+from enum import IntEnum
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.conn import create_conn
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.protocol.admin import CreateAclsRequest
 
 log = logging.getLogger(__name__)
 
@@ -23,45 +27,116 @@ def inbound_topic(partner_id: str) -> str:
     return f"psa.{partner_id}.inbound"
 
 
-def make_producer(bootstrap: str) -> AIOKafkaProducer:
+@dataclass(frozen=True)
+class KafkaAccess:
+    """Where the broker is and who this client is: with a username, SASL/SCRAM-SHA-256 over the
+    listener (Apache Kafka with ACLs); without, an open listener (Tansu, or a broker without auth)."""
+
+    bootstrap: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    mechanism: str = "SCRAM-SHA-256"
+
+    def options(self) -> dict:
+        if not self.username:
+            return {"bootstrap_servers": self.bootstrap}
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": self.mechanism,
+            "sasl_plain_username": self.username,
+            "sasl_plain_password": self.password,
+        }
+
+
+@dataclass(frozen=True)
+class BrokerProfile:
+    """What the broker can do, found by asking it (ApiVersions) rather than by a flag."""
+
+    name: str
+    idempotent: bool
+    fetch_max_wait_ms: int
+
+
+# Apache Kafka answers a waiting fetch as soon as data arrives, so a long wait costs nothing.
+# Tansu answers only when the wait expires, and its idempotent producer fails (SPEC section 7).
+APACHE_KAFKA = BrokerProfile("Apache Kafka", idempotent=True, fetch_max_wait_ms=500)
+FALLBACK = BrokerProfile("Kafka-compatible broker without transactions (e.g. Tansu)", idempotent=False,
+                         fetch_max_wait_ms=10)
+# The replication and transaction APIs an idempotent producer relies on in a real broker
+# (OffsetForLeaderEpoch, WriteTxnMarkers): Tansu does not list them.
+_FULL_KAFKA_APIS = {23, 27}
+
+
+async def probe_broker(access: KafkaAccess, timeout: float = 10.0) -> BrokerProfile:
+    host, _, port = access.bootstrap.split(",")[0].rpartition(":")
+    options = {k: v for k, v in access.options().items() if k != "bootstrap_servers"}
+    conn = await asyncio.wait_for(create_conn(host, int(port), **options), timeout)
+    try:
+        apis = set(conn._versions)  # filled by aiokafka's ApiVersions exchange on connect
+    finally:
+        conn.close()
+    return APACHE_KAFKA if _FULL_KAFKA_APIS <= apis else FALLBACK
+
+
+def make_producer(access: KafkaAccess, profile: BrokerProfile = FALLBACK) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **access.options(),
         acks="all",
-        enable_idempotence=False,  # fails on Tansu; the inbox makes redelivery harmless
+        enable_idempotence=profile.idempotent,
         linger_ms=0,  # a burst from the relay still batches: send() queues before the sender runs
         max_request_size=MAX_MESSAGE_BYTES + 64_000,
         request_timeout_ms=15_000,
     )
 
 
-def make_consumer(bootstrap: str, group_id: str, topics: list[str], session_timeout_ms: int) -> AIOKafkaConsumer:
+def make_consumer(access: KafkaAccess, group_id: str, topics: list[str], session_timeout_ms: int,
+                  profile: BrokerProfile = FALLBACK) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=bootstrap,
+        **access.options(),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=max(300, session_timeout_ms // 5),
-        fetch_max_wait_ms=10,  # Tansu answers a waiting fetch only when this expires
+        fetch_max_wait_ms=profile.fetch_max_wait_ms,
         max_partition_fetch_bytes=4 * MAX_MESSAGE_BYTES,
         fetch_max_bytes=16 * MAX_MESSAGE_BYTES,
         metadata_max_age_ms=5_000,
     )
 
 
-async def ensure_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
-    """Create the topics explicitly (idempotent): auto-creation would pick its own partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+def _admin(access: KafkaAccess) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**access.options(), request_timeout_ms=10_000)
+
+
+async def list_topics(access: KafkaAccess) -> list[str]:
+    """The topics this client may see (with ACLs: only those it has a grant on)."""
+    admin = _admin(access)
+    await admin.start()
+    try:
+        return await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(access: KafkaAccess, topics: list[str], partitions: int) -> None:
+    """Create the topics explicitly (idempotent): auto-creation would pick its own partition count.
+    With ACLs the operator creates them (make run does); a service then finds them and creates none."""
+    admin = _admin(access)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
             try:
-                await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+                response = await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
             except TopicAlreadyExistsError:
-                pass
+                return
+            for topic, code, *rest in response.topic_errors:
+                if code and for_code(code) is not TopicAlreadyExistsError:
+                    raise for_code(code)(f"creating {topic}: {rest[0] if rest else ''}")
             log.info("created topics %s", missing)
     finally:
         await admin.close()
@@ -75,3 +150,68 @@ async def broker_reachable(bootstrap: str, timeout: float = 2.0) -> bool:
         return False
     writer.close()
     return True
+
+
+# --- ACLs (Apache Kafka's StandardAuthorizer) ----------------------------------------------------
+
+class Resource(IntEnum):
+    TOPIC = 2
+    GROUP = 3
+
+
+class Operation(IntEnum):
+    READ = 3
+    WRITE = 4
+    CREATE = 5
+    DESCRIBE = 8
+
+
+@dataclass(frozen=True)
+class Grant:
+    principal: str  # e.g. "User:lead-partner-svc"
+    resource: Resource
+    name: str
+    operation: Operation
+
+
+def partner_grants(user: str, partner_id: str, group: str) -> list[Grant]:
+    """A partner writes only its outbound topic and reads only its inbound one, in its own group."""
+    principal = f"User:{user}"
+    out, inbound = outbound_topic(partner_id), inbound_topic(partner_id)
+    return [
+        Grant(principal, Resource.TOPIC, out, Operation.WRITE),
+        Grant(principal, Resource.TOPIC, out, Operation.DESCRIBE),
+        Grant(principal, Resource.TOPIC, inbound, Operation.READ),
+        Grant(principal, Resource.TOPIC, inbound, Operation.DESCRIBE),
+        Grant(principal, Resource.GROUP, group, Operation.READ),
+    ]
+
+
+def bridge_grants(user: str, partner_ids: list[str], group: str) -> list[Grant]:
+    """The bridge reads every partner's outbound topic and writes every partner's inbound one."""
+    principal = f"User:{user}"
+    grants = [Grant(principal, Resource.GROUP, group, Operation.READ)]
+    for partner in partner_ids:
+        grants += [
+            Grant(principal, Resource.TOPIC, outbound_topic(partner), Operation.READ),
+            Grant(principal, Resource.TOPIC, outbound_topic(partner), Operation.DESCRIBE),
+            Grant(principal, Resource.TOPIC, inbound_topic(partner), Operation.WRITE),
+            Grant(principal, Resource.TOPIC, inbound_topic(partner), Operation.DESCRIBE),
+        ]
+    return grants
+
+
+async def create_acls(admin_access: KafkaAccess, grants: list[Grant]) -> None:
+    """Adds ALLOW ACLs (literal names, any host). Creating an existing ACL is a no-op in Kafka."""
+    admin = _admin(admin_access)
+    await admin.start()
+    try:
+        for grant in grants:
+            # CreateAcls v1: resource type, name, pattern LITERAL(3), principal, host, operation, ALLOW(3)
+            request = CreateAclsRequest(grant.resource, grant.name, 3, grant.principal, "*", grant.operation, 3)
+            response = await admin._send_request(request)
+            for code, message in response.creation_responses:
+                if code:
+                    raise for_code(code)(f"ACL {grant}: {message}")
+    finally:
+        await admin.close()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from shared.contracts import Envelope, Payload, envelope
 from shared.db import Base, asyncpg_dsn
+from shared.signing import Signatures
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class OutboxRelay:
         database_url: str,
         producer_factory: Callable[[], AIOKafkaProducer],
         lock_key: int,
+        signatures: Signatures,
         batch_size: int = 200,
         after_publish: Callable[[list[int]], Awaitable[None]] | None = None,
     ):
@@ -99,6 +101,7 @@ class OutboxRelay:
         self._dsn = asyncpg_dsn(database_url)
         self._producer_factory = producer_factory
         self._lock_key = lock_key
+        self._signatures = signatures
         self._batch_size = batch_size
         self._wake = asyncio.Event()
         # A test hook: runs between the broker's acknowledgement and the marking of the rows.
@@ -174,6 +177,7 @@ class OutboxRelay:
                         ("event_id", row.event_id.encode()),
                         ("type", row.type.encode()),
                         ("schema_version", str(row.schema_version).encode()),
+                        *self._signatures.sign(row.topic, row.value),
                     ],
                 )
                 for row in rows

@@ -9,6 +9,7 @@ from shared.auth import Permission, SessionDep, require
 from shared.config import CommonSettings
 from shared.kafka import inbound_topic, outbound_topic
 from shared.runtime import ServiceSpec, create_app
+from shared.signing import Signatures
 from shared.notifications import NotificationSender, list_notifications
 from shared.tickets.endpoints import ticket_router
 
@@ -23,6 +24,8 @@ class PartnerSettings(CommonSettings):
     partner_id: str
     partner_name: str
     mail_from: str | None = None  # default: "<partner name> <notifications@<partner id>.invalid>"
+    # The keys this partner shares with the bridge ("key-id:secret", newest first), e.g. LEAD_SIGNING_KEYS.
+    signing_keys: str | None = None
 
 
 class NotificationOut(BaseModel):
@@ -50,6 +53,7 @@ async def notifications(session: SessionDep):
 
 
 def create_partner_app(name: str, settings: PartnerSettings, link_field: str, routers, handler, policy, state):
+    ring = settings.key_ring(settings.signing_keys, "signing_keys")
     spec = ServiceSpec(
         name=name,
         settings=settings,
@@ -59,6 +63,7 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
         topics_to_create=[outbound_topic(settings.partner_id), inbound_topic(settings.partner_id)],
         inbound_topics=[inbound_topic(settings.partner_id)],
         handler=handler,
+        signatures=Signatures({outbound_topic(settings.partner_id): ring, inbound_topic(settings.partner_id): ring}),
         state={"sync_policy": policy, **state},
         background=[lambda app: NotificationSender(
             app.state.sessions,

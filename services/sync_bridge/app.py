@@ -7,11 +7,13 @@ from services.sync_bridge.settings import BridgeSettings
 from shared.auth import Permission
 from shared.kafka import inbound_topic, outbound_topic
 from shared.runtime import ServiceSpec, create_app as create_service_app
+from shared.signing import Signatures
 
 
 def create_app(settings: BridgeSettings | None = None) -> FastAPI:
     settings = settings or BridgeSettings()
     topics = [t for p in settings.partners for t in (outbound_topic(p), inbound_topic(p))]
+    rings = {p: settings.key_ring(settings.signing_keys.get(p), f"signing_keys (for {p})") for p in settings.partners}
     return create_service_app(
         ServiceSpec(
             name="sync_bridge",
@@ -21,5 +23,7 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             topics_to_create=topics,
             inbound_topics=[outbound_topic(p) for p in settings.partners],
             handler=Bridge(settings.partners).handle,
+            # Each partner's two topics carry the key that partner and the bridge alone hold.
+            signatures=Signatures({t: rings[p] for p in settings.partners for t in (outbound_topic(p), inbound_topic(p))}),
         )
     )

@@ -13,6 +13,8 @@ class BridgeSettings(CommonSettings):
     api_token: str | None = None
     # The partners whose topics the bridge serves (comma-separated ids in BRIDGE_PARTNERS).
     partners: list[str] = ["lead-partner", "insourcing-partner"]
+    # The keys the bridge shares with each partner, as JSON: {"lead-partner": "key-id:secret", ...}.
+    signing_keys: dict[str, str] = {}
 
     @field_validator("partners", mode="before")
     @classmethod

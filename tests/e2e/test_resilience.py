@@ -13,6 +13,7 @@ from shared.contracts import envelope
 from shared.db import asyncpg_dsn
 from shared.kafka import make_producer, outbound_topic
 from shared.messages import ItemCreated, OutsourceCanceled
+from shared.signing import Signatures
 from tests.e2e.flows import arrived, items, linked_tickets, received
 from tests.harness import ServiceProcess, eventually
 
@@ -20,12 +21,16 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 LEAD, PARTNER = "lead-partner", "insourcing-partner"
 
 
-async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes) -> None:
-    producer = make_producer(bootstrap)
+async def produce(infrastructure, topic: str, values: list[bytes], key: bytes,
+                  signatures: Signatures | None = None) -> None:
+    """Writes straight to a topic as the broker's super user; signed with `signatures` as the
+    holder of that topic's key would, or not at all."""
+    producer = make_producer(infrastructure.kafka_admin)
     await producer.start()
     try:
         for value in values:
-            await producer.send_and_wait(topic, value, key=key)
+            headers = signatures.sign(topic, value) if signatures else None
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
     finally:
         await producer.stop()
 
@@ -37,7 +42,7 @@ async def parked(bridge: httpx.AsyncClient, text: str) -> list[dict]:
     return await eventually(check, timeout=60)  # after a kill test the group may still be rebalancing
 
 
-async def test_forged_events_are_parked_and_change_nothing(lead, insourcing, bridge, infrastructure):
+async def test_forged_events_are_parked_and_change_nothing(lead, insourcing, bridge, infrastructure, signatures):
     lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
     key = link_id.encode()
     # The insourcing partner may not cancel for the lead, nor pretend to be the lead.
@@ -47,8 +52,8 @@ async def test_forged_events_are_parked_and_change_nothing(lead, insourcing, bri
         ItemCreated(link_id="no-such-link", item_id=str(uuid.uuid4()), kind="note", fields={"title": "", "body": "hi"}),
         source=PARTNER, link_id="no-such-link",
     )
-    await produce(infrastructure.kafka_bootstrap, outbound_topic(PARTNER),
-                  [cancel.to_bytes(), posing.to_bytes(), stranger.to_bytes()], key)
+    await produce(infrastructure, outbound_topic(PARTNER),
+                  [cancel.to_bytes(), posing.to_bytes(), stranger.to_bytes()], key, signatures)
     assert (await parked(bridge, "may not send outsource.canceled"))[0]["event_id"] == str(cancel.event_id)
     assert (await parked(bridge, "claims to come from 'lead-partner'"))[0]["event_id"] == str(posing.event_id)
     assert await parked(bridge, "unknown link no-such-link")
@@ -59,34 +64,34 @@ async def test_forged_events_are_parked_and_change_nothing(lead, insourcing, bri
     assert (await received(insourcing, link_id))["insource_status"] == "In Progress"
 
 
-async def test_a_poison_message_is_parked_and_the_stream_keeps_flowing(lead, insourcing, bridge, infrastructure):
+async def test_a_poison_message_is_parked_and_the_stream_keeps_flowing(lead, insourcing, bridge, infrastructure, signatures):
     lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
-    await produce(infrastructure.kafka_bootstrap, outbound_topic(LEAD), [b"{not json", b"\xff\xfe"], link_id.encode())
+    await produce(infrastructure, outbound_topic(LEAD), [b"{not json", b"\xff\xfe"], link_id.encode(), signatures)
     await lead.post(f"/api/tickets/{lead_ticket['id']}/notes", json={"body": "after the poison"})
     await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "after the poison")
     poison = await parked(bridge, "not an envelope")
     assert {d["key"] for d in poison} >= {link_id}
 
 
-async def test_an_event_delivered_twice_is_mirrored_once(lead, insourcing, infrastructure):
+async def test_an_event_delivered_twice_is_mirrored_once(lead, insourcing, infrastructure, signatures):
     lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
     event = envelope(
         ItemCreated(link_id=link_id, item_id=str(uuid.uuid4()), kind="note", fields={"title": "", "body": "said twice"}),
         source=LEAD, link_id=link_id,
     )
-    await produce(infrastructure.kafka_bootstrap, outbound_topic(LEAD), [event.to_bytes()] * 2, link_id.encode())
+    await produce(infrastructure, outbound_topic(LEAD), [event.to_bytes()] * 2, link_id.encode(), signatures)
     await lead.post(f"/api/tickets/{lead_ticket['id']}/notes", json={"body": "marker after"})
     await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "marker after")
     assert len([n for n in await items(insourcing, insourced["id"], "notes") if n["body"] == "said twice"]) == 1
 
 
-async def test_an_item_the_other_side_could_not_use_is_refused_by_the_bridge(lead, insourcing, bridge, infrastructure):
+async def test_an_item_the_other_side_could_not_use_is_refused_by_the_bridge(lead, insourcing, bridge, infrastructure, signatures):
     lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
     broken = envelope(
         ItemCreated(link_id=link_id, item_id=str(uuid.uuid4()), kind="time_entry", fields={"resource": "x"}),
         source=PARTNER, link_id=link_id,
     )
-    await produce(infrastructure.kafka_bootstrap, outbound_topic(PARTNER), [broken.to_bytes()], link_id.encode())
+    await produce(infrastructure, outbound_topic(PARTNER), [broken.to_bytes()], link_id.encode(), signatures)
     assert (await parked(bridge, "invalid time_entry fields"))[0]["event_id"] == str(broken.event_id)
     assert await items(lead, lead_ticket["id"], "time-entries") == []
 

@@ -12,9 +12,10 @@ from sqlalchemy import func, select
 from shared.contracts import Payload, contract, envelope
 from shared.db import make_engine, make_sessionmaker
 from shared.inbox import DeadLetter, InboxConsumer
-from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.kafka import KafkaAccess, ensure_topics, make_consumer, make_producer
 from shared.migrations import upgrade
 from shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
+from shared.signing import KeyRing, Signatures
 from shared.tickets.models import Ticket
 from shared.tickets.service import create_ticket
 from tests.harness import eventually
@@ -37,26 +38,39 @@ async def open_ticket(session, env, payload: OpenTicket, topic: str) -> None:
 
 
 class Rig:
-    def __init__(self, url: str, bootstrap: str):
-        self.url, self.bootstrap = url, bootstrap
+    def __init__(self, url: str, access: KafkaAccess):
+        self.url, self.access = url, access
         self.engine = make_engine(url)
         self.sessions = make_sessionmaker(self.engine)
         self.topic = f"test.{uuid.uuid4().hex[:8]}"
+        self.signatures = Signatures({self.topic: KeyRing.parse(KeyRing.generate())})
         self.tasks: list[asyncio.Task] = []
 
     def relay(self, after_publish=None, lock_key=None) -> OutboxRelay:
         return OutboxRelay(
-            self.sessions, self.url, lambda: make_producer(self.bootstrap),
-            lock_key=lock_key or uuid.uuid4().int >> 65, after_publish=after_publish,
+            self.sessions, self.url, lambda: make_producer(self.access),
+            lock_key=lock_key or uuid.uuid4().int >> 65, signatures=self.signatures, after_publish=after_publish,
         )
 
     def consumer(self) -> InboxConsumer:
         return InboxConsumer(
             self.sessions,
-            lambda: make_consumer(self.bootstrap, f"g-{self.topic}", [self.topic], session_timeout_ms=6000),
+            lambda: make_consumer(self.access, f"g-{self.topic}", [self.topic], session_timeout_ms=6000),
             open_ticket,
             name="test",
+            signatures=self.signatures,
         )
+
+    async def send(self, values: list[bytes], key: bytes, signed: bool = True) -> None:
+        """Writes straight to the topic, signed as the relay would (or not at all)."""
+        producer = make_producer(self.access)
+        await producer.start()
+        try:
+            for value in values:
+                headers = self.signatures.sign(self.topic, value) if signed else None
+                await producer.send_and_wait(self.topic, value, key=key, headers=headers)
+        finally:
+            await producer.stop()
 
     def spawn(self, coro) -> None:
         self.tasks.append(asyncio.create_task(coro))
@@ -86,8 +100,8 @@ def plumbing_db(databases):
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def rig(plumbing_db, infrastructure):
-    rig = Rig(plumbing_db, infrastructure.kafka_bootstrap)
-    await ensure_topics(rig.bootstrap, [rig.topic], partitions=2)
+    rig = Rig(plumbing_db, infrastructure.kafka_admin)
+    await ensure_topics(rig.access, [rig.topic], partitions=2)
     yield rig
     await rig.close()
 
@@ -98,7 +112,7 @@ async def test_an_event_published_but_not_marked_when_the_relay_dies_is_publishe
     async def die(ids):
         raise RuntimeError("relay process killed after the broker acknowledged")
 
-    producer = make_producer(rig.bootstrap)
+    producer = make_producer(rig.access)
     await producer.start()
     try:
         with pytest.raises(RuntimeError):
@@ -150,13 +164,7 @@ async def _true(value) -> bool:
 
 async def test_the_same_event_delivered_twice_is_applied_once(rig):
     env = envelope(OpenTicket(title="delivered-twice"), source="test", link_id="link-2")
-    producer = make_producer(rig.bootstrap)
-    await producer.start()
-    try:
-        for _ in range(2):
-            await producer.send_and_wait(rig.topic, env.to_bytes(), key=b"link-2")
-    finally:
-        await producer.stop()
+    await rig.send([env.to_bytes()] * 2, key=b"link-2")
     consumer = rig.consumer()
     rig.spawn(consumer.run())
     await eventually(lambda: _at_least(consumer, "duplicates_total", 1))
@@ -166,13 +174,7 @@ async def test_the_same_event_delivered_twice_is_applied_once(rig):
 async def test_a_poison_message_is_parked_and_the_next_one_is_still_applied(rig):
     good = envelope(OpenTicket(title="after-the-poison"), source="test", link_id="link-3")
     unknown = envelope(OpenTicket(title="x"), source="test", link_id="link-3").model_copy(update={"type": "test.nope"})
-    producer = make_producer(rig.bootstrap)
-    await producer.start()
-    try:
-        for value in (b"\x00garbage", unknown.to_bytes(), good.to_bytes()):
-            await producer.send_and_wait(rig.topic, value, key=b"link-3")
-    finally:
-        await producer.stop()
+    await rig.send([b"\x00garbage", unknown.to_bytes(), good.to_bytes()], key=b"link-3")
     consumer = rig.consumer()
     rig.spawn(consumer.run())
     await eventually(lambda: _at_least(consumer, "applied_total", 1))
@@ -182,6 +184,38 @@ async def test_a_poison_message_is_parked_and_the_next_one_is_still_applied(rig)
     reasons = sorted(p.reason for p in parked)
     assert len(parked) == 2
     assert reasons[0].startswith("not an envelope") and "unknown message type 'test.nope'" in reasons[1]
+
+
+async def test_an_unsigned_or_tampered_message_is_parked_unapplied_and_the_next_one_is_applied(rig):
+    forged = envelope(OpenTicket(title="forged"), source="test", link_id="link-4")
+    genuine = envelope(OpenTicket(title="genuine"), source="test", link_id="link-4")
+    tampered = genuine.to_bytes().replace(b"genuine", b"tampered")
+    other_key = Signatures({rig.topic: KeyRing.parse(KeyRing.generate("k1"))})
+    await rig.send([forged.to_bytes()], key=b"link-4", signed=False)
+    producer = make_producer(rig.access)
+    await producer.start()
+    try:
+        # a copy of a real message with a new body, under the real signature
+        await producer.send_and_wait(rig.topic, tampered, key=b"link-4",
+                                     headers=rig.signatures.sign(rig.topic, genuine.to_bytes()))
+        # a message signed with a key of the right id that is not the shared one
+        await producer.send_and_wait(rig.topic, forged.to_bytes(), key=b"link-4",
+                                     headers=other_key.sign(rig.topic, forged.to_bytes()))
+    finally:
+        await producer.stop()
+    await rig.send([genuine.to_bytes()], key=b"link-4")
+    consumer = rig.consumer()
+    rig.spawn(consumer.run())
+    await eventually(lambda: _at_least(consumer, "applied_total", 1))
+    assert await rig.tickets_titled("genuine") == 1
+    assert await rig.tickets_titled("forged") == 0 and await rig.tickets_titled("tampered") == 0
+    async with rig.sessions() as session:
+        parked = (await session.scalars(select(DeadLetter).where(DeadLetter.topic == rig.topic))).all()
+    assert sorted(p.reason for p in parked) == [
+        "not authenticated: signature does not match the message (key id 'k1')",
+        "not authenticated: signature does not match the message (key id 'k1')",
+        "not authenticated: unsigned message",
+    ]
 
 
 async def test_only_one_relay_publishes_at_a_time(rig):
