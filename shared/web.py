@@ -4,12 +4,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from shared.errors import DomainError
 from shared.kafka import broker_reachable
@@ -58,10 +60,19 @@ def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[
         # Input that slipped past validation (e.g. a NUL byte in text) must not become a 500.
         sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
         if not (isinstance(exc, (DataError, IntegrityError)) or sqlstate[:2] in ("22", "23")):
-            log.exception("database error")
-            return JSONResponse({"detail": "the database is unavailable or busy; try again"}, status_code=503)
+            log.warning("database unavailable: %r", exc.orig)
+            return database_away()
         log.warning("database refused a request: %s", exc.orig)
         return JSONResponse({"detail": f"the database refused this input: {str(exc.orig).splitlines()[0]}"}, status_code=400)
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    @app.exception_handler(SATimeoutError)
+    async def database_unreachable(request: Request, exc: Exception):
+        # The database is restarting or gone: the caller should come back, not see a 500.
+        log.warning("database unreachable: %r", exc)
+        return database_away()
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz():
@@ -78,6 +89,11 @@ def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return registry
+
+
+def database_away() -> JSONResponse:
+    return JSONResponse({"detail": "the database is unavailable or busy; try again"},
+                        status_code=503, headers={"Retry-After": "2"})
 
 
 def database_check(engine) -> Callable[[], Awaitable[str | None]]:

@@ -1,27 +1,30 @@
-"""`make run` as a newcomer uses it: everything comes up ready, a component that dies is restarted,
-and SIGTERM (like Ctrl-C) leaves no process behind."""
+"""`make run` as a newcomer uses it: everything comes up ready, a component that dies is restarted
+(the broker and the database included), and SIGTERM (like Ctrl-C) leaves no process behind."""
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from devstack import infra
-from tests.harness import ROOT
+from devstack import infra, kafka_broker
+from tests.e2e.flows import arrived, linked_tickets
+from tests.harness import ROOT, eventually
+
 
 
 @pytest.fixture
-def stack_env(infrastructure):
+def stack_env(infrastructure, base_env):
     names = [f"devstack_{n}_{os.getpid()}" for n in ("lead", "insourcing", "bridge")]
     urls = infra.create_databases(infrastructure.postgres_admin_url, names, drop_first=True)
     ports = {k: infra.free_port() for k in ("LEAD_PORT", "INSOURCING_PORT", "BRIDGE_PORT", "DEVSTACK_SMTP_PORT")}
     env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": infrastructure.kafka_bootstrap,
+        **base_env,
         "LEAD_DATABASE_URL": urls[names[0]],
         "INSOURCING_DATABASE_URL": urls[names[1]],
         "BRIDGE_DATABASE_URL": urls[names[2]],
@@ -32,41 +35,143 @@ def stack_env(infrastructure):
     infra.drop_databases(infrastructure.postgres_admin_url, names)
 
 
-def test_make_run_serves_restarts_a_dead_component_and_stops_cleanly(stack_env, tmp_path):
-    log = tmp_path / "run.log"
-    supervisor = subprocess.Popen([sys.executable, "-m", "devstack.run"], env=stack_env, cwd=ROOT,
-                                  stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while "Ctrl-C stops everything" not in log.read_text():
-            assert supervisor.poll() is None and time.monotonic() < deadline, log.read_text()
+class MakeRun:
+    """`python -m devstack.run` (what `make run` calls) with its output in a file."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.env, self.log = env, log
+        self.proc = subprocess.Popen([sys.executable, "-m", "devstack.run"], env=env, cwd=ROOT,
+                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_banner(self, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        while "Ctrl-C stops everything" not in self.output():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.output()
             time.sleep(0.3)
-        banner = log.read_text()
-        token = banner.split("lead_partner")[1].split("token: ")[1].split()[0]
+        return self.output()
+
+    def token(self, service: str) -> str:
+        return self.output().split(service)[1].split("token: ")[1].split()[0]
+
+    def client(self, service: str, port_variable: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.env[port_variable]}", timeout=30,
+                                 headers={"Authorization": f"Bearer {self.token(service)}"})
+
+    def child(self, fragment: str) -> psutil.Process:
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        [found] = [c for c in children if fragment in " ".join(c.cmdline())]
+        return found
+
+    def stop_and_check_nothing_is_left(self) -> None:
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(90)
+        gone, alive = psutil.wait_procs(children, timeout=15)
+        assert alive == [], [p.cmdline() for p in alive]
+        assert "stopped" in self.output()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                child.kill()
+            self.proc.kill()
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_make_run_serves_restarts_a_dead_component_and_stops_cleanly(stack_env, tmp_path):
+    stack = MakeRun({**stack_env, "DEVSTACK_VAR": str(tmp_path / "var")}, tmp_path / "run.log")
+    try:
+        stack.wait_for_banner()
         lead = f"http://127.0.0.1:{stack_env['LEAD_PORT']}"
         created = httpx.post(f"{lead}/api/tickets", json={"title": "via make run"},
-                             headers={"Authorization": f"Bearer {token}"})
+                             headers={"Authorization": f"Bearer {stack.token('lead_partner')}"})
         assert created.status_code == 201
-        children = psutil.Process(supervisor.pid).children(recursive=True)
-        [service] = [c for c in children if "services.insourcing_partner" in " ".join(c.cmdline())]
-        service.kill()
+        stack.child("services.insourcing_partner").kill()
         insourcing = f"http://127.0.0.1:{stack_env['INSOURCING_PORT']}"
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{insourcing}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        while not ready(insourcing):
             assert time.monotonic() < deadline, "the dead component was not restarted"
             time.sleep(0.2)
-        assert "insourcing_partner exited" in log.read_text()
-        children = psutil.Process(supervisor.pid).children(recursive=True)
-        supervisor.send_signal(signal.SIGTERM)
-        supervisor.wait(60)
-        gone, alive = psutil.wait_procs(children, timeout=10)
-        assert alive == [], [p.cmdline() for p in alive]
-        assert "stopped" in log.read_text()
+        assert "insourcing_partner died; restarting" in stack.output()
+        stack.stop_and_check_nothing_is_left()
     finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
+        stack.kill()
+
+
+@pytest.fixture
+def own_stack_env(tmp_path):
+    """Nothing given: make run starts its own broker and database, as on a newcomer's machine."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("KAFKA_", "LEAD_", "INSOURCING_", "BRIDGE_", "SMTP_", "TEST_"))}
+    ports = ("LEAD_PORT", "INSOURCING_PORT", "BRIDGE_PORT", "DEVSTACK_SMTP_PORT", "DEVSTACK_KAFKA_PORT",
+             "DEVSTACK_KAFKA_CONTROLLER_PORT")
+    return {**env, **{k: str(infra.free_port()) for k in ports}, "DEVSTACK_VAR": str(tmp_path / "var")}
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_make_run_on_apache_kafka_restarts_a_killed_broker_and_database_and_loses_nothing(own_stack_env, tmp_path):
+    assert kafka_broker.unavailable_reason() is None, "this machine has a JDK and Maven: make run must use Apache Kafka"
+    stack = MakeRun(own_stack_env, tmp_path / "run.log")
+    try:
+        banner = await asyncio.to_thread(stack.wait_for_banner)
+        assert f"Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, SASL/SCRAM, ACLs)" in banner
+        async with stack.client("lead_partner", "LEAD_PORT") as lead, \
+                stack.client("insourcing_partner", "INSOURCING_PORT") as insourcing:
+            lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=60)
+
+            stack.child("kafka.Kafka").kill()
+            await eventually(lambda: _said(stack, "Apache Kafka died; restarting"), timeout=10)
+            # Written while the broker is down or coming back: kept in the outbox, then delivered.
+            assert (await lead.post(f"/api/tickets/{lead_ticket['id']}/notes",
+                                    json={"body": "while the broker was away"})).status_code == 201
+            await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "while the broker was away",
+                          timeout=60)
+
+            _postmaster(Path(own_stack_env["DEVSTACK_VAR"]) / "pg").kill()
+            await eventually(lambda: _database_away_answer(lead, lead_ticket["id"]), timeout=10)
+            await eventually(lambda: _said(stack, "embedded PostgreSQL died; restarting"), timeout=10)
+            await eventually(lambda: _note_accepted(lead, lead_ticket["id"], "after the database came back"),
+                             timeout=60)
+            await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "after the database came back",
+                          timeout=60)
+        await asyncio.to_thread(stack.stop_and_check_nothing_is_left)
+    finally:
+        stack.kill()
+
+
+def _postmaster(data_dir: Path) -> psutil.Process:
+    """pg_ctl detaches the server, so it is found by its data folder, not among make run's children."""
+    [found] = [p for p in psutil.process_iter(["cmdline"])
+               if p.info["cmdline"] and "-D" in p.info["cmdline"] and str(data_dir) in p.info["cmdline"]]
+    return found
+
+
+async def _said(stack: MakeRun, text: str) -> bool:
+    return text in stack.output()
+
+
+async def _database_away_answer(lead: httpx.AsyncClient, ticket_id: str) -> bool:
+    """While the database is away: a 503 with Retry-After, never a 500, and /readyz says why."""
+    answer = await lead.get(f"/api/tickets/{ticket_id}")
+    if answer.status_code == 200:
+        return False  # not noticed yet
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Retry-After"]
+    readyz = await lead.get("/readyz")
+    assert readyz.status_code == 503 and "database unreachable" in readyz.text, readyz.text
+    return True
+
+
+async def _note_accepted(lead: httpx.AsyncClient, ticket_id: str, body: str) -> bool:
+    answer = await lead.post(f"/api/tickets/{ticket_id}/notes", json={"body": body})
+    assert answer.status_code in (201, 503), answer.text
+    return answer.status_code == 201
