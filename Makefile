@@ -18,8 +18,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m devstack.run
 
+# The whole suite on the broker of record (Apache Kafka where a JDK and Maven are), then the
+# broker-facing tests again on Tansu, the fallback; the last lines say what ran where.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@mkdir -p var/test-logs && rm -f var/test-logs/summary.txt
+	@$(PY) -m pytest $(PYTEST_ARGS); full=$$?; \
+	TEST_BROKER=tansu $(PY) -m pytest -m broker $(PYTEST_ARGS); fallback=$$?; \
+	echo; echo "make test: the whole suite, then the broker-facing tests (-m broker) on Tansu:"; \
+	cat var/test-logs/summary.txt; exit $$(( full || fallback ))
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

@@ -19,8 +19,10 @@ from pathlib import Path
 
 from devstack import infra
 
-KAFKA_VERSION = "4.1.1"  # keep in step with deploy/compose.yaml and deploy/kafka.Dockerfile
+KAFKA_VERSION = "4.1.1"  # deploy/compose.yaml runs the same version (tests/integration/test_deploy.py checks)
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
+# One broker configuration for make run and deploy/compose.yaml alike.
+SERVER_PROPERTIES = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "server.properties"
 CACHE = Path(os.environ.get("PARTNER_SYNC_CACHE", Path.home() / ".cache" / "partner-ticket-sync"))
 HEAP = "-Xmx512m -Xms128m"
 
@@ -129,44 +131,20 @@ class KafkaBroker:
         return self.data_dir / "log"
 
     def _config(self) -> Path:
-        admin, password = self.credentials.admin_username, self.credentials.admin_password
-        plain = (f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{admin}" '
-                 f'password="{password}" user_{admin}="{password}";')
-        scram = f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{admin}" password="{password}";'
-        settings = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"CLIENT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"CLIENT://127.0.0.1:{self.port}",
-            "listener.security.protocol.map": "CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
-            "inter.broker.listener.name": "CLIENT",
-            "controller.listener.names": "CONTROLLER",
-            # Clients authenticate with SCRAM (users live in the cluster metadata); the controller
-            # listener, which no client uses, with a static PLAIN login for the admin only.
-            "listener.name.client.sasl.enabled.mechanisms": "SCRAM-SHA-256",
-            "listener.name.client.scram-sha-256.sasl.jaas.config": scram,
-            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-256",
-            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
-            "listener.name.controller.plain.sasl.jaas.config": plain,
-            "sasl.mechanism.controller.protocol": "PLAIN",
-            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            "super.users": f"User:{admin}",
-            "allow.everyone.if.no.acl.found": "false",
-            "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            "group.initial.rebalance.delay.ms": "0",
-            "log.dirs": str(self.log_dir),
-            "log.retention.hours": "168",
-            "message.max.bytes": str(1_100_000),
+        values = {
+            "CONTROLLER_ADDRESS": f"127.0.0.1:{self.controller_port}",
+            "CLIENT_BIND": f"127.0.0.1:{self.port}",
+            "CONTROLLER_BIND": f"127.0.0.1:{self.controller_port}",
+            "CLIENT_ADVERTISED": f"127.0.0.1:{self.port}",
+            "ADMIN_USERNAME": self.credentials.admin_username,
+            "ADMIN_PASSWORD": self.credentials.admin_password,
+            "LOG_DIRS": str(self.log_dir),
         }
+        text = SERVER_PROPERTIES.read_text()
+        for name, value in values.items():
+            text = text.replace(f"@{name}@", value)
         path = self.data_dir / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        path.write_text(text)
         path.chmod(0o600)
         return path
 
@@ -209,6 +187,12 @@ class KafkaBroker:
 
         access = KafkaAccess(self.bootstrap, self.credentials.admin_username, self.credentials.admin_password)
         deadline = time.monotonic() + timeout
+        while not infra.port_answers("127.0.0.1", self.port):  # quietly, before a client logs refusals
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"Apache Kafka exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Apache Kafka not listening on {self.bootstrap} after {timeout:.0f}s")
+            time.sleep(0.2)
         while True:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"Apache Kafka exited with {self.proc.returncode}")
@@ -271,10 +255,27 @@ def provision(admin, lead_id: str = "lead-partner", insourcing_id: str = "insour
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=Path("var/kafka"))
-    parser.add_argument("--port", type=int, default=9092)
-    parser.add_argument("--controller-port", type=int, default=9093)
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="resolve, format (first time) and run the local broker")
+    serve.add_argument("--data", type=Path, default=Path("var/kafka"))
+    serve.add_argument("--port", type=int, default=9092)
+    serve.add_argument("--controller-port", type=int, default=9093)
+    commands.add_parser("provision", help="create the topics and ACLs on the broker named by "
+                                          "KAFKA_BOOTSTRAP_SERVERS, as KAFKA_ADMIN_USERNAME/PASSWORD")
     args = parser.parse_args()
+    if args.command == "provision":
+        from shared.kafka import KafkaAccess
+
+        env = os.environ
+        admin = KafkaAccess(env["KAFKA_BOOTSTRAP_SERVERS"], env.get("KAFKA_ADMIN_USERNAME"),
+                            env.get("KAFKA_ADMIN_PASSWORD"))
+        provision(admin, env.get("LEAD_PARTNER_ID", "lead-partner"),
+                  env.get("INSOURCING_PARTNER_ID", "insourcing-partner"),
+                  int(env.get("KAFKA_TOPIC_PARTITIONS", "4")), with_acls=bool(admin.username))
+        print(f"topics{' and ACLs' if admin.username else ''} in place on {admin.bootstrap}")
+        return
+    if args.command is None:
+        args = parser.parse_args(["serve"])
     if reason := unavailable_reason():
         sys.exit(f"Apache Kafka cannot run here: {reason}")
     if resolve_jars() is None:

@@ -9,7 +9,7 @@ import pytest_asyncio
 from devstack import infra
 from shared.kafka import inbound_topic, outbound_topic
 from shared.signing import KeyRing, Signatures
-from tests.harness import Infrastructure, Mailbox, ServiceProcess, resolve_infrastructure
+from tests.harness import LOGS, Infrastructure, Mailbox, ServiceProcess, resolve_infrastructure
 
 LEAD_EMAIL = "dispatch@lead.example"
 INSOURCING_EMAIL = "desk@insourcing.example"
@@ -113,9 +113,14 @@ async def bridge(services):
         yield client
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, exitstatus):
     if _resolved:
-        terminalreporter.write_line(
-            f"test infrastructure: PostgreSQL from {_resolved['postgres']}; Kafka from {_resolved['kafka']}"
-        )
+        line = f"PostgreSQL from {_resolved['postgres']}; Kafka from {_resolved['kafka']}"
+        terminalreporter.write_line(f"test infrastructure: {line}")
+        # `make test` runs pytest twice (Apache Kafka, then Tansu) and prints these lines last.
+        counts = {k: len(terminalreporter.stats.get(k, [])) for k in ("passed", "failed", "error", "skipped")}
+        summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "nothing ran"
+        LOGS.mkdir(parents=True, exist_ok=True)
+        with open(LOGS / "summary.txt", "a") as out:
+            out.write(f"{summary}: {line}\n")
 

@@ -9,7 +9,7 @@ import pytest
 from tests.e2e.flows import arrived, items, linked_tickets, new_ticket, outsource, outsource_status, received
 from tests.harness import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.broker]  # also run on Tansu
 
 TIME_ENTRY = {"resource": "Ana", "date_worked": "2026-11-20", "hours": 2.5, "summary": "Swapped the PSU"}
 CHARGE = {"name": "PSU 550W", "quantity": 1, "unit_price": 79.5}

@@ -17,7 +17,7 @@ from shared.signing import Signatures
 from tests.e2e.flows import arrived, items, linked_tickets, received
 from tests.harness import ServiceProcess, eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.broker]  # also run on Tansu
 LEAD, PARTNER = "lead-partner", "insourcing-partner"
 
 

@@ -20,7 +20,7 @@ from shared.tickets.models import Ticket
 from shared.tickets.service import create_ticket
 from tests.harness import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.broker]  # also run on Tansu
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "lead_partner" / "migrations"
 
 

