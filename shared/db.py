@@ -50,3 +50,12 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
     return False
+
+
+def service_metadata(*tables) -> MetaData:
+    """The part of the models' metadata one service's database holds (all services share `Base`):
+    what its Alembic environment compares with and tests/integration/test_schema.py checks."""
+    metadata = MetaData()
+    for table in tables:
+        table.to_metadata(metadata)
+    return metadata

@@ -21,12 +21,13 @@ def upgrade(migrations_dir: Path, url: str) -> None:
     command.upgrade(alembic_config(migrations_dir, url), "head")
 
 
-def run_env() -> None:
-    """The body of every service's migrations/env.py (online mode, async engine)."""
+def run_env(target_metadata: sa.MetaData) -> None:
+    """The body of every service's migrations/env.py (online mode, async engine). `target_metadata`
+    is the service's models' metadata: `alembic check` and autogenerate compare with it."""
     url = context.config.get_main_option("sqlalchemy.url")
 
     def migrate(connection) -> None:
-        context.configure(connection=connection, target_metadata=None)
+        context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():
             context.run_migrations()
 

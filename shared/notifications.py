@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 
 import aiosmtplib
-from sqlalchemy import BigInteger, DateTime, Identity, Integer, String, Text, func, or_, select, update
+from sqlalchemy import BigInteger, DateTime, Identity, Index, Integer, String, Text, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -26,6 +26,8 @@ SMTP_ERRORS = (OSError, aiosmtplib.SMTPException, asyncio.TimeoutError)
 
 class Notification(Base):
     __tablename__ = "notifications"
+    # The sender reads only what is still to send.
+    __table_args__ = (Index("ix_notifications_unsent", "id", postgresql_where=text("sent_at IS NULL")),)
     __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import BigInteger, DateTime, Identity, LargeBinary, String, event, func, insert, select, update
+from sqlalchemy import BigInteger, DateTime, Identity, Index, LargeBinary, String, event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -24,6 +24,8 @@ NOTIFY_CHANNEL = "outbox"
 
 class OutboxMessage(Base):
     __tablename__ = "outbox"
+    # The relay reads only what is waiting.
+    __table_args__ = (Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
@@ -33,7 +35,7 @@ class OutboxMessage(Base):
     schema_version: Mapped[int]
     value: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from shared.messages import (
     MirrorUpsert,
 )
 from shared.outbox import Publisher
-from shared.outsourcing import Status, synchronizing
+from shared.workflow import InsourceStatus, OutsourceStatus, synchronizing
 from shared.tickets.models import AttachmentContent, Ticket, TicketItem
 from shared.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
 
@@ -35,7 +35,7 @@ class LinkView:
     """A ticket's current link as its own partner sees it."""
 
     link_id: str
-    status: Status
+    status: OutsourceStatus | InsourceStatus
     partner_id: str
     partner_ticket_number: str | None
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from shared.auth import Permission, SessionDep, require
 from shared.messages import Terms
-from shared.outsourcing import Status
+from shared.workflow import InsourceStatus
 from shared.tickets.schemas import MAX_TEXT
 
 router = APIRouter(prefix="/api", tags=["received work"], dependencies=[Depends(require(Permission.OUTSOURCING))])
@@ -26,7 +26,7 @@ class ReceivedWorkOut(BaseModel):
     description: str
     instructions: str
     terms: Terms | None
-    insource_status: Status
+    insource_status: InsourceStatus
     ticket_id: str | None
     reason: str | None
     created_at: datetime
@@ -56,7 +56,7 @@ def _out(row) -> dict:
 
 @router.get("/received-work", response_model=list[ReceivedWorkOut],
             summary="Received Work dashboard: work from lead partners, by Insource Status")
-async def received_work(session: SessionDep, status: Annotated[Status | None, Query()] = None,
+async def received_work(session: SessionDep, status: Annotated[InsourceStatus | None, Query()] = None,
                         insourcing=Depends(_insourcing)):
     return [_out(row) for row in await insourcing.received(session, status)]
 

@@ -2,15 +2,17 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, String, Text, func
+from sqlalchemy import DateTime, ForeignKey, Index, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base
+from shared.schema import PARTNER_TABLES, service_metadata
 
 
 class ReceivedWork(Base):
     __tablename__ = "received_work"
+    __table_args__ = (Index("ix_received_work_ticket", "ticket_id"), Index("ix_received_work_status", "status"))
     __mapper_args__ = {"eager_defaults": True}
 
     link_id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -26,3 +28,7 @@ class ReceivedWork(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())
+
+
+# What the insourcing partner's migrations must build (tests/integration/test_schema.py).
+metadata = service_metadata(*PARTNER_TABLES, ReceivedWork.__table__)

@@ -4,12 +4,14 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.insourcing_partner import wording
 from services.insourcing_partner.models import ReceivedWork
 from services.insourcing_partner.settings import InsourcingSettings
+from shared import workflow
 from shared.contracts import Envelope, Payload
 from shared.errors import Conflict, NotFound
-from shared.inbox import Rejected
 from shared.kafka import outbound_topic
+from shared.messagebus import MessageBus
 from shared.messages import (
     InsourceAccepted,
     InsourceCompletionRequested,
@@ -20,11 +22,11 @@ from shared.messages import (
     WorkRequested,
 )
 from shared.notifications import notify
-from shared.outsourcing import FINISHED, Status, insourcing_transition
 from shared.sync import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
 from shared.tickets.models import Ticket
 from shared.tickets.rules import Lock
 from shared.tickets.service import add_system_note, create_ticket, get_ticket, lock_ticket_of
+from shared.workflow import InsourceStatus
 
 
 class ReceivedLinks:
@@ -37,7 +39,7 @@ class ReceivedLinks:
         row = await self.for_ticket(session, ticket_id)
         if row is None:
             return None
-        return LinkView(row.link_id, Status(row.status), row.lead_partner_id, row.lead_ticket_number)
+        return LinkView(row.link_id, InsourceStatus(row.status), row.lead_partner_id, row.lead_ticket_number)
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         return await lock_ticket_of(session, select(ReceivedWork.ticket_id).where(ReceivedWork.link_id == link_id))
@@ -49,6 +51,17 @@ class Insourcing:
         self.links = ReceivedLinks()
         self.mirroring = MirroringPolicy(self.links, settings.partner_id, outbound_topic(settings.partner_id))
         self._emit = self.mirroring.publisher.emit
+        # What the bridge tells the insourcing partner, and who handles each message.
+        self.bus = MessageBus("insourcing partner", {
+            WorkRequested: self.on_requested,
+            WorkCanceled: self.on_canceled,
+            WorkRejected: self.on_rejected,
+            WorkCompleted: self.on_completed,
+            **{message: self.mirroring.apply for message in MIRROR_MESSAGES},
+        })
+
+    async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
+        await self.bus.dispatch(session, payload)
 
     async def _locked(self, session: AsyncSession, link_id: str) -> ReceivedWork:
         row = await session.scalar(select(ReceivedWork).where(ReceivedWork.link_id == link_id).with_for_update())
@@ -56,7 +69,7 @@ class Insourcing:
             raise NotFound(f"no received work with link {link_id}")
         return row
 
-    async def received(self, session: AsyncSession, status: Status | None) -> list[ReceivedWork]:
+    async def received(self, session: AsyncSession, status: InsourceStatus | None) -> list[ReceivedWork]:
         query = select(ReceivedWork).order_by(ReceivedWork.created_at)
         if status:
             query = query.where(ReceivedWork.status == status)
@@ -64,7 +77,7 @@ class Insourcing:
 
     async def accept(self, session: AsyncSession, link_id: str) -> ReceivedWork:
         row = await self._locked(session, link_id)
-        row.status = insourcing_transition("accept", Status(row.status))
+        row.status = workflow.insource("accept", row.status)
         ticket = await create_ticket(session, row.title, row.description, status="New")
         row.ticket_id = ticket.id
         self._emit(
@@ -72,15 +85,13 @@ class Insourcing:
             InsourceAccepted(link_id=link_id, insourcing_ticket_id=ticket.id, insourcing_ticket_number=ticket.number),
             link_id,
         )
-        details = f"Insourced from {row.lead_partner_name}, their ticket {row.lead_ticket_number}."
-        if row.instructions:
-            details += f"\nInstructions: {row.instructions}"
-        await add_system_note(session, ticket.id, "Received work accepted", details)
+        await add_system_note(
+            session, ticket.id, *wording.accepted(row.lead_partner_name, row.lead_ticket_number, row.instructions))
         return row
 
     async def decline(self, session: AsyncSession, link_id: str, reason: str) -> ReceivedWork:
         row = await self._locked(session, link_id)
-        row.status = insourcing_transition("decline", Status(row.status))
+        row.status = workflow.insource("decline", row.status)
         row.reason = reason
         self._emit(session, InsourceDeclined(link_id=link_id, reason=reason), link_id)
         return row
@@ -92,14 +103,10 @@ class Insourcing:
         row = await self.links.for_ticket(session, ticket.id)
         if row is None:
             raise Conflict(f"ticket {ticket.number} was not received from a lead partner: it has no Insource Status")
-        row.status = insourcing_transition("insource complete", Status(row.status))
+        row.status = workflow.insource("insource complete", row.status)
         await lock_items(session, ticket.id, Lock.SUSPENSION)
         self._emit(session, InsourceCompletionRequested(link_id=row.link_id), row.link_id)
-        await add_system_note(
-            session, ticket.id, "Insource Complete",
-            f"Asked {row.lead_partner_name} to approve the work. Synchronization is suspended; "
-            "items added from now on stay on this ticket.",
-        )
+        await add_system_note(session, ticket.id, *wording.insource_complete(row.lead_partner_name))
         return row
 
     async def _locked_with_ticket(self, session: AsyncSession, link_id: str) -> tuple[ReceivedWork, Ticket | None]:
@@ -111,90 +118,54 @@ class Insourcing:
             ticket = await get_ticket(session, row.ticket_id, for_update=True)
         return row, ticket
 
-    # --- what the bridge tells the insourcing partner --------------------------------------------
+    # --- what the bridge tells the insourcing partner (one handler per message) ------------------
 
-    async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
-        if isinstance(payload, MIRROR_MESSAGES):
-            await self.mirroring.apply(session, payload)
-        elif isinstance(payload, WorkRequested):
-            await session.execute(
-                insert(ReceivedWork)
-                .values(
-                    link_id=payload.link_id,
-                    lead_partner_id=payload.lead_partner_id,
-                    lead_partner_name=payload.lead_partner_name,
-                    lead_ticket_number=payload.lead_ticket_number,
-                    title=payload.title,
-                    description=payload.description,
-                    instructions=payload.instructions,
-                    terms=payload.terms.model_dump() if payload.terms else None,
-                    status=Status.PENDING,
-                )
-                .on_conflict_do_nothing()
+    async def on_requested(self, session: AsyncSession, payload: WorkRequested) -> None:
+        await session.execute(
+            insert(ReceivedWork)
+            .values(
+                link_id=payload.link_id,
+                lead_partner_id=payload.lead_partner_id,
+                lead_partner_name=payload.lead_partner_name,
+                lead_ticket_number=payload.lead_ticket_number,
+                title=payload.title,
+                description=payload.description,
+                instructions=payload.instructions,
+                terms=payload.terms.model_dump() if payload.terms else None,
+                status=workflow.RECEIVED,
             )
-            notify(
-                session, "work.requested", self.settings.notify_email,
-                f"New work from {payload.lead_partner_name}: {payload.lead_ticket_number} {payload.title}",
-                f"{payload.lead_partner_name} asks you to take their ticket {payload.lead_ticket_number} "
-                f"({payload.title}). Instructions: {payload.instructions or '(none)'}. "
-                "Accept or decline it under Received Work: Pending.",
-                None,
-            )
-        elif isinstance(payload, WorkCanceled):
-            row, ticket = await self._locked_with_ticket(session, payload.link_id)
-            if Status(row.status) in FINISHED:
-                return
-            row.status = Status.CANCELED
-            if ticket:
-                await unlock_suspended(session, ticket.id)
-                await add_system_note(
-                    session, ticket.id, "Outsourcing canceled",
-                    f"{row.lead_partner_name} canceled the request; nothing synchronizes any more.",
-                )
-            notify(
-                session, "work.canceled", self.settings.notify_email,
-                f"Work canceled by {row.lead_partner_name}: {row.lead_ticket_number} {row.title}",
-                f"{row.lead_partner_name} canceled their request for ticket {row.lead_ticket_number} ({row.title}).",
-                row.ticket_id,
-            )
-        elif isinstance(payload, WorkRejected):
-            row, ticket = await self._locked_with_ticket(session, payload.link_id)
-            if row.status != Status.WAITING_APPROVAL or ticket is None:
-                return
-            row.status, row.reason = Status.IN_PROGRESS, payload.reason
+            .on_conflict_do_nothing()
+        )
+        notify(session, "work.requested", self.settings.notify_email,
+               *wording.requested_mail(payload.lead_partner_name, payload.lead_ticket_number, payload.title,
+                                       payload.instructions), None)
+
+    async def on_canceled(self, session: AsyncSession, payload: WorkCanceled) -> None:
+        row, ticket = await self._locked_with_ticket(session, payload.link_id)
+        row.status = workflow.insource("link.canceled", row.status)
+        if ticket:
             await unlock_suspended(session, ticket.id)
-            await add_system_note(
-                session, ticket.id, "Rejected by the lead partner",
-                f"{row.lead_partner_name} rejected the work: {payload.reason}\nSynchronization resumes; "
-                "address the concerns and submit Insource Complete again.",
-            )
-            notify(
-                session, "work.rejected", self.settings.notify_email,
-                f"Work rejected by {row.lead_partner_name}: {ticket.number} {ticket.title}",
-                f"{row.lead_partner_name} rejected the work on your ticket {ticket.number} ({ticket.title}), "
-                f"their ticket {row.lead_ticket_number}. Reason: {payload.reason}\n"
-                "The Insource Status is In Progress again and synchronization resumes.",
-                ticket.id,
-            )
-        elif isinstance(payload, WorkCompleted):
-            row, ticket = await self._locked_with_ticket(session, payload.link_id)
-            if Status(row.status) in FINISHED or ticket is None:
-                return
-            row.status = Status.COMPLETE
-            await lock_items(session, ticket.id, Lock.COMPLETION)
-            how = "approved your work" if payload.approved else "set the outsourcing to Complete"
-            await add_system_note(
-                session, ticket.id, "Insource Complete: approved" if payload.approved else "Insource Status Complete",
-                f"{row.lead_partner_name} {how}. The tickets are no longer synchronized; everything added "
-                "before now is read-only. Bill the lead partner as your procedures say.",
-            )
-            notify(
-                session, "insource.complete", self.settings.notify_email,
-                f"Insource Complete: {ticket.number} {ticket.title}",
-                f"{row.lead_partner_name} {how} on your ticket {ticket.number} ({ticket.title}), their ticket "
-                f"{row.lead_ticket_number}. The Insource Status is Complete and the tickets are no longer "
-                "synchronized. The ticket status itself is unchanged.",
-                ticket.id,
-            )
-        else:
-            raise Rejected(f"{env.type} is not for the insourcing partner")
+            await add_system_note(session, ticket.id, *wording.canceled_note(row.lead_partner_name))
+        notify(session, "work.canceled", self.settings.notify_email,
+               *wording.canceled_mail(row.lead_partner_name, row.lead_ticket_number, row.title), row.ticket_id)
+
+    async def on_rejected(self, session: AsyncSession, payload: WorkRejected) -> None:
+        row, ticket = await self._locked_with_ticket(session, payload.link_id)
+        row.status = workflow.insource("link.rejected", row.status)
+        row.reason = payload.reason
+        await unlock_suspended(session, ticket.id)
+        await add_system_note(session, ticket.id, *wording.rejected_note(row.lead_partner_name, payload.reason))
+        notify(session, "work.rejected", self.settings.notify_email,
+               *wording.rejected_mail(row.lead_partner_name, ticket.number, ticket.title, row.lead_ticket_number,
+                                      payload.reason), ticket.id)
+
+    async def on_completed(self, session: AsyncSession, payload: WorkCompleted) -> None:
+        row, ticket = await self._locked_with_ticket(session, payload.link_id)
+        if ticket is None:
+            return  # never accepted here: the bridge ends only accepted links this way
+        row.status = workflow.insource("link.completed", row.status)
+        await lock_items(session, ticket.id, Lock.COMPLETION)
+        await add_system_note(session, ticket.id, *wording.complete_note(row.lead_partner_name, payload.approved))
+        notify(session, "insource.complete", self.settings.notify_email,
+               *wording.complete_mail(row.lead_partner_name, ticket.number, ticket.title, row.lead_ticket_number,
+                                      payload.approved), ticket.id)

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from shared.auth import Permission, SessionDep, require
 from shared.messages import Terms
-from shared.outsourcing import Status
+from shared.workflow import OutsourceStatus
 from shared.tickets.schemas import MAX_TEXT
 
 router = APIRouter(prefix="/api", tags=["outsourcing"], dependencies=[Depends(require(Permission.OUTSOURCING))])
@@ -32,7 +32,7 @@ class OutsourceBody(BaseModel):
 class OutsourcingOut(BaseModel):
     link_id: str
     ticket_id: str
-    status: Status
+    status: OutsourceStatus
     partner_id: str
     partner_name: str
     partner_ticket_number: str | None
@@ -75,7 +75,7 @@ async def cancel(ticket_id: str, session: SessionDep, outsourcing=Depends(_outso
 
 @router.get("/outsourced-work", response_model=list[OutsourcedWorkOut],
             summary="Outsource Management dashboard: outsourced tickets, by Outsource Status")
-async def outsourced_work(session: SessionDep, status: Annotated[Status | None, Query()] = None,
+async def outsourced_work(session: SessionDep, status: Annotated[OutsourceStatus | None, Query()] = None,
                           outsourcing=Depends(_outsourcing)):
     return [
         {**_out(row), "ticket_number": ticket.number, "title": ticket.title}

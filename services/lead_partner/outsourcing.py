@@ -6,12 +6,15 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.lead_partner import wording
 from services.lead_partner.models import Outsourcing
 from services.lead_partner.settings import LeadSettings
+from shared import workflow
 from shared.contracts import Envelope, Payload
 from shared.errors import Conflict, NotFound
 from shared.inbox import Rejected
 from shared.kafka import outbound_topic
+from shared.messagebus import MessageBus
 from shared.messages import (
     OutsourceCanceled,
     OutsourceCompleted,
@@ -23,7 +26,6 @@ from shared.messages import (
     WorkWaitingApproval,
 )
 from shared.notifications import notify
-from shared.outsourcing import FINISHED, Status, lead_transition, may_outsource
 from shared.sync import (
     MIRROR_MESSAGES,
     LinkView,
@@ -35,6 +37,7 @@ from shared.sync import (
 from shared.tickets.models import Ticket, TicketItem
 from shared.tickets.rules import ItemKind, Origin
 from shared.tickets.service import add_system_note, get_ticket, lock_ticket_of
+from shared.workflow import OutsourceStatus
 
 
 class Outsourcings:
@@ -49,7 +52,7 @@ class Outsourcings:
         row = await self.latest(session, ticket_id)
         if row is None:
             return None
-        return LinkView(row.link_id, Status(row.status), row.partner_id, row.partner_ticket_number)
+        return LinkView(row.link_id, OutsourceStatus(row.status), row.partner_id, row.partner_ticket_number)
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         return await lock_ticket_of(session, select(Outsourcing.ticket_id).where(Outsourcing.link_id == link_id))
@@ -61,6 +64,16 @@ class LeadOutsourcing:
         self.links = Outsourcings()
         self.mirroring = MirroringPolicy(self.links, settings.partner_id, outbound_topic(settings.partner_id))
         self._emit = self.mirroring.publisher.emit
+        # What the bridge tells the lead, and who handles each message.
+        self.bus = MessageBus("lead partner", {
+            WorkAccepted: self.on_accepted,
+            WorkDeclined: self.on_declined,
+            WorkWaitingApproval: self.on_waiting_approval,
+            **{message: self.mirroring.apply for message in MIRROR_MESSAGES},
+        })
+
+    async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
+        await self.bus.dispatch(session, payload)
 
     async def _current(self, session: AsyncSession, ticket_id: str) -> tuple[Ticket, Outsourcing]:
         ticket = await get_ticket(session, ticket_id, for_update=True)
@@ -68,6 +81,8 @@ class LeadOutsourcing:
         if row is None:
             raise Conflict(f"ticket {ticket.number} is not outsourced: there is no Outsource Status to change")
         return ticket, row
+
+    # --- what the lead's users do (API) ----------------------------------------------------------
 
     async def outsource(
         self, session: AsyncSession, ticket_id: str, partner_id: str, instructions: str, terms: Terms | None
@@ -78,13 +93,13 @@ class LeadOutsourcing:
             known = ", ".join(p.id for p in self.settings.partners)
             raise NotFound(f"unknown partner {partner_id!r}; this lead partner may outsource to: {known}")
         last = await self.links.latest(session, ticket_id)
-        may_outsource(ticket.status, Status(last.status) if last else None)
+        workflow.may_outsource(ticket.status, OutsourceStatus(last.status) if last else None)
         row = Outsourcing(
             link_id=str(uuid.uuid4()),
             ticket_id=ticket.id,
             partner_id=partner.id,
             partner_name=partner.name,
-            status=Status.ASSIGNED,
+            status=workflow.OUTSOURCED,
             instructions=instructions,
             terms=terms.model_dump() if terms else None,
         )
@@ -105,50 +120,39 @@ class LeadOutsourcing:
             ),
             row.link_id,
         )
-        await add_system_note(session, ticket.id, "Outsourced", f"Outsourced to {partner.name}; Outsource Status Assigned.")
+        await add_system_note(session, ticket.id, *wording.outsourced(partner.name))
         return row
 
     async def cancel(self, session: AsyncSession, ticket_id: str) -> Outsourcing:
         ticket, row = await self._current(session, ticket_id)
-        row.status = lead_transition("cancel", Status(row.status))
+        row.status = workflow.outsource("cancel", row.status)
         self._emit(session, OutsourceCanceled(link_id=row.link_id), row.link_id)
-        await add_system_note(session, ticket.id, "Outsourcing canceled", f"The request to {row.partner_name} was canceled.")
+        await add_system_note(session, ticket.id, *wording.canceled(row.partner_name))
         return row
 
     async def reject(self, session: AsyncSession, ticket_id: str, reason: str) -> Outsourcing:
         ticket, row = await self._current(session, ticket_id)
-        row.status = lead_transition("reject", Status(row.status))
+        row.status = workflow.outsource("reject", row.status)
         row.reason = reason
         await unlock_suspended(session, ticket.id)
         self._emit(session, OutsourceRejected(link_id=row.link_id, reason=reason), row.link_id)
-        await add_system_note(
-            session, ticket.id, "Outsourced work rejected",
-            f"Rejected the work of {row.partner_name}: {reason}\nSynchronization resumes.",
-        )
+        await add_system_note(session, ticket.id, *wording.rejected(row.partner_name, reason))
         return row
 
     async def finish(self, session: AsyncSession, ticket_id: str, action: str) -> Outsourcing:
         """Approve (from Waiting Approval) or Complete at any time: the results are the same."""
         ticket, row = await self._current(session, ticket_id)
-        row.status = lead_transition(action, Status(row.status))
+        row.status = workflow.outsource(action, row.status)
         hours = await self._partner_hours_charge(session, ticket, row)  # before this link's items are released
         await unlock_suspended(session, ticket.id)  # the lead's own items are its own again; edits stay local
         await release_partner_items(session, ticket.id)
-        self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=action == "approve"), row.link_id)
-        what = "approved the work of" if action == "approve" else "set the outsourcing to Complete for"
+        approved = action == "approve"
+        self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=approved), row.link_id)
         await add_system_note(
-            session, ticket.id, "Outsourcing complete",
-            f"The lead partner {what} {row.partner_name} (their ticket {row.partner_ticket_number}). "
-            f"The tickets are no longer synchronized. Partner hours: {hours} h.",
-        )
-        notify(
-            session, "outsourcing.complete", self.settings.notify_email,
-            f"Outsourcing complete: {ticket.number} {ticket.title}",
-            f"The outsourcing of ticket {ticket.number} ({ticket.title}) to {row.partner_name} is Complete: "
-            f"the lead partner {what} the partner's work. The tickets are no longer synchronized. "
-            f"Partner ticket: {row.partner_ticket_number}. Partner hours: {hours} h.",
-            ticket.id,
-        )
+            session, ticket.id, *wording.complete_note(row.partner_name, row.partner_ticket_number, approved, hours))
+        notify(session, "outsourcing.complete", self.settings.notify_email,
+               *wording.complete_mail(ticket.number, ticket.title, row.partner_name, row.partner_ticket_number,
+                                      approved, hours), ticket.id)
         return row
 
     async def _partner_hours_charge(self, session: AsyncSession, ticket: Ticket, row: Outsourcing) -> Decimal:
@@ -165,92 +169,67 @@ class LeadOutsourcing:
         if hours > 0:
             terms = row.terms or {}
             rate = Decimal(str(terms.get("rate", 0))) if terms.get("rate_type") == "hourly" else Decimal(0)
+            name, description = wording.partner_labor(row.partner_name, row.partner_ticket_number)
             session.add(
                 TicketItem(
                     ticket_id=ticket.id,
                     kind=ItemKind.CHARGE,
                     origin=Origin.SYSTEM,
                     internal=True,
-                    fields={
-                        "name": f"Outsourced labor: {row.partner_name}",
-                        "description": f"Time entries of {row.partner_name} on their ticket {row.partner_ticket_number}",
-                        "quantity": str(hours),
-                        "unit_price": str(rate),
-                        "billable": False,
-                    },
+                    fields={"name": name, "description": description, "quantity": str(hours),
+                            "unit_price": str(rate), "billable": False},
                 )
             )
         return hours
 
-    async def dashboard(self, session: AsyncSession, status: Status | None) -> list[tuple[Outsourcing, Ticket]]:
+    async def dashboard(self, session: AsyncSession, status: OutsourceStatus | None) -> list[tuple[Outsourcing, Ticket]]:
         query = select(Outsourcing, Ticket).join(Ticket, Ticket.id == Outsourcing.ticket_id).order_by(Outsourcing.created_at)
         if status:
             query = query.where(Outsourcing.status == status)
         return [tuple(row) for row in (await session.execute(query)).all()]
 
-    # --- what the bridge tells the lead ----------------------------------------------------------
+    # --- what the bridge tells the lead (one handler per message) --------------------------------
 
-    async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
-        if isinstance(payload, MIRROR_MESSAGES):
-            await self.mirroring.apply(session, payload)
-            return
-        if not isinstance(payload, (WorkAccepted, WorkDeclined, WorkWaitingApproval)):
-            raise Rejected(f"{env.type} is not for the lead partner")
-        ticket_id = await self.links.ticket_for_link(session, payload.link_id)
+    async def _linked(self, session: AsyncSession, link_id: str) -> tuple[Ticket, Outsourcing]:
+        """The outsourcing of `link_id` and its ticket, ticket locked first (the order every writer uses)."""
+        ticket_id = await self.links.ticket_for_link(session, link_id)
         if ticket_id is None:
-            raise Rejected(f"no outsourcing has link {payload.link_id}")
+            raise Rejected(f"no outsourcing has link {link_id}")
         ticket = await get_ticket(session, ticket_id)  # locked by ticket_for_link
-        row = await session.get(Outsourcing, payload.link_id, with_for_update=True)
-        about = f"ticket {ticket.number} ({ticket.title})"
-        if isinstance(payload, WorkWaitingApproval):
-            if Status(row.status) in FINISHED:
-                return  # the lead completed it meanwhile; nothing is waiting for approval
-            row.status = Status.WAITING_APPROVAL
-            await lock_shared_items(session, ticket.id)
+        return ticket, await session.get(Outsourcing, link_id, with_for_update=True)
+
+    async def on_waiting_approval(self, session: AsyncSession, payload: WorkWaitingApproval) -> None:
+        ticket, row = await self._linked(session, payload.link_id)
+        row.status = workflow.outsource("link.waiting_approval", row.status)
+        await lock_shared_items(session, ticket.id)
+        await add_system_note(session, ticket.id, *wording.waiting_approval_note(row.partner_name))
+        notify(session, "approval.requested", self.settings.notify_email,
+               *wording.waiting_approval_mail(ticket.number, ticket.title, row.partner_name, row.partner_ticket_number),
+               ticket.id)
+
+    async def on_accepted(self, session: AsyncSession, payload: WorkAccepted) -> None:
+        ticket, row = await self._linked(session, payload.link_id)
+        cancel_too_late = row.status == OutsourceStatus.CANCELED
+        latest = await self.links.latest(session, ticket.id)
+        if cancel_too_late and latest.link_id != row.link_id:
+            # The ticket was outsourced again meanwhile: this older link is ended instead.
+            row.partner_ticket_number = payload.partner_ticket_number
+            self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=False), row.link_id)
             await add_system_note(
-                session, ticket.id, "Insource Complete",
-                f"{row.partner_name} reports the work done and asks for approval. Synchronization is suspended.",
-            )
-            notify(
-                session, "approval.requested", self.settings.notify_email,
-                f"Approval requested: {ticket.number} {ticket.title}",
-                f"{row.partner_name} has completed the work on {about} (their ticket {row.partner_ticket_number}) "
-                "and asks you to approve or reject it. Synchronization is suspended until you decide.",
-                ticket.id,
-            )
-        elif isinstance(payload, WorkAccepted):
-            # The bridge saw the acceptance before any cancel: the acceptance stands, unless the
-            # lead has outsourced the ticket again meanwhile; then this older link is ended.
-            note = f"{row.partner_name} accepted the ticket as {payload.partner_ticket_number}."
-            latest = await self.links.latest(session, ticket.id)
-            if row.status == Status.CANCELED and latest.link_id != row.link_id:
-                row.partner_ticket_number = payload.partner_ticket_number
-                self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=False), row.link_id)
-                await add_system_note(
-                    session, ticket.id, "Outsourcing ended",
-                    f"{note} The cancel reached the partner too late and the ticket is outsourced again, "
-                    "so that earlier outsourcing was set to Complete.",
-                )
-                return
-            if row.status == Status.CANCELED:
-                note += " The cancel reached the partner too late; the outsourcing goes on."
-            row.status, row.partner_ticket_number = Status.IN_PROGRESS, payload.partner_ticket_number
-            await add_system_note(session, row.ticket_id, "Outsourcing accepted", note)
-            notify(
-                session, "work.accepted", self.settings.notify_email,
-                f"Outsourcing accepted: {ticket.number} {ticket.title}",
-                f"{row.partner_name} accepted {about} as their ticket {payload.partner_ticket_number}. "
-                "Notes, attachments, charges and time entries now synchronize.",
-                ticket.id,
-            )
-        else:
-            row.status, row.reason = Status.DECLINED, payload.reason
-            await add_system_note(
-                session, row.ticket_id, "Outsourcing declined", f"{row.partner_name} declined the ticket: {payload.reason}"
-            )
-            notify(
-                session, "work.declined", self.settings.notify_email,
-                f"Outsourcing declined: {ticket.number} {ticket.title}",
-                f"{row.partner_name} declined {about}. Reason: {payload.reason}",
-                ticket.id,
-            )
+                session, ticket.id, *wording.accepted_too_late_and_ended(row.partner_name, payload.partner_ticket_number))
+            return
+        row.status = workflow.outsource("link.accepted", row.status)
+        row.partner_ticket_number = payload.partner_ticket_number
+        await add_system_note(
+            session, ticket.id, *wording.accepted_note(row.partner_name, payload.partner_ticket_number, cancel_too_late))
+        notify(session, "work.accepted", self.settings.notify_email,
+               *wording.accepted_mail(ticket.number, ticket.title, row.partner_name, payload.partner_ticket_number),
+               ticket.id)
+
+    async def on_declined(self, session: AsyncSession, payload: WorkDeclined) -> None:
+        ticket, row = await self._linked(session, payload.link_id)
+        row.status = workflow.outsource("link.declined", row.status)
+        row.reason = payload.reason
+        await add_system_note(session, ticket.id, *wording.declined_note(row.partner_name, payload.reason))
+        notify(session, "work.declined", self.settings.notify_email,
+               *wording.declined_mail(ticket.number, ticket.title, row.partner_name, payload.reason), ticket.id)

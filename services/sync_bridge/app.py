@@ -2,7 +2,7 @@
 from fastapi import FastAPI
 
 from services.sync_bridge.endpoints import router
-from services.sync_bridge.mirror import Bridge
+from services.sync_bridge.bridge import Bridge
 from services.sync_bridge.settings import BridgeSettings
 from shared.auth import Permission
 from shared.kafka import inbound_topic, outbound_topic

@@ -1,16 +1,18 @@
 """The bridge's own tables: the link registry."""
 from datetime import datetime
 
-from sqlalchemy import DateTime, String, func
+from sqlalchemy import DateTime, Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base
+from shared.schema import PLATFORM_TABLES, service_metadata
 
 
 class Link(Base):
     """One lead ticket outsourced to one insourcing partner, and (once accepted) its insourced ticket."""
 
     __tablename__ = "links"
+    __table_args__ = (Index("ix_links_state", "state"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))  # pending | active | suspended | terminated
@@ -37,3 +39,7 @@ class ItemMirror(Base):
 
     def target_partner_id(self, link: Link) -> str:
         return link.insourcing_partner_id if self.source_partner_id == link.lead_partner_id else link.lead_partner_id
+
+
+# What the bridge's migrations must build (tests/integration/test_schema.py).
+metadata = service_metadata(*PLATFORM_TABLES, Link.__table__, ItemMirror.__table__)

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Identity, Integer, LargeBinary, String, Text, func
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Identity, Index, Integer, LargeBinary, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -39,6 +39,7 @@ class TicketNumberCounter(Base):
 
 class TicketItem(Base):
     __tablename__ = "ticket_items"
+    __table_args__ = (Index("ix_ticket_items_ticket_id_kind", "ticket_id", "kind", "seq"),)  # a ticket's items of a kind, in order
     __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

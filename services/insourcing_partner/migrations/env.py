@@ -1,3 +1,4 @@
+from services.insourcing_partner.models import metadata
 from shared.migrations import run_env
 
-run_env()
+run_env(metadata)

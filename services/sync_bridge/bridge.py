@@ -1,0 +1,51 @@
+"""What the bridge does with each partner event: know the sender by the topic it came on, refuse what
+a partner may not say, lock the link, and hand the event to its one handler: a link event
+(services/sync_bridge/links.py) or an item to mirror (services/sync_bridge/mirroring.py)."""
+from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.sync_bridge import links, mirroring
+from services.sync_bridge.links import LinkEvent
+from services.sync_bridge.models import Link
+from shared.contracts import Envelope, Payload
+from shared.inbox import Rejected
+from shared.messagebus import MessageBus
+from shared.messages import OutsourceRequested
+
+
+def sender_of(topic: str) -> str:
+    """psa.<partner>.outbound -> <partner>. The topic, not the envelope, says who sent it."""
+    parts = topic.split(".")
+    if len(parts) != 3 or parts[0] != "psa" or parts[2] != "outbound":
+        raise Rejected(f"the bridge does not read topic {topic}")
+    return parts[1]
+
+
+class Bridge:
+    def __init__(self, partners: list[str]):
+        self.partners = set(partners)
+        self.bus = MessageBus("bridge", {**links.HANDLERS, **mirroring.HANDLERS})
+
+    async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
+        sender = sender_of(topic)
+        if env.source != sender:
+            raise Rejected(f"event claims to come from {env.source!r} but arrived on {sender}'s topic")
+        link_id = getattr(payload, "link_id", None)
+        if link_id is None or link_id != env.link_id:
+            raise Rejected("the event's link id and its envelope's do not agree")
+        # One statement both locks the link (its events apply one at a time) and records the event.
+        link = await session.scalar(
+            update(Link)
+            .where(Link.id == link_id)
+            .values(last_event_at=func.now())
+            .returning(Link)
+            .execution_options(populate_existing=True)
+        )
+        if isinstance(payload, OutsourceRequested):
+            await links.requested(session, sender, link, payload, self.partners)
+            return
+        if link is None:
+            raise Rejected(f"unknown link {link_id}")
+        if sender not in (link.lead_partner_id, link.insourcing_partner_id):
+            raise Rejected(f"{sender} is not a party to link {link_id}")
+        await self.bus.dispatch(session, payload, LinkEvent(link, sender, payload))

@@ -1,0 +1,131 @@
+"""The bridge's link events: a partner asks for, cancels, accepts, declines, completes or rejects
+work, the link's state moves as shared/workflow.py says, and the other partner is told. The first
+event the bridge reads wins a race; one that no longer applies is ignored (and logged)."""
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.sync_bridge.models import Link
+from shared import workflow
+from shared.contracts import Payload
+from shared.db import utcnow
+from shared.inbox import Rejected
+from shared.kafka import inbound_topic
+from shared.messages import (
+    InsourceAccepted,
+    InsourceCompletionRequested,
+    InsourceDeclined,
+    OutsourceCanceled,
+    OutsourceCompleted,
+    OutsourceRejected,
+    OutsourceRequested,
+    WorkAccepted,
+    WorkCanceled,
+    WorkCompleted,
+    WorkDeclined,
+    WorkRejected,
+    WorkRequested,
+    WorkWaitingApproval,
+)
+from shared.outbox import Publisher
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """A partner's event about an existing link, its sender known by the topic it came on."""
+
+    link: Link
+    sender: str
+    payload: Payload
+
+    @property
+    def from_lead(self) -> bool:
+        return self.sender == self.link.lead_partner_id
+
+    @property
+    def other_partner(self) -> str:
+        return self.link.insourcing_partner_id if self.from_lead else self.link.lead_partner_id
+
+    def require(self, from_lead: bool) -> None:
+        if self.from_lead != from_lead:
+            raise Rejected(f"{self.sender} may not send {self.payload.type} on this link")
+
+
+def send(session: AsyncSession, partner_id: str, payload: Payload, link_id: str) -> None:
+    """Stage a message to a partner, on its inbound topic."""
+    Publisher(inbound_topic(partner_id), "bridge").emit(session, payload, link_id)
+
+
+def move(event: LinkEvent) -> None:
+    """The link's new state after the event (shared/workflow.py decides; Ignored if it no longer applies)."""
+    event.link.state = workflow.link(event.payload.type, event.link.state)
+
+
+async def requested(session: AsyncSession, sender: str, link: Link | None, payload: OutsourceRequested,
+                    partners: set[str]) -> None:
+    """A new link: the only event that arrives before its link exists."""
+    if link is not None:
+        raise Rejected(f"link {payload.link_id} exists already")
+    target = payload.insourcing_partner_id
+    if target not in partners or target == sender:
+        raise Rejected(f"{sender} cannot outsource to {target!r}: not a partner this bridge serves")
+    session.add(Link(id=payload.link_id, state=workflow.REQUESTED, lead_partner_id=sender,
+                     lead_ticket_id=payload.lead_ticket_id, insourcing_partner_id=target, last_event_at=utcnow()))
+    send(session, target, WorkRequested(
+        link_id=payload.link_id, lead_partner_id=sender, lead_partner_name=payload.lead_partner_name,
+        lead_ticket_number=payload.lead_ticket_number, title=payload.title, description=payload.description,
+        instructions=payload.instructions, terms=payload.terms,
+    ), payload.link_id)
+
+
+async def canceled(session: AsyncSession, event: LinkEvent) -> None:
+    event.require(from_lead=True)
+    move(event)
+    send(session, event.other_partner, WorkCanceled(link_id=event.link.id), event.link.id)
+
+
+async def accepted(session: AsyncSession, event: LinkEvent) -> None:
+    event.require(from_lead=False)
+    payload: InsourceAccepted = event.payload
+    move(event)
+    event.link.insourcing_ticket_id = payload.insourcing_ticket_id
+    send(session, event.other_partner,
+         WorkAccepted(link_id=event.link.id, partner_ticket_number=payload.insourcing_ticket_number), event.link.id)
+
+
+async def declined(session: AsyncSession, event: LinkEvent) -> None:
+    event.require(from_lead=False)
+    payload: InsourceDeclined = event.payload
+    move(event)
+    send(session, event.other_partner, WorkDeclined(link_id=event.link.id, reason=payload.reason), event.link.id)
+
+
+async def completion_requested(session: AsyncSession, event: LinkEvent) -> None:
+    """Insource Complete: from here on, items of either side stay on their side."""
+    event.require(from_lead=False)
+    move(event)
+    send(session, event.other_partner, WorkWaitingApproval(link_id=event.link.id), event.link.id)
+
+
+async def rejected(session: AsyncSession, event: LinkEvent) -> None:
+    event.require(from_lead=True)
+    payload: OutsourceRejected = event.payload
+    move(event)
+    send(session, event.other_partner, WorkRejected(link_id=event.link.id, reason=payload.reason), event.link.id)
+
+
+async def completed(session: AsyncSession, event: LinkEvent) -> None:
+    event.require(from_lead=True)
+    payload: OutsourceCompleted = event.payload
+    move(event)
+    send(session, event.other_partner, WorkCompleted(link_id=event.link.id, approved=payload.approved), event.link.id)
+
+
+HANDLERS = {
+    OutsourceCanceled: canceled,
+    InsourceAccepted: accepted,
+    InsourceDeclined: declined,
+    InsourceCompletionRequested: completion_requested,
+    OutsourceRejected: rejected,
+    OutsourceCompleted: completed,
+}

@@ -1,0 +1,171 @@
+"""The bridge's item mirroring: an item a partner creates, edits or deletes while the link is
+active reaches the other ticket as a mirror (attachments in chunks), under an id of its own kept in
+the id map; what arrives while the link is not active stays on its side, and its creator is told."""
+import logging
+import uuid
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.sync_bridge.links import LinkEvent, send
+from services.sync_bridge.models import ItemMirror, Link
+from shared import workflow
+from shared.inbox import Rejected
+from shared.messages import (
+    CHUNK_BYTES,
+    AttachmentChunk,
+    ItemBody,
+    ItemCreated,
+    ItemDeleted,
+    ItemUnshared,
+    ItemUpdated,
+    MirrorChunk,
+    MirrorDelete,
+    MirrorRefused,
+    MirrorUpsert,
+)
+from shared.tickets.schemas import MAX_ATTACHMENT_BYTES, AttachmentFields, ChargeCreate, NoteCreate, TimeEntryCreate
+
+log = logging.getLogger(__name__)
+MIRROR_NAMESPACE = uuid.UUID("6f1c2a52-8d7e-4d0b-9a51-2f0b6c1d9e11")
+
+_FIELDS = {
+    "note": NoteCreate,
+    "time_entry": TimeEntryCreate,
+    "charge": ChargeCreate,
+    "attachment": AttachmentFields,
+}
+
+
+def check_fields(payload: ItemBody) -> None:
+    """A partner's item must be what the other partner's API would accept: a partner cannot plant
+    an item the other side could not display, edit or bill (or an attachment over the limit)."""
+    model = _FIELDS[payload.kind]
+    try:
+        model.model_validate(payload.fields)
+    except ValidationError as exc:
+        raise Rejected(f"invalid {payload.kind} fields: {exc.errors(include_url=False)}") from exc
+    if payload.kind == "attachment" and payload.chunk_count > MAX_ATTACHMENT_BYTES // CHUNK_BYTES + 1:
+        raise Rejected(f"an attachment of {payload.chunk_count} chunks is over the 10 MiB limit")
+
+
+def lead_time_entry_as_note(fields: dict) -> dict:
+    billable = "billable" if fields.get("billable", True) else "non-billable"
+    return {
+        "title": f"Time entry by {fields['resource']}",
+        "body": f"{fields['resource']} worked {fields['hours']} h on {fields['date_worked']} ({billable}): {fields['summary']}",
+    }
+
+
+def _upsert(link: Link, mapping: ItemMirror, from_lead: bool, payload: ItemBody) -> MirrorUpsert:
+    fields = payload.fields
+    if from_lead and payload.kind == "time_entry":
+        fields = lead_time_entry_as_note(fields)  # the lead's time is described to the partner, not billed
+    return MirrorUpsert(
+        link_id=link.id,
+        mirror_id=mapping.mirror_id,
+        kind=mapping.kind,
+        fields=fields,
+        # The partner's notes must not reach the lead's customer.
+        internal=(not from_lead) and mapping.kind == "note",
+        chunk_count=payload.chunk_count,
+    )
+
+
+def _crosses(event: LinkEvent) -> bool:
+    link = event.link
+    if workflow.link_crosses(link.state):
+        return True
+    log.info("link %s is %s: %s of item %s stays on its side", link.id, link.state, event.payload.type,
+             event.payload.item_id)
+    return False
+
+
+async def _mapping_of_sender(session: AsyncSession, event: LinkEvent) -> ItemMirror | None:
+    """The live mirror of the event's item, refused if another partner created the item."""
+    mapping = await session.get(ItemMirror, (event.link.id, event.payload.item_id))
+    if mapping is None or mapping.deleted:
+        log.info("no mirror of item %s on link %s: %s not forwarded", event.payload.item_id, event.link.id,
+                 event.payload.type)
+        return None
+    if mapping.source_partner_id != event.sender:
+        raise Rejected(f"{event.sender} did not create item {event.payload.item_id}")
+    return mapping
+
+
+async def created(session: AsyncSession, event: LinkEvent) -> None:
+    payload: ItemCreated = event.payload
+    check_fields(payload)
+    link = event.link
+    if not _crosses(event):
+        send(session, event.sender, ItemUnshared(link_id=link.id, item_id=payload.item_id), link.id)  # not shared
+        return
+    values = dict(
+        link_id=link.id,
+        source_item_id=payload.item_id,
+        source_partner_id=event.sender,
+        mirror_id=str(uuid.uuid5(MIRROR_NAMESPACE, f"{link.id}:{payload.item_id}")),
+        kind="note" if (event.from_lead and payload.kind == "time_entry") else payload.kind,
+        deleted=False,
+    )
+    # The common case in one round trip; an item announced twice keeps its first mapping.
+    inserted = await session.scalar(
+        insert(ItemMirror).values(**values).on_conflict_do_nothing().returning(ItemMirror.mirror_id)
+    )
+    mapping = ItemMirror(**values)
+    if inserted is None:
+        mapping = await session.get(ItemMirror, (link.id, payload.item_id))
+        if mapping.source_partner_id != event.sender:
+            raise Rejected(f"{event.sender} did not create item {payload.item_id}")
+        if mapping.deleted:
+            log.info("item %s on link %s was deleted or refused; not mirrored again", payload.item_id, link.id)
+            return
+    send(session, event.other_partner, _upsert(link, mapping, event.from_lead, payload), link.id)
+
+
+async def updated(session: AsyncSession, event: LinkEvent) -> None:
+    check_fields(event.payload)
+    if _crosses(event) and (mapping := await _mapping_of_sender(session, event)):
+        send(session, event.other_partner, _upsert(event.link, mapping, event.from_lead, event.payload), event.link.id)
+
+
+async def deleted(session: AsyncSession, event: LinkEvent) -> None:
+    if _crosses(event) and (mapping := await _mapping_of_sender(session, event)):
+        mapping.deleted = True
+        send(session, event.other_partner, MirrorDelete(link_id=event.link.id, mirror_id=mapping.mirror_id),
+             event.link.id)
+
+
+async def chunk(session: AsyncSession, event: LinkEvent) -> None:
+    """The rest of an attachment whose first part crossed follows it, whatever happened since."""
+    payload: AttachmentChunk = event.payload
+    link = event.link
+    mapping = await session.get(ItemMirror, (link.id, payload.item_id))
+    if mapping is not None and not mapping.deleted and mapping.source_partner_id == event.sender:
+        send(session, mapping.target_partner_id(link), MirrorChunk(
+            link_id=link.id, mirror_id=mapping.mirror_id, index=payload.index, count=payload.count,
+            data=payload.data), link.id)
+
+
+async def refused(session: AsyncSession, event: LinkEvent) -> None:
+    """The receiving partner had suspended or ended synchronization before the mirror arrived."""
+    payload: MirrorRefused = event.payload
+    link = event.link
+    mapping = await session.scalar(
+        select(ItemMirror).where(ItemMirror.link_id == link.id, ItemMirror.mirror_id == payload.mirror_id)
+    )
+    if mapping is None or mapping.source_partner_id == event.sender or mapping.deleted:
+        return
+    mapping.deleted = True
+    send(session, mapping.source_partner_id, ItemUnshared(link_id=link.id, item_id=mapping.source_item_id), link.id)
+
+
+HANDLERS = {
+    ItemCreated: created,
+    ItemUpdated: updated,
+    ItemDeleted: deleted,
+    AttachmentChunk: chunk,
+    MirrorRefused: refused,
+}

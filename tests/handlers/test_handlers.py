@@ -1,0 +1,459 @@
+"""Every message handler of the three services called directly, without Kafka: a session on a real
+(migrated) PostgreSQL database and the message the other side would send; the assertions are the
+state it leaves and the messages it stages in the outbox. The two races the end-to-end tests cannot
+order (a cancel crossing an acceptance, the lead's Complete crossing an Insource Complete) run here
+in both orders."""
+import secrets
+import uuid
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import select
+
+from devstack import infra
+from services.insourcing_partner.models import ReceivedWork
+from services.insourcing_partner.received_work import Insourcing
+from services.insourcing_partner.settings import InsourcingSettings
+from services.lead_partner.models import Outsourcing
+from services.lead_partner.outsourcing import LeadOutsourcing
+from services.lead_partner.settings import LeadSettings
+from services.sync_bridge.bridge import Bridge
+from services.sync_bridge.models import ItemMirror, Link
+from shared.contracts import Payload, envelope
+from shared.db import make_engine, make_sessionmaker
+from shared.errors import Conflict
+from shared.inbox import Rejected
+from shared.kafka import outbound_topic
+from shared.messages import (
+    InsourceAccepted,
+    InsourceCompletionRequested,
+    ItemCreated,
+    ItemDeleted,
+    ItemUpdated,
+    MirrorRefused,
+    OutsourceCanceled,
+    OutsourceCompleted,
+    OutsourceRejected,
+    OutsourceRequested,
+    WorkAccepted,
+    WorkCanceled,
+    WorkCompleted,
+    WorkDeclined,
+    WorkRejected,
+    WorkRequested,
+    WorkWaitingApproval,
+)
+from shared.migrations import upgrade
+from shared.notifications import Notification
+from shared.outbox import OutboxMessage
+from shared.tickets.models import TicketItem
+from shared.tickets.service import create_ticket
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+ROOT = Path(__file__).resolve().parents[2]
+LEAD, PARTNER = "lead-partner", "insourcing-partner"
+
+
+class Side:
+    """One service's database and its message handler, as its inbox consumer would call it."""
+
+    def __init__(self, url: str, handle):
+        self.engine = make_engine(url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.handle = handle
+
+    async def receive(self, payload: Payload, source: str = "bridge", topic: str = "") -> None:
+        async with self.sessions() as session, session.begin():
+            await self.handle(session, envelope(payload, source=source, link_id=payload.link_id), payload, topic)
+
+    async def call(self, method, *args):
+        """An API action, in one transaction as the endpoint runs it."""
+        async with self.sessions() as session, session.begin():
+            return await method(session, *args)
+
+    async def staged(self, link_id: str) -> list[tuple[str, str]]:
+        """(topic, type) of every message staged for the link, in order."""
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(OutboxMessage.topic, OutboxMessage.type).where(OutboxMessage.key == link_id).order_by(OutboxMessage.id))
+            return [tuple(r) for r in rows.all()]
+
+    async def get(self, model, key):
+        async with self.sessions() as session:
+            return await session.get(model, key)
+
+    async def mails(self, kind: str) -> list[Notification]:
+        async with self.sessions() as session:
+            return list((await session.scalars(select(Notification).where(Notification.kind == kind))).all())
+
+
+@pytest.fixture(scope="session")
+def handler_databases(infrastructure):
+    run = secrets.token_hex(4)
+    names = {s: f"h{run}_{s}" for s in ("lead_partner", "insourcing_partner", "sync_bridge")}
+    urls = infra.create_databases(infrastructure.postgres_admin_url, list(names.values()))
+    for service, name in names.items():
+        upgrade(ROOT / "services" / service / "migrations", urls[name])
+    yield {s: urls[n] for s, n in names.items()}
+    infra.drop_databases(infrastructure.postgres_admin_url, list(names.values()))
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def lead(handler_databases):
+    outsourcing = LeadOutsourcing(LeadSettings(database_url=handler_databases["lead_partner"]))
+    side = Side(handler_databases["lead_partner"], outsourcing.handle)
+    side.service = outsourcing
+    yield side
+    await side.engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def insourcing(handler_databases):
+    service = Insourcing(InsourcingSettings(database_url=handler_databases["insourcing_partner"]))
+    side = Side(handler_databases["insourcing_partner"], service.handle)
+    side.service = service
+    yield side
+    await side.engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def bridge(handler_databases):
+    side = Side(handler_databases["sync_bridge"], Bridge([LEAD, PARTNER]).handle)
+    yield side
+    await side.engine.dispose()
+
+
+async def from_partner(bridge: Side, sender: str, payload: Payload) -> None:
+    """A partner's event reaching the bridge on that partner's outbound topic."""
+    await bridge.receive(payload, source=sender, topic=outbound_topic(sender))
+
+
+def requested(link_id: str) -> OutsourceRequested:
+    return OutsourceRequested(link_id=link_id, lead_partner_name="Lead", lead_ticket_id=str(uuid.uuid4()),
+                              lead_ticket_number="T-1", insourcing_partner_id=PARTNER, title="Printer",
+                              description="", instructions="today", terms=None)
+
+
+async def pending_link(bridge: Side) -> str:
+    link_id = str(uuid.uuid4())
+    await from_partner(bridge, LEAD, requested(link_id))
+    return link_id
+
+
+async def active_link(bridge: Side) -> str:
+    link_id = await pending_link(bridge)
+    await from_partner(bridge, PARTNER, InsourceAccepted(link_id=link_id, insourcing_ticket_id=str(uuid.uuid4()),
+                                                          insourcing_ticket_number="I-1"))
+    return link_id
+
+
+IN_LEAD, IN_PARTNER = "psa.lead-partner.inbound", "psa.insourcing-partner.inbound"
+
+
+# --- the bridge: link events ---------------------------------------------------------------------
+
+async def test_bridge_outsource_requested_opens_a_pending_link_and_asks_the_partner(bridge):
+    link_id = await pending_link(bridge)
+    assert (await bridge.get(Link, link_id)).state == "pending"
+    assert await bridge.staged(link_id) == [(IN_PARTNER, "link.requested")]
+
+
+async def test_bridge_refuses_a_link_to_a_partner_it_does_not_serve_and_a_second_request(bridge):
+    link_id = await pending_link(bridge)
+    with pytest.raises(Rejected, match="exists already"):
+        await from_partner(bridge, LEAD, requested(link_id))
+    stranger = requested(str(uuid.uuid4())).model_copy(update={"insourcing_partner_id": "nobody"})
+    with pytest.raises(Rejected, match="not a partner this bridge serves"):
+        await from_partner(bridge, LEAD, stranger)
+
+
+async def test_bridge_acceptance_activates_the_link_and_tells_the_lead(bridge):
+    link_id = await active_link(bridge)
+    assert (await bridge.get(Link, link_id)).state == "active"
+    assert (await bridge.staged(link_id))[-1] == (IN_LEAD, "link.accepted")
+
+
+async def test_bridge_decline_ends_the_link_and_tells_the_lead(bridge):
+    from shared.messages import InsourceDeclined
+
+    link_id = await pending_link(bridge)
+    await from_partner(bridge, PARTNER, InsourceDeclined(link_id=link_id, reason="busy"))
+    assert (await bridge.get(Link, link_id)).state == "terminated"
+    assert (await bridge.staged(link_id))[-1] == (IN_LEAD, "link.declined")
+
+
+async def test_bridge_insource_complete_suspends_and_reject_resumes(bridge):
+    link_id = await active_link(bridge)
+    await from_partner(bridge, PARTNER, InsourceCompletionRequested(link_id=link_id))
+    assert (await bridge.get(Link, link_id)).state == "suspended"
+    await from_partner(bridge, LEAD, OutsourceRejected(link_id=link_id, reason="still jams"))
+    assert (await bridge.get(Link, link_id)).state == "active"
+    assert (await bridge.staged(link_id))[-2:] == [(IN_LEAD, "link.waiting_approval"), (IN_PARTNER, "link.rejected")]
+
+
+async def test_bridge_refuses_an_event_its_sender_may_not_send(bridge):
+    link_id = await active_link(bridge)
+    with pytest.raises(Rejected, match="may not send outsource.completed"):
+        await from_partner(bridge, PARTNER, OutsourceCompleted(link_id=link_id, approved=True))
+    with pytest.raises(Rejected, match="may not send insource.completion_requested"):
+        await from_partner(bridge, LEAD, InsourceCompletionRequested(link_id=link_id))
+    assert (await bridge.get(Link, link_id)).state == "active"
+
+
+@pytest.mark.parametrize("first", ["cancel", "accept"])
+async def test_bridge_race_a_cancel_crossing_an_acceptance_the_first_read_wins(bridge, first):
+    link_id = await pending_link(bridge)
+    cancel = (LEAD, OutsourceCanceled(link_id=link_id))
+    accept = (PARTNER, InsourceAccepted(link_id=link_id, insourcing_ticket_id=str(uuid.uuid4()),
+                                        insourcing_ticket_number="I-9"))
+    for sender, payload in ([cancel, accept] if first == "cancel" else [accept, cancel]):
+        await from_partner(bridge, sender, payload)
+    staged = (await bridge.staged(link_id))[1:]
+    if first == "cancel":
+        assert (await bridge.get(Link, link_id)).state == "terminated"
+        assert staged == [(IN_PARTNER, "link.canceled")]  # the acceptance is ignored: no link.accepted
+    else:
+        assert (await bridge.get(Link, link_id)).state == "active"
+        assert staged == [(IN_LEAD, "link.accepted")]  # the cancel is ignored: the lead adopts the acceptance
+
+
+@pytest.mark.parametrize("first", ["complete", "insource complete"])
+async def test_bridge_race_the_leads_complete_crossing_an_insource_complete(bridge, first):
+    link_id = await active_link(bridge)
+    complete = (LEAD, OutsourceCompleted(link_id=link_id, approved=False))
+    insource_complete = (PARTNER, InsourceCompletionRequested(link_id=link_id))
+    for sender, payload in ([complete, insource_complete] if first == "complete" else [insource_complete, complete]):
+        await from_partner(bridge, sender, payload)
+    assert (await bridge.get(Link, link_id)).state == "terminated"
+    staged = (await bridge.staged(link_id))[2:]
+    if first == "complete":
+        assert staged == [(IN_PARTNER, "link.completed")]  # nothing waits for approval any more
+    else:
+        assert staged == [(IN_LEAD, "link.waiting_approval"), (IN_PARTNER, "link.completed")]
+
+
+# --- the bridge: item mirroring ------------------------------------------------------------------
+
+def note(link_id: str, item_id: str, body: str) -> ItemCreated:
+    return ItemCreated(link_id=link_id, item_id=item_id, kind="note", fields={"title": "", "body": body})
+
+
+async def test_bridge_mirrors_a_note_under_its_own_id_and_follows_its_edit_and_delete(bridge):
+    link_id = await active_link(bridge)
+    item_id = str(uuid.uuid4())
+    await from_partner(bridge, PARTNER, note(link_id, item_id, "hello"))
+    mapping = await bridge.get(ItemMirror, (link_id, item_id))
+    assert mapping.mirror_id != item_id and mapping.source_partner_id == PARTNER
+    await from_partner(bridge, PARTNER, ItemUpdated(link_id=link_id, item_id=item_id, kind="note",
+                                                    fields={"title": "", "body": "hello again"}))
+    await from_partner(bridge, PARTNER, ItemDeleted(link_id=link_id, item_id=item_id, kind="note"))
+    assert (await bridge.staged(link_id))[-3:] == [(IN_LEAD, "mirror.upsert")] * 2 + [(IN_LEAD, "mirror.delete")]
+    assert (await bridge.get(ItemMirror, (link_id, item_id))).deleted
+
+
+async def test_bridge_keeps_an_item_written_while_suspended_on_its_side_and_tells_its_creator(bridge):
+    link_id = await active_link(bridge)
+    await from_partner(bridge, PARTNER, InsourceCompletionRequested(link_id=link_id))
+    await from_partner(bridge, LEAD, note(link_id, str(uuid.uuid4()), "while waiting"))
+    assert (await bridge.staged(link_id))[-1] == (IN_LEAD, "item.unshared")
+
+
+async def test_bridge_refuses_an_edit_of_another_partners_item_and_invalid_fields(bridge):
+    link_id = await active_link(bridge)
+    item_id = str(uuid.uuid4())
+    await from_partner(bridge, LEAD, note(link_id, item_id, "mine"))
+    with pytest.raises(Rejected, match="did not create item"):
+        await from_partner(bridge, PARTNER, ItemUpdated(link_id=link_id, item_id=item_id, kind="note",
+                                                        fields={"title": "", "body": "yours now"}))
+    with pytest.raises(Rejected, match="invalid time_entry fields"):
+        await from_partner(bridge, PARTNER, ItemCreated(link_id=link_id, item_id=str(uuid.uuid4()),
+                                                        kind="time_entry", fields={"resource": "x"}))
+
+
+async def test_bridge_a_refused_mirror_is_unshared_on_its_creators_side(bridge):
+    link_id = await active_link(bridge)
+    item_id = str(uuid.uuid4())
+    await from_partner(bridge, LEAD, note(link_id, item_id, "late"))
+    mapping = await bridge.get(ItemMirror, (link_id, item_id))
+    await from_partner(bridge, PARTNER, MirrorRefused(link_id=link_id, mirror_id=mapping.mirror_id))
+    assert (await bridge.staged(link_id))[-1] == (IN_LEAD, "item.unshared")
+
+
+# --- the lead partner ----------------------------------------------------------------------------
+
+async def outsourced(lead: Side) -> tuple[str, str]:
+    """A new lead ticket outsourced to the partner: (ticket id, link id)."""
+    async with lead.sessions() as session, session.begin():
+        ticket = await create_ticket(session, "Printer offline")
+        row = await lead.service.outsource(session, ticket.id, PARTNER, "today", None)
+        return ticket.id, row.link_id
+
+
+async def status_on_lead(lead: Side, link_id: str) -> str:
+    return (await lead.get(Outsourcing, link_id)).status
+
+
+async def test_lead_outsource_stages_the_request_and_is_assigned(lead):
+    _, link_id = await outsourced(lead)
+    assert await status_on_lead(lead, link_id) == "Assigned"
+    assert await lead.staged(link_id) == [("psa.lead-partner.outbound", "outsource.requested")]
+
+
+async def test_lead_accepted_is_in_progress_and_mails_the_lead(lead):
+    _, link_id = await outsourced(lead)
+    await lead.receive(WorkAccepted(link_id=link_id, partner_ticket_number="I-7"))
+    row = await lead.get(Outsourcing, link_id)
+    assert (row.status, row.partner_ticket_number) == ("In Progress", "I-7")
+    assert any("I-7" in m.body for m in await lead.mails("work.accepted"))
+
+
+async def test_lead_declined_keeps_the_reason_and_mails_it(lead):
+    _, link_id = await outsourced(lead)
+    await lead.receive(WorkDeclined(link_id=link_id, reason="no technician free"))
+    row = await lead.get(Outsourcing, link_id)
+    assert (row.status, row.reason) == ("Declined", "no technician free")
+    assert any("no technician free" in m.body for m in await lead.mails("work.declined"))
+
+
+async def test_lead_waiting_approval_locks_its_shared_items_and_asks_for_approval(lead):
+    ticket_id, link_id = await outsourced(lead)
+    await lead.receive(WorkAccepted(link_id=link_id, partner_ticket_number="I-8"))
+    await lead.receive(WorkWaitingApproval(link_id=link_id))
+    assert await status_on_lead(lead, link_id) == "Waiting Approval"
+    assert await lead.mails("approval.requested")
+
+
+@pytest.mark.parametrize("first", ["cancel", "accepted"])
+async def test_lead_race_a_cancel_crossing_an_acceptance(lead, first):
+    ticket_id, link_id = await outsourced(lead)
+    accepted = WorkAccepted(link_id=link_id, partner_ticket_number="I-3")
+    if first == "cancel":
+        await lead.call(lead.service.cancel, ticket_id)
+        await lead.receive(accepted)  # the bridge read the acceptance first: it stands
+        assert await status_on_lead(lead, link_id) == "In Progress"
+        assert (await lead.staged(link_id))[-1] == ("psa.lead-partner.outbound", "outsource.canceled")
+    else:
+        await lead.receive(accepted)
+        with pytest.raises(Conflict, match="the status is In Progress"):
+            await lead.call(lead.service.cancel, ticket_id)
+        assert await status_on_lead(lead, link_id) == "In Progress"
+
+
+async def test_lead_an_acceptance_of_a_link_canceled_and_outsourced_again_ends_the_old_link(lead):
+    ticket_id, old = await outsourced(lead)
+    await lead.call(lead.service.cancel, ticket_id)
+    async with lead.sessions() as session, session.begin():
+        new = (await lead.service.outsource(session, ticket_id, PARTNER, "again", None)).link_id
+    await lead.receive(WorkAccepted(link_id=old, partner_ticket_number="I-4"))
+    assert await status_on_lead(lead, old) == "Canceled" and await status_on_lead(lead, new) == "Assigned"
+    assert (await lead.staged(old))[-1] == ("psa.lead-partner.outbound", "outsource.completed")
+
+
+@pytest.mark.parametrize("first", ["complete", "waiting approval"])
+async def test_lead_race_its_complete_crossing_an_insource_complete(lead, first):
+    ticket_id, link_id = await outsourced(lead)
+    await lead.receive(WorkAccepted(link_id=link_id, partner_ticket_number="I-5"))
+    if first == "complete":
+        await lead.call(lead.service.finish, ticket_id, "complete")
+        await lead.receive(WorkWaitingApproval(link_id=link_id))  # nothing waits for approval any more
+    else:
+        await lead.receive(WorkWaitingApproval(link_id=link_id))
+        await lead.call(lead.service.finish, ticket_id, "complete")
+    assert await status_on_lead(lead, link_id) == "Complete"
+    assert (await lead.staged(link_id))[-1] == ("psa.lead-partner.outbound", "outsource.completed")
+
+
+async def test_lead_refuses_a_message_that_is_not_for_it(lead):
+    with pytest.raises(Rejected, match="link.requested is not for the lead partner"):
+        await lead.receive(WorkRequested(link_id=str(uuid.uuid4()), lead_partner_id=LEAD, lead_partner_name="L",
+                                         lead_ticket_number="T", title="t", description="", instructions="", terms=None))
+
+
+# --- the insourcing partner ----------------------------------------------------------------------
+
+async def received_work(insourcing: Side) -> str:
+    link_id = str(uuid.uuid4())
+    await insourcing.receive(WorkRequested(link_id=link_id, lead_partner_id=LEAD, lead_partner_name="Lead Co",
+                                           lead_ticket_number="T-42", title="Server room too hot", description="",
+                                           instructions="on site", terms=None))
+    return link_id
+
+
+async def status_on_partner(insourcing: Side, link_id: str) -> str:
+    return (await insourcing.get(ReceivedWork, link_id)).status
+
+
+async def accepted_work(insourcing: Side) -> tuple[str, str]:
+    link_id = await received_work(insourcing)
+    row = await insourcing.call(insourcing.service.accept, link_id)
+    return link_id, row.ticket_id
+
+
+async def test_insourcing_requested_work_is_pending_and_mailed(insourcing):
+    link_id = await received_work(insourcing)
+    assert await status_on_partner(insourcing, link_id) == "Pending"
+    assert any("T-42" in m.subject for m in await insourcing.mails("work.requested"))
+
+
+async def test_insourcing_accept_creates_the_ticket_and_tells_the_bridge(insourcing):
+    link_id, ticket_id = await accepted_work(insourcing)
+    assert ticket_id and await status_on_partner(insourcing, link_id) == "In Progress"
+    assert await insourcing.staged(link_id) == [("psa.insourcing-partner.outbound", "insource.accepted")]
+
+
+async def test_insourcing_canceled_before_acceptance_is_canceled_and_mailed(insourcing):
+    link_id = await received_work(insourcing)
+    await insourcing.receive(WorkCanceled(link_id=link_id))
+    assert await status_on_partner(insourcing, link_id) == "Canceled"
+    assert await insourcing.mails("work.canceled")
+
+
+async def test_insourcing_rejected_resumes_and_completed_locks_everything(insourcing):
+    link_id, ticket_id = await accepted_work(insourcing)
+    await insourcing.call(insourcing.service.request_approval, ticket_id)
+    await insourcing.receive(WorkRejected(link_id=link_id, reason="still jams"))
+    assert await status_on_partner(insourcing, link_id) == "In Progress"
+    await insourcing.receive(WorkCompleted(link_id=link_id, approved=True))
+    assert await status_on_partner(insourcing, link_id) == "Complete"
+    async with insourcing.sessions() as session:
+        items = (await session.execute(select(TicketItem.lock, TicketItem.fields)
+                                       .where(TicketItem.ticket_id == ticket_id))).all()
+    # Everything written before the completion is read-only; only the note recording it comes after.
+    assert [f["title"] for lock, f in items if lock != "completion"] == ["Insource Complete: approved"]
+    assert len(items) >= 4
+
+
+@pytest.mark.parametrize("first", ["accept", "canceled"])
+async def test_insourcing_race_a_cancel_crossing_its_acceptance(insourcing, first):
+    link_id = await received_work(insourcing)
+    if first == "accept":
+        await insourcing.call(insourcing.service.accept, link_id)
+        await insourcing.receive(WorkCanceled(link_id=link_id))  # the bridge read the cancel first: it wins
+        assert await status_on_partner(insourcing, link_id) == "Canceled"
+    else:
+        await insourcing.receive(WorkCanceled(link_id=link_id))
+        with pytest.raises(Conflict, match="the status is Canceled"):
+            await insourcing.call(insourcing.service.accept, link_id)
+
+
+@pytest.mark.parametrize("first", ["insource complete", "completed"])
+async def test_insourcing_race_its_insource_complete_crossing_the_leads_complete(insourcing, first):
+    link_id, ticket_id = await accepted_work(insourcing)
+    if first == "insource complete":
+        await insourcing.call(insourcing.service.request_approval, ticket_id)
+        await insourcing.receive(WorkCompleted(link_id=link_id, approved=False))
+    else:
+        await insourcing.receive(WorkCompleted(link_id=link_id, approved=False))
+        with pytest.raises(Conflict, match="the status is Complete"):
+            await insourcing.call(insourcing.service.request_approval, ticket_id)
+    assert await status_on_partner(insourcing, link_id) == "Complete"
+
+
+async def test_insourcing_a_late_rejection_or_completion_changes_nothing(insourcing):
+    link_id = await received_work(insourcing)
+    await insourcing.receive(WorkCanceled(link_id=link_id))
+    await insourcing.receive(WorkRejected(link_id=link_id, reason="late"))
+    await insourcing.receive(WorkCompleted(link_id=link_id, approved=True))
+    assert await status_on_partner(insourcing, link_id) == "Canceled"
+    assert len([m for m in await insourcing.mails("work.canceled") if m.body.find("T-42") >= 0]) >= 1
