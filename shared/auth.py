@@ -100,11 +100,15 @@ _bearer = HTTPBearer(auto_error=False, description="A service API token")
 
 
 async def _session(request: Request):
+    """One unit of work per request, committed in this one place: after the endpoint returned and
+    before its answer is sent (scope="function"), so a failed commit still becomes the answer (a 4xx
+    or a 503), and an endpoint that raised rolls everything back."""
     async with request.app.state.sessions() as session:
         yield session
+        await session.commit()
 
 
-SessionDep = Annotated[AsyncSession, Depends(_session)]
+SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
 
 
 def require(permission: Permission):

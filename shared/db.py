@@ -6,7 +6,7 @@ import asyncio
 from sqlalchemy import MetaData, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -31,8 +31,13 @@ def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=20)
 
 
+class UnitOfWork(Session):
+    """The sessions this project makes (and only those): the outbox hooks its staged events onto
+    their commit (shared/outbox.py), not onto every SQLAlchemy session in the process."""
+
+
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=UnitOfWork)
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from shared.contracts import Envelope, Payload, envelope
-from shared.db import Base, asyncpg_dsn
+from shared.db import Base, UnitOfWork, asyncpg_dsn
 from shared.signing import Signatures
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def add_to_outbox(session: AsyncSession, topic: str, env: Envelope, key: str | N
     )
 
 
-@event.listens_for(Session, "before_commit")
+@event.listens_for(UnitOfWork, "before_commit")
 def _write_staged(session: Session) -> None:
     # A Core INSERT without RETURNING: the unit of work would read every generated id back.
     staged = session.info.pop(_STAGED, None)
@@ -78,7 +78,7 @@ def _write_staged(session: Session) -> None:
         session.execute(insert(OutboxMessage), staged)
 
 
-@event.listens_for(Session, "after_transaction_end")
+@event.listens_for(UnitOfWork, "after_transaction_end")
 def _drop_staged(session: Session, transaction) -> None:
     # Whatever ended the outermost transaction (commit, rollback, close), nothing staged in it may
     # reach the next one. A savepoint ending leaves its enclosing transaction's rows alone.

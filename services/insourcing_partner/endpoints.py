@@ -65,7 +65,7 @@ async def received_work(session: SessionDep, status: Annotated[InsourceStatus | 
              summary="Accept received work: creates the insourced ticket and activates the link")
 async def accept(link_id: str, session: SessionDep, insourcing=Depends(_insourcing)):
     row = await insourcing.accept(session, link_id)
-    await session.commit()
+    await session.flush()  # server-made values for the answer; the request commits in SessionDep
     return _out(row)
 
 
@@ -73,7 +73,7 @@ async def accept(link_id: str, session: SessionDep, insourcing=Depends(_insourci
              summary="Decline received work (a reason is required)")
 async def decline(link_id: str, body: DeclineBody, session: SessionDep, insourcing=Depends(_insourcing)):
     row = await insourcing.decline(session, link_id, body.reason)
-    await session.commit()
+    await session.flush()  # server-made values for the answer; the request commits in SessionDep
     return _out(row)
 
 
@@ -85,5 +85,5 @@ insource_router = APIRouter(prefix="/api", tags=["received work"],
                       summary="Notify Lead Partner > Insource Complete: ask the lead to approve")
 async def insource_complete(ticket_id: str, session: SessionDep, insourcing=Depends(_insourcing)):
     row = await insourcing.request_approval(session, ticket_id)
-    await session.commit()
+    await session.flush()  # server-made values for the answer; the request commits in SessionDep
     return _out(row)

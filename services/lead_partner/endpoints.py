@@ -61,7 +61,7 @@ async def partners(request: Request):
              summary="Outsource a ticket to an insourcing partner")
 async def outsource(ticket_id: str, body: OutsourceBody, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.outsource(session, ticket_id, body.partner_id, body.instructions, body.terms)
-    await session.commit()
+    await session.flush()  # server-made values for the answer; the request commits in SessionDep
     return _out(row)
 
 
@@ -69,7 +69,7 @@ async def outsource(ticket_id: str, body: OutsourceBody, session: SessionDep, ou
              summary="Cancel an outsourcing the partner has not accepted yet")
 async def cancel(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.cancel(session, ticket_id)
-    await session.commit()
+    await session.flush()  # server-made values for the answer; the request commits in SessionDep
     return _out(row)
 
 
@@ -92,7 +92,7 @@ class RejectBody(BaseModel):
              summary="Reject the partner's work (a reason is required): synchronization resumes")
 async def reject(ticket_id: str, body: RejectBody, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.reject(session, ticket_id, body.reason)
-    await session.commit()
+    await session.flush()  # server-made values for the answer; the request commits in SessionDep
     return _out(row)
 
 
@@ -100,7 +100,7 @@ async def reject(ticket_id: str, body: RejectBody, session: SessionDep, outsourc
              summary="Approve the partner's work: the outsourcing is Complete and the link ends")
 async def approve(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.finish(session, ticket_id, "approve")
-    await session.commit()
+    await session.flush()  # server-made values for the answer; the request commits in SessionDep
     return _out(row)
 
 
@@ -108,5 +108,5 @@ async def approve(ticket_id: str, session: SessionDep, outsourcing=Depends(_outs
              summary="Set the Outsource Status to Complete at any time: the same results as approve")
 async def complete(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.finish(session, ticket_id, "complete")
-    await session.commit()
+    await session.flush()  # server-made values for the answer; the request commits in SessionDep
     return _out(row)

@@ -66,7 +66,7 @@ def ticket_router(link_field: str) -> APIRouter:
     @router.post("", status_code=201, response_model=TicketWithLink, summary="Create a ticket")
     async def create_ticket(body: TicketCreate, session: SessionDep, policy: PolicyDep):
         ticket = await service.create_ticket(session, body.title, body.description)
-        await session.commit()
+        await session.flush()  # server-made values for the answer; the request commits in SessionDep
         return await ticket_out(session, policy, ticket)
 
     @router.get("/{ticket_id}", response_model=TicketWithLink, summary="Read a ticket")
@@ -78,7 +78,7 @@ def ticket_router(link_field: str) -> APIRouter:
         ticket = await service.get_ticket(session, ticket_id, for_update=True)
         for name, value in body.model_dump(exclude_unset=True, exclude_none=True).items():
             setattr(ticket, name, value)
-        await session.commit()
+        await session.flush()  # server-made values for the answer; the request commits in SessionDep
         return await ticket_out(session, policy, ticket)
 
     for kind in ItemKind:
@@ -119,7 +119,7 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
                 file.filename or "attachment", file.content_type or "application/octet-stream", content
             )
             item = await service.add_item(session, policy, ticket_id, kind, fields, internal, content)
-            await session.commit()
+            await session.flush()  # server-made values for the answer; the request commits in SessionDep
             return item_out(policy, item)
 
     else:
@@ -127,7 +127,7 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
 
         async def create(ticket_id: str, body: BaseModel, session: SessionDep, policy: PolicyDep):
             item = await service.add_item(session, policy, ticket_id, kind, stored_fields(body), body.internal)
-            await session.commit()
+            await session.flush()  # server-made values for the answer; the request commits in SessionDep
             return item_out(policy, item)
 
         create.__annotations__["body"] = create_model
@@ -141,12 +141,12 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
     async def update(ticket_id: str, item_id: str, body: BaseModel, session: SessionDep, policy: PolicyDep):
         changes = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
         item = await service.update_item(session, policy, ticket_id, kind, item_id, changes)
-        await session.commit()
+        await session.flush()  # server-made values for the answer; the request commits in SessionDep
         return item_out(policy, item)
 
     async def delete(ticket_id: str, item_id: str, session: SessionDep, policy: PolicyDep):
         await service.delete_item(session, policy, ticket_id, kind, item_id)
-        await session.commit()
+        await session.flush()  # server-made values for the answer; the request commits in SessionDep
         return Response(status_code=204)
 
     update.__annotations__["body"] = update_model
