@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
-from shared.db import asyncpg_dsn
+from shared.platform.db import asyncpg_dsn
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,10 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 def signing_env(lead_id: str = "lead-partner", insourcing_id: str = "insourcing-partner") -> dict[str, str]:
-    """A fresh message signing key for each partner, shared with the bridge (shared/signing.py)."""
+    """A fresh message signing key for each partner, shared with the bridge (shared/platform/signing.py)."""
     import json
 
-    from shared.signing import KeyRing
+    from shared.platform.signing import KeyRing
 
     lead, insourcing = KeyRing.generate(), KeyRing.generate()
     return {

@@ -183,7 +183,7 @@ class KafkaBroker:
         """Ready when the admin can list topics through the client listener (SASL and all)."""
         import asyncio
 
-        from shared.kafka import KafkaAccess, list_topics
+        from shared.platform.kafka import KafkaAccess, list_topics
 
         access = KafkaAccess(self.bootstrap, self.credentials.admin_username, self.credentials.admin_password)
         deadline = time.monotonic() + timeout
@@ -205,12 +205,12 @@ class KafkaBroker:
                 time.sleep(0.3)
 
     def admin_access(self):
-        from shared.kafka import KafkaAccess
+        from shared.platform.kafka import KafkaAccess
 
         return KafkaAccess(self.bootstrap, self.credentials.admin_username, self.credentials.admin_password)
 
     def service_access(self, service: str):
-        from shared.kafka import KafkaAccess
+        from shared.platform.kafka import KafkaAccess
 
         user, password = self.credentials.for_service(service)
         return KafkaAccess(self.bootstrap, user, password)
@@ -230,7 +230,7 @@ def service_env(credentials: Credentials) -> dict[str, str]:
 
 def grants(lead_id: str, insourcing_id: str) -> list:
     """What each service's Kafka user may do (SPEC section 2): its group is its service name."""
-    from shared.kafka import bridge_grants, partner_grants
+    from shared.platform.kafka import bridge_grants, partner_grants
 
     return [*partner_grants(SERVICE_USERS["lead_partner"], lead_id, "lead_partner"),
             *partner_grants(SERVICE_USERS["insourcing_partner"], insourcing_id, "insourcing_partner"),
@@ -242,7 +242,7 @@ def provision(admin, lead_id: str = "lead-partner", insourcing_id: str = "insour
     """Creates the four topics with the partition count the code relies on, and the ACLs."""
     import asyncio
 
-    from shared.kafka import create_acls, ensure_topics, inbound_topic, outbound_topic
+    from shared.platform.kafka import create_acls, ensure_topics, inbound_topic, outbound_topic
 
     async def run() -> None:
         topics = [f(p) for p in (lead_id, insourcing_id) for f in (outbound_topic, inbound_topic)]
@@ -264,7 +264,7 @@ def main() -> None:
                                           "KAFKA_BOOTSTRAP_SERVERS, as KAFKA_ADMIN_USERNAME/PASSWORD")
     args = parser.parse_args()
     if args.command == "provision":
-        from shared.kafka import KafkaAccess
+        from shared.platform.kafka import KafkaAccess
 
         env = os.environ
         admin = KafkaAccess(env["KAFKA_BOOTSTRAP_SERVERS"], env.get("KAFKA_ADMIN_USERNAME"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack import infra, kafka_broker
-from shared.kafka import KafkaAccess
+from shared.platform.kafka import KafkaAccess
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("DEVSTACK_VAR", ROOT / "var")).resolve()

@@ -5,13 +5,14 @@ from datetime import datetime
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from shared.auth import Permission, SessionDep, require
-from shared.config import CommonSettings
-from shared.kafka import inbound_topic, outbound_topic
-from shared.runtime import ServiceSpec, create_app
-from shared.signing import Signatures
-from shared.notifications import NotificationSender, list_notifications
-from shared.tickets.endpoints import ticket_router
+from shared.platform.auth import Permission, SessionDep, require
+from shared.platform.config import CommonSettings
+from shared.platform.kafka import inbound_topic, outbound_topic
+from shared.platform.runtime import ServiceSpec, create_app
+from shared.platform.signing import Signatures
+from shared.platform.notifications import NotificationSender, list_notifications
+from shared.domain.tickets.endpoints import ticket_router
+from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES
 
 PARTNER_PERMISSIONS = [Permission.TICKETS, Permission.OUTSOURCING]
 
@@ -63,6 +64,7 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
         topics_to_create=[outbound_topic(settings.partner_id), inbound_topic(settings.partner_id)],
         inbound_topics=[inbound_topic(settings.partner_id)],
         handler=handler,
+        max_body_bytes=MAX_ATTACHMENT_BYTES + 256 * 1024,  # room for the multipart envelope around a 10 MiB file
         signatures=Signatures({outbound_topic(settings.partner_id): ring, inbound_topic(settings.partner_id): ring}),
         state={"sync_policy": policy, **state},
         background=[lambda app: NotificationSender(

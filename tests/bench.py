@@ -11,7 +11,7 @@ import httpx
 import psutil
 
 from devstack import infra
-from shared.kafka import KafkaAccess, ensure_topics, make_consumer, make_producer, probe_broker
+from shared.platform.kafka import KafkaAccess, ensure_topics, make_consumer, make_producer, probe_broker
 from tests.e2e.flows import linked_tickets
 from tests.harness import ServiceProcess, resolve_infrastructure
 

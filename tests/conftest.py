@@ -7,8 +7,8 @@ import pytest
 import pytest_asyncio
 
 from devstack import infra
-from shared.kafka import inbound_topic, outbound_topic
-from shared.signing import KeyRing, Signatures
+from shared.platform.kafka import inbound_topic, outbound_topic
+from shared.platform.signing import KeyRing, Signatures
 from tests.harness import LOGS, Infrastructure, Mailbox, ServiceProcess, resolve_infrastructure
 
 LEAD_EMAIL = "dispatch@lead.example"

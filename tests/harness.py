@@ -16,7 +16,7 @@ import httpx
 
 from devstack import infra, kafka_broker
 from devstack.kafka_broker import KafkaBroker
-from shared.kafka import KafkaAccess
+from shared.platform.kafka import KafkaAccess
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent

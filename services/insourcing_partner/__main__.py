@@ -2,7 +2,7 @@ from pathlib import Path
 
 from services.insourcing_partner.app import create_app
 from services.insourcing_partner.settings import InsourcingSettings
-from shared import cli
+from shared.platform import cli
 from shared.partner import PARTNER_PERMISSIONS
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from services.lead_partner.app import create_app
 from services.lead_partner.settings import LeadSettings
-from shared import cli
+from shared.platform import cli
 from shared.partner import PARTNER_PERMISSIONS
 
 

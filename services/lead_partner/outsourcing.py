@@ -9,13 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.lead_partner import wording
 from services.lead_partner.models import Outsourcing
 from services.lead_partner.settings import LeadSettings
-from shared import workflow
-from shared.contracts import Envelope, Payload
-from shared.errors import Conflict, NotFound
-from shared.inbox import Rejected
-from shared.kafka import outbound_topic
-from shared.messagebus import MessageBus
-from shared.messages import (
+from shared.domain import workflow
+from shared.contracts.envelope import Envelope, Payload
+from shared.platform.errors import Conflict, NotFound
+from shared.platform.inbox import Rejected
+from shared.platform.kafka import outbound_topic
+from shared.platform.messagebus import MessageBus
+from shared.contracts.messages import (
     OutsourceCanceled,
     OutsourceCompleted,
     OutsourceRejected,
@@ -25,8 +25,8 @@ from shared.messages import (
     WorkDeclined,
     WorkWaitingApproval,
 )
-from shared.notifications import notify
-from shared.sync import (
+from shared.platform.notifications import notify
+from shared.domain.partner_mirroring import (
     MIRROR_MESSAGES,
     LinkView,
     MirroringPolicy,
@@ -34,10 +34,10 @@ from shared.sync import (
     release_partner_items,
     unlock_suspended,
 )
-from shared.tickets.models import Ticket, TicketItem
-from shared.tickets.rules import ItemKind, Origin
-from shared.tickets.service import add_system_note, get_ticket, lock_ticket_of
-from shared.workflow import OutsourceStatus
+from shared.domain.tickets.models import Ticket, TicketItem
+from shared.domain.tickets.rules import ItemKind, Origin
+from shared.domain.tickets.service import add_system_note, get_ticket, lock_ticket_of
+from shared.domain.workflow import OutsourceStatus
 
 
 class Outsourcings:

@@ -2,8 +2,8 @@ from pathlib import Path
 
 from services.sync_bridge.app import create_app
 from services.sync_bridge.settings import BridgeSettings
-from shared import cli
-from shared.auth import Permission
+from shared.platform import cli
+from shared.platform.auth import Permission
 
 
 def main() -> None:

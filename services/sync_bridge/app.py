@@ -4,10 +4,10 @@ from fastapi import FastAPI
 from services.sync_bridge.endpoints import router
 from services.sync_bridge.bridge import Bridge
 from services.sync_bridge.settings import BridgeSettings
-from shared.auth import Permission
-from shared.kafka import inbound_topic, outbound_topic
-from shared.runtime import ServiceSpec, create_app as create_service_app
-from shared.signing import Signatures
+from shared.platform.auth import Permission
+from shared.platform.kafka import inbound_topic, outbound_topic
+from shared.platform.runtime import ServiceSpec, create_app as create_service_app
+from shared.platform.signing import Signatures
 
 
 def create_app(settings: BridgeSettings | None = None) -> FastAPI:

@@ -7,10 +7,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.sync_bridge import links, mirroring
 from services.sync_bridge.links import LinkEvent
 from services.sync_bridge.models import Link
-from shared.contracts import Envelope, Payload
-from shared.inbox import Rejected
-from shared.messagebus import MessageBus
-from shared.messages import OutsourceRequested
+from shared.contracts.envelope import Envelope, Payload
+from shared.platform.inbox import Rejected
+from shared.platform.messagebus import MessageBus
+from shared.contracts.messages import OutsourceRequested
 
 
 def sender_of(topic: str) -> str:

@@ -7,9 +7,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.models import ItemMirror, Link
-from shared.auth import Permission, SessionDep, require
-from shared.errors import NotFound
-from shared.inbox import dead_letters
+from shared.platform.auth import Permission, SessionDep, require
+from shared.platform.errors import NotFound
+from shared.platform.inbox import dead_letters
 
 router = APIRouter(prefix="/api", tags=["bridge"], dependencies=[Depends(require(Permission.LINKS))])
 

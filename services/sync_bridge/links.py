@@ -1,17 +1,17 @@
 """The bridge's link events: a partner asks for, cancels, accepts, declines, completes or rejects
-work, the link's state moves as shared/workflow.py says, and the other partner is told. The first
+work, the link's state moves as shared/domain/workflow.py says, and the other partner is told. The first
 event the bridge reads wins a race; one that no longer applies is ignored (and logged)."""
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.models import Link
-from shared import workflow
-from shared.contracts import Payload
-from shared.db import utcnow
-from shared.inbox import Rejected
-from shared.kafka import inbound_topic
-from shared.messages import (
+from shared.domain import workflow
+from shared.contracts.envelope import Payload
+from shared.platform.db import utcnow
+from shared.platform.inbox import Rejected
+from shared.platform.kafka import inbound_topic
+from shared.contracts.messages import (
     InsourceAccepted,
     InsourceCompletionRequested,
     InsourceDeclined,
@@ -27,7 +27,7 @@ from shared.messages import (
     WorkRequested,
     WorkWaitingApproval,
 )
-from shared.outbox import Publisher
+from shared.platform.outbox import Publisher
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def send(session: AsyncSession, partner_id: str, payload: Payload, link_id: str)
 
 
 def move(event: LinkEvent) -> None:
-    """The link's new state after the event (shared/workflow.py decides; Ignored if it no longer applies)."""
+    """The link's new state after the event (shared/domain/workflow.py decides; Ignored if it no longer applies)."""
     event.link.state = workflow.link(event.payload.type, event.link.state)
 
 

@@ -2,7 +2,7 @@
 from pydantic import field_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.config import CommonSettings
+from shared.platform.config import CommonSettings
 
 
 class BridgeSettings(CommonSettings):

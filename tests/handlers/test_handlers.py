@@ -20,12 +20,12 @@ from services.lead_partner.outsourcing import LeadOutsourcing
 from services.lead_partner.settings import LeadSettings
 from services.sync_bridge.bridge import Bridge
 from services.sync_bridge.models import ItemMirror, Link
-from shared.contracts import Payload, envelope
-from shared.db import make_engine, make_sessionmaker
-from shared.errors import Conflict
-from shared.inbox import Rejected
-from shared.kafka import outbound_topic
-from shared.messages import (
+from shared.contracts.envelope import Payload, envelope
+from shared.platform.db import make_engine, make_sessionmaker
+from shared.platform.errors import Conflict
+from shared.platform.inbox import Rejected
+from shared.platform.kafka import outbound_topic
+from shared.contracts.messages import (
     InsourceAccepted,
     InsourceCompletionRequested,
     ItemCreated,
@@ -44,11 +44,11 @@ from shared.messages import (
     WorkRequested,
     WorkWaitingApproval,
 )
-from shared.migrations import upgrade
-from shared.notifications import Notification
-from shared.outbox import OutboxMessage
-from shared.tickets.models import TicketItem
-from shared.tickets.service import create_ticket
+from shared.platform.migrations import upgrade
+from shared.platform.notifications import Notification
+from shared.platform.outbox import OutboxMessage
+from shared.domain.tickets.models import TicketItem
+from shared.domain.tickets.service import create_ticket
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,7 +175,7 @@ async def test_bridge_acceptance_activates_the_link_and_tells_the_lead(bridge):
 
 
 async def test_bridge_decline_ends_the_link_and_tells_the_lead(bridge):
-    from shared.messages import InsourceDeclined
+    from shared.contracts.messages import InsourceDeclined
 
     link_id = await pending_link(bridge)
     await from_partner(bridge, PARTNER, InsourceDeclined(link_id=link_id, reason="busy"))

@@ -44,7 +44,7 @@ async def test_a_new_ticket_access_token_works_and_is_stored_only_as_a_hash(serv
         assert (await technician.post("/api/tickets", json={"title": "x"})).status_code == 201
     import asyncpg
 
-    from shared.db import asyncpg_dsn
+    from shared.platform.db import asyncpg_dsn
 
     conn = await asyncpg.connect(asyncpg_dsn(lead.env["LEAD_DATABASE_URL"]))
     try:

@@ -12,7 +12,7 @@ from devstack import infra
 from services.insourcing_partner.models import metadata as insourcing_metadata
 from services.lead_partner.models import metadata as lead_metadata
 from services.sync_bridge.models import metadata as bridge_metadata
-from shared.migrations import upgrade
+from shared.platform.migrations import upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 

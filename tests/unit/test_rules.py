@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 
-from shared.contracts import ContractError, Payload, contract, envelope, parse
-from shared.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
+from shared.contracts.envelope import ContractError, Payload, contract, envelope, parse
+from shared.domain.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
 
 
 @pytest.mark.parametrize("kind", list(ItemKind))

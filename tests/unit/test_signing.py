@@ -1,7 +1,7 @@
-"""Message signatures (shared/signing.py): what verifies, what is refused, and key rotation."""
+"""Message signatures (shared/platform/signing.py): what verifies, what is refused, and key rotation."""
 import pytest
 
-from shared.signing import BadSignature, KeyRing, Signatures
+from shared.platform.signing import BadSignature, KeyRing, Signatures
 
 OLD, NEW = "k1:" + "o" * 32, "k2:" + "n" * 32
 

@@ -1,13 +1,13 @@
-"""The outsourcing workflow of SPEC section 3 (shared/workflow.py), without a database or a broker:
+"""The outsourcing workflow of SPEC section 3 (shared/domain/workflow.py), without a database or a broker:
 every cell of the three tables, allowed and refused, and that nothing else assigns a status."""
 import ast
 from pathlib import Path
 
 import pytest
 
-from shared import workflow
-from shared.errors import Conflict
-from shared.workflow import Ignored, InsourceStatus, LinkState, OutsourceStatus
+from shared.domain import workflow
+from shared.platform.errors import Conflict
+from shared.domain.workflow import Ignored, InsourceStatus, LinkState, OutsourceStatus
 
 O, I, L = OutsourceStatus, InsourceStatus, LinkState
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def _decided_by_the_workflow(value: ast.AST) -> bool:
 
 def test_no_status_or_link_state_is_assigned_except_as_the_workflow_decides():
     offenders = []
-    for path in [*ROOT.glob("services/**/*.py"), *ROOT.glob("shared/*.py")]:
+    for path in [*ROOT.glob("services/**/*.py"), *ROOT.glob("shared/**/*.py")]:
         if path.name == "workflow.py":
             continue
         for line, attr, value in _assignments(ast.parse(path.read_text())):

@@ -1,4 +1,4 @@
 from services.lead_partner.models import metadata
-from shared.migrations import run_env
+from shared.platform.migrations import run_env
 
 run_env(metadata)

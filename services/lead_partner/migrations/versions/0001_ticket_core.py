@@ -5,7 +5,7 @@ Revises:
 """
 from alembic import op
 
-from shared.migrations import create_plumbing_tables, create_ticket_tables
+from shared.platform.migrations import create_plumbing_tables, create_ticket_tables
 
 revision = "0001"
 down_revision = None

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from shared.migrations import create_mirror_tables, create_notification_table
+from shared.platform.migrations import create_mirror_tables, create_notification_table
 
 revision = "0002"
 down_revision = "0001"

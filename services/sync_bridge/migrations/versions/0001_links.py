@@ -6,7 +6,7 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from shared.migrations import create_plumbing_tables
+from shared.platform.migrations import create_plumbing_tables
 
 revision = "0001"
 down_revision = None

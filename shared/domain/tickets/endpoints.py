@@ -6,11 +6,11 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, create_model
 
-from shared.auth import Permission, SessionDep, require
-from shared.tickets import service
-from shared.tickets.models import Ticket, TicketItem
-from shared.tickets.rules import ItemKind
-from shared.tickets.schemas import (
+from shared.platform.auth import Permission, SessionDep, require
+from shared.domain.tickets import service
+from shared.domain.tickets.models import Ticket, TicketItem
+from shared.domain.tickets.rules import ItemKind
+from shared.domain.tickets.schemas import (
     CREATE_MODELS,
     MAX_ATTACHMENT_BYTES,
     OUT_MODELS,
@@ -21,7 +21,7 @@ from shared.tickets.schemas import (
     TicketUpdate,
     stored_fields,
 )
-from shared.errors import TooLarge
+from shared.platform.errors import TooLarge
 
 
 def _policy(request: Request) -> service.SyncPolicy:

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.db import Base
+from shared.platform.db import Base
 
 
 TOKENS_CHANNEL = "api_tokens"  # NOTIFY channel: a token was revoked

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.db import utcnow
+from shared.platform.db import utcnow
 
 
 class ContractError(ValueError):

@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts import Payload, contract
+from shared.contracts.envelope import Payload, contract
 
 # Raw bytes per attachment chunk: base64 makes it ~4/3 larger, well under Kafka's 1 MiB.
 CHUNK_BYTES = 512 * 1024

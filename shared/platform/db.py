@@ -33,7 +33,7 @@ def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
 
 class UnitOfWork(Session):
     """The sessions this project makes (and only those): the outbox hooks its staged events onto
-    their commit (shared/outbox.py), not onto every SQLAlchemy session in the process."""
+    their commit (shared/platform/outbox.py), not onto every SQLAlchemy session in the process."""
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

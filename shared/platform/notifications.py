@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from shared.db import Base, transient
+from shared.platform.db import Base, transient
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)  # how long a claimed row is this sender's to send

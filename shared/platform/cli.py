@@ -5,9 +5,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.auth import Permission, create_token, revoke_token, ApiToken
-from shared.db import make_engine, make_sessionmaker
-from shared.migrations import upgrade
+from shared.platform.auth import Permission, create_token, revoke_token, ApiToken
+from shared.platform.db import make_engine, make_sessionmaker
+from shared.platform.migrations import upgrade
 
 
 def main(

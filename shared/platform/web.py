@@ -13,17 +13,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from shared.errors import DomainError
-from shared.kafka import broker_reachable
-from shared.tickets.schemas import MAX_ATTACHMENT_BYTES
+from shared.platform.errors import DomainError
+from shared.platform.kafka import broker_reachable
 
 log = logging.getLogger(__name__)
 
-# Room for the multipart envelope around a 10 MiB file.
-MAX_BODY_BYTES = MAX_ATTACHMENT_BYTES + 256 * 1024
 
 
-def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[[], Awaitable[str | None]]]) -> CollectorRegistry:
+def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[[], Awaitable[str | None]]],
+                   max_body_bytes: int) -> CollectorRegistry:
     """Adds /healthz, /readyz, /metrics and the error handlers. Each ready check returns None when
     fine, or a sentence saying what is not."""
     registry = CollectorRegistry()
@@ -36,7 +34,7 @@ def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[
         buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
 
-    app.add_middleware(_Measure, requests=requests, latency=latency)
+    app.add_middleware(_Measure, requests=requests, latency=latency, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError):
@@ -121,17 +119,17 @@ class _Measure:
     """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): refuses bodies over
     the attachment limit before reading them, and records request counts and latency per route."""
 
-    def __init__(self, app, requests: Counter, latency: Histogram):
-        self.app, self.requests, self.latency = app, requests, latency
+    def __init__(self, app, requests: Counter, latency: Histogram, max_body_bytes: int):
+        self.app, self.requests, self.latency, self.max_body_bytes = app, requests, latency, max_body_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        if length.isdigit() and int(length) > self.max_body_bytes:
             response = JSONResponse(
-                {"detail": f"request body of {int(length)} bytes is over the limit (attachments up to 10 MiB); "
-                           "nothing was stored"},
+                {"detail": f"request body of {int(length)} bytes is over this service's limit of "
+                           f"{self.max_body_bytes} bytes; nothing was stored"},
                 status_code=413,
             )
             return await response(scope, receive, send)

@@ -3,8 +3,8 @@ nothing outside a Settings class reads the environment."""
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.kafka import KafkaAccess
-from shared.signing import KeyRing
+from shared.platform.kafka import KafkaAccess
+from shared.platform.signing import KeyRing
 
 
 class CommonSettings(BaseSettings):

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
-from shared.tickets.rules import ItemKind, TicketStatus
+from shared.domain.tickets.rules import ItemKind, TicketStatus
 
 MAX_TITLE = 255
 MAX_TEXT = 32_000

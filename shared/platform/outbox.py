@@ -13,9 +13,9 @@ from sqlalchemy import BigInteger, DateTime, Identity, Index, LargeBinary, Strin
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from shared.contracts import Envelope, Payload, envelope
-from shared.db import Base, UnitOfWork, asyncpg_dsn
-from shared.signing import Signatures
+from shared.contracts.envelope import Envelope, Payload, envelope
+from shared.platform.db import Base, UnitOfWork, asyncpg_dsn
+from shared.platform.signing import Signatures
 
 log = logging.getLogger(__name__)
 

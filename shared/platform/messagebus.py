@@ -7,11 +7,14 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.contracts import Payload
-from shared.inbox import Rejected
-from shared.workflow import Ignored
+from shared.contracts.envelope import Payload
+from shared.platform.inbox import Rejected
 
 log = logging.getLogger(__name__)
+
+
+class Ignored(Exception):
+    """A message that no longer applies in the current state: applied as a no-op, not parked."""
 
 # (session, what the handler needs: the payload itself, or a richer event the service built from it)
 MessageHandler = Callable[[AsyncSession, Any], Awaitable[None]]

@@ -13,9 +13,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.contracts import ContractError, Envelope, Payload, parse
-from shared.db import Base, transient
-from shared.signing import BadSignature, Signatures
+from shared.contracts.envelope import ContractError, Envelope, Payload, parse
+from shared.platform.db import Base, transient
+from shared.platform.signing import BadSignature, Signatures
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.db import Base
-from shared.inbox import Rejected
-from shared.messages import (
+from shared.platform.db import Base
+from shared.platform.inbox import Rejected
+from shared.contracts.messages import (
     CHUNK_BYTES,
     AttachmentChunk,
     ItemCreated,
@@ -24,10 +24,10 @@ from shared.messages import (
     MirrorDelete,
     MirrorUpsert,
 )
-from shared.outbox import Publisher
-from shared.workflow import InsourceStatus, OutsourceStatus, synchronizing
-from shared.tickets.models import AttachmentContent, Ticket, TicketItem
-from shared.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
+from shared.platform.outbox import Publisher
+from shared.domain.workflow import InsourceStatus, OutsourceStatus, synchronizing
+from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem
+from shared.domain.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ nothing else assigns a status or a link state (tests/unit/test_workflow.py check
 import enum
 from dataclasses import dataclass
 
-from shared.errors import Conflict
+from shared.platform.errors import Conflict
+from shared.platform.messagebus import Ignored
 
 
 class OutsourceStatus(enum.StrEnum):
@@ -99,10 +100,6 @@ LINK: dict[str, Rule] = {
 
 # Where a new outsourcing, a new received work and a new link start.
 OUTSOURCED, RECEIVED, REQUESTED = O.ASSIGNED, I.PENDING, L.PENDING
-
-
-class Ignored(Exception):
-    """A message that no longer applies in the current state: applied as a no-op, not parked."""
 
 
 def _decide(table: dict[str, Rule], event: str, current, what: str):

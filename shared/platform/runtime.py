@@ -12,13 +12,13 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import Gauge
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
-from shared.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
-from shared.db import asyncpg_dsn, make_engine, make_sessionmaker
-from shared.inbox import Handler, InboxConsumer
-from shared.kafka import FALLBACK, ensure_topics, make_consumer, make_producer, probe_broker
-from shared.outbox import OutboxRelay
-from shared.signing import Signatures
-from shared.web import database_check, install_common, kafka_check
+from shared.platform.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
+from shared.platform.db import asyncpg_dsn, make_engine, make_sessionmaker
+from shared.platform.inbox import Handler, InboxConsumer
+from shared.platform.kafka import FALLBACK, ensure_topics, make_consumer, make_producer, probe_broker
+from shared.platform.outbox import OutboxRelay
+from shared.platform.signing import Signatures
+from shared.platform.web import database_check, install_common, kafka_check
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ class ServiceSpec:
     inbound_topics: list[str]
     handler: Handler
     signatures: Signatures  # the key ring of each topic the service writes or reads
-    state: dict[str, Any] = field(default_factory=dict)  # extra app.state values (e.g. the sync policy)
+    state: dict[str, Any] = field(default_factory=dict)
+    max_body_bytes: int = 1024 * 1024  # a request body over this is refused (413) before it is read  # extra app.state values (e.g. the sync policy)
     background: list[Callable[[FastAPI], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -124,6 +125,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         app,
         spec.name,
         [lambda: database_check(app.state.engine)(), kafka_check(settings.kafka_bootstrap_servers)],
+        spec.max_body_bytes,
     )
     return app
 

@@ -1,0 +1,1 @@
+"""Contracts: the messages the three services exchange, versioned."""

@@ -1,0 +1,1 @@
+"""Domain: the ticket core, the outsourcing workflow and the partners' mirroring rules."""
