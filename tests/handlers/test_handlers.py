@@ -3,6 +3,8 @@
 state it leaves and the messages it stages in the outbox. The two races the end-to-end tests cannot
 order (a cancel crossing an acceptance, the lead's Complete crossing an Insource Complete) run here
 in both orders."""
+import base64
+import hashlib
 import secrets
 import uuid
 from pathlib import Path
@@ -26,12 +28,17 @@ from shared.platform.errors import Conflict
 from shared.platform.inbox import Rejected
 from shared.platform.kafka import outbound_topic
 from shared.contracts.messages import (
+    AttachmentChunk,
     InsourceAccepted,
     InsourceCompletionRequested,
     ItemCreated,
     ItemDeleted,
+    ItemUnshared,
     ItemUpdated,
+    MirrorChunk,
+    MirrorDelete,
     MirrorRefused,
+    MirrorUpsert,
     OutsourceCanceled,
     OutsourceCompleted,
     OutsourceRejected,
@@ -47,8 +54,9 @@ from shared.contracts.messages import (
 from shared.platform.migrations import upgrade
 from shared.platform.notifications import Notification
 from shared.platform.outbox import OutboxMessage
-from shared.domain.tickets.models import TicketItem
-from shared.domain.tickets.service import create_ticket
+from shared.domain.tickets.models import AttachmentContent, TicketItem
+from shared.domain.tickets.rules import ItemKind
+from shared.domain.tickets.service import add_item, create_ticket
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ROOT = Path(__file__).resolve().parents[2]
@@ -457,3 +465,79 @@ async def test_insourcing_a_late_rejection_or_completion_changes_nothing(insourc
     await insourcing.receive(WorkCompleted(link_id=link_id, approved=True))
     assert await status_on_partner(insourcing, link_id) == "Canceled"
     assert len([m for m in await insourcing.mails("work.canceled") if m.body.find("T-42") >= 0]) >= 1
+
+
+# --- a partner applying mirrors (the same code on both partners) ---------------------------------
+
+async def items_on(side: Side, ticket_id: str) -> list[TicketItem]:
+    async with side.sessions() as session:
+        return list((await session.scalars(select(TicketItem).where(TicketItem.ticket_id == ticket_id))).all())
+
+
+async def test_partner_mirror_upsert_creates_then_updates_a_read_only_mirror_and_mirror_delete_removes_it(insourcing):
+    link_id, ticket_id = await accepted_work(insourcing)
+    mirror_id = str(uuid.uuid4())
+    await insourcing.receive(MirrorUpsert(link_id=link_id, mirror_id=mirror_id, kind="note",
+                                          fields={"title": "", "body": "from the lead"}))
+    await insourcing.receive(MirrorUpsert(link_id=link_id, mirror_id=mirror_id, kind="note",
+                                          fields={"title": "", "body": "edited by the lead"}))
+    [mirror] = [i for i in await items_on(insourcing, ticket_id) if i.id == mirror_id]
+    assert (mirror.origin, mirror.fields["body"]) == ("partner", "edited by the lead")
+    await insourcing.receive(MirrorDelete(link_id=link_id, mirror_id=mirror_id))
+    assert mirror_id not in {i.id for i in await items_on(insourcing, ticket_id)}
+
+
+async def test_partner_mirror_chunks_become_an_attachment_once_all_have_arrived_and_match(insourcing):
+    link_id, ticket_id = await accepted_work(insourcing)
+    content = b"0123456789" * 100
+    mirror_id = str(uuid.uuid4())
+    fields = {"filename": "log.txt", "content_type": "text/plain", "size": len(content),
+              "sha256": hashlib.sha256(content).hexdigest()}
+    await insourcing.receive(MirrorUpsert(link_id=link_id, mirror_id=mirror_id, kind="attachment", fields=fields,
+                                          chunk_count=2))
+    halves = [content[:500], content[500:]]
+    await insourcing.receive(MirrorChunk(link_id=link_id, mirror_id=mirror_id, index=1, count=2,
+                                         data=base64.b64encode(halves[1]).decode()))
+    assert mirror_id not in {i.id for i in await items_on(insourcing, ticket_id)}  # not complete yet
+    await insourcing.receive(MirrorChunk(link_id=link_id, mirror_id=mirror_id, index=0, count=2,
+                                         data=base64.b64encode(halves[0]).decode()))
+    async with insourcing.sessions() as session:
+        stored = await session.get(AttachmentContent, mirror_id)
+    assert stored.content == content
+
+
+async def test_partner_refuses_a_mirror_that_arrives_after_it_suspended_synchronization(insourcing):
+    link_id, ticket_id = await accepted_work(insourcing)
+    await insourcing.call(insourcing.service.request_approval, ticket_id)
+    mirror_id = str(uuid.uuid4())
+    await insourcing.receive(MirrorUpsert(link_id=link_id, mirror_id=mirror_id, kind="note",
+                                          fields={"title": "", "body": "too late"}))
+    assert mirror_id not in {i.id for i in await items_on(insourcing, ticket_id)}
+    assert (await insourcing.staged(link_id))[-1] == ("psa.insourcing-partner.outbound", "mirror.refused")
+
+
+async def test_partner_item_unshared_marks_its_own_item_as_not_shared(insourcing):
+    link_id, ticket_id = await accepted_work(insourcing)
+    async with insourcing.sessions() as session, session.begin():
+        item = await add_item(session, insourcing.service.mirroring, ticket_id, ItemKind.NOTE,
+                              {"title": "", "body": "mine"}, False)
+        item_id = item.id
+    assert (await insourcing.get(TicketItem, item_id)).shared
+    await insourcing.receive(ItemUnshared(link_id=link_id, item_id=item_id))
+    assert not (await insourcing.get(TicketItem, item_id)).shared
+
+
+async def test_bridge_forwards_the_chunks_of_an_attachment_whose_first_part_crossed(bridge):
+    link_id = await active_link(bridge)
+    item_id = str(uuid.uuid4())
+    fields = {"filename": "a.bin", "content_type": "application/octet-stream", "size": 3, "sha256": "0" * 64}
+    await from_partner(bridge, LEAD, ItemCreated(link_id=link_id, item_id=item_id, kind="attachment", fields=fields,
+                                                 chunk_count=1))
+    await from_partner(bridge, LEAD, AttachmentChunk(link_id=link_id, item_id=item_id, index=0, count=1,
+                                                     data=base64.b64encode(b"abc").decode()))
+    assert (await bridge.staged(link_id))[-2:] == [(IN_PARTNER, "mirror.upsert"), (IN_PARTNER, "mirror.chunk")]
+    # A chunk of an item that never crossed goes nowhere.
+    await from_partner(bridge, LEAD, AttachmentChunk(link_id=link_id, item_id=str(uuid.uuid4()), index=0, count=1,
+                                                     data=""))
+    assert (await bridge.staged(link_id))[-1] == (IN_PARTNER, "mirror.chunk")
+    assert len(await bridge.staged(link_id)) == 4
