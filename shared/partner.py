@@ -5,14 +5,14 @@ from datetime import datetime
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
+from shared.domain.tickets.endpoints import ticket_router
+from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES
 from shared.platform.auth import Permission, SessionDep, require
 from shared.platform.config import CommonSettings
 from shared.platform.kafka import inbound_topic, outbound_topic
+from shared.platform.notifications import NotificationSender, list_notifications
 from shared.platform.runtime import ServiceSpec, create_app
 from shared.platform.signing import Signatures
-from shared.platform.notifications import NotificationSender, list_notifications
-from shared.domain.tickets.endpoints import ticket_router
-from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES
 
 PARTNER_PERMISSIONS = [Permission.TICKETS, Permission.OUTSOURCING]
 

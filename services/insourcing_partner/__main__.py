@@ -2,8 +2,8 @@ from pathlib import Path
 
 from services.insourcing_partner.app import create_app
 from services.insourcing_partner.settings import InsourcingSettings
-from shared.platform import cli
 from shared.partner import PARTNER_PERMISSIONS
+from shared.platform import cli
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ from sqlalchemy import DateTime, ForeignKey, Index, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.platform.db import Base
 from shared.domain.schema import PARTNER_TABLES, service_metadata
+from shared.platform.db import Base
 
 
 class ReceivedWork(Base):

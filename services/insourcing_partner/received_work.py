@@ -7,11 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.insourcing_partner import wording
 from services.insourcing_partner.models import ReceivedWork
 from services.insourcing_partner.settings import InsourcingSettings
-from shared.domain import workflow
 from shared.contracts.envelope import Envelope, Payload
-from shared.platform.errors import Conflict, NotFound
-from shared.platform.kafka import outbound_topic
-from shared.platform.messagebus import MessageBus
 from shared.contracts.messages import (
     InsourceAccepted,
     InsourceCompletionRequested,
@@ -21,12 +17,16 @@ from shared.contracts.messages import (
     WorkRejected,
     WorkRequested,
 )
-from shared.platform.notifications import notify
+from shared.domain import workflow
 from shared.domain.partner_mirroring import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
 from shared.domain.tickets.models import Ticket
 from shared.domain.tickets.rules import Lock
 from shared.domain.tickets.service import add_system_note, create_ticket, get_ticket, lock_ticket_of
 from shared.domain.workflow import InsourceStatus
+from shared.platform.errors import Conflict, NotFound
+from shared.platform.kafka import outbound_topic
+from shared.platform.messagebus import MessageBus
+from shared.platform.notifications import notify
 
 
 class ReceivedLinks:

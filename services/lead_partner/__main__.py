@@ -2,8 +2,8 @@ from pathlib import Path
 
 from services.lead_partner.app import create_app
 from services.lead_partner.settings import LeadSettings
-from shared.platform import cli
 from shared.partner import PARTNER_PERMISSIONS
+from shared.platform import cli
 
 
 def main() -> None:

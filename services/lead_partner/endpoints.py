@@ -5,10 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-from shared.platform.auth import Permission, SessionDep, require
 from shared.contracts.messages import Terms
-from shared.domain.workflow import OutsourceStatus
 from shared.domain.tickets.schemas import MAX_TEXT
+from shared.domain.workflow import OutsourceStatus
+from shared.platform.auth import Permission, SessionDep, require
 
 router = APIRouter(prefix="/api", tags=["outsourcing"], dependencies=[Depends(require(Permission.OUTSOURCING))])
 

@@ -9,12 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.lead_partner import wording
 from services.lead_partner.models import Outsourcing
 from services.lead_partner.settings import LeadSettings
-from shared.domain import workflow
 from shared.contracts.envelope import Envelope, Payload
-from shared.platform.errors import Conflict, NotFound
-from shared.platform.inbox import Rejected
-from shared.platform.kafka import outbound_topic
-from shared.platform.messagebus import MessageBus
 from shared.contracts.messages import (
     OutsourceCanceled,
     OutsourceCompleted,
@@ -25,7 +20,7 @@ from shared.contracts.messages import (
     WorkDeclined,
     WorkWaitingApproval,
 )
-from shared.platform.notifications import notify
+from shared.domain import workflow
 from shared.domain.partner_mirroring import (
     MIRROR_MESSAGES,
     LinkView,
@@ -38,6 +33,11 @@ from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import ItemKind, Origin
 from shared.domain.tickets.service import add_system_note, get_ticket, lock_ticket_of
 from shared.domain.workflow import OutsourceStatus
+from shared.platform.errors import Conflict, NotFound
+from shared.platform.inbox import Rejected
+from shared.platform.kafka import outbound_topic
+from shared.platform.messagebus import MessageBus
+from shared.platform.notifications import notify
 
 
 class Outsourcings:

@@ -1,12 +1,13 @@
 """Composition root of the sync bridge."""
 from fastapi import FastAPI
 
-from services.sync_bridge.endpoints import router
 from services.sync_bridge.bridge import Bridge
+from services.sync_bridge.endpoints import router
 from services.sync_bridge.settings import BridgeSettings
 from shared.platform.auth import Permission
 from shared.platform.kafka import inbound_topic, outbound_topic
-from shared.platform.runtime import ServiceSpec, create_app as create_service_app
+from shared.platform.runtime import ServiceSpec
+from shared.platform.runtime import create_app as create_service_app
 from shared.platform.signing import Signatures
 
 

@@ -8,9 +8,9 @@ from services.sync_bridge import links, mirroring
 from services.sync_bridge.links import LinkEvent
 from services.sync_bridge.models import Link
 from shared.contracts.envelope import Envelope, Payload
+from shared.contracts.messages import OutsourceRequested
 from shared.platform.inbox import Rejected
 from shared.platform.messagebus import MessageBus
-from shared.contracts.messages import OutsourceRequested
 
 
 def sender_of(topic: str) -> str:

@@ -6,11 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.models import Link
-from shared.domain import workflow
 from shared.contracts.envelope import Payload
-from shared.platform.db import utcnow
-from shared.platform.inbox import Rejected
-from shared.platform.kafka import inbound_topic
 from shared.contracts.messages import (
     InsourceAccepted,
     InsourceCompletionRequested,
@@ -27,6 +23,10 @@ from shared.contracts.messages import (
     WorkRequested,
     WorkWaitingApproval,
 )
+from shared.domain import workflow
+from shared.platform.db import utcnow
+from shared.platform.inbox import Rejected
+from shared.platform.kafka import inbound_topic
 from shared.platform.outbox import Publisher
 
 

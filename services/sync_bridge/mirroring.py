@@ -11,8 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.links import LinkEvent, send
 from services.sync_bridge.models import ItemMirror, Link
-from shared.domain import workflow
-from shared.platform.inbox import Rejected
 from shared.contracts.messages import (
     CHUNK_BYTES,
     AttachmentChunk,
@@ -26,7 +24,15 @@ from shared.contracts.messages import (
     MirrorRefused,
     MirrorUpsert,
 )
-from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES, AttachmentFields, ChargeCreate, NoteCreate, TimeEntryCreate
+from shared.domain import workflow
+from shared.domain.tickets.schemas import (
+    MAX_ATTACHMENT_BYTES,
+    AttachmentFields,
+    ChargeCreate,
+    NoteCreate,
+    TimeEntryCreate,
+)
+from shared.platform.inbox import Rejected
 
 log = logging.getLogger(__name__)
 MIRROR_NAMESPACE = uuid.UUID("6f1c2a52-8d7e-4d0b-9a51-2f0b6c1d9e11")

@@ -4,8 +4,8 @@ from datetime import datetime
 from sqlalchemy import DateTime, Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.platform.db import Base
 from shared.domain.schema import PLATFORM_TABLES, service_metadata
+from shared.platform.db import Base
 
 
 class Link(Base):

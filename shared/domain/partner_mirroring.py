@@ -10,8 +10,6 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.platform.db import Base
-from shared.platform.inbox import Rejected
 from shared.contracts.messages import (
     CHUNK_BYTES,
     AttachmentChunk,
@@ -20,14 +18,16 @@ from shared.contracts.messages import (
     ItemUnshared,
     ItemUpdated,
     MirrorChunk,
-    MirrorRefused,
     MirrorDelete,
+    MirrorRefused,
     MirrorUpsert,
 )
-from shared.platform.outbox import Publisher
-from shared.domain.workflow import InsourceStatus, OutsourceStatus, synchronizing
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem
 from shared.domain.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
+from shared.domain.workflow import InsourceStatus, OutsourceStatus, synchronizing
+from shared.platform.db import Base
+from shared.platform.inbox import Rejected
+from shared.platform.outbox import Publisher
 
 
 @dataclass(frozen=True)

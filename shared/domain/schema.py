@@ -2,13 +2,13 @@
 outbox, inbox, dead letters) in every service; the ticket core, incoming mirrors and notifications
 in both partners. A service's models module adds its own tables; its Alembic environment compares
 with the result, and tests/integration/test_schema.py checks the migrations build exactly that."""
+from shared.domain.partner_mirroring import IncomingAttachment, IncomingChunk
+from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter
 from shared.platform.auth import ApiToken
 from shared.platform.db import service_metadata
 from shared.platform.inbox import DeadLetter, InboxRecord
 from shared.platform.notifications import Notification
 from shared.platform.outbox import OutboxMessage
-from shared.domain.partner_mirroring import IncomingAttachment, IncomingChunk
-from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter
 
 PLATFORM_TABLES = [ApiToken.__table__, OutboxMessage.__table__, InboxRecord.__table__, DeadLetter.__table__]
 PARTNER_TABLES = [

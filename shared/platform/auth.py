@@ -17,7 +17,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.platform.db import Base
 
-
 TOKENS_CHANNEL = "api_tokens"  # NOTIFY channel: a token was revoked
 
 

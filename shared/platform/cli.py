@@ -5,7 +5,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.platform.auth import Permission, create_token, revoke_token, ApiToken
+from shared.platform.auth import ApiToken, Permission, create_token, revoke_token
 from shared.platform.db import make_engine, make_sessionmaker
 from shared.platform.migrations import upgrade
 

@@ -1,7 +1,6 @@
 """Database plumbing: the declarative base, engines and sessions (SQLAlchemy 2 async on asyncpg)."""
-from datetime import UTC, datetime
-
 import asyncio
+from datetime import UTC, datetime
 
 from sqlalchemy import MetaData, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError

@@ -15,9 +15,9 @@ from aiokafka.errors import (
 )
 
 from shared.contracts.envelope import envelope
+from shared.contracts.messages import MirrorUpsert, WorkCompleted
 from shared.platform.db import asyncpg_dsn
 from shared.platform.kafka import KafkaAccess, inbound_topic, make_consumer, make_producer, outbound_topic
-from shared.contracts.messages import MirrorUpsert, WorkCompleted
 from shared.platform.signing import KeyRing, Signatures
 from tests.e2e.flows import arrived, insource_status, items, linked_tickets
 from tests.harness import eventually

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import make_url
 
 from shared.contracts.envelope import envelope
+from shared.contracts.messages import ItemCreated, OutsourceCanceled
 from shared.platform.db import asyncpg_dsn
 from shared.platform.kafka import make_producer, outbound_topic
-from shared.contracts.messages import ItemCreated, OutsourceCanceled
 from shared.platform.signing import Signatures
 from tests.e2e.flows import arrived, items, linked_tickets, received
 from tests.harness import ServiceProcess, eventually

@@ -23,10 +23,6 @@ from services.lead_partner.settings import LeadSettings
 from services.sync_bridge.bridge import Bridge
 from services.sync_bridge.models import ItemMirror, Link
 from shared.contracts.envelope import Payload, envelope
-from shared.platform.db import make_engine, make_sessionmaker
-from shared.platform.errors import Conflict
-from shared.platform.inbox import Rejected
-from shared.platform.kafka import outbound_topic
 from shared.contracts.messages import (
     AttachmentChunk,
     InsourceAccepted,
@@ -51,12 +47,16 @@ from shared.contracts.messages import (
     WorkRequested,
     WorkWaitingApproval,
 )
-from shared.platform.migrations import upgrade
-from shared.platform.notifications import Notification
-from shared.platform.outbox import OutboxMessage
 from shared.domain.tickets.models import AttachmentContent, TicketItem
 from shared.domain.tickets.rules import ItemKind
 from shared.domain.tickets.service import add_item, create_ticket
+from shared.platform.db import make_engine, make_sessionmaker
+from shared.platform.errors import Conflict
+from shared.platform.inbox import Rejected
+from shared.platform.kafka import outbound_topic
+from shared.platform.migrations import upgrade
+from shared.platform.notifications import Notification
+from shared.platform.outbox import OutboxMessage
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ROOT = Path(__file__).resolve().parents[2]

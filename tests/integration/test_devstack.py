@@ -17,7 +17,6 @@ from tests.e2e.flows import arrived, linked_tickets
 from tests.harness import ROOT, eventually
 
 
-
 @pytest.fixture
 def stack_env(infrastructure, base_env):
     names = [f"devstack_{n}_{os.getpid()}" for n in ("lead", "insourcing", "bridge")]

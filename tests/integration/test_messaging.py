@@ -10,14 +10,14 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from shared.contracts.envelope import Payload, contract, envelope
+from shared.domain.tickets.models import Ticket
+from shared.domain.tickets.service import create_ticket
 from shared.platform.db import make_engine, make_sessionmaker
 from shared.platform.inbox import DeadLetter, InboxConsumer
 from shared.platform.kafka import KafkaAccess, ensure_topics, make_consumer, make_producer
 from shared.platform.migrations import upgrade
 from shared.platform.outbox import OutboxMessage, OutboxRelay, add_to_outbox
 from shared.platform.signing import KeyRing, Signatures
-from shared.domain.tickets.models import Ticket
-from shared.domain.tickets.service import create_ticket
 from tests.harness import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.broker]  # also run on Tansu

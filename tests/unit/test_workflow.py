@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from shared.domain import workflow
-from shared.platform.errors import Conflict
 from shared.domain.workflow import Ignored, InsourceStatus, LinkState, OutsourceStatus
+from shared.platform.errors import Conflict
 
 O, I, L = OutsourceStatus, InsourceStatus, LinkState
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, create_model
 
-from shared.platform.auth import Permission, SessionDep, require
 from shared.domain.tickets import service
 from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import ItemKind
@@ -21,6 +20,7 @@ from shared.domain.tickets.schemas import (
     TicketUpdate,
     stored_fields,
 )
+from shared.platform.auth import Permission, SessionDep, require
 from shared.platform.errors import TooLarge
 
 

@@ -8,10 +8,10 @@ from sqlalchemy import Select, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.platform.errors import Conflict, NotFound, TooLarge
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter, new_id
 from shared.domain.tickets.rules import ItemKind, Lock, Origin
 from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES
+from shared.platform.errors import Conflict, NotFound, TooLarge
 
 
 class SyncPolicy(Protocol):
