@@ -151,6 +151,8 @@ class Insourcing:
 
     async def on_rejected(self, session: AsyncSession, payload: WorkRejected) -> None:
         row, ticket = await self._locked_with_ticket(session, payload.link_id)
+        if ticket is None:
+            return  # never accepted here, so nothing waits for approval
         row.status = workflow.insource("link.rejected", row.status)
         row.reason = payload.reason
         await unlock_suspended(session, ticket.id)

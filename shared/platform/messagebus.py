@@ -33,4 +33,4 @@ class MessageBus:
             await handler(session, payload if event is None else event)
         except Ignored as exc:
             # The state had moved on (the other side's order of events decided): a no-op, on record.
-            log.info("%s: %s", self.service, exc)
+            log.warning("%s: %s", self.service, exc)

@@ -33,8 +33,8 @@ class ServiceSpec:
     inbound_topics: list[str]
     handler: Handler
     signatures: Signatures  # the key ring of each topic the service writes or reads
-    state: dict[str, Any] = field(default_factory=dict)
-    max_body_bytes: int = 1024 * 1024  # a request body over this is refused (413) before it is read  # extra app.state values (e.g. the sync policy)
+    state: dict[str, Any] = field(default_factory=dict)  # extra app.state values (e.g. the sync policy)
+    max_body_bytes: int = 1024 * 1024  # a request body over this is refused (413) before it is read
     background: list[Callable[[FastAPI], Awaitable[None]]] = field(default_factory=list)
 
 

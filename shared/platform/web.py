@@ -128,8 +128,8 @@ class _Measure:
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
             response = JSONResponse(
-                {"detail": f"request body of {int(length)} bytes is over this service's limit of "
-                           f"{self.max_body_bytes} bytes; nothing was stored"},
+                {"detail": f"request body of {int(length)} bytes is over the limit of {self.max_body_bytes} bytes "
+                           "(attachments up to 10 MiB); nothing was stored"},
                 status_code=413,
             )
             return await response(scope, receive, send)
