@@ -51,7 +51,11 @@ class Component:
     def restart(self) -> None:
         self.start()
         if self.after_restart:
-            self.after_restart()
+            try:
+                self.after_restart()
+            except Exception:
+                self.stop()  # not alive, so the supervisor's next round tries the whole restart again
+                raise
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc:
