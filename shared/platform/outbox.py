@@ -33,6 +33,7 @@ from shared.platform.signing import Signatures
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "outbox"
+SEND_TIMEOUT_S = 20.0  # longer than the producer's own request timeout (15 s)
 
 
 class OutboxMessage(Base):
@@ -164,7 +165,10 @@ class OutboxRelay:
         finally:
             self.is_leader = False
             if producer is not None:
-                await producer.stop()
+                try:
+                    await asyncio.wait_for(producer.stop(), timeout=SEND_TIMEOUT_S)
+                except Exception:  # a stuck producer is dropped; a new one takes over
+                    log.warning("outbox relay: the producer did not stop cleanly; replacing it", exc_info=True)
             await conn.close()
 
     async def publish_batch(self, producer: AIOKafkaProducer) -> int:
@@ -197,7 +201,10 @@ class OutboxRelay:
                 )
                 for row in rows
             ]
-            await asyncio.gather(*acks)
+            # Bounded: a producer that never hears back (seen once in this suite's broker-crash test,
+            # with the idempotent producer after a SIGKILLed broker came back) is replaced by a new
+            # one, which publishes the unmarked rows again; the inbox absorbs any duplicate.
+            await asyncio.wait_for(asyncio.gather(*acks), timeout=SEND_TIMEOUT_S)
             ids = [row.id for row in rows]
             if self._after_publish is not None:
                 await self._after_publish(ids)
