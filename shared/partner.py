@@ -65,7 +65,7 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
         inbound_topics=[inbound_topic(settings.partner_id)],
         handler=handler,
         max_body_bytes=MAX_ATTACHMENT_BYTES + 256 * 1024,  # room for the multipart envelope around a 10 MiB file
-        signatures=Signatures({outbound_topic(settings.partner_id): ring, inbound_topic(settings.partner_id): ring}),
+        signatures=Signatures.per_partner({settings.partner_id: ring}),
         state={"sync_policy": policy, **state},
         background=[lambda app: NotificationSender(
             app.state.sessions,

@@ -24,7 +24,6 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             topics_to_create=topics,
             inbound_topics=[outbound_topic(p) for p in settings.partners],
             handler=Bridge(settings.partners).handle,
-            # Each partner's two topics carry the key that partner and the bridge alone hold.
-            signatures=Signatures({t: rings[p] for p in settings.partners for t in (outbound_topic(p), inbound_topic(p))}),
+            signatures=Signatures.per_partner(rings),
         )
     )

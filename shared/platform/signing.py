@@ -7,6 +7,8 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 
+from shared.platform.kafka import inbound_topic, outbound_topic
+
 KEY_ID_HEADER = "signature-key-id"
 SIGNATURE_HEADER = "signature"
 
@@ -65,6 +67,12 @@ class Signatures:
     """Which key ring signs what a service writes to a topic and verifies what it reads from one."""
 
     by_topic: dict[str, KeyRing]
+
+    @classmethod
+    def per_partner(cls, rings: dict[str, KeyRing]) -> "Signatures":
+        """Each partner's two topics carry the key that partner and the bridge alone hold."""
+        return cls({topic: ring for partner, ring in rings.items()
+                    for topic in (outbound_topic(partner), inbound_topic(partner))})
 
     def sign(self, topic: str, value: bytes) -> list[tuple[str, bytes]]:
         return self.by_topic[topic].sign(topic, value)
