@@ -2,10 +2,12 @@
 id, skips an id it has seen, and commits Kafka offsets only after the database commit. A message it
 cannot parse or apply is parked (table + log) and the stream keeps flowing."""
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from sqlalchemy import (
@@ -20,7 +22,7 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -59,7 +61,13 @@ class DeadLetter(Base):
     type: Mapped[str | None] = mapped_column(String(100))
     reason: Mapped[str] = mapped_column(Text)
     value: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The record's headers as [[name, base64 value], ...]: a replay verifies the signature again.
+    headers: Mapped[list[Any] | None] = mapped_column(JSONB)
     parked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Replayed or discarded: when, by whom (the token's name), and what happened.
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_by: Mapped[str | None] = mapped_column(String(255))
+    resolution: Mapped[str | None] = mapped_column(Text)
 
 
 # (session, envelope, payload, topic it came from): the topic is the sender's identity, the
@@ -185,6 +193,7 @@ class InboxConsumer:
                     type=env.type if env else None,
                     reason=reason[:4000],
                     value=record.value,
+                    headers=[[name, base64.b64encode(value or b"").decode()] for name, value in (record.headers or ())],
                 )
                 .on_conflict_do_nothing()
             )

@@ -102,6 +102,19 @@ def create_plumbing_tables(op) -> None:
     )
 
 
+def add_dead_letter_handling(op) -> None:
+    """Dead letters keep their headers (the signature, for a replay) and who replayed or discarded them."""
+    op.add_column("dead_letters", sa.Column("headers", postgresql.JSONB))
+    op.add_column("dead_letters", sa.Column("resolved_at", sa.DateTime(timezone=True)))
+    op.add_column("dead_letters", sa.Column("resolved_by", sa.String(255)))
+    op.add_column("dead_letters", sa.Column("resolution", sa.Text))
+
+
+def drop_dead_letter_handling(op) -> None:
+    for column in ("resolution", "resolved_by", "resolved_at", "headers"):
+        op.drop_column("dead_letters", column)
+
+
 def create_ticket_tables(op) -> None:
     """The ticket core both partner services have."""
     op.create_table(
