@@ -2,13 +2,17 @@
 
 from datetime import datetime
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Request
+from prometheus_client import Gauge
+from pydantic import BaseModel, Field
 
 from shared.domain.tickets.endpoints import ticket_router
+from shared.domain.partner_sync import SyncWatch
 from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES
+from shared.domain.tickets.service import get_ticket
 from shared.platform.auth import Permission, SessionDep, require
 from shared.platform.config import CommonSettings
+from shared.platform.errors import NotFound
 from shared.platform.kafka import inbound_topic, outbound_topic
 from shared.platform.notifications import NotificationSender, list_notifications
 from shared.platform.runtime import ServiceSpec, create_app
@@ -42,6 +46,33 @@ class NotificationOut(BaseModel):
     last_error: str | None
 
 
+class SyncHealthOut(BaseModel):
+    link_id: str
+    link_state: str = Field(description="this side's Outsource Status or Insource Status of the link")
+    partner_id: str
+    in_sync: bool = Field(description="nothing waits for a receipt and the last reconciliation found no difference")
+    last_sent_at: datetime | None
+    last_received_at: datetime | None
+    last_reconciled_at: datetime | None
+    pending: int = Field(description="shared items (and deletions) waiting for the partner's receipt")
+    delivered: int
+    refused: int
+    oldest_pending_at: datetime | None
+
+
+sync_router = APIRouter(prefix="/api/tickets", tags=["sync"], dependencies=[Depends(require(Permission.TICKETS))])
+
+
+@sync_router.get("/{ticket_id}/sync", response_model=SyncHealthOut,
+                 summary="The ticket's synchronization with its partner: receipts, last traffic, last reconciliation")
+async def sync_health(ticket_id: str, request: Request, session: SessionDep):
+    await get_ticket(session, ticket_id)
+    health = await request.app.state.sync_policy.sync.health(session, ticket_id)
+    if health is None:
+        raise NotFound(f"ticket {ticket_id} was never linked to a partner: it has no synchronization")
+    return health
+
+
 notifications_router = APIRouter(
     prefix="/api", tags=["notifications"], dependencies=[Depends(require(Permission.OUTSOURCING))]
 )
@@ -55,10 +86,11 @@ async def notifications(session: SessionDep):
 
 def create_partner_app(name: str, settings: PartnerSettings, link_field: str, routers, handler, policy, state):
     ring = settings.key_ring(settings.signing_keys, "signing_keys")
+    watch = SyncWatch(policy.sync, settings.reconcile_interval_s)
     spec = ServiceSpec(
         name=name,
         settings=settings,
-        routers=[ticket_router(link_field), notifications_router, *routers],
+        routers=[ticket_router(link_field), sync_router, notifications_router, *routers],
         token_permissions=PARTNER_PERMISSIONS,
         # A partner writes only its outbound topic and reads only its inbound topic.
         topics_to_create=[outbound_topic(settings.partner_id), inbound_topic(settings.partner_id)],
@@ -67,7 +99,9 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
         max_body_bytes=MAX_ATTACHMENT_BYTES + 256 * 1024,  # room for the multipart envelope around a 10 MiB file
         signatures=Signatures.per_partner({settings.partner_id: ring}),
         state={"sync_policy": policy, **state},
-        background=[lambda app: NotificationSender(
+        on_data_loss=watch.broker_lost_data,
+        metrics=lambda registry: _sync_metrics(registry, watch),
+        background=[lambda app: watch.attach(app.state.sessions).run(), lambda app: NotificationSender(
             app.state.sessions,
             settings.smtp_host,
             settings.smtp_port,
@@ -76,3 +110,12 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
         ).run()],
     )
     return create_app(spec)
+
+
+def _sync_metrics(registry, watch: SyncWatch) -> None:
+    Gauge("sync_items_pending", "shared items and deletions waiting for the partner's receipt",
+          registry=registry).set_function(lambda: watch.pending_items)
+    Gauge("sync_oldest_pending_age_seconds", "age of the oldest item waiting for its receipt",
+          registry=registry).set_function(lambda: watch.oldest_pending_age)
+    Gauge("sync_reconcile_requests_total", "reconciliations this replica asked the bridge for",
+          registry=registry).set_function(lambda: watch.requests_total)

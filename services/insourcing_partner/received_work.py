@@ -12,6 +12,7 @@ from shared.contracts.messages import (
     InsourceAccepted,
     InsourceCompletionRequested,
     InsourceDeclined,
+    SideStatus,
     WorkCanceled,
     WorkCompleted,
     WorkRejected,
@@ -25,7 +26,7 @@ from shared.domain.tickets.service import add_system_note, create_ticket, get_ti
 from shared.domain.workflow import InsourceStatus
 from shared.platform.errors import Conflict, NotFound
 from shared.platform.kafka import outbound_topic
-from shared.platform.messagebus import MessageBus
+from shared.platform.messagebus import Ignored, MessageBus
 from shared.platform.notifications import notify
 
 
@@ -44,13 +45,29 @@ class ReceivedLinks:
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         return await lock_ticket_of(session, select(ReceivedWork.ticket_id).where(ReceivedWork.link_id == link_id))
 
+    async def ticket_of(self, session: AsyncSession, link_id: str) -> str | None:
+        return await session.scalar(select(ReceivedWork.ticket_id).where(ReceivedWork.link_id == link_id))
+
+    async def side_status(self, session: AsyncSession, link_id: str) -> SideStatus:
+        row = await session.get(ReceivedWork, link_id)
+        if row is None:
+            return SideStatus(known=False)
+        number = await session.scalar(select(Ticket.number).where(Ticket.id == row.ticket_id)) if row.ticket_id else None
+        return SideStatus(status=row.status, rounds=row.rounds, reason=row.reason, ticket_id=row.ticket_id,
+                          ticket_number=number)
+
+    async def open_links(self, session: AsyncSession) -> list[str]:
+        finished = [s.value for s in workflow.FINISHED_INSOURCE]
+        return list(await session.scalars(select(ReceivedWork.link_id).where(ReceivedWork.status.not_in(finished))))
+
 
 class Insourcing:
     def __init__(self, settings: InsourcingSettings):
         self.settings = settings
         self.links = ReceivedLinks()
         self.mirroring = MirroringPolicy(self.links, settings.partner_id, outbound_topic(settings.partner_id))
-        self._emit = self.mirroring.publisher.emit
+        self.sync = self.mirroring.sync
+        self._emit = self.sync.send
         # What the bridge tells the insourcing partner, and who handles each message.
         self.bus = MessageBus("insourcing partner", {
             WorkRequested: self.on_requested,
@@ -58,10 +75,12 @@ class Insourcing:
             WorkRejected: self.on_rejected,
             WorkCompleted: self.on_completed,
             **{message: self.mirroring.apply for message in MIRROR_MESSAGES},
+            **self.sync.handlers(),
         })
 
     async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
         await self.bus.dispatch(session, payload)
+        await self.sync.received(session, payload)
 
     async def _locked(self, session: AsyncSession, link_id: str) -> ReceivedWork:
         row = await session.scalar(select(ReceivedWork).where(ReceivedWork.link_id == link_id).with_for_update())
@@ -80,7 +99,7 @@ class Insourcing:
         row.status = workflow.insource("accept", row.status)
         ticket = await create_ticket(session, row.title, row.description, status="New")
         row.ticket_id = ticket.id
-        self._emit(
+        await self._emit(
             session,
             InsourceAccepted(link_id=link_id, insourcing_ticket_id=ticket.id, insourcing_ticket_number=ticket.number),
             link_id,
@@ -93,7 +112,7 @@ class Insourcing:
         row = await self._locked(session, link_id)
         row.status = workflow.insource("decline", row.status)
         row.reason = reason
-        self._emit(session, InsourceDeclined(link_id=link_id, reason=reason), link_id)
+        await self._emit(session, InsourceDeclined(link_id=link_id, reason=reason), link_id)
         return row
 
     async def request_approval(self, session: AsyncSession, ticket_id: str) -> ReceivedWork:
@@ -104,8 +123,9 @@ class Insourcing:
         if row is None:
             raise Conflict(f"ticket {ticket.number} was not received from a lead partner: it has no Insource Status")
         row.status = workflow.insource("insource complete", row.status)
+        row.rounds += 1
         await lock_items(session, ticket.id, Lock.SUSPENSION)
-        self._emit(session, InsourceCompletionRequested(link_id=row.link_id), row.link_id)
+        await self._emit(session, InsourceCompletionRequested(link_id=row.link_id), row.link_id)
         await add_system_note(session, ticket.id, *wording.insource_complete(row.lead_partner_name))
         return row
 
@@ -153,6 +173,9 @@ class Insourcing:
         row, ticket = await self._locked_with_ticket(session, payload.link_id)
         if ticket is None:
             return  # never accepted here, so nothing waits for approval
+        if payload.round != row.rounds:
+            raise Ignored(f"the rejection of Insource Complete {payload.round} no longer applies "
+                          f"(this side is at Insource Complete {row.rounds})")
         row.status = workflow.insource("link.rejected", row.status)
         row.reason = payload.reason
         await unlock_suspended(session, ticket.id)

@@ -15,6 +15,7 @@ from shared.contracts.messages import (
     OutsourceCompleted,
     OutsourceRejected,
     OutsourceRequested,
+    SideStatus,
     Terms,
     WorkAccepted,
     WorkDeclined,
@@ -36,7 +37,7 @@ from shared.domain.workflow import OutsourceStatus
 from shared.platform.errors import Conflict, NotFound
 from shared.platform.inbox import Rejected
 from shared.platform.kafka import outbound_topic
-from shared.platform.messagebus import MessageBus
+from shared.platform.messagebus import Ignored, MessageBus
 from shared.platform.notifications import notify
 
 
@@ -57,23 +58,40 @@ class Outsourcings:
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         return await lock_ticket_of(session, select(Outsourcing.ticket_id).where(Outsourcing.link_id == link_id))
 
+    async def ticket_of(self, session: AsyncSession, link_id: str) -> str | None:
+        return await session.scalar(select(Outsourcing.ticket_id).where(Outsourcing.link_id == link_id))
+
+    async def side_status(self, session: AsyncSession, link_id: str) -> SideStatus:
+        row = await session.get(Outsourcing, link_id)
+        if row is None:
+            return SideStatus(known=False)
+        return SideStatus(status=row.status, rounds=row.rounds, reason=row.reason, approved=row.approved,
+                          ticket_id=row.ticket_id)
+
+    async def open_links(self, session: AsyncSession) -> list[str]:
+        finished = [s.value for s in workflow.FINISHED_OUTSOURCE]
+        return list(await session.scalars(select(Outsourcing.link_id).where(Outsourcing.status.not_in(finished))))
+
 
 class LeadOutsourcing:
     def __init__(self, settings: LeadSettings):
         self.settings = settings
         self.links = Outsourcings()
         self.mirroring = MirroringPolicy(self.links, settings.partner_id, outbound_topic(settings.partner_id))
-        self._emit = self.mirroring.publisher.emit
+        self.sync = self.mirroring.sync
+        self._emit = self.sync.send
         # What the bridge tells the lead, and who handles each message.
         self.bus = MessageBus("lead partner", {
             WorkAccepted: self.on_accepted,
             WorkDeclined: self.on_declined,
             WorkWaitingApproval: self.on_waiting_approval,
             **{message: self.mirroring.apply for message in MIRROR_MESSAGES},
+            **self.sync.handlers(),
         })
 
     async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
         await self.bus.dispatch(session, payload)
+        await self.sync.received(session, payload)
 
     async def _current(self, session: AsyncSession, ticket_id: str) -> tuple[Ticket, Outsourcing]:
         ticket = await get_ticket(session, ticket_id, for_update=True)
@@ -105,7 +123,7 @@ class LeadOutsourcing:
         )
         session.add(row)
         await session.flush()
-        self._emit(
+        await self._emit(
             session,
             OutsourceRequested(
                 link_id=row.link_id,
@@ -126,7 +144,7 @@ class LeadOutsourcing:
     async def cancel(self, session: AsyncSession, ticket_id: str) -> Outsourcing:
         ticket, row = await self._current(session, ticket_id)
         row.status = workflow.outsource("cancel", row.status)
-        self._emit(session, OutsourceCanceled(link_id=row.link_id), row.link_id)
+        await self._emit(session, OutsourceCanceled(link_id=row.link_id), row.link_id)
         await add_system_note(session, ticket.id, *wording.canceled(row.partner_name))
         return row
 
@@ -135,7 +153,7 @@ class LeadOutsourcing:
         row.status = workflow.outsource("reject", row.status)
         row.reason = reason
         await unlock_suspended(session, ticket.id)
-        self._emit(session, OutsourceRejected(link_id=row.link_id, reason=reason), row.link_id)
+        await self._emit(session, OutsourceRejected(link_id=row.link_id, reason=reason), row.link_id)
         await add_system_note(session, ticket.id, *wording.rejected(row.partner_name, reason))
         return row
 
@@ -147,7 +165,8 @@ class LeadOutsourcing:
         await unlock_suspended(session, ticket.id)  # the lead's own items are its own again; edits stay local
         await release_partner_items(session, ticket.id)
         approved = action == "approve"
-        self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=approved), row.link_id)
+        row.approved = approved
+        await self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=approved), row.link_id)
         await add_system_note(
             session, ticket.id, *wording.complete_note(row.partner_name, row.partner_ticket_number, approved, hours))
         notify(session, "outsourcing.complete", self.settings.notify_email,
@@ -200,7 +219,10 @@ class LeadOutsourcing:
 
     async def on_waiting_approval(self, session: AsyncSession, payload: WorkWaitingApproval) -> None:
         ticket, row = await self._linked(session, payload.link_id)
+        if payload.round <= row.rounds:
+            raise Ignored(f"Insource Complete {payload.round} of link {row.link_id} was already applied")
         row.status = workflow.outsource("link.waiting_approval", row.status)
+        row.rounds = payload.round
         await lock_shared_items(session, ticket.id)
         await add_system_note(session, ticket.id, *wording.waiting_approval_note(row.partner_name))
         notify(session, "approval.requested", self.settings.notify_email,
@@ -214,7 +236,7 @@ class LeadOutsourcing:
         if cancel_too_late and latest.link_id != row.link_id:
             # The ticket was outsourced again meanwhile: this older link is ended instead.
             row.partner_ticket_number = payload.partner_ticket_number
-            self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=False), row.link_id)
+            await self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=False), row.link_id)
             await add_system_note(
                 session, ticket.id, *wording.accepted_too_late_and_ended(row.partner_name, payload.partner_ticket_number))
             return

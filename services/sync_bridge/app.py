@@ -1,8 +1,10 @@
 """Composition root of the sync bridge."""
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from services.sync_bridge.bridge import Bridge
 from services.sync_bridge.endpoints import router
+from services.sync_bridge.reconciliation import Scheduler
 from services.sync_bridge.settings import BridgeSettings
 from shared.platform.auth import Permission
 from shared.platform.kafka import inbound_topic, outbound_topic
@@ -15,6 +17,7 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
     settings = settings or BridgeSettings()
     topics = [t for p in settings.partners for t in (outbound_topic(p), inbound_topic(p))]
     rings = {p: settings.key_ring(settings.signing_keys.get(p), f"signing_keys (for {p})") for p in settings.partners}
+    scheduler = Scheduler(settings.reconcile_interval_s)
     return create_service_app(
         ServiceSpec(
             name="sync_bridge",
@@ -25,5 +28,11 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             inbound_topics=[outbound_topic(p) for p in settings.partners],
             handler=Bridge(settings.partners).handle,
             signatures=Signatures.per_partner(rings),
+            state={"scheduler": scheduler},
+            background=[lambda app: scheduler.attach(app.state.sessions).run()],
+            on_data_loss=scheduler.broker_lost_data,
+            metrics=lambda registry: Gauge(
+                "reconcile_rounds_started_total", "reconciliation rounds the scheduler started", registry=registry
+            ).set_function(lambda: scheduler.rounds_total),
         )
     )

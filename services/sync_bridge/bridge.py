@@ -4,7 +4,7 @@ a partner may not say, lock the link, and hand the event to its one handler: a l
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.sync_bridge import links, mirroring
+from services.sync_bridge import links, mirroring, reconciliation
 from services.sync_bridge.links import LinkEvent
 from services.sync_bridge.models import Link
 from shared.contracts.envelope import Envelope, Payload
@@ -24,7 +24,7 @@ def sender_of(topic: str) -> str:
 class Bridge:
     def __init__(self, partners: list[str]):
         self.partners = set(partners)
-        self.bus = MessageBus("bridge", {**links.HANDLERS, **mirroring.HANDLERS})
+        self.bus = MessageBus("bridge", {**links.HANDLERS, **mirroring.HANDLERS, **reconciliation.HANDLERS})
 
     async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
         sender = sender_of(topic)
@@ -33,11 +33,13 @@ class Bridge:
         link_id = getattr(payload, "link_id", None)
         if link_id is None or link_id != env.link_id:
             raise Rejected("the event's link id and its envelope's do not agree")
-        # One statement both locks the link (its events apply one at a time) and records the event.
+        # One statement both locks the link (its events apply one at a time) and records the event
+        # (receipts and reconciliation are not events of the link).
+        bookkeeping = payload.type.startswith("sync.") or payload.type == "mirror.applied"
         link = await session.scalar(
             update(Link)
             .where(Link.id == link_id)
-            .values(last_event_at=func.now())
+            .values(last_event_at=Link.last_event_at if bookkeeping else func.now())
             .returning(Link)
             .execution_options(populate_existing=True)
         )

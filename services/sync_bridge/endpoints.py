@@ -6,7 +6,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.sync_bridge.models import ItemMirror, Link
+from services.sync_bridge.models import ItemMirror, Link, Repair
+from services.sync_bridge.reconciliation import start_round
 from shared.platform.auth import Permission, SessionDep, require
 from shared.platform.errors import NotFound
 from shared.platform.inbox import dead_letters
@@ -74,6 +75,79 @@ async def read_link(link_id: str, session: SessionDep):
         raise NotFound(f"link {link_id} not found")
     [out] = await with_counts(session, [link])
     return out
+
+
+class SideHealthOut(BaseModel):
+    partner_id: str
+    ticket_id: str | None
+    status: str | None = Field(description="the side's Outsource Status or Insource Status, as it last said")
+    pending: int
+    delivered: int
+    refused: int
+    oldest_pending_at: datetime | None
+    last_sent_at: datetime | None
+    last_received_at: datetime | None
+
+
+class RepairOut(BaseModel):
+    what: str
+    at: datetime
+
+
+class RepairsOut(BaseModel):
+    count: int
+    last_at: datetime | None
+    recent: list[RepairOut] = Field(description="the latest repairs, newest first (at most 20)")
+
+
+class LinkHealthOut(BaseModel):
+    link_id: str
+    link_state: str
+    in_sync: bool | None = Field(description="the last reconciliation found no difference (null: none ran yet)")
+    last_reconciled_at: datetime | None
+    reconciling: bool = Field(description="a reconciliation round is under way or due")
+    lead: SideHealthOut
+    insourcing: SideHealthOut
+    repairs: RepairsOut
+
+
+class ReconcileOut(BaseModel):
+    link_id: str
+    round_id: str
+
+
+def _side(partner_id: str, ticket_id: str | None, seen: dict | None) -> SideHealthOut:
+    seen = seen or {}
+    return SideHealthOut(partner_id=partner_id, ticket_id=ticket_id, status=seen.get("status"),
+                         **{name: seen.get(name, 0 if name in ("pending", "delivered", "refused") else None)
+                            for name in ("pending", "delivered", "refused", "oldest_pending_at", "last_sent_at",
+                                         "last_received_at")})
+
+
+@router.get("/links/{link_id}/health", response_model=LinkHealthOut,
+            summary="The link's synchronization as the bridge sees both sides, and what reconciliation repaired")
+async def link_health(link_id: str, session: SessionDep):
+    link = await session.get(Link, link_id)
+    if link is None:
+        raise NotFound(f"link {link_id} not found")
+    recent = await session.scalars(select(Repair).where(Repair.link_id == link_id).order_by(Repair.id.desc()).limit(20))
+    return LinkHealthOut(
+        link_id=link.id, link_state=link.state, in_sync=link.in_sync, last_reconciled_at=link.last_reconciled_at,
+        reconciling=bool(link.round_id or link.reconcile_due),
+        lead=_side(link.lead_partner_id, link.lead_ticket_id, link.lead_health),
+        insourcing=_side(link.insourcing_partner_id, link.insourcing_ticket_id, link.insourcing_health),
+        repairs=RepairsOut(count=link.repairs, last_at=link.last_repair_at,
+                           recent=[RepairOut(what=r.what, at=r.at) for r in recent]),
+    )
+
+
+@router.post("/links/{link_id}/reconcile", status_code=202, response_model=ReconcileOut,
+             summary="Reconcile the link now: both partners are asked what they hold, and differences are repaired")
+async def reconcile_now(link_id: str, session: SessionDep):
+    link = await session.get(Link, link_id, with_for_update=True)
+    if link is None:
+        raise NotFound(f"link {link_id} not found")
+    return ReconcileOut(link_id=link.id, round_id=await start_round(session, link))
 
 
 @router.get("/dead-letters", response_model=list[DeadLetterOut], summary="Messages the bridge parked, newest first")

@@ -69,18 +69,21 @@ async def requested(session: AsyncSession, sender: str, link: Link | None, paylo
     target = payload.insourcing_partner_id
     if target not in partners or target == sender:
         raise Rejected(f"{sender} cannot outsource to {target!r}: not a partner this bridge serves")
-    session.add(Link(id=payload.link_id, state=workflow.REQUESTED, lead_partner_id=sender,
-                     lead_ticket_id=payload.lead_ticket_id, insourcing_partner_id=target, last_event_at=utcnow()))
-    send(session, target, WorkRequested(
+    request = WorkRequested(
         link_id=payload.link_id, lead_partner_id=sender, lead_partner_name=payload.lead_partner_name,
         lead_ticket_number=payload.lead_ticket_number, title=payload.title, description=payload.description,
         instructions=payload.instructions, terms=payload.terms,
-    ), payload.link_id)
+    )
+    session.add(Link(id=payload.link_id, state=workflow.REQUESTED, lead_partner_id=sender,
+                     lead_ticket_id=payload.lead_ticket_id, insourcing_partner_id=target, last_event_at=utcnow(),
+                     request=request.model_dump(mode="json")))
+    send(session, target, request, payload.link_id)
 
 
 async def canceled(session: AsyncSession, event: LinkEvent) -> None:
     event.require(from_lead=True)
     move(event)
+    event.link.outcome = "canceled"
     send(session, event.other_partner, WorkCanceled(link_id=event.link.id), event.link.id)
 
 
@@ -89,6 +92,7 @@ async def accepted(session: AsyncSession, event: LinkEvent) -> None:
     payload: InsourceAccepted = event.payload
     move(event)
     event.link.insourcing_ticket_id = payload.insourcing_ticket_id
+    event.link.insourcing_ticket_number = payload.insourcing_ticket_number
     send(session, event.other_partner,
          WorkAccepted(link_id=event.link.id, partner_ticket_number=payload.insourcing_ticket_number), event.link.id)
 
@@ -97,6 +101,7 @@ async def declined(session: AsyncSession, event: LinkEvent) -> None:
     event.require(from_lead=False)
     payload: InsourceDeclined = event.payload
     move(event)
+    event.link.outcome, event.link.reason = "declined", payload.reason
     send(session, event.other_partner, WorkDeclined(link_id=event.link.id, reason=payload.reason), event.link.id)
 
 
@@ -104,20 +109,25 @@ async def completion_requested(session: AsyncSession, event: LinkEvent) -> None:
     """Insource Complete: from here on, items of either side stay on their side."""
     event.require(from_lead=False)
     move(event)
-    send(session, event.other_partner, WorkWaitingApproval(link_id=event.link.id), event.link.id)
+    event.link.rounds += 1
+    send(session, event.other_partner, WorkWaitingApproval(link_id=event.link.id, round=event.link.rounds),
+         event.link.id)
 
 
 async def rejected(session: AsyncSession, event: LinkEvent) -> None:
     event.require(from_lead=True)
     payload: OutsourceRejected = event.payload
     move(event)
-    send(session, event.other_partner, WorkRejected(link_id=event.link.id, reason=payload.reason), event.link.id)
+    event.link.reason = payload.reason
+    send(session, event.other_partner,
+         WorkRejected(link_id=event.link.id, reason=payload.reason, round=event.link.rounds), event.link.id)
 
 
 async def completed(session: AsyncSession, event: LinkEvent) -> None:
     event.require(from_lead=True)
     payload: OutsourceCompleted = event.payload
     move(event)
+    event.link.outcome, event.link.approved = "completed", payload.approved
     send(session, event.other_partner, WorkCompleted(link_id=event.link.id, approved=payload.approved), event.link.id)
 
 

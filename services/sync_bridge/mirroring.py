@@ -17,14 +17,17 @@ from shared.contracts.messages import (
     ItemBody,
     ItemCreated,
     ItemDeleted,
+    ItemDelivered,
     ItemUnshared,
     ItemUpdated,
+    MirrorApplied,
     MirrorChunk,
     MirrorDelete,
     MirrorRefused,
     MirrorUpsert,
 )
 from shared.domain import workflow
+from shared.domain.tickets.rules import content_hash
 from shared.domain.tickets.schemas import (
     MAX_ATTACHMENT_BYTES,
     AttachmentFields,
@@ -77,7 +80,16 @@ def _upsert(link: Link, mapping: ItemMirror, from_lead: bool, payload: ItemBody)
         # The partner's notes must not reach the lead's customer.
         internal=(not from_lead) and mapping.kind == "note",
         chunk_count=payload.chunk_count,
+        source_version=payload.version,
+        source_hash=content_hash(payload.kind, payload.fields),
     )
+
+
+NOT_CROSSING = {
+    "pending": "the partner has not accepted the work yet",
+    "suspended": "synchronization was suspended (Insource Complete) when it reached the bridge",
+    "terminated": "the link had ended when it reached the bridge",
+}
 
 
 def _crosses(event: LinkEvent) -> bool:
@@ -106,7 +118,8 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
     check_fields(payload)
     link = event.link
     if not _crosses(event):
-        send(session, event.sender, ItemUnshared(link_id=link.id, item_id=payload.item_id), link.id)  # not shared
+        send(session, event.sender, ItemUnshared(link_id=link.id, item_id=payload.item_id,
+                                                 reason=NOT_CROSSING[link.state]), link.id)  # not shared
         return
     values = dict(
         link_id=link.id,
@@ -138,10 +151,17 @@ async def updated(session: AsyncSession, event: LinkEvent) -> None:
 
 
 async def deleted(session: AsyncSession, event: LinkEvent) -> None:
-    if _crosses(event) and (mapping := await _mapping_of_sender(session, event)):
+    payload: ItemDeleted = event.payload
+    if not _crosses(event):
+        return
+    if mapping := await _mapping_of_sender(session, event):
         mapping.deleted = True
-        send(session, event.other_partner, MirrorDelete(link_id=event.link.id, mirror_id=mapping.mirror_id),
-             event.link.id)
+        send(session, event.other_partner, MirrorDelete(link_id=event.link.id, mirror_id=mapping.mirror_id,
+                                                        source_version=payload.version), event.link.id)
+    else:
+        # No mirror exists on the other side, so the deletion has nothing left to do there.
+        send(session, event.sender, ItemDelivered(link_id=event.link.id, item_id=payload.item_id,
+                                                  version=payload.version), event.link.id)
 
 
 async def chunk(session: AsyncSession, event: LinkEvent) -> None:
@@ -165,7 +185,22 @@ async def refused(session: AsyncSession, event: LinkEvent) -> None:
     if mapping is None or mapping.source_partner_id == event.sender or mapping.deleted:
         return
     mapping.deleted = True
-    send(session, mapping.source_partner_id, ItemUnshared(link_id=link.id, item_id=mapping.source_item_id), link.id)
+    send(session, mapping.source_partner_id, ItemUnshared(
+        link_id=link.id, item_id=mapping.source_item_id,
+        reason="the partner had already suspended or ended synchronization when it arrived"), link.id)
+
+
+async def applied(session: AsyncSession, event: LinkEvent) -> None:
+    """A receipt: the other side committed the mirror; its creator is told which version arrived."""
+    payload: MirrorApplied = event.payload
+    link = event.link
+    mapping = await session.scalar(
+        select(ItemMirror).where(ItemMirror.link_id == link.id, ItemMirror.mirror_id == payload.mirror_id)
+    )
+    if mapping is None or mapping.source_partner_id == event.sender:
+        raise Rejected(f"{event.sender} holds no mirror {payload.mirror_id} on link {link.id}")
+    send(session, mapping.source_partner_id, ItemDelivered(
+        link_id=link.id, item_id=mapping.source_item_id, version=payload.source_version), link.id)
 
 
 HANDLERS = {
@@ -174,4 +209,5 @@ HANDLERS = {
     ItemDeleted: deleted,
     AttachmentChunk: chunk,
     MirrorRefused: refused,
+    MirrorApplied: applied,
 }

@@ -1,7 +1,9 @@
 """The bridge's own tables: the link registry."""
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import DateTime, Index, String, func
+from sqlalchemy import BigInteger, Boolean, DateTime, Identity, Index, Integer, String, Text, func, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.domain.schema import PLATFORM_TABLES, service_metadata
@@ -12,7 +14,11 @@ class Link(Base):
     """One lead ticket outsourced to one insourcing partner, and (once accepted) its insourced ticket."""
 
     __tablename__ = "links"
-    __table_args__ = (Index("ix_links_state", "state"),)
+    __table_args__ = (
+        Index("ix_links_state", "state"),
+        # The scheduler looks only at links with a round under way or due: idle links cost nothing.
+        Index("ix_links_reconciling", "id", postgresql_where=text("reconcile_due OR round_id IS NOT NULL")),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))  # pending | active | suspended | terminated
@@ -22,12 +28,31 @@ class Link(Base):
     insourcing_ticket_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the bridge decided, kept so that reconciliation can tell a side that missed it again.
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # the work request, as the partner gets it
+    insourcing_ticket_number: Mapped[str | None] = mapped_column(String(32))
+    rounds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # Insource Completes applied
+    outcome: Mapped[str | None] = mapped_column(String(16))  # canceled | declined | completed
+    approved: Mapped[bool | None] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text)  # the last decline or reject reason
+    # Reconciliation: the round under way, whether another is due, and what the last one found.
+    round_id: Mapped[str | None] = mapped_column(String(36))
+    round_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reconcile_due: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    last_reconciled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    in_sync: Mapped[bool | None] = mapped_column(Boolean)
+    repairs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_repair_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Each side's last manifest summary (receipt counts, last traffic), for the health view.
+    lead_health: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    insourcing_health: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class ItemMirror(Base):
     """The id mapping: an item on one ticket and its mirror on the other."""
 
     __tablename__ = "item_mirrors"
+    __table_args__ = (Index("ix_item_mirrors_mirror", "link_id", "mirror_id"),)
 
     link_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     source_item_id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -41,5 +66,32 @@ class ItemMirror(Base):
         return link.insourcing_partner_id if self.source_partner_id == link.lead_partner_id else link.lead_partner_id
 
 
+class ManifestPart(Base):
+    """A part of one side's answer to a reconciliation round, kept until the round is compared."""
+
+    __tablename__ = "manifest_parts"
+
+    round_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    side: Mapped[str] = mapped_column(String(100), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parts: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class Repair(Base):
+    """One difference reconciliation found and repaired."""
+
+    __tablename__ = "repairs"
+    __table_args__ = (Index("ix_repairs_link", "link_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    link_id: Mapped[str] = mapped_column(String(36))
+    round_id: Mapped[str] = mapped_column(String(36))
+    what: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 # What the bridge's migrations must build (tests/integration/test_schema.py).
-metadata = service_metadata(*PLATFORM_TABLES, Link.__table__, ItemMirror.__table__)
+metadata = service_metadata(
+    *PLATFORM_TABLES, Link.__table__, ItemMirror.__table__, ManifestPart.__table__, Repair.__table__
+)

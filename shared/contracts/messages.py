@@ -62,6 +62,7 @@ class ItemBody(Payload):
     kind: Literal["note", "time_entry", "charge", "attachment"]
     fields: dict[str, Any]
     chunk_count: int = 0  # attachments: how many attachment.chunk messages follow
+    version: int = Field(1, ge=1)  # the item's version on its creator's side; its receipt names it
 
 
 @contract
@@ -80,6 +81,7 @@ class ItemDeleted(Payload):
     link_id: str
     item_id: str
     kind: Literal["note", "time_entry", "charge", "attachment"]
+    version: int = Field(1, ge=1)  # the deletion is the item's last version
 
 
 @contract
@@ -141,6 +143,9 @@ class MirrorUpsert(Payload):
     fields: dict[str, Any]
     internal: bool = False
     chunk_count: int = 0
+    # What the mirror mirrors: the original's version and content hash (reconciliation compares them).
+    source_version: int = Field(1, ge=1)
+    source_hash: str = ""
 
 
 @contract
@@ -158,6 +163,7 @@ class MirrorDelete(Payload):
     type = "mirror.delete"
     link_id: str
     mirror_id: str
+    source_version: int = Field(1, ge=1)
 
 
 # --- completion (SPEC section 3, last four rows) -------------------------------------------------
@@ -200,6 +206,7 @@ class MirrorRefused(Payload):
 class WorkWaitingApproval(Payload):
     type = "link.waiting_approval"
     link_id: str
+    round: int = Field(1, ge=1)  # the how-manieth Insource Complete of the link (a resent one applies once)
 
 
 @contract
@@ -207,6 +214,7 @@ class WorkRejected(Payload):
     type = "link.rejected"
     link_id: str
     reason: str
+    round: int = Field(1, ge=1)  # the Insource Complete it rejects
 
 
 @contract
@@ -223,3 +231,121 @@ class ItemUnshared(Payload):
     type = "item.unshared"
     link_id: str
     item_id: str
+    reason: str = "synchronization was suspended or over when it arrived"
+
+
+# --- delivery receipts and reconciliation (SPEC section 9) ---------------------------------------
+
+
+@contract
+class MirrorApplied(Payload):
+    """Partner -> bridge: this side committed the mirror of that version (or its deletion)."""
+
+    type = "mirror.applied"
+    link_id: str
+    mirror_id: str
+    source_version: int = Field(ge=1)
+
+
+@contract
+class ItemDelivered(Payload):
+    """Bridge -> the item's creator: the other side holds that version of the item."""
+
+    type = "item.delivered"
+    link_id: str
+    item_id: str
+    version: int = Field(ge=1)
+
+
+@contract
+class ReconcileRequested(Payload):
+    """Partner -> bridge: something of this link is unconfirmed (or the broker lost data)."""
+
+    type = "sync.reconcile_requested"
+    link_id: str
+    reason: str
+
+
+@contract
+class ManifestRequested(Payload):
+    """Bridge -> partner: describe what you hold of this link (answered after everything before it)."""
+
+    type = "sync.manifest_requested"
+    link_id: str
+    round_id: str
+
+
+class ManifestItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: str
+    version: int
+    hash: str
+    delivery: str | None = None
+
+
+class ManifestMirror(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mirror_id: str
+    source_version: int
+    source_hash: str
+
+
+class SideStatus(BaseModel):
+    """A partner's own view of the link's workflow."""
+
+    model_config = ConfigDict(extra="forbid")
+    known: bool = True  # False: this side has never heard of the link
+    status: str | None = None  # its Outsource Status or Insource Status
+    rounds: int = 0  # how many Insource Completes it has seen (lead) or asked for (insourcing)
+    reason: str | None = None  # its last reject or decline reason
+    approved: bool | None = None  # lead, Complete: approved (True) or set Complete (False)
+    ticket_id: str | None = None  # insourcing: its ticket, once accepted
+    ticket_number: str | None = None
+
+
+class SideHealth(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pending: int = 0
+    delivered: int = 0
+    refused: int = 0
+    oldest_pending_at: str | None = None
+    last_sent_at: str | None = None
+    last_received_at: str | None = None
+
+
+MANIFEST_PART = 2_000  # entries per manifest message, well under Kafka's 1 MiB
+
+
+@contract
+class Manifest(Payload):
+    """Partner -> bridge: one part of what this side holds of the link's shared set."""
+
+    type = "sync.manifest"
+    link_id: str
+    round_id: str
+    part: int = Field(ge=0)
+    parts: int = Field(ge=1)
+    side: SideStatus
+    health: SideHealth
+    items: list[ManifestItem] = Field(default_factory=list, max_length=MANIFEST_PART)
+    mirrors: list[ManifestMirror] = Field(default_factory=list, max_length=MANIFEST_PART)
+
+
+@contract
+class ResendRequested(Payload):
+    """Bridge -> an item's creator: send these items again (the other side lacks them or holds an old version)."""
+
+    type = "sync.resend_requested"
+    link_id: str
+    item_ids: list[str] = Field(max_length=MANIFEST_PART)
+
+
+@contract
+class Reconciled(Payload):
+    """Bridge -> both partners: a reconciliation of the link ended."""
+
+    type = "sync.reconciled"
+    link_id: str
+    round_id: str
+    in_sync: bool
+    repairs: int

@@ -11,21 +11,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.contracts.messages import (
-    CHUNK_BYTES,
-    AttachmentChunk,
     ItemCreated,
     ItemDeleted,
     ItemUnshared,
     ItemUpdated,
+    MirrorApplied,
     MirrorChunk,
     MirrorDelete,
     MirrorRefused,
     MirrorUpsert,
+    SideStatus,
 )
+from shared.domain.partner_sync import ItemDeletion, PartnerSync, emit_item
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem
-from shared.domain.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
+from shared.domain.tickets.rules import Delivery, ItemFacts, ItemKind, Lock, Origin, item_editable
 from shared.domain.workflow import InsourceStatus, OutsourceStatus, synchronizing
-from shared.platform.db import Base
+from shared.platform.db import Base, utcnow
 from shared.platform.inbox import Rejected
 from shared.platform.outbox import Publisher
 
@@ -50,12 +51,24 @@ class LinkView:
 
 class LinkDirectory(Protocol):
     """Each partner keeps its links its own way (outsourcings on the lead, received work on the
-    insourcing side); mirroring needs only these two look-ups."""
+    insourcing side); mirroring and reconciliation need only these look-ups."""
 
     async def link_for_ticket(self, session: AsyncSession, ticket_id: str) -> LinkView | None: ...
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         """The ticket `link_id` links, its row locked (the order every writer of a ticket uses)."""
+        ...
+
+    async def ticket_of(self, session: AsyncSession, link_id: str) -> str | None:
+        """The ticket `link_id` links, without locking it (null before acceptance)."""
+        ...
+
+    async def side_status(self, session: AsyncSession, link_id: str) -> SideStatus:
+        """This side's view of the link's workflow, for reconciliation."""
+        ...
+
+    async def open_links(self, session: AsyncSession) -> list[str]:
+        """The links whose workflow is not finished here."""
         ...
 
 
@@ -69,6 +82,8 @@ class IncomingAttachment(Base):
     fields: Mapped[dict[str, Any]] = mapped_column(JSONB)
     internal: Mapped[bool] = mapped_column(Boolean)
     chunk_count: Mapped[int] = mapped_column(Integer)
+    source_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    source_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class IncomingChunk(Base):
@@ -86,6 +101,7 @@ class MirroringPolicy:
     def __init__(self, links: LinkDirectory, partner_id: str, outbound_topic: str):
         self.links = links
         self.publisher = Publisher(outbound_topic, partner_id)
+        self.sync = PartnerSync(links, self.publisher)
 
     async def link_of(self, session: AsyncSession, ticket: Ticket) -> dict[str, Any] | None:
         link = await self.links.link_for_ticket(session, ticket.id)
@@ -99,6 +115,8 @@ class MirroringPolicy:
     async def item_written(
         self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str, content: bytes | None = None
     ) -> None:
+        if action != "created":
+            item.version = (item.version or 1) + 1
         if item.origin != Origin.LOCAL or item.internal:
             return  # internal items never leave; mirrors and system notes are never mirrored back
         if action != "created" and not item.shared:
@@ -106,29 +124,18 @@ class MirroringPolicy:
         link = await self.links.link_for_ticket(session, ticket.id)
         if link is None or not synchronizing(link.status):
             return
+        await self.sync.item_sent(session, link.link_id)
         if action == "deleted":
-            self.publisher.emit(session, ItemDeleted(link_id=link.link_id, item_id=item.id, kind=item.kind), link.link_id)
+            # Remembered until the other side confirms the mirror is gone.
+            session.add(ItemDeletion(item_id=item.id, ticket_id=ticket.id, link_id=link.link_id, kind=item.kind,
+                                     version=item.version, delivery_status=Delivery.PENDING, delivery_at=utcnow()))
+            self.publisher.emit(session, ItemDeleted(link_id=link.link_id, item_id=item.id, kind=item.kind,
+                                                     version=item.version), link.link_id)
             return
-        chunks: list[bytes] = []
-        if action == "created":
-            item.shared = True
-            if item.kind == ItemKind.ATTACHMENT:
-                content = content or b""
-                chunks = [content[i : i + CHUNK_BYTES] for i in range(0, len(content), CHUNK_BYTES)] or [b""]
-        model = ItemCreated if action == "created" else ItemUpdated
-        self.publisher.emit(
-            session,
-            model(link_id=link.link_id, item_id=item.id, kind=item.kind, fields=item.fields, chunk_count=len(chunks)),
-            link.link_id,
-        )
-        for index, chunk in enumerate(chunks):
-            data = base64.b64encode(chunk).decode()
-            self.publisher.emit(
-                session,
-                AttachmentChunk(link_id=link.link_id, item_id=item.id, index=index, count=len(chunks), data=data),
-                link.link_id,
-            )
-
+        item.shared = True
+        item.delivery_status, item.delivery_at, item.delivery_reason = Delivery.PENDING, utcnow(), None
+        emit_item(self.publisher, session, link.link_id, item, ItemCreated if action == "created" else ItemUpdated,
+                  content)
 
     # --- the inbound half: what the bridge sends about the other ticket ---------------------------
 
@@ -138,9 +145,7 @@ class MirroringPolicy:
         if ticket_id is None:
             raise Rejected(f"no ticket is linked by {payload.link_id}")
         if isinstance(payload, ItemUnshared):
-            item = await session.get(TicketItem, payload.item_id)
-            if item is not None and item.ticket_id == ticket_id and item.origin == Origin.LOCAL:
-                item.shared = False
+            await self.sync.on_unshared(session, ticket_id, payload)
             return
         link = await self.links.link_for_ticket(session, ticket_id)
         # Only the ticket's current link synchronizes (an older link of the same ticket never does).
@@ -148,7 +153,7 @@ class MirroringPolicy:
         if isinstance(payload, MirrorChunk):
             # The rest of an attachment already being received completes, whatever happened since.
             if await _staged(session, ticket_id, payload.mirror_id) is not None:
-                await _chunk(session, payload)
+                await self._applied(session, payload.link_id, await _chunk(session, payload))
             return
         if not current:
             # This side suspended or ended synchronization before the item arrived: its own order
@@ -162,13 +167,21 @@ class MirroringPolicy:
                 self.publisher.emit(session, MirrorRefused(link_id=payload.link_id, mirror_id=payload.mirror_id), payload.link_id)
             return
         if isinstance(payload, MirrorUpsert):
-            await _upsert(session, ticket_id, payload)
+            await self._applied(session, payload.link_id, await _upsert(session, ticket_id, payload))
         elif isinstance(payload, MirrorDelete):
             item = await session.get(TicketItem, payload.mirror_id)
             if item is not None and item.ticket_id == ticket_id and item.origin == Origin.PARTNER:
                 await session.delete(item)
             await session.execute(delete(IncomingAttachment).where(IncomingAttachment.mirror_id == payload.mirror_id))
             await session.execute(delete(IncomingChunk).where(IncomingChunk.mirror_id == payload.mirror_id))
+            await self._applied(session, payload.link_id, (payload.mirror_id, payload.source_version))
+
+    async def _applied(self, session: AsyncSession, link_id: str, done: tuple[str, int] | None) -> None:
+        """The receipt: this side committed the mirror (of that version of the original)."""
+        if done is not None:
+            mirror_id, version = done
+            self.publisher.emit(session, MirrorApplied(link_id=link_id, mirror_id=mirror_id, source_version=version),
+                                link_id)
 
 
 MIRROR_MESSAGES = (MirrorUpsert, MirrorChunk, MirrorDelete, ItemUnshared)
@@ -210,24 +223,30 @@ async def _staged(session: AsyncSession, ticket_id: str, mirror_id: str) -> Inco
     )
 
 
-async def _upsert(session: AsyncSession, ticket_id: str, payload: MirrorUpsert) -> None:
+async def _upsert(session: AsyncSession, ticket_id: str, payload: MirrorUpsert) -> tuple[str, int] | None:
+    """Store the mirror; (mirror id, version) once it is complete (an attachment: once all its bytes are in)."""
+    done = (payload.mirror_id, payload.source_version)
     if payload.kind != ItemKind.ATTACHMENT:
         # A new mirror in one round trip; an update (or a redelivered create) takes the path below.
         created = await session.scalar(
             insert(TicketItem)
             .values(id=payload.mirror_id, ticket_id=ticket_id, kind=payload.kind, origin=Origin.PARTNER,
-                    internal=payload.internal, shared=True, fields=payload.fields)
+                    internal=payload.internal, shared=True, fields=payload.fields,
+                    source_version=payload.source_version, source_hash=payload.source_hash)
             .on_conflict_do_nothing(index_elements=[TicketItem.id])
             .returning(TicketItem.id)
         )
         if created is not None:
-            return
+            return done
     item = await session.get(TicketItem, payload.mirror_id)
     if item is not None:
         if item.ticket_id != ticket_id or item.origin != Origin.PARTNER:
             raise Rejected(f"item {payload.mirror_id} is not a mirror on ticket {ticket_id}")
+        if (item.source_version or 1) > payload.source_version:
+            return None  # an older version sent again after a newer one: the mirror keeps the newer
         item.fields = {**item.fields, **payload.fields}
-        return
+        item.source_version, item.source_hash = payload.source_version, payload.source_hash
+        return done
     # A new attachment: it becomes an item once all its chunks are in.
     await session.execute(
         insert(IncomingAttachment)
@@ -237,28 +256,30 @@ async def _upsert(session: AsyncSession, ticket_id: str, payload: MirrorUpsert) 
             fields=payload.fields,
             internal=payload.internal,
             chunk_count=payload.chunk_count,
+            source_version=payload.source_version,
+            source_hash=payload.source_hash,
         )
         .on_conflict_do_nothing()
     )
-    await _assemble_if_complete(session, payload.mirror_id)
+    return await _assemble_if_complete(session, payload.mirror_id)
 
 
-async def _chunk(session: AsyncSession, payload: MirrorChunk) -> None:
+async def _chunk(session: AsyncSession, payload: MirrorChunk) -> tuple[str, int] | None:
     await session.execute(
         insert(IncomingChunk)
         .values(mirror_id=payload.mirror_id, index=payload.index, data=base64.b64decode(payload.data))
         .on_conflict_do_nothing()
     )
-    await _assemble_if_complete(session, payload.mirror_id)
+    return await _assemble_if_complete(session, payload.mirror_id)
 
 
-async def _assemble_if_complete(session: AsyncSession, mirror_id: str) -> None:
+async def _assemble_if_complete(session: AsyncSession, mirror_id: str) -> tuple[str, int] | None:
     staged = await session.get(IncomingAttachment, mirror_id)
     if staged is None:
-        return
+        return None
     have = await session.scalar(select(func.count()).where(IncomingChunk.mirror_id == mirror_id))
     if have < staged.chunk_count:
-        return
+        return None
     parts = await session.scalars(select(IncomingChunk.data).where(IncomingChunk.mirror_id == mirror_id).order_by(IncomingChunk.index))
     content = b"".join(parts.all())
     if hashlib.sha256(content).hexdigest() != staged.fields.get("sha256") or len(content) != staged.fields.get("size"):
@@ -272,9 +293,12 @@ async def _assemble_if_complete(session: AsyncSession, mirror_id: str) -> None:
             internal=staged.internal,
             shared=True,
             fields=staged.fields,
+            source_version=staged.source_version,
+            source_hash=staged.source_hash,
         )
     )
     await session.flush()
     session.add(AttachmentContent(item_id=mirror_id, content=content))
     await session.execute(delete(IncomingChunk).where(IncomingChunk.mirror_id == mirror_id))
     await session.delete(staged)
+    return mirror_id, staged.source_version

@@ -3,18 +3,22 @@ outbox, inbox, dead letters) in every service; the ticket core, incoming mirrors
 in both partners. A service's models module adds its own tables; its Alembic environment compares
 with the result, and tests/integration/test_schema.py checks the migrations build exactly that."""
 from shared.domain.partner_mirroring import IncomingAttachment, IncomingChunk
+from shared.domain.partner_sync import ItemDeletion, LinkSync
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter
 from shared.platform.auth import ApiToken
 from shared.platform.db import service_metadata
-from shared.platform.inbox import DeadLetter, InboxRecord
+from shared.platform.inbox import DeadLetter, InboxRecord, StreamPosition
 from shared.platform.notifications import Notification
 from shared.platform.outbox import OutboxMessage
 
-PLATFORM_TABLES = [ApiToken.__table__, OutboxMessage.__table__, InboxRecord.__table__, DeadLetter.__table__]
+PLATFORM_TABLES = [
+    ApiToken.__table__, OutboxMessage.__table__, InboxRecord.__table__, DeadLetter.__table__, StreamPosition.__table__,
+]
 PARTNER_TABLES = [
     *PLATFORM_TABLES,
     Ticket.__table__, TicketNumberCounter.__table__, TicketItem.__table__, AttachmentContent.__table__,
     IncomingAttachment.__table__, IncomingChunk.__table__, Notification.__table__,
+    ItemDeletion.__table__, LinkSync.__table__,
 ]
 
 __all__ = ["PARTNER_TABLES", "PLATFORM_TABLES", "service_metadata"]

@@ -21,6 +21,8 @@ class CommonSettings(BaseSettings):
     smtp_host: str = Field("127.0.0.1", validation_alias="SMTP_HOST")
     smtp_port: int = Field(8025, validation_alias="SMTP_PORT")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    # How often unconfirmed links are reconciled (SPEC section 9).
+    reconcile_interval_s: float = Field(30.0, gt=0, validation_alias="RECONCILE_INTERVAL_S")
     host: str = "127.0.0.1"
 
     def key_ring(self, text: str | None, field: str) -> KeyRing:

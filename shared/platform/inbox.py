@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -70,6 +70,17 @@ class DeadLetter(Base):
     resolution: Mapped[str | None] = mapped_column(Text)
 
 
+class StreamPosition(Base):
+    """How far this service has read each partition: a fetch that starts elsewhere means the broker
+    lost data (a topic recreated, committed offsets gone, records expired unread)."""
+
+    __tablename__ = "stream_positions"
+
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+
+
 # (session, envelope, payload, topic it came from): the topic is the sender's identity, the
 # envelope's `source` only a claim.
 Handler = Callable[[AsyncSession, Envelope, Payload, str], Awaitable[None]]
@@ -83,16 +94,20 @@ class InboxConsumer:
         handler: Handler,
         name: str,
         signatures: Signatures,
+        on_data_loss: Callable[[str], None] | None = None,
     ):
         self._sessions = sessions
         self._consumer_factory = consumer_factory
         self._handler = handler
         self._name = name
         self._signatures = signatures
+        self._on_data_loss = on_data_loss
+        self._expected: dict[TopicPartition, int] = {}  # the next offset each partition should deliver
         self.consumer: AIOKafkaConsumer | None = None
         self.applied_total = 0
         self.duplicates_total = 0
         self.parked_total = 0
+        self.data_losses_total = 0
 
     async def run(self) -> None:
         delay = 0.5
@@ -122,15 +137,52 @@ class InboxConsumer:
         # a commit is a broker round trip on the hot path, and the inbox makes any replay harmless.
         done: dict = {}
         last_commit = time.monotonic()
+        self._expected = await self._load_positions()
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
             for tp, records in batches.items():
+                self._check_continuity(tp, records[0].offset)
                 for record in records:
                     await self.handle(record)
                 done[tp] = records[-1].offset + 1
+                self._expected[tp] = done[tp]
+            if not batches:
+                for tp in consumer.assignment():
+                    highwater = consumer.highwater(tp)
+                    if highwater is not None and highwater < self._expected.get(tp, 0):
+                        self._lost(tp, f"its end is at offset {highwater}, before offset {self._expected[tp]} already read")
+                        self._expected[tp] = highwater
             if done and (not batches or time.monotonic() - last_commit > COMMIT_EVERY):
                 await consumer.commit(done)
+                await self._save_positions(done)
                 done, last_commit = {}, time.monotonic()
+
+    def _check_continuity(self, tp: TopicPartition, first: int) -> None:
+        expected = self._expected.get(tp)
+        if expected is not None and first != expected:
+            how = "went back" if first < expected else "skipped ahead"
+            self._lost(tp, f"the next record is at offset {first}, expected {expected} (offsets {how})")
+
+    def _lost(self, tp: TopicPartition, detail: str) -> None:
+        self.data_losses_total += 1
+        log.warning("%s: the broker lost data on %s[%d]: %s", self._name, tp.topic, tp.partition, detail)
+        if self._on_data_loss is not None:
+            self._on_data_loss(tp.topic)
+
+    async def _load_positions(self) -> dict[TopicPartition, int]:
+        async with self._sessions() as session:
+            rows = await session.execute(select(StreamPosition.topic, StreamPosition.partition, StreamPosition.next_offset))
+            return {TopicPartition(topic, partition): offset for topic, partition, offset in rows}
+
+    async def _save_positions(self, done: dict[TopicPartition, int]) -> None:
+        async with self._sessions() as session, session.begin():
+            for tp, offset in done.items():
+                await session.execute(
+                    insert(StreamPosition)
+                    .values(topic=tp.topic, partition=tp.partition, next_offset=offset)
+                    .on_conflict_do_update(index_elements=[StreamPosition.topic, StreamPosition.partition],
+                                           set_={"next_offset": offset})
+                )
 
     async def handle(self, record: ConsumerRecord) -> None:
         try:

@@ -115,6 +115,65 @@ def drop_dead_letter_handling(op) -> None:
         op.drop_column("dead_letters", column)
 
 
+def create_stream_positions(op) -> None:
+    op.create_table(
+        "stream_positions",
+        sa.Column("topic", sa.String(255), primary_key=True),
+        sa.Column("partition", sa.Integer, primary_key=True),
+        sa.Column("next_offset", sa.BigInteger, nullable=False),
+    )
+
+
+def add_partner_sync_tables(op) -> None:
+    """Delivery receipts, item versions, mirrors' sources, deletion tombstones and link health."""
+    for column in (
+        sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+        sa.Column("delivery_status", sa.String(10)),
+        sa.Column("delivery_at", sa.DateTime(timezone=True)),
+        sa.Column("delivery_reason", sa.Text),
+        sa.Column("source_version", sa.Integer),
+        sa.Column("source_hash", sa.String(64)),
+    ):
+        op.add_column("ticket_items", column)
+    op.create_index("ix_ticket_items_pending", "ticket_items", ["ticket_id"],
+                    postgresql_where=sa.text("delivery_status = 'pending'"))
+    op.add_column("incoming_attachments", sa.Column("source_version", sa.Integer, nullable=False, server_default="1"))
+    op.add_column("incoming_attachments", sa.Column("source_hash", sa.String(64)))
+    op.create_table(
+        "item_deletions",
+        sa.Column("item_id", sa.String(36), primary_key=True),
+        sa.Column("ticket_id", sa.String(36), nullable=False),
+        sa.Column("link_id", sa.String(36), nullable=False),
+        sa.Column("kind", sa.String(20), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("delivery_status", sa.String(10), nullable=False),
+        sa.Column("delivery_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_item_deletions_ticket_id", "item_deletions", ["ticket_id"])
+    op.create_table(
+        "link_sync",
+        sa.Column("link_id", sa.String(36), primary_key=True),
+        *(sa.Column(name, sa.DateTime(timezone=True)) for name in (
+            "last_sent_at", "last_received_at", "changed_at", "confirmed_through", "manifest_as_of", "pending_since",
+            "last_reconciled_at")),
+        sa.Column("in_sync", sa.Boolean),
+        sa.Column("requested_at", sa.DateTime(timezone=True)),
+        sa.Column("request_reason", sa.Text),
+    )
+    create_stream_positions(op)
+
+
+def drop_partner_sync_tables(op) -> None:
+    op.drop_table("stream_positions")
+    op.drop_table("link_sync")
+    op.drop_table("item_deletions")
+    op.drop_column("incoming_attachments", "source_hash")
+    op.drop_column("incoming_attachments", "source_version")
+    op.drop_index("ix_ticket_items_pending", "ticket_items")
+    for column in ("source_hash", "source_version", "delivery_reason", "delivery_at", "delivery_status", "version"):
+        op.drop_column("ticket_items", column)
+
+
 def create_ticket_tables(op) -> None:
     """The ticket core both partner services have."""
     op.create_table(

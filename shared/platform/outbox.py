@@ -112,6 +112,7 @@ class OutboxRelay:
         signatures: Signatures,
         batch_size: int = 200,
         after_publish: Callable[[list[int]], Awaitable[None]] | None = None,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ):
         self._sessions = sessions
         self._dsn = asyncpg_dsn(database_url)
@@ -122,6 +123,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         # A test hook: runs between the broker's acknowledgement and the marking of the rows.
         self._after_publish = after_publish
+        self._prepare = prepare  # run before each (re)start of the producer, e.g. making missing topics
         self.is_leader = False
         self.published_total = 0
 
@@ -147,6 +149,8 @@ class OutboxRelay:
             self.is_leader = True
             await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
             conn.add_termination_listener(lambda *_: self._wake.set())
+            if self._prepare is not None:
+                await self._prepare()
             producer = self._producer_factory()
             await producer.start()
             log.info("outbox relay is the leader (lock %s)", self._lock_key)

@@ -36,6 +36,9 @@ class ServiceSpec:
     state: dict[str, Any] = field(default_factory=dict)  # extra app.state values (e.g. the sync policy)
     max_body_bytes: int = 1024 * 1024  # a request body over this is refused (413) before it is read
     background: list[Callable[[FastAPI], Awaitable[None]]] = field(default_factory=list)
+    # Told (with the topic) when a consumer sees the broker lost data: reconciliation starts at once.
+    on_data_loss: Callable[[str], None] | None = None
+    metrics: Callable[[Any], None] | None = None  # adds the service's own gauges to its registry
 
 
 def _lock_key(name: str) -> int:
@@ -67,6 +70,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             lambda: make_producer(access, app.state.broker),
             lock_key=_lock_key(spec.name),
             signatures=spec.signatures,
+            # Topics lost with a broker's data, or deleted, are made again before publishing.
+            prepare=lambda: ensure_topics(access, spec.topics_to_create, settings.kafka_topic_partitions),
         )
         consumer = InboxConsumer(
             sessions,
@@ -80,6 +85,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             spec.handler,
             name=spec.name,
             signatures=spec.signatures,
+            on_data_loss=spec.on_data_loss,
         )
         app.state.relay = relay
         app.state.consumer = consumer
@@ -127,6 +133,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         [lambda: database_check(app.state.engine)(), kafka_check(settings.kafka_bootstrap_servers)],
         spec.max_body_bytes,
     )
+    if spec.metrics is not None:
+        spec.metrics(app.state.metrics_registry)
     return app
 
 

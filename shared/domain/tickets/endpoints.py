@@ -40,6 +40,10 @@ def item_out(policy: service.SyncPolicy, item: TicketItem) -> dict[str, Any]:
         "internal": item.internal,
         "shared": item.shared,
         "editable": policy.editable(item),
+        "delivery": (
+            {"status": item.delivery_status, "at": item.delivery_at, "reason": item.delivery_reason}
+            if item.delivery_status else None
+        ),
         "created_at": item.created_at,
         "updated_at": item.updated_at,
     }

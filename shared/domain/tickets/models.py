@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -51,7 +52,11 @@ class TicketNumberCounter(Base):
 
 class TicketItem(Base):
     __tablename__ = "ticket_items"
-    __table_args__ = (Index("ix_ticket_items_ticket_id_kind", "ticket_id", "kind", "seq"),)  # a ticket's items of a kind, in order
+    __table_args__ = (
+        Index("ix_ticket_items_ticket_id_kind", "ticket_id", "kind", "seq"),  # a ticket's items of a kind, in order
+        # What waits for a receipt, for the health view and its metrics.
+        Index("ix_ticket_items_pending", "ticket_id", postgresql_where=text("delivery_status = 'pending'")),
+    )
     __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -67,6 +72,15 @@ class TicketItem(Base):
     # A partner's item the lead may now edit: set when the outsourcing completes.
     released: Mapped[bool] = mapped_column(Boolean, default=False)
     fields: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # Every edit makes a new version; a receipt and reconciliation name the version they confirm.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # On the creator's side of a shared item: pending | delivered | refused (null: never sent).
+    delivery_status: Mapped[str | None] = mapped_column(String(10))
+    delivery_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivery_reason: Mapped[str | None] = mapped_column(Text)
+    # On a mirror: the version and content hash of the original it mirrors.
+    source_version: Mapped[int | None] = mapped_column(Integer)
+    source_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())
 

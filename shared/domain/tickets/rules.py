@@ -1,6 +1,9 @@
 """Pure rules of the ticket core: which statuses exist, and may an item be edited now. No I/O."""
 import enum
+import hashlib
+import json
 from dataclasses import dataclass
+from typing import Any
 
 
 class TicketStatus(enum.StrEnum):
@@ -50,3 +53,18 @@ def item_editable(item: ItemFacts) -> bool:
     if item.origin == Origin.LOCAL:
         return True
     return item.origin == Origin.PARTNER and item.released and item.kind != ItemKind.TIME_ENTRY
+
+
+class Delivery(enum.StrEnum):
+    """Where a shared item stands on its creator's side (SPEC section 9)."""
+
+    PENDING = "pending"  # sent; the other side has not confirmed this version yet
+    DELIVERED = "delivered"  # the other side committed the mirror of this version
+    REFUSED = "refused"  # the bridge or the other side would not take it (the reason says why)
+
+
+def content_hash(kind: str, fields: dict[str, Any]) -> str:
+    """The hash of an item's content as its creator holds it; the bridge stamps it on the mirror,
+    and reconciliation compares the two (an attachment's fields carry the sha256 of its bytes)."""
+    canonical = json.dumps({"kind": kind, "fields": fields}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()

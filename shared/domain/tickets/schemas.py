@@ -1,7 +1,7 @@
 """HTTP request and response bodies of the ticket core, with the limits of SPEC section 5."""
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
@@ -118,6 +118,14 @@ class AttachmentUpdate(Strict):
 # --- items: what a client reads ------------------------------------------------------------------
 
 
+class DeliveryOut(BaseModel):
+    """On the creator's side of a shared item: has the other partner got its latest version?"""
+
+    status: Literal["pending", "delivered", "refused"]
+    at: datetime
+    reason: str | None = Field(None, description="why the bridge or the other partner refused it")
+
+
 class ItemOut(BaseModel):
     id: str
     ticket_id: str
@@ -125,6 +133,9 @@ class ItemOut(BaseModel):
     internal: bool
     shared: bool
     editable: bool
+    delivery: DeliveryOut | None = Field(
+        description="the delivery receipt of a shared item on its creator's side; null for items never sent"
+    )
     created_at: datetime
     updated_at: datetime
 

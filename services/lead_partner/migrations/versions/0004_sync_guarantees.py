@@ -1,0 +1,26 @@
+"""delivery receipts, reconciliation and sync health
+
+Revision ID: 0004
+Revises: 0003
+"""
+import sqlalchemy as sa
+from alembic import op
+
+from shared.platform.migrations import add_partner_sync_tables, drop_partner_sync_tables
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    add_partner_sync_tables(op)
+    op.add_column("outsourcings", sa.Column("rounds", sa.Integer, nullable=False, server_default="0"))
+    op.add_column("outsourcings", sa.Column("approved", sa.Boolean))
+
+
+def downgrade() -> None:
+    op.drop_column("outsourcings", "approved")
+    op.drop_column("outsourcings", "rounds")
+    drop_partner_sync_tables(op)

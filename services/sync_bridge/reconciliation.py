@@ -1,0 +1,311 @@
+"""Reconciliation (SPEC section 9): the bridge asks both partners what they hold of a link, compares
+the two answers with its own record, and repairs every difference by sending again what one side
+missed. A partner answers only after everything the bridge sent it before the question, and the
+bridge has read everything a partner sent before its answer (one ordered stream per link), so a
+difference is a lost message, not one still on its way; at worst a repair repeats a message, which
+the receiving side applies once."""
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.sync_bridge import links
+from services.sync_bridge.links import LinkEvent, send
+from services.sync_bridge.mirroring import NOT_CROSSING
+from services.sync_bridge.models import ItemMirror, Link, ManifestPart, Repair
+from shared.contracts.envelope import Payload
+from shared.contracts.messages import (
+    MANIFEST_PART,
+    InsourceAccepted,
+    InsourceCompletionRequested,
+    InsourceDeclined,
+    ItemDelivered,
+    ItemUnshared,
+    Manifest,
+    ManifestItem,
+    ManifestMirror,
+    ManifestRequested,
+    MirrorDelete,
+    OutsourceCanceled,
+    OutsourceCompleted,
+    OutsourceRejected,
+    Reconciled,
+    ReconcileRequested,
+    ResendRequested,
+    SideHealth,
+    SideStatus,
+    WorkAccepted,
+    WorkCanceled,
+    WorkCompleted,
+    WorkDeclined,
+    WorkRejected,
+    WorkRequested,
+    WorkWaitingApproval,
+)
+from shared.domain import workflow
+from shared.domain.workflow import InsourceStatus as I
+from shared.domain.workflow import LinkState as L
+from shared.domain.workflow import OutsourceStatus as O
+from shared.platform.db import utcnow
+from shared.platform.messagebus import Ignored
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SideView:
+    """One partner's whole answer to a round."""
+
+    partner_id: str
+    side: SideStatus
+    health: SideHealth
+    items: list[ManifestItem]
+    mirrors: list[ManifestMirror]
+
+
+# --- the workflow: what a side decided that the bridge missed, and what a side missed -------------
+
+
+def missed_decision(link: Link, lead: SideStatus, ins: SideStatus) -> Payload | None:
+    """The first partner decision the bridge never read (its message was lost), as that message."""
+    state = L(link.state)
+    if lead.status == O.COMPLETE and state in (L.ACTIVE, L.SUSPENDED):
+        return OutsourceCompleted(link_id=link.id, approved=bool(lead.approved))
+    if lead.status == O.CANCELED and state == L.PENDING:
+        return OutsourceCanceled(link_id=link.id)
+    if ins.known and state == L.PENDING:
+        if ins.status == I.DECLINED:
+            return InsourceDeclined(link_id=link.id, reason=ins.reason or "(the reason was lost)")
+        if ins.ticket_id:
+            return InsourceAccepted(link_id=link.id, insourcing_ticket_id=ins.ticket_id,
+                                    insourcing_ticket_number=ins.ticket_number or "")
+    if state == L.ACTIVE and ins.status == I.WAITING_APPROVAL and ins.rounds > link.rounds:
+        return InsourceCompletionRequested(link_id=link.id)
+    if state == L.SUSPENDED and lead.status == O.IN_PROGRESS and lead.rounds == link.rounds:
+        return OutsourceRejected(link_id=link.id, reason=lead.reason or "(the reason was lost)")
+    return None
+
+
+def missed_events(link: Link, lead: SideStatus, ins: SideStatus) -> list[tuple[str, Payload]]:
+    """What the bridge told a side that the side never got, as (partner, message) to send again."""
+    state, out = L(link.state), []
+    lead_open = lead.known and lead.status not in workflow.FINISHED_OUTSOURCE
+    ins_open = ins.known and ins.status not in workflow.FINISHED_INSOURCE
+    if state == L.PENDING and not ins.known and link.request:
+        out.append((link.insourcing_partner_id, WorkRequested.model_validate(link.request)))
+    if link.outcome == "canceled" and ins_open:
+        out.append((link.insourcing_partner_id, WorkCanceled(link_id=link.id)))
+    if link.outcome == "declined" and lead.status == O.ASSIGNED:
+        out.append((link.lead_partner_id, WorkDeclined(link_id=link.id, reason=link.reason or "")))
+    if link.insourcing_ticket_id and lead.status == O.ASSIGNED:
+        out.append((link.lead_partner_id,
+                    WorkAccepted(link_id=link.id, partner_ticket_number=link.insourcing_ticket_number or "")))
+    if state == L.SUSPENDED and lead_open and lead.rounds < link.rounds:
+        out.append((link.lead_partner_id, WorkWaitingApproval(link_id=link.id, round=link.rounds)))
+    if state == L.ACTIVE and link.rounds and ins.status == I.WAITING_APPROVAL and ins.rounds == link.rounds:
+        out.append((link.insourcing_partner_id,
+                    WorkRejected(link_id=link.id, reason=link.reason or "", round=link.rounds)))
+    if link.outcome == "completed" and ins_open and ins.ticket_id:
+        out.append((link.insourcing_partner_id, WorkCompleted(link_id=link.id, approved=bool(link.approved))))
+    return out
+
+
+# --- rounds ---------------------------------------------------------------------------------------
+
+
+async def start_round(session: AsyncSession, link: Link) -> str:
+    """Ask both partners for their manifest of `link` (the link row is locked by the caller)."""
+    if link.round_id:
+        await session.execute(ManifestPart.__table__.delete().where(ManifestPart.round_id == link.round_id))
+    link.round_id, link.round_started_at, link.reconcile_due = str(uuid.uuid4()), utcnow(), False
+    for partner in (link.lead_partner_id, link.insourcing_partner_id):
+        send(session, partner, ManifestRequested(link_id=link.id, round_id=link.round_id), link.id)
+    return link.round_id
+
+
+async def requested(session: AsyncSession, event: LinkEvent) -> None:
+    """A partner asks: something of the link is unconfirmed on its side."""
+    payload: ReconcileRequested = event.payload
+    link = event.link
+    log.info("link %s: %s asks for reconciliation: %s", link.id, event.sender, payload.reason)
+    if link.round_id and link.round_started_at > utcnow() - timedelta(seconds=10):
+        link.reconcile_due = True  # a round is under way; another follows it
+        return
+    await start_round(session, link)
+
+
+async def manifest(session: AsyncSession, event: LinkEvent) -> None:
+    payload: Manifest = event.payload
+    link = event.link
+    if payload.round_id != link.round_id:
+        raise Ignored(f"a manifest of round {payload.round_id} arrived after link {link.id} moved on")
+    await session.execute(
+        insert(ManifestPart)
+        .values(round_id=payload.round_id, side=event.sender, part=payload.part, parts=payload.parts,
+                body=payload.model_dump(mode="json"))
+        .on_conflict_do_nothing()
+    )
+    have = dict((await session.execute(
+        select(ManifestPart.side, func.count() - func.max(ManifestPart.parts))
+        .where(ManifestPart.round_id == payload.round_id).group_by(ManifestPart.side)
+    )).all())
+    if len(have) < 2 or any(missing < 0 for missing in have.values()):
+        return  # the other side's answer (or more parts) still to come
+    views = {}
+    for partner in (link.lead_partner_id, link.insourcing_partner_id):
+        bodies = [Manifest.model_validate(b) for b in await session.scalars(
+            select(ManifestPart.body).where(ManifestPart.round_id == payload.round_id, ManifestPart.side == partner)
+            .order_by(ManifestPart.part))]
+        views[partner] = SideView(partner, bodies[0].side, bodies[0].health,
+                                  [i for b in bodies for i in b.items], [m for b in bodies for m in b.mirrors])
+    await session.execute(ManifestPart.__table__.delete().where(ManifestPart.round_id == payload.round_id))
+    await compare(session, link, views[link.lead_partner_id], views[link.insourcing_partner_id])
+
+
+async def compare(session: AsyncSession, link: Link, lead: SideView, ins: SideView) -> list[str]:
+    """Repair every difference between the two answers and the bridge's record; the repairs made."""
+    repairs: list[str] = []
+    for _ in range(4):  # a side may have made several decisions the bridge missed, one after another
+        decision = missed_decision(link, lead.side, ins.side)
+        if decision is None:
+            break
+        sender = link.lead_partner_id if decision.type.startswith("outsource.") else link.insourcing_partner_id
+        try:
+            await links.HANDLERS[type(decision)](session, LinkEvent(link, sender, decision))
+        except Ignored:
+            break
+        repairs.append(f"applied {decision.type} from {sender}, whose message was lost")
+    for partner, message in missed_events(link, lead.side, ins.side):
+        send(session, partner, message, link.id)
+        repairs.append(f"sent {message.type} to {partner} again")
+    if L(link.state) != L.PENDING:
+        repairs += await _items(session, link, lead, ins)
+        repairs += await _items(session, link, ins, lead)
+    now, round_id = utcnow(), link.round_id or str(uuid.uuid4())
+    link.round_id, link.last_reconciled_at, link.in_sync = None, now, not repairs
+    link.lead_health = {**lead.side.model_dump(), **lead.health.model_dump()}
+    link.insourcing_health = {**ins.side.model_dump(), **ins.health.model_dump()}
+    if repairs:
+        link.repairs += len(repairs)
+        link.last_repair_at = now
+        link.reconcile_due = True  # the next round confirms the repairs took
+        session.add_all(Repair(link_id=link.id, round_id=round_id, what=what) for what in repairs)
+        log.warning("link %s: reconciliation repaired %d difference(s): %s", link.id, len(repairs), "; ".join(repairs))
+    for partner in (link.lead_partner_id, link.insourcing_partner_id):
+        send(session, partner, Reconciled(link_id=link.id, round_id=round_id, in_sync=not repairs,
+                                          repairs=len(repairs)), link.id)
+    return repairs
+
+
+async def _items(session: AsyncSession, link: Link, source: SideView, target: SideView) -> list[str]:
+    """The source's shared items against the target's mirrors of them."""
+    crossing = workflow.link_crosses(L(link.state))
+    mappings = {m.source_item_id: m for m in await session.scalars(
+        select(ItemMirror).where(ItemMirror.link_id == link.id, ItemMirror.source_partner_id == source.partner_id))}
+    held = {m.mirror_id: m for m in target.mirrors}
+    resend, repairs = [], []
+    for item in source.items:
+        mapping = mappings.get(item.item_id)
+        mirror = held.get(mapping.mirror_id) if mapping else None
+        if mirror is not None and (mirror.source_version, mirror.source_hash) == (item.version, item.hash):
+            if item.delivery != "delivered":
+                send(session, source.partner_id, ItemDelivered(link_id=link.id, item_id=item.item_id,
+                                                               version=item.version), link.id)
+                repairs.append(f"sent the lost receipt of item {item.item_id} to {source.partner_id}")
+            continue
+        if mapping is not None and mapping.deleted and mirror is None:
+            reason = "the partner refused it"
+        elif crossing:
+            resend.append(item.item_id)
+            continue
+        elif mirror is None:
+            reason = NOT_CROSSING[link.state]
+        else:
+            continue  # an older version is held, and the rules keep both read-only now
+        if mapping is not None:
+            mapping.deleted = True
+        send(session, source.partner_id, ItemUnshared(link_id=link.id, item_id=item.item_id, reason=reason), link.id)
+        repairs.append(f"told {source.partner_id} item {item.item_id} did not cross: {reason}")
+    for start in range(0, len(resend), MANIFEST_PART):
+        send(session, source.partner_id,
+             ResendRequested(link_id=link.id, item_ids=resend[start:start + MANIFEST_PART]), link.id)
+    repairs += [f"asked {source.partner_id} to send item {item_id} again (missing or stale on {target.partner_id})"
+                for item_id in resend]
+    if crossing:
+        present = {item.item_id for item in source.items}
+        for mapping in mappings.values():
+            mirror = held.get(mapping.mirror_id)
+            if mapping.source_item_id not in present and mirror is not None:
+                mapping.deleted = True
+                send(session, target.partner_id, MirrorDelete(link_id=link.id, mirror_id=mapping.mirror_id,
+                                                              source_version=mirror.source_version + 1), link.id)
+                repairs.append(f"removed mirror {mapping.mirror_id} from {target.partner_id}: its original is gone")
+    return repairs
+
+
+HANDLERS = {ReconcileRequested: requested, Manifest: manifest}
+
+
+class Scheduler:
+    """Starts the rounds that are due (asked for while another ran, to confirm repairs, or after the
+    broker lost data) and those whose answers were lost, every `interval` seconds."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.sessions: async_sessionmaker[AsyncSession] | None = None
+        self.rounds_total = 0
+        self._lost = False
+        self._wake = asyncio.Event()
+
+    def attach(self, sessions: async_sessionmaker[AsyncSession]) -> "Scheduler":
+        self.sessions = sessions
+        return self
+
+    def broker_lost_data(self, topic: str) -> None:
+        log.warning("the broker lost data on %s: reconciling every link that may differ", topic)
+        self._lost = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciliation scheduler failed; trying again in %.0fs", self.interval)
+
+    async def tick(self) -> int:
+        timeout = utcnow() - timedelta(seconds=max(self.interval, 10.0))
+        async with self.sessions() as session, session.begin():
+            if self._lost:
+                self._lost = False
+                await session.execute(
+                    update(Link)
+                    .where(or_(Link.state != L.TERMINATED, Link.in_sync.is_not(True), Link.last_reconciled_at.is_(None),
+                               Link.last_reconciled_at < Link.last_event_at))
+                    .values(reconcile_due=True)
+                )
+            ids = list(await session.scalars(
+                select(Link.id).where(or_(Link.reconcile_due, Link.round_id.is_not(None) & (Link.round_started_at < timeout)))
+                .limit(500)
+            ))
+        for link_id in ids:
+            async with self.sessions() as session, session.begin():
+                link = await session.get(Link, link_id, with_for_update=True)
+                if link is not None:
+                    await start_round(session, link)
+        self.rounds_total += len(ids)
+        if len(ids) == 500:
+            self._wake.set()  # more are due: carry on at once
+        return len(ids)

@@ -1,0 +1,382 @@
+"""What a partner keeps to prove its link is in sync (SPEC section 9): each shared item's delivery
+receipt, a tombstone for each shared deletion until its receipt, and per link when it last sent,
+received and was reconciled. It answers the bridge's reconciliation (a manifest of what it holds,
+the items asked for again) and asks for one itself when something stays unconfirmed."""
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Boolean, DateTime, Integer, String, Text, delete, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.contracts.envelope import Payload
+from shared.contracts.messages import (
+    CHUNK_BYTES,
+    MANIFEST_PART,
+    AttachmentChunk,
+    ItemCreated,
+    ItemDelivered,
+    ItemDeleted,
+    ItemUnshared,
+    Manifest,
+    ManifestItem,
+    ManifestMirror,
+    ManifestRequested,
+    Reconciled,
+    ReconcileRequested,
+    ResendRequested,
+    SideHealth,
+    SideStatus,
+)
+from shared.domain.tickets.models import AttachmentContent, TicketItem
+from shared.domain.tickets.rules import Delivery, ItemKind, Origin, content_hash
+from shared.platform.db import Base, utcnow
+from shared.platform.outbox import Publisher
+
+log = logging.getLogger(__name__)
+
+
+class ItemDeletion(Base):
+    """A shared item its creator deleted: kept until the other side confirms the mirror is gone."""
+
+    __tablename__ = "item_deletions"
+
+    item_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    ticket_id: Mapped[str] = mapped_column(String(36), index=True)
+    link_id: Mapped[str] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column(Integer)
+    delivery_status: Mapped[str] = mapped_column(String(10))
+    delivery_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LinkSync(Base):
+    """One partner's record of one link's synchronization."""
+
+    __tablename__ = "link_sync"
+
+    link_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    last_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The last change of the link's workflow (sent or received), and the newest one a reconciliation
+    # found in sync: a change newer than that is unconfirmed.
+    changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    confirmed_through: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    manifest_as_of: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Since when an item of the link waits for its receipt (null: nothing waits).
+    pending_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_reconciled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    in_sync: Mapped[bool | None] = mapped_column(Boolean)
+    requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    request_reason: Mapped[str | None] = mapped_column(Text)
+
+
+# The messages that change a link's workflow (as opposed to items, receipts and reconciliation).
+_ITEM_OR_SYNC = ("item.", "attachment.", "mirror.", "sync.")
+
+
+def _is_workflow(payload: Payload) -> bool:
+    return not payload.type.startswith(_ITEM_OR_SYNC)
+
+
+async def _touch(session: AsyncSession, link_id: str, **values: Any) -> None:
+    await session.execute(
+        insert(LinkSync).values(link_id=link_id, **values).on_conflict_do_update(index_elements=[LinkSync.link_id], set_=values)
+    )
+
+
+class PartnerSync:
+    """The receipts, health and reconciliation answers of one partner service."""
+
+    def __init__(self, links, publisher: Publisher):
+        self.links = links  # the service's LinkDirectory (partner_mirroring.LinkDirectory)
+        self.publisher = publisher
+
+    # --- bookkeeping, called by the service as it sends and receives -----------------------------
+
+    async def send(self, session: AsyncSession, payload: Payload, link_id: str) -> None:
+        """Stage a message to the bridge and note it on the link."""
+        self.publisher.emit(session, payload, link_id)
+        now = utcnow()
+        values: dict[str, Any] = {"last_sent_at": now}
+        if _is_workflow(payload):
+            values["changed_at"] = now
+        await _touch(session, link_id, **values)
+
+    async def item_sent(self, session: AsyncSession, link_id: str) -> None:
+        await session.execute(
+            insert(LinkSync)
+            .values(link_id=link_id, last_sent_at=func.now(), pending_since=func.now())
+            .on_conflict_do_update(
+                index_elements=[LinkSync.link_id],
+                set_={"last_sent_at": func.now(), "pending_since": func.coalesce(LinkSync.pending_since, func.now())},
+            )
+        )
+
+    async def received(self, session: AsyncSession, payload: Payload) -> None:
+        link_id = getattr(payload, "link_id", None)
+        if link_id is None or payload.type.startswith("sync."):
+            return
+        now = utcnow()
+        values: dict[str, Any] = {"last_received_at": now}
+        if _is_workflow(payload):
+            values["changed_at"] = now
+        await _touch(session, link_id, **values)
+
+    # --- receipts ---------------------------------------------------------------------------------
+
+    async def on_delivered(self, session: AsyncSession, payload: ItemDelivered) -> None:
+        now = utcnow()
+        await session.execute(
+            update(TicketItem)
+            .where(TicketItem.id == payload.item_id, TicketItem.origin == Origin.LOCAL,
+                   TicketItem.version == payload.version)
+            .values(delivery_status=Delivery.DELIVERED, delivery_at=now, delivery_reason=None)
+        )
+        # A deletion confirmed: nothing more to remember.
+        await session.execute(
+            delete(ItemDeletion).where(ItemDeletion.item_id == payload.item_id, ItemDeletion.version <= payload.version)
+        )
+        await self._settle(session, payload.link_id)
+
+    async def on_unshared(self, session: AsyncSession, ticket_id: str, payload: ItemUnshared) -> None:
+        await session.execute(
+            update(TicketItem)
+            .where(TicketItem.id == payload.item_id, TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.LOCAL)
+            .values(shared=False, delivery_status=Delivery.REFUSED, delivery_at=utcnow(), delivery_reason=payload.reason)
+        )
+        await session.execute(delete(ItemDeletion).where(ItemDeletion.item_id == payload.item_id))
+        await self._settle(session, payload.link_id)
+
+    async def _settle(self, session: AsyncSession, link_id: str) -> None:
+        """Nothing of the link waits any more: say so (the watch stops asking about it)."""
+        ticket_id = await self.links.ticket_of(session, link_id)
+        if ticket_id is None or not await _pending_exists(session, ticket_id):
+            await session.execute(update(LinkSync).where(LinkSync.link_id == link_id).values(pending_since=None))
+
+    # --- reconciliation: what the bridge asks ----------------------------------------------------
+
+    async def on_manifest_requested(self, session: AsyncSession, payload: ManifestRequested) -> None:
+        link_id = payload.link_id
+        side = await self.links.side_status(session, link_id)
+        ticket_id = await self.links.ticket_of(session, link_id)
+        items: list[ManifestItem] = []
+        mirrors: list[ManifestMirror] = []
+        health = SideHealth()
+        current = ticket_id is not None and (await self.links.link_for_ticket(session, ticket_id)).link_id == link_id
+        if current:
+            # Only the ticket's current link holds its shared set (an older link's items were its own).
+            rows = await session.execute(
+                select(TicketItem.id, TicketItem.kind, TicketItem.version, TicketItem.fields, TicketItem.delivery_status)
+                .where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.LOCAL,
+                       TicketItem.shared.is_(True), TicketItem.internal.is_(False))
+                .order_by(TicketItem.seq)
+            )
+            items = [ManifestItem(item_id=r.id, version=r.version, hash=content_hash(r.kind, r.fields),
+                                  delivery=r.delivery_status) for r in rows]
+            rows = await session.execute(
+                select(TicketItem.id, TicketItem.source_version, TicketItem.source_hash)
+                .where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.PARTNER)
+                .order_by(TicketItem.seq)
+            )
+            mirrors = [ManifestMirror(mirror_id=r.id, source_version=r.source_version or 1,
+                                      source_hash=r.source_hash or "") for r in rows]
+            health = await self._health_counts(session, ticket_id, link_id)
+        row = await session.get(LinkSync, link_id)
+        await _touch(session, link_id, manifest_as_of=row.changed_at if row else None)
+        parts = max(1, -(-max(len(items), len(mirrors)) // MANIFEST_PART))
+        for part in range(parts):
+            window = slice(part * MANIFEST_PART, (part + 1) * MANIFEST_PART)
+            self.publisher.emit(session, Manifest(
+                link_id=link_id, round_id=payload.round_id, part=part, parts=parts, side=side, health=health,
+                items=items[window], mirrors=mirrors[window]), link_id)
+
+    async def on_resend_requested(self, session: AsyncSession, payload: ResendRequested) -> None:
+        """Send the items again as they are now: their latest version, attachments with their bytes."""
+        ticket_id = await self.links.ticket_of(session, payload.link_id)
+        if ticket_id is None:
+            return
+        rows = await session.scalars(
+            select(TicketItem).where(TicketItem.id.in_(payload.item_ids), TicketItem.ticket_id == ticket_id)
+        )
+        found = {item.id: item for item in rows}
+        for item_id in payload.item_ids:
+            item = found.get(item_id)
+            if item is None:
+                deletion = await session.get(ItemDeletion, item_id)
+                if deletion is not None:
+                    self.publisher.emit(session, ItemDeleted(link_id=payload.link_id, item_id=item_id,
+                                                             kind=deletion.kind, version=deletion.version),
+                                        payload.link_id)
+                continue
+            if item.origin != Origin.LOCAL or not item.shared or item.internal:
+                continue  # never sent: nothing the rules keep local leaves by a repair
+            content = None
+            if item.kind == ItemKind.ATTACHMENT:
+                content = await session.scalar(select(AttachmentContent.content).where(AttachmentContent.item_id == item.id))
+            emit_item(self.publisher, session, payload.link_id, item, ItemCreated, content)
+
+    async def on_reconciled(self, session: AsyncSession, payload: Reconciled) -> None:
+        row = await session.get(LinkSync, payload.link_id, with_for_update=True)
+        if row is None:
+            return
+        row.last_reconciled_at = utcnow()
+        row.in_sync = payload.in_sync
+        if payload.in_sync and row.manifest_as_of is not None:
+            # Confirmed: the workflow as it was when this side described it (later changes are not).
+            row.confirmed_through = max(row.confirmed_through or row.manifest_as_of, row.manifest_as_of)
+
+    def handlers(self) -> dict[type[Payload], Callable[[AsyncSession, Any], Awaitable[None]]]:
+        return {
+            ItemDelivered: self.on_delivered,
+            ManifestRequested: self.on_manifest_requested,
+            ResendRequested: self.on_resend_requested,
+            Reconciled: self.on_reconciled,
+        }
+
+    # --- health ---------------------------------------------------------------------------------
+
+    async def _health_counts(self, session: AsyncSession, ticket_id: str, link_id: str) -> SideHealth:
+        counts = dict((await session.execute(
+            select(TicketItem.delivery_status, func.count())
+            .where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.LOCAL,
+                   TicketItem.delivery_status.is_not(None))
+            .group_by(TicketItem.delivery_status)
+        )).all())
+        deletions = (await session.execute(
+            select(func.count(), func.min(ItemDeletion.delivery_at)).where(ItemDeletion.ticket_id == ticket_id)
+        )).one()
+        oldest_item = await session.scalar(
+            select(func.min(TicketItem.delivery_at)).where(TicketItem.ticket_id == ticket_id,
+                                                           TicketItem.delivery_status == Delivery.PENDING)
+        )
+        oldest = min((t for t in (oldest_item, deletions[1]) if t is not None), default=None)
+        row = await session.get(LinkSync, link_id)
+        return SideHealth(
+            pending=counts.get(Delivery.PENDING, 0) + deletions[0],
+            delivered=counts.get(Delivery.DELIVERED, 0),
+            refused=counts.get(Delivery.REFUSED, 0),
+            oldest_pending_at=oldest.isoformat() if oldest else None,
+            last_sent_at=row.last_sent_at.isoformat() if row and row.last_sent_at else None,
+            last_received_at=row.last_received_at.isoformat() if row and row.last_received_at else None,
+        )
+
+    async def health(self, session: AsyncSession, ticket_id: str) -> dict[str, Any] | None:
+        """GET /api/tickets/{id}/sync: None when the ticket was never linked."""
+        link = await self.links.link_for_ticket(session, ticket_id)
+        if link is None:
+            return None
+        counts = await self._health_counts(session, ticket_id, link.link_id)
+        row = await session.get(LinkSync, link.link_id)
+        in_sync = counts.pending == 0 and (row is None or row.in_sync is not False)
+        return {
+            "link_id": link.link_id,
+            "link_state": link.status.value,
+            "partner_id": link.partner_id,
+            "in_sync": in_sync,
+            "last_sent_at": row.last_sent_at if row else None,
+            "last_received_at": row.last_received_at if row else None,
+            "last_reconciled_at": row.last_reconciled_at if row else None,
+            "pending": counts.pending,
+            "delivered": counts.delivered,
+            "refused": counts.refused,
+            "oldest_pending_at": counts.oldest_pending_at,
+        }
+
+
+async def _pending_exists(session: AsyncSession, ticket_id: str) -> bool:
+    item = await session.scalar(
+        select(TicketItem.id).where(TicketItem.ticket_id == ticket_id, TicketItem.delivery_status == Delivery.PENDING).limit(1)
+    )
+    if item is not None:
+        return True
+    return await session.scalar(select(ItemDeletion.item_id).where(ItemDeletion.ticket_id == ticket_id).limit(1)) is not None
+
+
+def emit_item(publisher: Publisher, session: AsyncSession, link_id: str, item: TicketItem, model,
+              content: bytes | None = None) -> None:
+    """An item (created, updated or sent again) as messages: the item, then an attachment's bytes in chunks."""
+    chunks: list[bytes] = []
+    if item.kind == ItemKind.ATTACHMENT and model is ItemCreated:
+        content = content or b""
+        chunks = [content[i : i + CHUNK_BYTES] for i in range(0, len(content), CHUNK_BYTES)] or [b""]
+    publisher.emit(session, model(link_id=link_id, item_id=item.id, kind=item.kind, fields=item.fields,
+                                  chunk_count=len(chunks), version=item.version), link_id)
+    for index, chunk in enumerate(chunks):
+        publisher.emit(session, AttachmentChunk(link_id=link_id, item_id=item.id, index=index, count=len(chunks),
+                                                data=base64.b64encode(chunk).decode()), link_id)
+
+
+class SyncWatch:
+    """Asks the bridge to reconcile a link whose items wait for receipts, or whose last workflow
+    change no reconciliation has confirmed, once `grace` has passed; at most once per interval."""
+
+    def __init__(self, sync: PartnerSync, interval: float, grace: float = 5.0):
+        self.sessions: async_sessionmaker[AsyncSession] | None = None
+        self.sync = sync
+        self.interval = interval
+        self.grace = min(grace, interval)
+        self.requests_total = 0
+        self.pending_items = 0
+        self.oldest_pending_age = 0.0
+        self._wake = asyncio.Event()
+        self._lost = False
+
+    def attach(self, sessions: async_sessionmaker[AsyncSession]) -> "SyncWatch":
+        self.sessions = sessions
+        return self
+
+    def broker_lost_data(self, topic: str) -> None:
+        """A consumer saw the broker lose data: every open link is asked about at once."""
+        log.warning("the broker lost data on %s: reconciling every open link", topic)
+        self._lost = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                lost, self._lost = self._lost, False
+                await self.tick(everything=lost)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sync watch failed; trying again in %.0fs", self.interval)
+
+    async def tick(self, everything: bool = False) -> int:
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            settled = now - timedelta(seconds=self.grace)
+            if everything:
+                link_ids = await self.sync.links.open_links(session)
+                reason = "the broker lost data"
+            else:
+                link_ids = list(await session.scalars(
+                    select(LinkSync.link_id).where(
+                        or_(LinkSync.pending_since < settled,
+                            (LinkSync.changed_at < settled)
+                            & (LinkSync.changed_at > func.coalesce(LinkSync.confirmed_through, text("'-infinity'")))),
+                        or_(LinkSync.requested_at.is_(None),
+                            LinkSync.requested_at < now - timedelta(seconds=self.interval)),
+                    ).limit(1000)
+                ))
+                reason = "unconfirmed changes or items waiting for their receipt"
+            for link_id in link_ids:
+                self.sync.publisher.emit(session, ReconcileRequested(link_id=link_id, reason=reason), link_id)
+                await _touch(session, link_id, requested_at=now, request_reason=reason)
+            pending = (await session.execute(
+                select(func.count(), func.min(TicketItem.delivery_at)).where(TicketItem.delivery_status == Delivery.PENDING)
+            )).one()
+            self.pending_items = pending[0]
+            self.oldest_pending_age = (now - pending[1]).total_seconds() if pending[1] else 0.0
+        self.requests_total += len(link_ids)
+        return len(link_ids)
