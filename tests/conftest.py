@@ -68,6 +68,8 @@ def base_env(infrastructure: Infrastructure, databases, signing_keys):
         "LEAD_NOTIFY_EMAIL": LEAD_EMAIL,
         "INSOURCING_NOTIFY_EMAIL": INSOURCING_EMAIL,
         "LOG_LEVEL": "INFO",
+        # Short, so that the tests see reconciliation run without waiting long (the default is 30).
+        "RECONCILE_INTERVAL_S": "4",
     }
 
 

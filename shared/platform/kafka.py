@@ -178,14 +178,17 @@ class Grant:
 
 
 def partner_grants(user: str, partner_id: str, group: str) -> list[Grant]:
-    """A partner writes only its outbound topic and reads only its inbound one, in its own group."""
+    """A partner writes only its outbound topic and reads only its inbound one, in its own group.
+    It may create those two again if the broker lost them (nothing else)."""
     principal = f"User:{user}"
     out, inbound = outbound_topic(partner_id), inbound_topic(partner_id)
     return [
         Grant(principal, Resource.TOPIC, out, Operation.WRITE),
         Grant(principal, Resource.TOPIC, out, Operation.DESCRIBE),
+        Grant(principal, Resource.TOPIC, out, Operation.CREATE),
         Grant(principal, Resource.TOPIC, inbound, Operation.READ),
         Grant(principal, Resource.TOPIC, inbound, Operation.DESCRIBE),
+        Grant(principal, Resource.TOPIC, inbound, Operation.CREATE),
         Grant(principal, Resource.GROUP, group, Operation.READ),
     ]
 
@@ -198,8 +201,10 @@ def bridge_grants(user: str, partner_ids: list[str], group: str) -> list[Grant]:
         grants += [
             Grant(principal, Resource.TOPIC, outbound_topic(partner), Operation.READ),
             Grant(principal, Resource.TOPIC, outbound_topic(partner), Operation.DESCRIBE),
+            Grant(principal, Resource.TOPIC, outbound_topic(partner), Operation.CREATE),
             Grant(principal, Resource.TOPIC, inbound_topic(partner), Operation.WRITE),
             Grant(principal, Resource.TOPIC, inbound_topic(partner), Operation.DESCRIBE),
+            Grant(principal, Resource.TOPIC, inbound_topic(partner), Operation.CREATE),
         ]
     return grants
 

@@ -88,7 +88,7 @@ async def add_item(
     ticket = await get_ticket(session, ticket_id, for_update=True)
     # The policy sees the item before it is written, so that `shared` goes in with the INSERT.
     item = TicketItem(id=new_id(), ticket_id=ticket.id, kind=kind, origin=Origin.LOCAL, internal=internal,
-                      shared=False, fields=fields)
+                      shared=False, fields=fields, version=1)
     await policy.item_written(session, ticket, item, "created", content)
     session.add(item)
     await session.flush()
