@@ -3,6 +3,7 @@ id, skips an id it has seen, and commits Kafka offsets only after the database c
 cannot parse or apply is parked (table + log) and the stream keeps flowing."""
 import asyncio
 import base64
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,15 @@ COMMIT_EVERY = 0.5  # seconds
 
 class Rejected(Exception):
     """A well-formed message that must never be applied (forged source, unknown link...)."""
+
+
+class Parked(Exception):
+    """A message that cannot be applied (it is parked, or stays parked): why, and what it claimed to be."""
+
+    def __init__(self, reason: str, env: Envelope | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.env = env
 
 
 class InboxRecord(Base):
@@ -134,22 +144,37 @@ class InboxConsumer:
 
     async def handle(self, record: ConsumerRecord) -> None:
         try:
-            self._signatures.verify(record.topic, record.headers, record.value)
-        except BadSignature as exc:
-            await self._park(record, _claimed_envelope(record.value), f"not authenticated: {exc}")
-            return
+            await self._verify_and_apply(record.topic, record.headers, record.value)
+        except Parked as exc:
+            await self._park(record, exc.env, exc.reason)
+
+    async def replay(self, letter: DeadLetter) -> str:
+        """A parked message once more through the live path: verified with today's keys (they may
+        have been rotated), parsed, and applied with its inbox record, so at most once. Answers
+        "applied", "already applied" (the inbox had its id), or "parked again: <reason>"."""
+        headers = [(name, base64.b64decode(value)) for name, value in letter.headers or ()]
         try:
-            env, payload = parse(record.value)
+            applied = await self._verify_and_apply(letter.topic, headers, letter.value)
+        except Parked as exc:
+            log.error("%s: dead letter %d parked again: %s", self._name, letter.id, exc.reason)
+            return f"parked again: {exc.reason}"
+        return "applied" if applied else "already applied"
+
+    async def _verify_and_apply(self, topic: str, headers, value: bytes | None) -> bool:
+        """The one path of a message, live or replayed: True when applied, False when the inbox had it."""
+        try:
+            self._signatures.verify(topic, headers, value)
+        except BadSignature as exc:
+            raise Parked(f"not authenticated: {exc}", _claimed_envelope(value)) from exc
+        try:
+            env, payload = parse(value)
         except ContractError as exc:
-            await self._park(record, None, str(exc))
-            return
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+            raise Parked(str(exc)) from exc
+        for attempt in itertools.count(1):
             try:
-                await self._apply(env, payload, record.topic)
-                return
+                return await self._apply(env, payload, topic)
             except Rejected as exc:
-                await self._park(record, env, f"rejected: {exc}")
-                return
+                raise Parked(f"rejected: {exc}", env) from exc
             except Exception as exc:
                 if transient(exc):
                     # The database is away (restart, failover) or the transaction lost a race:
@@ -157,11 +182,10 @@ class InboxConsumer:
                     raise
                 if attempt == MAX_ATTEMPTS:
                     log.exception("%s: %s %s failed %d times", self._name, env.type, env.event_id, attempt)
-                    await self._park(record, env, f"failed {attempt} times: {exc!r}")
-                    return
+                    raise Parked(f"failed {attempt} times: {exc!r}", env) from exc
                 await asyncio.sleep(0.2 * attempt)
 
-    async def _apply(self, env: Envelope, payload: Payload, topic: str) -> None:
+    async def _apply(self, env: Envelope, payload: Payload, topic: str) -> bool:
         async with self._sessions() as session, session.begin():
             first_time = await session.scalar(
                 insert(InboxRecord)
@@ -172,9 +196,10 @@ class InboxConsumer:
             if first_time is None:
                 self.duplicates_total += 1
                 log.info("%s: %s %s already applied; skipped", self._name, env.type, env.event_id)
-                return
+                return False
             await self._handler(session, env, payload, topic)
         self.applied_total += 1
+        return True
 
     async def _park(self, record: ConsumerRecord, env: Envelope | None, reason: str) -> None:
         log.error(
