@@ -21,7 +21,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
-    select,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 COMMIT_EVERY = 0.5  # seconds
+MAX_REASON = 4000  # characters of a parking reason that are kept
+APPLIED, ALREADY_APPLIED = "applied", "already applied"  # what a replay answers
 
 
 class Rejected(Exception):
@@ -151,14 +152,14 @@ class InboxConsumer:
     async def replay(self, letter: DeadLetter) -> str:
         """A parked message once more through the live path: verified with today's keys (they may
         have been rotated), parsed, and applied with its inbox record, so at most once. Answers
-        "applied", "already applied" (the inbox had its id), or "parked again: <reason>"."""
+        "applied" or "already applied" (the inbox had its id); raises Parked when it still cannot be."""
         headers = [(name, base64.b64decode(value)) for name, value in letter.headers or ()]
         try:
             applied = await self._verify_and_apply(letter.topic, headers, letter.value)
         except Parked as exc:
             log.error("%s: dead letter %d parked again: %s", self._name, letter.id, exc.reason)
-            return f"parked again: {exc.reason}"
-        return "applied" if applied else "already applied"
+            raise
+        return APPLIED if applied else ALREADY_APPLIED
 
     async def _verify_and_apply(self, topic: str, headers, value: bytes | None) -> bool:
         """The one path of a message, live or replayed: True when applied, False when the inbox had it."""
@@ -216,7 +217,7 @@ class InboxConsumer:
                     key=record.key.decode(errors="replace") if record.key else None,
                     event_id=str(env.event_id) if env else None,
                     type=env.type if env else None,
-                    reason=reason[:4000],
+                    reason=reason[:MAX_REASON],
                     value=record.value,
                     headers=[[name, base64.b64encode(value or b"").decode()] for name, value in (record.headers or ())],
                 )
@@ -232,6 +233,3 @@ def _claimed_envelope(value: bytes | None) -> Envelope | None:
     except ContractError:
         return None
 
-
-async def dead_letters(session: AsyncSession, limit: int = 100) -> list[DeadLetter]:
-    return list((await session.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit))).all())
