@@ -90,7 +90,7 @@ class InboxConsumer:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        consumer_factory: Callable[[], AIOKafkaConsumer],
+        consumer_factory: Callable[[], AIOKafkaConsumer] | None,  # None: it only replays (the command line)
         handler: Handler,
         name: str,
         signatures: Signatures,
