@@ -92,6 +92,7 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
         settings=settings,
         routers=[ticket_router(link_field), sync_router, notifications_router, *routers],
         token_permissions=PARTNER_PERMISSIONS,
+        operator_permission=Permission.OUTSOURCING,
         # A partner writes only its outbound topic and reads only its inbound topic.
         topics_to_create=[outbound_topic(settings.partner_id), inbound_topic(settings.partner_id)],
         inbound_topics=[inbound_topic(settings.partner_id)],

@@ -24,6 +24,7 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             settings=settings,
             routers=[router],
             token_permissions=[Permission.LINKS],
+            operator_permission=Permission.LINKS,
             topics_to_create=topics,
             inbound_topics=[outbound_topic(p) for p in settings.partners],
             handler=Bridge(settings.partners).handle,

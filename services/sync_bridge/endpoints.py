@@ -1,4 +1,4 @@
-"""The bridge's HTTP API: the link registry and the parked messages, behind the bridge token."""
+"""The bridge's HTTP API: the link registry, behind the bridge token."""
 from datetime import datetime
 
 from fastapi import APIRouter, Depends
@@ -10,7 +10,6 @@ from services.sync_bridge.models import ItemMirror, Link, Repair
 from services.sync_bridge.reconciliation import start_round
 from shared.platform.auth import Permission, SessionDep, require
 from shared.platform.errors import NotFound
-from shared.platform.inbox import dead_letters
 
 router = APIRouter(prefix="/api", tags=["bridge"], dependencies=[Depends(require(Permission.LINKS))])
 
@@ -26,18 +25,6 @@ class LinkOut(BaseModel):
     mirrored_to_insourcing: int = Field(description="the lead partner's items that have a mirror on the insourcing ticket")
     created_at: datetime
     last_event_at: datetime | None
-
-
-class DeadLetterOut(BaseModel):
-    id: int
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    event_id: str | None
-    type: str | None
-    reason: str
-    parked_at: datetime
 
 
 async def with_counts(session: AsyncSession, links: list[Link]) -> list[LinkOut]:
@@ -149,7 +136,3 @@ async def reconcile_now(link_id: str, session: SessionDep):
         raise NotFound(f"link {link_id} not found")
     return ReconcileOut(link_id=link.id, round_id=await start_round(session, link))
 
-
-@router.get("/dead-letters", response_model=list[DeadLetterOut], summary="Messages the bridge parked, newest first")
-async def list_dead_letters(session: SessionDep):
-    return await dead_letters(session)

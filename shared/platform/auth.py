@@ -75,21 +75,21 @@ async def revoke_token(session: AsyncSession, token_id: str) -> bool:
 
 
 class TokenCache:
-    """Verified tokens, so that a request does not pay a database query to authenticate. Emptied
-    on a revocation NOTIFY from any process, and after `ttl` seconds in any case."""
+    """Verified tokens (their name and permissions), so that a request does not pay a database query
+    to authenticate. Emptied on a revocation NOTIFY from any process, and after `ttl` seconds in any case."""
 
     def __init__(self, ttl: float = 30.0):
         self.ttl = ttl
-        self._entries: dict[str, tuple[float, list[str]]] = {}
+        self._entries: dict[str, tuple[float, tuple[str, list[str]]]] = {}
 
-    def get(self, digest: str) -> list[str] | None:
+    def get(self, digest: str) -> tuple[str, list[str]] | None:
         entry = self._entries.get(digest)
         if entry is None or time.monotonic() - entry[0] > self.ttl:
             return None
         return entry[1]
 
-    def put(self, digest: str, permissions: list[str]) -> None:
-        self._entries[digest] = (time.monotonic(), permissions)
+    def put(self, digest: str, name: str, permissions: list[str]) -> None:
+        self._entries[digest] = (time.monotonic(), (name, permissions))
 
     def clear(self, *_: object) -> None:
         self._entries.clear()
@@ -111,7 +111,8 @@ SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
 
 
 def require(permission: Permission):
-    """A dependency that admits only a live token carrying `permission`."""
+    """A dependency that admits only a live token carrying `permission`, and leaves the token's name
+    in `request.state.token_name` for the calls that record who did what."""
 
     async def check(
         request: Request,
@@ -122,14 +123,17 @@ def require(permission: Permission):
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
         digest = hash_token(credentials.credentials)
         cache: TokenCache = request.app.state.token_cache
-        permissions = cache.get(digest)
-        if permissions is None:
-            permissions = await session.scalar(
-                select(ApiToken.permissions).where(ApiToken.token_sha256 == digest, ApiToken.revoked_at.is_(None))
-            )
-            if permissions is None:
+        known = cache.get(digest)
+        if known is None:
+            known = (await session.execute(
+                select(ApiToken.name, ApiToken.permissions)
+                .where(ApiToken.token_sha256 == digest, ApiToken.revoked_at.is_(None))
+            )).first()
+            if known is None:
                 raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
-            cache.put(digest, permissions)
+            cache.put(digest, *known)
+        name, permissions = known
+        request.state.token_name = name
         if permission.value not in permissions:
             raise HTTPException(403, f"this token lacks the '{permission.value}' permission")
 

@@ -1,12 +1,17 @@
-"""The command line every service shares: serve, migrate, and token management for operators."""
+"""The command line every service shares: serve, migrate, and for operators token management and
+the dead letters (as over HTTP, each resolution recorded with who and when)."""
 import argparse
 import asyncio
+import getpass
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from shared.platform.auth import ApiToken, Permission, create_token, revoke_token
 from shared.platform.db import make_engine, make_sessionmaker
+from shared.platform.dead_letters import discard, list_dead_letters, replay
+from shared.platform.errors import DomainError
+from shared.platform.inbox import DeadLetter, InboxConsumer
 from shared.platform.migrations import upgrade
 
 
@@ -32,6 +37,13 @@ def main(
     tokens.add_parser("list")
     revoke = tokens.add_parser("revoke")
     revoke.add_argument("token_id")
+    letters = sub.add_parser("dead-letters", help="list, replay or discard parked messages").add_subparsers(
+        dest="action", required=True
+    )
+    listing = letters.add_parser("list", help="the unresolved ones, newest first")
+    listing.add_argument("--all", action="store_true", help="the replayed and discarded ones too")
+    letters.add_parser("replay", help="apply one again through the inbox (at most once)").add_argument("id", type=int)
+    letters.add_parser("discard", help="set one aside for good").add_argument("id", type=int)
     args = parser.parse_args(argv)
 
     settings = settings_factory()
@@ -41,6 +53,8 @@ def main(
         print(f"{name}: migrations applied")
     elif args.command == "tokens":
         asyncio.run(_tokens(args, settings.database_url, token_prefix, permissions))
+    elif args.command == "dead-letters":
+        asyncio.run(_dead_letters(args, settings, app_factory))
     else:
         import uvicorn
 
@@ -67,3 +81,42 @@ async def _tokens(args, database_url: str, prefix: str, permissions: list[Permis
                 print(f"revoked {args.token_id}")
     finally:
         await engine.dispose()
+
+
+async def _dead_letters(args, settings, app_factory: Callable[[object], object]) -> None:
+    who = f"command line ({getpass.getuser()})"
+    engine = make_engine(settings.database_url, pool_size=1)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with sessions() as session, session.begin():
+            if args.action == "list":
+                for letter in await list_dead_letters(session, include_resolved=args.all):
+                    print(_letter_line(letter))
+                return
+            if args.action == "replay":
+                answer = await replay(session, _replayer(app_factory(settings), sessions), args.id, who)
+            else:
+                answer = await discard(session, args.id, who)
+    except DomainError as exc:
+        raise SystemExit(exc.detail) from None
+    finally:
+        await engine.dispose()
+    line = f"dead letter {answer.id}: {answer.outcome}"
+    if answer.resolved_at is None:
+        raise SystemExit(line)  # parked again: a failure to whoever scripted the call
+    print(line)
+
+
+def _replayer(app, sessions) -> InboxConsumer:
+    """The service's own inbox path: the handler and key rings of the app its composition root builds
+    (nothing started). A replay reads the message from the database, so it needs no Kafka consumer."""
+    spec = app.state.spec
+    return InboxConsumer(sessions, None, spec.handler, name=spec.name, signatures=spec.signatures)
+
+
+def _letter_line(letter: DeadLetter) -> str:
+    line = (f"{letter.id}  {letter.parked_at:%Y-%m-%d %H:%M:%S}  {letter.topic}[{letter.partition}]@{letter.offset}"
+            f"  {letter.type or '-'}  {letter.event_id or '-'}  {letter.reason}")
+    if letter.resolved_at:
+        line += f"  ({letter.resolution} by {letter.resolved_by} at {letter.resolved_at:%Y-%m-%d %H:%M:%S})"
+    return line

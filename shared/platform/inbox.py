@@ -3,6 +3,7 @@ id, skips an id it has seen, and commits Kafka offsets only after the database c
 cannot parse or apply is parked (table + log) and the stream keeps flowing."""
 import asyncio
 import base64
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
-    select,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,10 +34,21 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 COMMIT_EVERY = 0.5  # seconds
+MAX_REASON = 4000  # characters of a parking reason that are kept
+APPLIED, ALREADY_APPLIED = "applied", "already applied"  # what a replay answers
 
 
 class Rejected(Exception):
     """A well-formed message that must never be applied (forged source, unknown link...)."""
+
+
+class Parked(Exception):
+    """A message that cannot be applied (it is parked, or stays parked): why, and what it claimed to be."""
+
+    def __init__(self, reason: str, env: Envelope | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.env = env
 
 
 class InboxRecord(Base):
@@ -90,7 +101,7 @@ class InboxConsumer:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        consumer_factory: Callable[[], AIOKafkaConsumer],
+        consumer_factory: Callable[[], AIOKafkaConsumer] | None,  # None: it only replays (the command line)
         handler: Handler,
         name: str,
         signatures: Signatures,
@@ -186,22 +197,37 @@ class InboxConsumer:
 
     async def handle(self, record: ConsumerRecord) -> None:
         try:
-            self._signatures.verify(record.topic, record.headers, record.value)
-        except BadSignature as exc:
-            await self._park(record, _claimed_envelope(record.value), f"not authenticated: {exc}")
-            return
+            await self._verify_and_apply(record.topic, record.headers, record.value)
+        except Parked as exc:
+            await self._park(record, exc.env, exc.reason)
+
+    async def replay(self, letter: DeadLetter) -> str:
+        """A parked message once more through the live path: verified with today's keys (they may
+        have been rotated), parsed, and applied with its inbox record, so at most once. Answers
+        "applied" or "already applied" (the inbox had its id); raises Parked when it still cannot be."""
+        headers = [(name, base64.b64decode(value)) for name, value in letter.headers or ()]
         try:
-            env, payload = parse(record.value)
+            applied = await self._verify_and_apply(letter.topic, headers, letter.value)
+        except Parked as exc:
+            log.error("%s: dead letter %d parked again: %s", self._name, letter.id, exc.reason)
+            raise
+        return APPLIED if applied else ALREADY_APPLIED
+
+    async def _verify_and_apply(self, topic: str, headers, value: bytes | None) -> bool:
+        """The one path of a message, live or replayed: True when applied, False when the inbox had it."""
+        try:
+            self._signatures.verify(topic, headers, value)
+        except BadSignature as exc:
+            raise Parked(f"not authenticated: {exc}", _claimed_envelope(value)) from exc
+        try:
+            env, payload = parse(value)
         except ContractError as exc:
-            await self._park(record, None, str(exc))
-            return
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+            raise Parked(str(exc)) from exc
+        for attempt in itertools.count(1):
             try:
-                await self._apply(env, payload, record.topic)
-                return
+                return await self._apply(env, payload, topic)
             except Rejected as exc:
-                await self._park(record, env, f"rejected: {exc}")
-                return
+                raise Parked(f"rejected: {exc}", env) from exc
             except Exception as exc:
                 if transient(exc):
                     # The database is away (restart, failover) or the transaction lost a race:
@@ -209,11 +235,10 @@ class InboxConsumer:
                     raise
                 if attempt == MAX_ATTEMPTS:
                     log.exception("%s: %s %s failed %d times", self._name, env.type, env.event_id, attempt)
-                    await self._park(record, env, f"failed {attempt} times: {exc!r}")
-                    return
+                    raise Parked(f"failed {attempt} times: {exc!r}", env) from exc
                 await asyncio.sleep(0.2 * attempt)
 
-    async def _apply(self, env: Envelope, payload: Payload, topic: str) -> None:
+    async def _apply(self, env: Envelope, payload: Payload, topic: str) -> bool:
         async with self._sessions() as session, session.begin():
             first_time = await session.scalar(
                 insert(InboxRecord)
@@ -224,9 +249,10 @@ class InboxConsumer:
             if first_time is None:
                 self.duplicates_total += 1
                 log.info("%s: %s %s already applied; skipped", self._name, env.type, env.event_id)
-                return
+                return False
             await self._handler(session, env, payload, topic)
         self.applied_total += 1
+        return True
 
     async def _park(self, record: ConsumerRecord, env: Envelope | None, reason: str) -> None:
         log.error(
@@ -243,7 +269,7 @@ class InboxConsumer:
                     key=record.key.decode(errors="replace") if record.key else None,
                     event_id=str(env.event_id) if env else None,
                     type=env.type if env else None,
-                    reason=reason[:4000],
+                    reason=reason[:MAX_REASON],
                     value=record.value,
                     headers=[[name, base64.b64encode(value or b"").decode()] for name, value in (record.headers or ())],
                 )
@@ -259,6 +285,3 @@ def _claimed_envelope(value: bytes | None) -> Envelope | None:
     except ContractError:
         return None
 
-
-async def dead_letters(session: AsyncSession, limit: int = 100) -> list[DeadLetter]:
-    return list((await session.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit))).all())

@@ -1,5 +1,5 @@
 """The composition root every service uses: engine and sessions, the operator's token, the outbox
-relay and the inbox consumer as background tasks, and the common HTTP endpoints."""
+relay and the inbox consumer as background tasks, and the common HTTP endpoints (dead letters too)."""
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
@@ -13,6 +13,7 @@ from prometheus_client import Gauge
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from shared.platform.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
+from shared.platform.dead_letters import dead_letter_router
 from shared.platform.db import asyncpg_dsn, make_engine, make_sessionmaker
 from shared.platform.inbox import Handler, InboxConsumer
 from shared.platform.kafka import FALLBACK, ensure_topics, make_consumer, make_producer, probe_broker
@@ -29,6 +30,7 @@ class ServiceSpec:
     settings: Any  # a CommonSettings subclass with database_url, api_token, port
     routers: list[APIRouter]
     token_permissions: list[Permission]
+    operator_permission: Permission  # what a token needs to see and resolve the service's dead letters
     topics_to_create: list[str]
     inbound_topics: list[str]
     handler: Handler
@@ -125,8 +127,9 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         lifespan=lifespan,
         description="Partner ticket outsourcing with synchronized tickets. Every /api call needs a bearer token.",
     )
-    for router in spec.routers:
+    for router in (*spec.routers, dead_letter_router(spec.operator_permission)):
         app.include_router(router)
+    app.state.spec = spec  # the command line replays dead letters with its handler and key rings
     app.state.metrics_registry = install_common(
         app,
         spec.name,

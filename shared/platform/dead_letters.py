@@ -1,0 +1,104 @@
+"""What an operator does with parked messages, over HTTP and from the command line alike: list them,
+replay one through the inbox (so it is applied at most once), or discard it. Either resolution is
+recorded with who did it and when; a replay that fails again leaves the message parked with the new reason."""
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.platform.auth import Permission, SessionDep, require
+from shared.platform.db import utcnow
+from shared.platform.errors import Conflict, NotFound
+from shared.platform.inbox import MAX_REASON, DeadLetter, InboxConsumer, Parked
+
+DISCARDED = "discarded"
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    event_id: str | None
+    type: str | None
+    reason: str = Field(description="why it is parked (the last replay's reason, when one failed)")
+    parked_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str | None = Field(description="the token's name, or the command line and its OS user")
+    resolution: str | None = Field(description='"applied", "already applied" or "discarded"')
+
+
+class OutcomeOut(BaseModel):
+    id: int
+    outcome: str = Field(description='"applied", "already applied", "discarded" or "parked again: <reason>"')
+    resolved_at: datetime | None
+    resolved_by: str | None
+
+
+async def list_dead_letters(session: AsyncSession, include_resolved: bool = False, limit: int = 100) -> list[DeadLetter]:
+    query = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
+    if not include_resolved:
+        query = query.where(DeadLetter.resolved_at.is_(None))
+    return list((await session.scalars(query)).all())
+
+
+async def replay(session: AsyncSession, consumer: InboxConsumer, letter_id: int, who: str) -> OutcomeOut:
+    """The letter's row stays locked while the inbox applies it, so two operators cannot replay it at once."""
+    letter = await _unresolved(session, letter_id)
+    try:
+        outcome = await consumer.replay(letter)
+    except Parked as exc:
+        letter.reason = exc.reason[:MAX_REASON]
+        return _answer(letter, f"parked again: {exc.reason}")
+    return _resolve(letter, outcome, who)
+
+
+async def discard(session: AsyncSession, letter_id: int, who: str) -> OutcomeOut:
+    return _resolve(await _unresolved(session, letter_id), DISCARDED, who)
+
+
+async def _unresolved(session: AsyncSession, letter_id: int) -> DeadLetter:
+    letter = await session.scalar(select(DeadLetter).where(DeadLetter.id == letter_id).with_for_update())
+    if letter is None:
+        raise NotFound(f"dead letter {letter_id} not found")
+    if letter.resolved_at is not None:
+        raise Conflict(f"dead letter {letter_id} is resolved already: {letter.resolution} "
+                       f"(by {letter.resolved_by} at {letter.resolved_at:%Y-%m-%d %H:%M:%S %Z})")
+    return letter
+
+
+def _resolve(letter: DeadLetter, resolution: str, who: str) -> OutcomeOut:
+    letter.resolved_at, letter.resolved_by, letter.resolution = utcnow(), who, resolution
+    return _answer(letter, resolution)
+
+
+def _answer(letter: DeadLetter, outcome: str) -> OutcomeOut:
+    return OutcomeOut(id=letter.id, outcome=outcome, resolved_at=letter.resolved_at, resolved_by=letter.resolved_by)
+
+
+def dead_letter_router(permission: Permission) -> APIRouter:
+    """Every service's parked messages, behind the permission its operators' tokens carry."""
+    router = APIRouter(prefix="/api", tags=["dead letters"], dependencies=[Depends(require(permission))])
+
+    @router.get("/dead-letters", response_model=list[DeadLetterOut],
+                summary="Parked messages, newest first: the unresolved ones, or with include_resolved=true "
+                        "the replayed and discarded ones too")
+    async def dead_letters(session: SessionDep, include_resolved: bool = False,
+                           limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+        return await list_dead_letters(session, include_resolved, limit)
+
+    @router.post("/dead-letters/{letter_id}/replay", response_model=OutcomeOut,
+                 summary="Apply a parked message again through the inbox (at most once); answers the outcome")
+    async def replay_dead_letter(letter_id: int, request: Request, session: SessionDep):
+        return await replay(session, request.app.state.consumer, letter_id, request.state.token_name)
+
+    @router.post("/dead-letters/{letter_id}/discard", response_model=OutcomeOut,
+                 summary="Set a parked message aside for good, on record with who and when")
+    async def discard_dead_letter(letter_id: int, request: Request, session: SessionDep):
+        return await discard(session, letter_id, request.state.token_name)
+
+    return router
