@@ -31,7 +31,6 @@ from shared.contracts.messages import (
     ReconcileRequested,
     ResendRequested,
     SideHealth,
-    SideStatus,
 )
 from shared.domain.tickets.models import AttachmentContent, TicketItem
 from shared.domain.tickets.rules import Delivery, ItemKind, Origin, content_hash

@@ -114,11 +114,14 @@ async def test_a_note_is_pending_then_delivered_and_each_side_sees_its_health(le
     await delivery(insourcing, insourced["id"], "charges", charge["id"], "delivered")
 
     # A deletion is pending until the mirror is gone, then nothing waits.
+    kept = (await lead.post(f"/api/tickets/{lead_ticket['id']}/time-entries", json={
+        "resource": "Ana", "date_worked": "2026-11-27", "hours": 1.5, "summary": "fans"})).json()
+    await delivery(lead, lead_ticket["id"], "time-entries", kept["id"], "delivered")
     assert (await lead.delete(f"/api/tickets/{lead_ticket['id']}/notes/{note['id']}")).status_code == 204
     await eventually(lambda: _none_left(insourcing, insourced["id"], "Replaced both fans"))
     seen = await in_sync(lead, lead_ticket["id"], timeout=15)
     assert seen["link_id"] == link_id and seen["link_state"] == "In Progress" and seen["partner_id"] == PARTNER
-    assert seen["delivered"] >= 1 and seen["refused"] == 0 and seen["oldest_pending_at"] is None
+    assert seen["delivered"] == 1 and seen["refused"] == 0 and seen["oldest_pending_at"] is None
     assert seen["last_sent_at"] and seen["last_received_at"]
     other = await in_sync(insourcing, insourced["id"], timeout=15)
     assert other["link_state"] == "In Progress" and other["partner_id"] == LEAD and other["delivered"] == 1
