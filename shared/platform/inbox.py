@@ -107,8 +107,10 @@ class InboxConsumer:
         name: str,
         signatures: Signatures,
         on_data_loss: Callable[[str], None] | None = None,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ):
         self._sessions = sessions
+        self._prepare = prepare  # run before each (re)start, e.g. making topics a broker lost
         self._consumer_factory = consumer_factory
         self._handler = handler
         self._name = name
@@ -126,6 +128,8 @@ class InboxConsumer:
         while True:
             consumer = self._consumer_factory()
             try:
+                if self._prepare is not None:
+                    await self._prepare()
                 await consumer.start()
                 self.consumer = consumer
                 delay = 0.5

@@ -138,7 +138,9 @@ class OutboxRelay:
                 log.exception("outbox relay failed; retrying in %.1fs", delay)
                 self.is_leader = False
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # Short: what waits here is every write of the service (a broker recovering from a
+                # restart may refuse produce requests for some seconds).
+                delay = min(delay * 2, 2.0)
 
     async def _run_once(self) -> None:
         conn = await asyncpg.connect(self._dsn)

@@ -66,14 +66,17 @@ def create_app(spec: ServiceSpec) -> FastAPI:
 
         access = settings.kafka_access()
         app.state.broker = FALLBACK  # until the broker has been asked what it is
+
+        async def make_topics() -> None:
+            """Topics lost with a broker's data, or deleted, are made again before they are used."""
+            await ensure_topics(access, spec.topics_to_create, settings.kafka_topic_partitions)
         relay = OutboxRelay(
             sessions,
             settings.database_url,
             lambda: make_producer(access, app.state.broker),
             lock_key=_lock_key(spec.name),
             signatures=spec.signatures,
-            # Topics lost with a broker's data, or deleted, are made again before publishing.
-            prepare=lambda: ensure_topics(access, spec.topics_to_create, settings.kafka_topic_partitions),
+            prepare=make_topics,
         )
         consumer = InboxConsumer(
             sessions,
@@ -88,6 +91,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             name=spec.name,
             signatures=spec.signatures,
             on_data_loss=spec.on_data_loss,
+            prepare=make_topics,
         )
         app.state.relay = relay
         app.state.consumer = consumer
