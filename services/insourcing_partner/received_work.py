@@ -141,7 +141,7 @@ class Insourcing:
     # --- what the bridge tells the insourcing partner (one handler per message) ------------------
 
     async def on_requested(self, session: AsyncSession, payload: WorkRequested) -> None:
-        await session.execute(
+        new = await session.scalar(
             insert(ReceivedWork)
             .values(
                 link_id=payload.link_id,
@@ -155,7 +155,10 @@ class Insourcing:
                 status=workflow.RECEIVED,
             )
             .on_conflict_do_nothing()
+            .returning(ReceivedWork.link_id)
         )
+        if new is None:
+            raise Ignored(f"work {payload.link_id} was requested already (the request was sent again)")
         notify(session, "work.requested", self.settings.notify_email,
                *wording.requested_mail(payload.lead_partner_name, payload.lead_ticket_number, payload.title,
                                        payload.instructions), None)

@@ -11,6 +11,7 @@ from services.lead_partner.models import Outsourcing
 from services.lead_partner.settings import LeadSettings
 from shared.contracts.envelope import Envelope, Payload
 from shared.contracts.messages import (
+    LinkUnknown,
     OutsourceCanceled,
     OutsourceCompleted,
     OutsourceRejected,
@@ -85,6 +86,7 @@ class LeadOutsourcing:
             WorkAccepted: self.on_accepted,
             WorkDeclined: self.on_declined,
             WorkWaitingApproval: self.on_waiting_approval,
+            LinkUnknown: self.on_link_unknown,
             **{message: self.mirroring.apply for message in MIRROR_MESSAGES},
             **self.sync.handlers(),
         })
@@ -123,23 +125,22 @@ class LeadOutsourcing:
         )
         session.add(row)
         await session.flush()
-        await self._emit(
-            session,
-            OutsourceRequested(
-                link_id=row.link_id,
-                lead_partner_name=self.settings.partner_name,
-                lead_ticket_id=ticket.id,
-                lead_ticket_number=ticket.number,
-                insourcing_partner_id=partner.id,
-                title=ticket.title,
-                description=ticket.description,
-                instructions=instructions,
-                terms=terms,
-            ),
-            row.link_id,
-        )
+        await self._emit(session, self._request(ticket, row), row.link_id)
         await add_system_note(session, ticket.id, *wording.outsourced(partner.name))
         return row
+
+    def _request(self, ticket: Ticket, row: Outsourcing) -> OutsourceRequested:
+        return OutsourceRequested(
+            link_id=row.link_id,
+            lead_partner_name=self.settings.partner_name,
+            lead_ticket_id=ticket.id,
+            lead_ticket_number=ticket.number,
+            insourcing_partner_id=row.partner_id,
+            title=ticket.title,
+            description=ticket.description,
+            instructions=row.instructions,
+            terms=Terms.model_validate(row.terms) if row.terms else None,
+        )
 
     async def cancel(self, session: AsyncSession, ticket_id: str) -> Outsourcing:
         ticket, row = await self._current(session, ticket_id)
@@ -247,6 +248,13 @@ class LeadOutsourcing:
         notify(session, "work.accepted", self.settings.notify_email,
                *wording.accepted_mail(ticket.number, ticket.title, row.partner_name, payload.partner_ticket_number),
                ticket.id)
+
+    async def on_link_unknown(self, session: AsyncSession, payload: LinkUnknown) -> None:
+        """The bridge never got this outsourcing's request (the broker lost it): send it again."""
+        ticket, row = await self._linked(session, payload.link_id)
+        if row.status != OutsourceStatus.ASSIGNED:
+            raise Ignored(f"the bridge does not know link {row.link_id}, which is {row.status} here")
+        await self._emit(session, self._request(ticket, row), row.link_id)
 
     async def on_declined(self, session: AsyncSession, payload: WorkDeclined) -> None:
         ticket, row = await self._linked(session, payload.link_id)

@@ -32,8 +32,13 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             state={"scheduler": scheduler},
             background=[lambda app: scheduler.attach(app.state.sessions).run()],
             on_data_loss=scheduler.broker_lost_data,
-            metrics=lambda registry: Gauge(
-                "reconcile_rounds_started_total", "reconciliation rounds the scheduler started", registry=registry
-            ).set_function(lambda: scheduler.rounds_total),
+            metrics=lambda registry: _reconcile_metrics(registry, scheduler),
         )
     )
+
+
+def _reconcile_metrics(registry, scheduler: Scheduler) -> None:
+    Gauge("reconcile_rounds_started_total", "reconciliation rounds the scheduler started",
+          registry=registry).set_function(lambda: scheduler.rounds_total)
+    Gauge("sync_repairs_total", "differences reconciliation repaired, over all links (as of its last check)",
+          registry=registry).set_function(lambda: scheduler.repairs_total)

@@ -1,16 +1,20 @@
 """What the bridge does with each partner event: know the sender by the topic it came on, refuse what
 a partner may not say, lock the link, and hand the event to its one handler: a link event
 (services/sync_bridge/links.py) or an item to mirror (services/sync_bridge/mirroring.py)."""
+import logging
+
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge import links, mirroring, reconciliation
-from services.sync_bridge.links import LinkEvent
+from services.sync_bridge.links import LinkEvent, send
 from services.sync_bridge.models import Link
 from shared.contracts.envelope import Envelope, Payload
-from shared.contracts.messages import OutsourceRequested
+from shared.contracts.messages import LinkUnknown, OutsourceRequested, ReconcileRequested
 from shared.platform.inbox import Rejected
-from shared.platform.messagebus import MessageBus
+from shared.platform.messagebus import Ignored, MessageBus
+
+log = logging.getLogger(__name__)
 
 
 def sender_of(topic: str) -> str:
@@ -44,7 +48,14 @@ class Bridge:
             .execution_options(populate_existing=True)
         )
         if isinstance(payload, OutsourceRequested):
-            await links.requested(session, sender, link, payload, self.partners)
+            try:
+                await links.requested(session, sender, link, payload, self.partners)
+            except Ignored as exc:
+                log.warning("bridge: %s", exc)
+            return
+        if link is None and isinstance(payload, ReconcileRequested):
+            # The link's first message never arrived: its sender is asked to send it again.
+            send(session, sender, LinkUnknown(link_id=link_id), link_id)
             return
         if link is None:
             raise Rejected(f"unknown link {link_id}")

@@ -26,6 +26,7 @@ from shared.contracts.messages import (
 from shared.domain import workflow
 from shared.platform.db import utcnow
 from shared.platform.inbox import Rejected
+from shared.platform.messagebus import Ignored
 from shared.platform.kafka import inbound_topic
 from shared.platform.outbox import Publisher
 
@@ -64,6 +65,8 @@ def move(event: LinkEvent) -> None:
 async def requested(session: AsyncSession, sender: str, link: Link | None, payload: OutsourceRequested,
                     partners: set[str]) -> None:
     """A new link: the only event that arrives before its link exists."""
+    if link is not None and link.lead_partner_id == sender and link.lead_ticket_id == payload.lead_ticket_id:
+        raise Ignored(f"link {payload.link_id} is known already (its request was sent again)")
     if link is not None:
         raise Rejected(f"link {payload.link_id} exists already")
     target = payload.insourcing_partner_id

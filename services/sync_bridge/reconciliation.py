@@ -259,6 +259,7 @@ class Scheduler:
         self.interval = interval
         self.sessions: async_sessionmaker[AsyncSession] | None = None
         self.rounds_total = 0
+        self.repairs_total = 0
         self._lost = False
         self._wake = asyncio.Event()
 
@@ -296,6 +297,7 @@ class Scheduler:
                                Link.last_reconciled_at < Link.last_event_at))
                     .values(reconcile_due=True)
                 )
+            self.repairs_total = await session.scalar(select(func.coalesce(func.sum(Link.repairs), 0)))
             ids = list(await session.scalars(
                 select(Link.id).where(or_(Link.reconcile_due, Link.round_id.is_not(None) & (Link.round_started_at < timeout)))
                 .limit(500)

@@ -267,6 +267,14 @@ class ReconcileRequested(Payload):
 
 
 @contract
+class LinkUnknown(Payload):
+    """Bridge -> partner: it asked about a link the bridge never heard of (its request was lost)."""
+
+    type = "sync.link_unknown"
+    link_id: str
+
+
+@contract
 class ManifestRequested(Payload):
     """Bridge -> partner: describe what you hold of this link (answered after everything before it)."""
 

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from devstack import infra, kafka_broker
 from shared.platform.kafka import inbound_topic, outbound_topic
-from tests.e2e.flows import arrived, items, linked_tickets, outsource_status, waiting_approval
+from tests.e2e.flows import arrived, items, linked_tickets, outsource_status, received, waiting_approval
 from tests.e2e.test_resilience import write_notes
 from tests.harness import LOGS, eventually
 
@@ -231,6 +231,24 @@ async def test_an_insource_complete_lost_with_its_topic_still_reaches_the_lead(l
     assert rejected.status_code == 200
     ticket = await eventually(lambda: _insource_is(insourcing, insourced["id"], "In Progress"), timeout=30)
     assert ticket["insource"]["status"] == "In Progress"
+
+
+async def test_a_work_request_lost_before_the_bridge_saw_it_is_sent_again(lead, insourcing, services, infrastructure):
+    lead_ticket = (await lead.post("/api/tickets", json={"title": "Printer offline"})).json()
+    bridge = services["sync_bridge"]
+    bridge.kill(signal.SIGKILL)
+    try:
+        answer = await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource", json={"partner_id": PARTNER})
+        assert answer.status_code == 202
+        link_id = answer.json()["link_id"]
+        await asyncio.sleep(2.0)
+        await delete_topics(infrastructure, [outbound_topic(LEAD)])
+    finally:
+        bridge.start()
+        await asyncio.to_thread(bridge.wait_ready)
+    # The lead asks about the unconfirmed outsourcing, the bridge knows no such link, the lead sends it again.
+    work = await received(insourcing, link_id, "Pending", timeout=RECONCILE_INTERVAL_S + 30)
+    assert work["lead_ticket_number"] == lead_ticket["number"] and work["title"] == "Printer offline"
 
 
 async def _insource_is(client, ticket_id: str, status: str) -> dict | None:
