@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from shared.domain.tickets.endpoints import ticket_router
 from shared.domain.partner_sync import SyncWatch
+from shared.partner_pages import TEMPLATES, PartnerPages, install_partner_pages
 from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES
 from shared.domain.tickets.service import get_ticket
 from shared.platform.auth import Permission, SessionDep, require
@@ -17,6 +18,7 @@ from shared.platform.kafka import inbound_topic, outbound_topic
 from shared.platform.notifications import NotificationSender, list_notifications
 from shared.platform.runtime import ServiceSpec, create_app
 from shared.platform.signing import Signatures
+from shared.platform.webui import WebUi, install_web_ui
 
 PARTNER_PERMISSIONS = [Permission.TICKETS, Permission.OUTSOURCING]
 
@@ -84,7 +86,8 @@ async def notifications(session: SessionDep):
     return await list_notifications(session)
 
 
-def create_partner_app(name: str, settings: PartnerSettings, link_field: str, routers, handler, policy, state):
+def create_partner_app(name: str, settings: PartnerSettings, link_field: str, routers, handler, policy, state,
+                       pages: PartnerPages, page_routers: list[APIRouter]):
     ring = settings.key_ring(settings.signing_keys, "signing_keys")
     watch = SyncWatch(policy.sync, settings.reconcile_interval_s)
     spec = ServiceSpec(
@@ -110,7 +113,11 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
             domain=f"{settings.partner_id}.invalid",
         ).run()],
     )
-    return create_app(spec)
+    app = create_app(spec)
+    # The agents' web UI (SPEC section 8), next to the JSON API.
+    install_web_ui(app, WebUi(settings.partner_name, [TEMPLATES], settings.ui_secret), home="/tickets")
+    install_partner_pages(app, pages, page_routers)
+    return app
 
 
 def _sync_metrics(registry, watch: SyncWatch) -> None:

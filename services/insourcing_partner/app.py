@@ -1,10 +1,12 @@
 """Composition root of the insourcing partner service."""
 from fastapi import FastAPI
 
+from services.insourcing_partner import pages
 from services.insourcing_partner.endpoints import insource_router, router
 from services.insourcing_partner.received_work import Insourcing
 from services.insourcing_partner.settings import InsourcingSettings
 from shared.partner import create_partner_app
+from shared.partner_pages import PartnerPages
 
 
 def create_app(settings: InsourcingSettings | None = None) -> FastAPI:
@@ -17,5 +19,7 @@ def create_app(settings: InsourcingSettings | None = None) -> FastAPI:
         routers=[router, insource_router],
         handler=insourcing.handle,
         policy=insourcing.mirroring,
+        pages=PartnerPages("insource", pages.panel, pages.NAV),
+        page_routers=[pages.router],
         state={"insourcing": insourcing},
     )

@@ -1,10 +1,12 @@
 """Composition root of the lead partner service."""
 from fastapi import FastAPI
 
+from services.lead_partner import pages
 from services.lead_partner.endpoints import router
 from services.lead_partner.outsourcing import LeadOutsourcing
 from services.lead_partner.settings import LeadSettings
 from shared.partner import create_partner_app
+from shared.partner_pages import PartnerPages
 
 
 def create_app(settings: LeadSettings | None = None) -> FastAPI:
@@ -17,5 +19,7 @@ def create_app(settings: LeadSettings | None = None) -> FastAPI:
         routers=[router],
         handler=outsourcing.handle,
         policy=outsourcing.mirroring,
+        pages=PartnerPages("outsource", pages.panel, pages.NAV),
+        page_routers=[pages.router],
         state={"outsourcing": outsourcing},
     )

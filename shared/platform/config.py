@@ -24,6 +24,9 @@ class CommonSettings(BaseSettings):
     # How often unconfirmed links are reconciled (SPEC section 9).
     reconcile_interval_s: float = Field(30.0, gt=0, validation_alias="RECONCILE_INTERVAL_S")
     host: str = "127.0.0.1"
+    # Signs the web UI's session cookies (e.g. LEAD_UI_SECRET); replicas must share it. Unset: a
+    # random one per process, so a restart signs everyone out.
+    ui_secret: str | None = None
 
     def key_ring(self, text: str | None, field: str) -> KeyRing:
         """A message signing key ring from this service's settings, or a clear refusal to start."""

@@ -1,0 +1,81 @@
+"""The lead partner's own pages: the outsourcing panel of a ticket (Outsource, Cancel outsourcing,
+Approve, Reject, Complete) and the Outsourced Work dashboard."""
+from decimal import Decimal, InvalidOperation
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
+from pydantic import ValidationError
+
+from shared.contracts.messages import Terms
+from shared.domain.workflow import OutsourceStatus
+from shared.partner_pages import PageError, need, ui
+from shared.platform.auth import SessionDep
+from shared.platform.errors import DomainError
+from shared.platform.webui import ChangeDep, ViewerDep
+
+NAV = [("/tickets", "Tickets"), ("/outsourced-work", "Outsourced Work")]
+router = APIRouter(include_in_schema=False)
+
+
+async def panel(request: Request, who, ticket, session) -> dict:
+    return {"template": "lead_panel.html", "partners": request.app.state.settings.partners}
+
+
+def _outsourcing(request: Request):
+    return request.app.state.outsourcing
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(Decimal(text)) if text else None
+    except InvalidOperation:
+        raise PageError("panel", f"{text!r} is not a number", 422) from None
+
+
+@router.post("/tickets/{ticket_id}/outsource")
+async def outsource(request: Request, ticket_id: str, who: ChangeDep, session: SessionDep):
+    need(who, "outsourcing")
+    form = await request.form()
+    terms = None
+    try:
+        if form.get("rate_type"):
+            terms = Terms(rate_type=form["rate_type"], rate=_number(form.get("rate")) or 0,
+                          authorized_hours=_number(form.get("authorized_hours")))
+        await _outsourcing(request).outsource(session, ticket_id, str(form.get("partner_id", "")),
+                                              str(form.get("instructions", "")), terms)
+    except ValidationError as exc:
+        raise PageError("panel", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 422) from exc
+    except DomainError as exc:
+        raise PageError("panel", exc.detail, exc.status_code) from exc
+    return RedirectResponse(f"/tickets/{ticket_id}", status_code=303)
+
+
+@router.post("/tickets/{ticket_id}/outsource/{action}")
+async def decide(request: Request, ticket_id: str, action: str, who: ChangeDep, session: SessionDep):
+    need(who, "outsourcing")
+    outsourcing = _outsourcing(request)
+    form = await request.form()
+    try:
+        if action == "cancel":
+            await outsourcing.cancel(session, ticket_id)
+        elif action == "reject":
+            reason = str(form.get("reason", "")).strip()
+            if not reason:
+                raise PageError("panel", "a reason is required to reject: the partner receives it", 422)
+            await outsourcing.reject(session, ticket_id, reason)
+        elif action in ("approve", "complete"):
+            await outsourcing.finish(session, ticket_id, action)
+        else:
+            raise PageError("panel", f"unknown action {action!r}", 404)
+    except DomainError as exc:
+        raise PageError("panel", exc.detail, exc.status_code) from exc
+    return RedirectResponse(f"/tickets/{ticket_id}", status_code=303)
+
+
+@router.get("/outsourced-work")
+async def outsourced_work(request: Request, who: ViewerDep, session: SessionDep, status: str = ""):
+    need(who, "outsourcing")
+    chosen = OutsourceStatus(status) if status in OutsourceStatus._value2member_map_ else None
+    rows = await _outsourcing(request).dashboard(session, chosen)
+    return ui(request).render(request, "outsourced_work.html", who=who, nav=NAV, rows=rows, status=status,
+                              statuses=[s.value for s in OutsourceStatus])
