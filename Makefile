@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-idle install clean lint
+.PHONY: run test browser bench bench-idle install clean lint
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -20,12 +20,20 @@ run: $(STAMP)
 
 # The whole suite on the broker of record (Apache Kafka where a JDK and Maven are), then the
 # broker-facing tests again on Tansu, the fallback; the last lines say what ran where.
-test: $(STAMP)
+test: $(STAMP) browser
 	@mkdir -p var/test-logs && rm -f var/test-logs/summary.txt
 	@$(PY) -m pytest $(PYTEST_ARGS); full=$$?; \
 	TEST_BROKER=tansu $(PY) -m pytest -m broker $(PYTEST_ARGS); fallback=$$?; \
 	echo; echo "make test: the whole suite, then the broker-facing tests (-m broker) on Tansu:"; \
 	cat var/test-logs/summary.txt; exit $$(( full || fallback ))
+
+# The browser tests drive Debian's Chromium (Playwright's own download is not reachable here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the browser tests need Chromium at /usr/bin/chromium: install the 'chromium' package"; exit 1; fi; }
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

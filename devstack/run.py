@@ -260,14 +260,15 @@ class Stack:
         lines = ["", "Partner ticket sync is running:"]
         for module, prefix, _, _ in SERVICES:
             port = self.env[f"{prefix}_PORT"]
-            lines.append(f"  {module:<19} http://127.0.0.1:{port}  (docs /docs)  token: {self.env[f'{prefix}_API_TOKEN']}")
+            lines.append(f"  {module:<19} http://127.0.0.1:{port}  (web UI /, API docs /docs)  "
+                         f"token: {self.env[f'{prefix}_API_TOKEN']}")
         lines.append(f"  Kafka               {self.env['KAFKA_BOOTSTRAP_SERVERS']}  {self.broker_name}")
         sink = any(c.name == "mail sink" for c in self.components)
         lines.append(f"  mail                {self.env['SMTP_HOST']}:{self.env['SMTP_PORT']}"
                      + (f"  (local sink, kept in {VAR / 'mail'})" if sink else ""))
         lines.append(f"  secrets             {VAR / 'tokens.env'}, {VAR / 'signing-keys.env'}")
         lines.append(f"  logs                {VAR / 'logs'}")
-        lines.append("Example:")
+        lines.append("Open a URL in a browser and sign in with its token (field \"API token\"). Or the API:")
         lines.append(f"  curl -H 'Authorization: Bearer {self.env['LEAD_API_TOKEN']}' -H 'Content-Type: application/json' "
                      f"-d '{json.dumps({'title': 'Printer offline'})}' http://127.0.0.1:{self.env['LEAD_PORT']}/api/tickets")
         lines.append("Ctrl-C stops everything.")
