@@ -199,10 +199,11 @@ class InboxConsumer:
         for tp in assigned:
             committed = await consumer.committed(tp)
             before = saved.get(tp)
-            if before is not None and (committed is None or committed < before):
+            if before and (committed is None or committed < before):
                 self._lost(tp, f"it resumes at {committed if committed is not None else 'no committed offset'}, "
                                f"after offset {before} was read")
                 self._expected[tp] = None  # from wherever the reset takes it
+                await self._save_positions({tp: committed or 0})  # told once, not at every rebalance
             else:
                 self._expected[tp] = committed
 
