@@ -18,6 +18,7 @@ from shared.contracts.messages import (
     ItemCreated,
     ItemDeleted,
     ItemDelivered,
+    ItemRefused,
     ItemUnshared,
     ItemUpdated,
     MirrorApplied,
@@ -117,10 +118,6 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
     payload: ItemCreated = event.payload
     check_fields(payload)
     link = event.link
-    if not _crosses(event):
-        send(session, event.sender, ItemUnshared(link_id=link.id, item_id=payload.item_id,
-                                                 reason=NOT_CROSSING[link.state]), link.id)  # not shared
-        return
     values = dict(
         link_id=link.id,
         source_item_id=payload.item_id,
@@ -129,6 +126,12 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
         kind="note" if (event.from_lead and payload.kind == "time_entry") else payload.kind,
         deleted=False,
     )
+    if not _crosses(event):
+        # Recorded as refused, so that no later repair sends it (it stays local for good).
+        await session.execute(insert(ItemMirror).values(**{**values, "deleted": True}).on_conflict_do_nothing())
+        send(session, event.sender, ItemUnshared(link_id=link.id, item_id=payload.item_id,
+                                                 reason=NOT_CROSSING[link.state]), link.id)
+        return
     # The common case in one round trip; an item announced twice keeps its first mapping.
     inserted = await session.scalar(
         insert(ItemMirror).values(**values).on_conflict_do_nothing().returning(ItemMirror.mirror_id)
@@ -144,15 +147,28 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
     send(session, event.other_partner, _upsert(link, mapping, event.from_lead, payload), link.id)
 
 
+def refuse_change(session: AsyncSession, event: LinkEvent, what: str) -> None:
+    """An edit or deletion that met a link no longer crossing: its creator hears it stayed local."""
+    payload = event.payload
+    send(session, event.sender, ItemRefused(
+        link_id=event.link.id, item_id=payload.item_id, version=payload.version,
+        reason=f"{what} was not passed on: {NOT_CROSSING[event.link.state]}; the partner keeps the version it had",
+    ), event.link.id)
+
+
 async def updated(session: AsyncSession, event: LinkEvent) -> None:
     check_fields(event.payload)
-    if _crosses(event) and (mapping := await _mapping_of_sender(session, event)):
+    if not _crosses(event):
+        refuse_change(session, event, "the edit")
+        return
+    if mapping := await _mapping_of_sender(session, event):
         send(session, event.other_partner, _upsert(event.link, mapping, event.from_lead, event.payload), event.link.id)
 
 
 async def deleted(session: AsyncSession, event: LinkEvent) -> None:
     payload: ItemDeleted = event.payload
     if not _crosses(event):
+        refuse_change(session, event, "the deletion")
         return
     if mapping := await _mapping_of_sender(session, event):
         mapping.deleted = True

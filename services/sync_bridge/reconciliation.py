@@ -25,6 +25,7 @@ from shared.contracts.messages import (
     InsourceCompletionRequested,
     InsourceDeclined,
     ItemDelivered,
+    ItemRefused,
     ItemUnshared,
     Manifest,
     ManifestItem,
@@ -226,7 +227,15 @@ async def _items(session: AsyncSession, link: Link, source: SideView, target: Si
         elif mirror is None:
             reason = NOT_CROSSING[link.state]
         else:
-            continue  # an older version is held, and the rules keep both read-only now
+            # An older version is held, and the rules keep both read-only now: the receipt says so.
+            if item.delivery == "pending":
+                send(session, source.partner_id, ItemRefused(
+                    link_id=link.id, item_id=item.item_id, version=item.version,
+                    reason=f"the last edit did not reach the partner before synchronization "
+                           f"{'was suspended' if link.state == L.SUSPENDED else 'ended'}; "
+                           "the partner keeps the version it had"), link.id)
+                repairs.append(f"told {source.partner_id} the last edit of item {item.item_id} did not cross")
+            continue
         if mapping is not None:
             mapping.deleted = True
         send(session, source.partner_id, ItemUnshared(link_id=link.id, item_id=item.item_id, reason=reason), link.id)

@@ -258,6 +258,18 @@ class ItemDelivered(Payload):
 
 
 @contract
+class ItemRefused(Payload):
+    """Bridge -> the item's creator: this version (an edit or the deletion) did not cross; the item
+    stays shared and the other side keeps the version it had."""
+
+    type = "item.refused"
+    link_id: str
+    item_id: str
+    version: int = Field(ge=1)
+    reason: str
+
+
+@contract
 class ReconcileRequested(Payload):
     """Partner -> bridge: something of this link is unconfirmed (or the broker lost data)."""
 

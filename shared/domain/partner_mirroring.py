@@ -124,6 +124,8 @@ class MirroringPolicy:
         link = await self.links.link_for_ticket(session, ticket.id)
         if link is None or not synchronizing(link.status):
             return
+        if action != "created" and item.link_id != link.link_id:
+            return  # it crossed on an earlier link of the ticket, which is over
         await self.sync.item_sent(session, link.link_id)
         if action == "deleted":
             # Remembered until the other side confirms the mirror is gone.
@@ -132,7 +134,7 @@ class MirroringPolicy:
             self.publisher.emit(session, ItemDeleted(link_id=link.link_id, item_id=item.id, kind=item.kind,
                                                      version=item.version), link.link_id)
             return
-        item.shared = True
+        item.shared, item.link_id = True, link.link_id
         item.delivery_status, item.delivery_at, item.delivery_reason = Delivery.PENDING, utcnow(), None
         emit_item(self.publisher, session, link.link_id, item, ItemCreated if action == "created" else ItemUpdated,
                   content)
@@ -231,7 +233,7 @@ async def _upsert(session: AsyncSession, ticket_id: str, payload: MirrorUpsert) 
         created = await session.scalar(
             insert(TicketItem)
             .values(id=payload.mirror_id, ticket_id=ticket_id, kind=payload.kind, origin=Origin.PARTNER,
-                    internal=payload.internal, shared=True, fields=payload.fields,
+                    internal=payload.internal, shared=True, fields=payload.fields, link_id=payload.link_id,
                     source_version=payload.source_version, source_hash=payload.source_hash)
             .on_conflict_do_nothing(index_elements=[TicketItem.id])
             .returning(TicketItem.id)
@@ -261,7 +263,7 @@ async def _upsert(session: AsyncSession, ticket_id: str, payload: MirrorUpsert) 
         )
         .on_conflict_do_nothing()
     )
-    return await _assemble_if_complete(session, payload.mirror_id)
+    return await _assemble_if_complete(session, payload.mirror_id, payload.link_id)
 
 
 async def _chunk(session: AsyncSession, payload: MirrorChunk) -> tuple[str, int] | None:
@@ -270,10 +272,10 @@ async def _chunk(session: AsyncSession, payload: MirrorChunk) -> tuple[str, int]
         .values(mirror_id=payload.mirror_id, index=payload.index, data=base64.b64decode(payload.data))
         .on_conflict_do_nothing()
     )
-    return await _assemble_if_complete(session, payload.mirror_id)
+    return await _assemble_if_complete(session, payload.mirror_id, payload.link_id)
 
 
-async def _assemble_if_complete(session: AsyncSession, mirror_id: str) -> tuple[str, int] | None:
+async def _assemble_if_complete(session: AsyncSession, mirror_id: str, link_id: str) -> tuple[str, int] | None:
     staged = await session.get(IncomingAttachment, mirror_id)
     if staged is None:
         return None
@@ -293,6 +295,7 @@ async def _assemble_if_complete(session: AsyncSession, mirror_id: str) -> tuple[
             internal=staged.internal,
             shared=True,
             fields=staged.fields,
+            link_id=link_id,
             source_version=staged.source_version,
             source_hash=staged.source_hash,
         )

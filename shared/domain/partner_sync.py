@@ -21,6 +21,7 @@ from shared.contracts.messages import (
     AttachmentChunk,
     ItemCreated,
     ItemDelivered,
+    ItemRefused,
     ItemDeleted,
     ItemUnshared,
     Manifest,
@@ -130,6 +131,9 @@ class PartnerSync:
     # --- receipts ---------------------------------------------------------------------------------
 
     async def on_delivered(self, session: AsyncSession, payload: ItemDelivered) -> None:
+        # The ticket row first, as every writer of the ticket does: an item marked pending by a
+        # transaction not yet committed is seen once it is.
+        await self.links.ticket_for_link(session, payload.link_id)
         now = utcnow()
         await session.execute(
             update(TicketItem)
@@ -143,6 +147,20 @@ class PartnerSync:
         )
         await self._settle(session, payload.link_id)
 
+    async def on_refused(self, session: AsyncSession, payload: ItemRefused) -> None:
+        """An edit or a deletion stayed on this side; the item itself remains shared as it was."""
+        ticket_id = await self.links.ticket_for_link(session, payload.link_id)
+        if ticket_id is None:
+            return
+        await session.execute(
+            update(TicketItem)
+            .where(TicketItem.id == payload.item_id, TicketItem.ticket_id == ticket_id,
+                   TicketItem.origin == Origin.LOCAL, TicketItem.version == payload.version)
+            .values(delivery_status=Delivery.REFUSED, delivery_at=utcnow(), delivery_reason=payload.reason)
+        )
+        await session.execute(delete(ItemDeletion).where(ItemDeletion.item_id == payload.item_id))
+        await self._settle(session, payload.link_id)
+
     async def on_unshared(self, session: AsyncSession, ticket_id: str, payload: ItemUnshared) -> None:
         await session.execute(
             update(TicketItem)
@@ -154,7 +172,7 @@ class PartnerSync:
 
     async def _settle(self, session: AsyncSession, link_id: str) -> None:
         """Nothing of the link waits any more: say so (the watch stops asking about it)."""
-        ticket_id = await self.links.ticket_of(session, link_id)
+        ticket_id = await self.links.ticket_for_link(session, link_id)
         if ticket_id is None or not await _pending_exists(session, ticket_id):
             await session.execute(update(LinkSync).where(LinkSync.link_id == link_id).values(pending_since=None))
 
@@ -173,14 +191,15 @@ class PartnerSync:
             rows = await session.execute(
                 select(TicketItem.id, TicketItem.kind, TicketItem.version, TicketItem.fields, TicketItem.delivery_status)
                 .where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.LOCAL,
-                       TicketItem.shared.is_(True), TicketItem.internal.is_(False))
+                       TicketItem.shared.is_(True), TicketItem.internal.is_(False), TicketItem.link_id == link_id)
                 .order_by(TicketItem.seq)
             )
             items = [ManifestItem(item_id=r.id, version=r.version, hash=content_hash(r.kind, r.fields),
                                   delivery=r.delivery_status) for r in rows]
             rows = await session.execute(
                 select(TicketItem.id, TicketItem.source_version, TicketItem.source_hash)
-                .where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.PARTNER)
+                .where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.PARTNER,
+                       TicketItem.link_id == link_id)
                 .order_by(TicketItem.seq)
             )
             mirrors = [ManifestMirror(mirror_id=r.id, source_version=r.source_version or 1,
@@ -213,14 +232,15 @@ class PartnerSync:
                                                              kind=deletion.kind, version=deletion.version),
                                         payload.link_id)
                 continue
-            if item.origin != Origin.LOCAL or not item.shared or item.internal:
-                continue  # never sent: nothing the rules keep local leaves by a repair
+            if item.origin != Origin.LOCAL or not item.shared or item.internal or item.link_id != payload.link_id:
+                continue  # never sent on this link: nothing the rules keep local leaves by a repair
             content = None
             if item.kind == ItemKind.ATTACHMENT:
                 content = await session.scalar(select(AttachmentContent.content).where(AttachmentContent.item_id == item.id))
             emit_item(self.publisher, session, payload.link_id, item, ItemCreated, content)
 
     async def on_reconciled(self, session: AsyncSession, payload: Reconciled) -> None:
+        await self.links.ticket_for_link(session, payload.link_id)  # the ticket row first
         row = await session.get(LinkSync, payload.link_id, with_for_update=True)
         if row is None:
             return
@@ -229,10 +249,15 @@ class PartnerSync:
         if payload.in_sync and row.manifest_as_of is not None:
             # Confirmed: the workflow as it was when this side described it (later changes are not).
             row.confirmed_through = max(row.confirmed_through or row.manifest_as_of, row.manifest_as_of)
+        if payload.in_sync:
+            # In sync: the other side holds no mirror of an item deleted here (or never will again).
+            await session.execute(delete(ItemDeletion).where(ItemDeletion.link_id == payload.link_id))
+            await self._settle(session, payload.link_id)
 
     def handlers(self) -> dict[type[Payload], Callable[[AsyncSession, Any], Awaitable[None]]]:
         return {
             ItemDelivered: self.on_delivered,
+            ItemRefused: self.on_refused,
             ManifestRequested: self.on_manifest_requested,
             ResendRequested: self.on_resend_requested,
             Reconciled: self.on_reconciled,

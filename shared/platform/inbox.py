@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -98,11 +98,26 @@ class StreamPosition(Base):
 Handler = Callable[[AsyncSession, Envelope, Payload, str], Awaitable[None]]
 
 
+class _Positions(ConsumerRebalanceListener):
+    """Hands the consumer's assignments to the inbox, which checks where each partition resumes."""
+
+    def __init__(self, inbox: "InboxConsumer"):
+        self.inbox = inbox
+        self.consumer: AIOKafkaConsumer | None = None
+
+    def on_partitions_revoked(self, revoked):
+        self.inbox.partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned):
+        await self.inbox.partitions_assigned(self.consumer, assigned)
+
+
 class InboxConsumer:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        consumer_factory: Callable[[], AIOKafkaConsumer] | None,  # None: it only replays (the command line)
+        # Makes a consumer subscribed with the given rebalance listener; None: it only replays (the CLI).
+        consumer_factory: Callable[[ConsumerRebalanceListener], AIOKafkaConsumer] | None,
         handler: Handler,
         name: str,
         signatures: Signatures,
@@ -116,7 +131,7 @@ class InboxConsumer:
         self._name = name
         self._signatures = signatures
         self._on_data_loss = on_data_loss
-        self._expected: dict[TopicPartition, int] = {}  # the next offset each partition should deliver
+        self._expected: dict[TopicPartition, int | None] = {}  # the next offset each partition should deliver
         self.consumer: AIOKafkaConsumer | None = None
         self.applied_total = 0
         self.duplicates_total = 0
@@ -126,7 +141,8 @@ class InboxConsumer:
     async def run(self) -> None:
         delay = 0.5
         while True:
-            consumer = self._consumer_factory()
+            listener = _Positions(self)
+            consumer = listener.consumer = self._consumer_factory(listener)
             try:
                 if self._prepare is not None:
                     await self._prepare()
@@ -153,7 +169,6 @@ class InboxConsumer:
         # a commit is a broker round trip on the hot path, and the inbox makes any replay harmless.
         done: dict = {}
         last_commit = time.monotonic()
-        self._expected = await self._load_positions()
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
             for tp, records in batches.items():
@@ -165,13 +180,36 @@ class InboxConsumer:
             if not batches:
                 for tp in consumer.assignment():
                     highwater = consumer.highwater(tp)
-                    if highwater is not None and highwater < self._expected.get(tp, 0):
-                        self._lost(tp, f"its end is at offset {highwater}, before offset {self._expected[tp]} already read")
+                    expected = self._expected.get(tp)
+                    if highwater is not None and expected is not None and highwater < expected:
+                        self._lost(tp, f"its end is at offset {highwater}, before offset {expected} already read")
                         self._expected[tp] = highwater
+                        await self._save_positions({tp: highwater})
             if done and (not batches or time.monotonic() - last_commit > COMMIT_EVERY):
                 await consumer.commit(done)
                 await self._save_positions(done)
                 done, last_commit = {}, time.monotonic()
+
+    async def partitions_assigned(self, consumer: AIOKafkaConsumer, assigned) -> None:
+        """Where each newly assigned partition resumes, against how far this service had read it:
+        no committed offset where one was, or one behind it, means the broker lost data (a topic
+        recreated, committed offsets gone). A replica taking over a partition starts from the
+        group's committed offset, which is what this service saved after committing it."""
+        saved = await self._load_positions()
+        for tp in assigned:
+            committed = await consumer.committed(tp)
+            before = saved.get(tp)
+            if before and (committed is None or committed < before):
+                self._lost(tp, f"it resumes at {committed if committed is not None else 'no committed offset'}, "
+                               f"after offset {before} was read")
+                self._expected[tp] = None  # from wherever the reset takes it
+                await self._save_positions({tp: committed or 0})  # told once, not at every rebalance
+            else:
+                self._expected[tp] = committed
+
+    def partitions_revoked(self, revoked) -> None:
+        for tp in revoked:
+            self._expected.pop(tp, None)
 
     def _check_continuity(self, tp: TopicPartition, first: int) -> None:
         expected = self._expected.get(tp)

@@ -94,9 +94,10 @@ def make_producer(access: KafkaAccess, profile: BrokerProfile = FALLBACK) -> AIO
 
 
 def make_consumer(access: KafkaAccess, group_id: str, topics: list[str], session_timeout_ms: int,
-                  profile: BrokerProfile = FALLBACK) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        *topics,
+                  profile: BrokerProfile = FALLBACK, listener=None) -> AIOKafkaConsumer:
+    """A consumer of `topics`; with `listener` (a ConsumerRebalanceListener) it hears each rebalance."""
+    consumer = AIOKafkaConsumer(
+        *([] if listener else topics),
         **access.options(),
         group_id=group_id,
         enable_auto_commit=False,
@@ -108,6 +109,9 @@ def make_consumer(access: KafkaAccess, group_id: str, topics: list[str], session
         fetch_max_bytes=16 * MAX_MESSAGE_BYTES,
         metadata_max_age_ms=5_000,
     )
+    if listener is not None:
+        consumer.subscribe(topics, listener=listener)
+    return consumer
 
 
 def _admin(access: KafkaAccess) -> AIOKafkaAdminClient:

@@ -127,6 +127,7 @@ def create_stream_positions(op) -> None:
 def add_partner_sync_tables(op) -> None:
     """Delivery receipts, item versions, mirrors' sources, deletion tombstones and link health."""
     for column in (
+        sa.Column("link_id", sa.String(36)),
         sa.Column("version", sa.Integer, nullable=False, server_default="1"),
         sa.Column("delivery_status", sa.String(10)),
         sa.Column("delivery_at", sa.DateTime(timezone=True)),
@@ -170,7 +171,8 @@ def drop_partner_sync_tables(op) -> None:
     op.drop_column("incoming_attachments", "source_hash")
     op.drop_column("incoming_attachments", "source_version")
     op.drop_index("ix_ticket_items_pending", "ticket_items")
-    for column in ("source_hash", "source_version", "delivery_reason", "delivery_at", "delivery_status", "version"):
+    for column in ("source_hash", "source_version", "delivery_reason", "delivery_at", "delivery_status", "version",
+                   "link_id"):
         op.drop_column("ticket_items", column)
 
 

@@ -80,12 +80,13 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         )
         consumer = InboxConsumer(
             sessions,
-            lambda: make_consumer(
+            lambda listener: make_consumer(
                 access,
                 group_id=spec.name,
                 topics=spec.inbound_topics,
                 session_timeout_ms=settings.kafka_session_timeout_ms,
                 profile=app.state.broker,
+                listener=listener,
             ),
             spec.handler,
             name=spec.name,

@@ -55,7 +55,8 @@ class Rig:
     def consumer(self) -> InboxConsumer:
         return InboxConsumer(
             self.sessions,
-            lambda: make_consumer(self.access, f"g-{self.topic}", [self.topic], session_timeout_ms=6000),
+            lambda listener: make_consumer(self.access, f"g-{self.topic}", [self.topic], session_timeout_ms=6000,
+                                           listener=listener),
             open_ticket,
             name="test",
             signatures=self.signatures,

@@ -72,6 +72,9 @@ class TicketItem(Base):
     # A partner's item the lead may now edit: set when the outsourcing completes.
     released: Mapped[bool] = mapped_column(Boolean, default=False)
     fields: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The link the item crossed on (its own, or the one its mirror came over): a ticket outsourced
+    # again later shares only what is added then.
+    link_id: Mapped[str | None] = mapped_column(String(36))
     # Every edit makes a new version; a receipt and reconciliation name the version they confirm.
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # On the creator's side of a shared item: pending | delivered | refused (null: never sent).
