@@ -179,3 +179,23 @@ async def test_the_pages_work_at_phone_width(browser, services):
     await expect(page.get_by_role("button", name="Create")).to_be_visible()
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page scrolls sideways at 390 px ({width} px wide)"
+
+
+async def test_a_token_without_outsourcing_sees_no_outsourcing_buttons_and_is_refused_anyway(browser, services):
+    created = services["lead_partner"].cli("tokens", "create", "--name", "helpdesk", "--permission", "tickets")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.split("token: ")[1].strip()
+    context = await browser.new_context(base_url=services["lead_partner"].url)
+    page = await context.new_page()
+    await page.goto("/signin")
+    await page.get_by_label("API token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_label("Title").fill("Helpdesk ticket")
+    await page.get_by_role("button", name="Create").click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("Helpdesk ticket")
+    await expect(page.get_by_role("button", name="Add note")).to_be_visible()
+    await expect(page.get_by_text("Outsource", exact=True)).to_have_count(0)
+    await expect(page.get_by_role("link", name="Outsourced Work")).to_be_visible()
+    csrf = await page.locator("input[name=csrf]").first.get_attribute("value")
+    refused = await page.request.post(f"{page.url}/outsource", form={"csrf": csrf, "partner_id": "insourcing-partner"})
+    assert refused.status == 403 and "lacks the &#39;outsourcing&#39; permission" in await refused.text()
