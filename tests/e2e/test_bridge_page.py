@@ -89,6 +89,16 @@ async def test_links_page_shows_a_link_its_mirrors_and_reconciles_it(services, l
         await eventually(reconciled, timeout=20, interval=1.0)
         await expect(page.locator("#last-reconciled")).not_to_contain_text("never")
 
+        missing = await page.goto(f"{url}/links/no-such-link")
+        assert missing.status == 404
+        await expect(page.get_by_role("alert")).to_have_text("link no-such-link not found")
+    # The JSON API answers from the same functions as the page.
+    health = (await bridge.get(f"/api/links/{link_id}/health")).json()
+    assert health["link_state"] == "active" and health["last_reconciled_at"] is not None
+    started = await bridge.post(f"/api/links/{link_id}/reconcile")
+    assert started.status_code == 202 and started.json()["link_id"] == link_id, started.text
+    assert (await bridge.post("/api/links/no-such-link/reconcile")).status_code == 404
+
 
 async def _parked(bridge, keys: list[str]) -> dict[str, dict]:
     async def check():
