@@ -2,6 +2,7 @@
 from fastapi import FastAPI
 from prometheus_client import Gauge
 
+from services.sync_bridge import pages
 from services.sync_bridge.bridge import Bridge
 from services.sync_bridge.endpoints import router
 from services.sync_bridge.reconciliation import Scheduler
@@ -11,6 +12,7 @@ from shared.platform.kafka import inbound_topic, outbound_topic
 from shared.platform.runtime import ServiceSpec
 from shared.platform.runtime import create_app as create_service_app
 from shared.platform.signing import Signatures
+from shared.platform.webui import WebUi, install_web_ui
 
 
 def create_app(settings: BridgeSettings | None = None) -> FastAPI:
@@ -18,7 +20,7 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
     topics = [t for p in settings.partners for t in (outbound_topic(p), inbound_topic(p))]
     rings = {p: settings.key_ring(settings.signing_keys.get(p), f"signing_keys (for {p})") for p in settings.partners}
     scheduler = Scheduler(settings.reconcile_interval_s)
-    return create_service_app(
+    app = create_service_app(
         ServiceSpec(
             name="sync_bridge",
             settings=settings,
@@ -35,6 +37,10 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             metrics=lambda registry: _reconcile_metrics(registry, scheduler),
         )
     )
+    # The operator's web UI (SPEC section 8): links, Reconcile now, dead letters.
+    install_web_ui(app, WebUi("Sync bridge", [pages.TEMPLATES], settings.ui_secret), home="/links")
+    app.include_router(pages.router)
+    return app
 
 
 def _reconcile_metrics(registry, scheduler: Scheduler) -> None:

@@ -114,6 +114,11 @@ def _side(partner_id: str, ticket_id: str | None, seen: dict | None) -> SideHeal
 @router.get("/links/{link_id}/health", response_model=LinkHealthOut,
             summary="The link's synchronization as the bridge sees both sides, and what reconciliation repaired")
 async def link_health(link_id: str, session: SessionDep):
+    return await health_of(session, link_id)
+
+
+async def health_of(session: AsyncSession, link_id: str) -> LinkHealthOut:
+    """The link's synchronization as the bridge last saw both sides (the API and the operator page)."""
     link = await session.get(Link, link_id)
     if link is None:
         raise NotFound(f"link {link_id} not found")
@@ -131,6 +136,11 @@ async def link_health(link_id: str, session: SessionDep):
 @router.post("/links/{link_id}/reconcile", status_code=202, response_model=ReconcileOut,
              summary="Reconcile the link now: both partners are asked what they hold, and differences are repaired")
 async def reconcile_now(link_id: str, session: SessionDep):
+    return await reconcile(session, link_id)
+
+
+async def reconcile(session: AsyncSession, link_id: str) -> ReconcileOut:
+    """Starts a reconciliation round of the link, under its row lock (the API and the operator page)."""
     link = await session.get(Link, link_id, with_for_update=True)
     if link is None:
         raise NotFound(f"link {link_id} not found")

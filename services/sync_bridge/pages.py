@@ -1,0 +1,128 @@
+"""The bridge operator's pages (SPEC section 8): the links with their state and health, Reconcile now,
+and the dead letters with Replay and Discard. Each page calls the same functions as the JSON API
+(services/sync_bridge/endpoints.py, shared/platform/dead_letters.py), so the same rules hold; a
+refusal is shown on the page in words."""
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy import select
+
+from services.sync_bridge import endpoints
+from services.sync_bridge.models import ItemMirror, Link
+from shared.platform import dead_letters
+from shared.platform.auth import Permission, SessionDep
+from shared.platform.errors import DomainError, NotFound
+from shared.platform.inbox import DeadLetter
+from shared.platform.webui import ChangeDep, Viewer, ViewerDep, WebUi
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+NAV = [("/links", "Links"), ("/dead-letters", "Dead letters")]
+LINK_STATES = ["pending", "active", "suspended", "terminated"]
+MAX_ROWS = 200
+router = APIRouter(include_in_schema=False)
+
+
+def ui(request: Request) -> WebUi:
+    return request.app.state.web_ui
+
+
+def render(request: Request, who: Viewer, template: str, status_code: int = 200, **context) -> HTMLResponse:
+    return ui(request).render(request, template, status_code=status_code, who=who, nav=NAV, **context)
+
+
+def refused(request: Request, who: Viewer) -> HTMLResponse | None:
+    """The server refuses what the page would not offer: a token without the bridge's permission."""
+    if who.may(Permission.LINKS.value):
+        return None
+    return render(request, who, "message.html", status_code=403,
+                  message=f"Your token ({who.name}) lacks the '{Permission.LINKS.value}' permission: "
+                          "these pages are for the bridge's operators.")
+
+
+@router.get("/")
+async def home():
+    return RedirectResponse("/links", status_code=303)
+
+
+@router.get("/links")
+async def links(request: Request, who: ViewerDep, session: SessionDep, state: str = ""):
+    if denied := refused(request, who):
+        return denied
+    query = select(Link).order_by(Link.created_at.desc()).limit(MAX_ROWS)
+    if state in LINK_STATES:
+        query = query.where(Link.state == state)
+    else:
+        state = ""
+    rows = list((await session.scalars(query)).all())
+    return render(request, who, "links.html", links=rows, state=state, states=LINK_STATES, max_rows=MAX_ROWS)
+
+
+@router.get("/links/{link_id}")
+async def link_page(request: Request, link_id: str, who: ViewerDep, session: SessionDep, reconcile: str = ""):
+    if denied := refused(request, who):
+        return denied
+    try:
+        health = await endpoints.health_of(session, link_id)
+    except NotFound as exc:
+        return render(request, who, "message.html", status_code=404, message=exc.detail)
+    link = await session.get(Link, link_id)
+    mirrors = list((await session.scalars(
+        select(ItemMirror).where(ItemMirror.link_id == link_id).order_by(ItemMirror.created_at, ItemMirror.source_item_id)
+        .limit(MAX_ROWS * 5))).all())
+    return render(request, who, "link.html", link=link, health=health, mirrors=mirrors,
+                  started=reconcile == "started")
+
+
+@router.post("/links/{link_id}/reconcile")
+async def reconcile_now(request: Request, link_id: str, who: ChangeDep, session: SessionDep):
+    if denied := refused(request, who):
+        return denied
+    try:
+        await endpoints.reconcile(session, link_id)
+    except NotFound as exc:
+        return render(request, who, "message.html", status_code=404, message=exc.detail)
+    return RedirectResponse(f"/links/{link_id}?reconcile=started", status_code=303)
+
+
+@router.get("/dead-letters")
+async def dead_letter_page(request: Request, who: ViewerDep, session: SessionDep, include_resolved: bool = False,
+                           done: str = ""):
+    if denied := refused(request, who):
+        return denied
+    outcome = await _outcome(session, int(done)) if done.isdigit() and len(done) < 19 else None
+    return await _dead_letters(request, who, session, include_resolved, outcome=outcome)
+
+
+@router.post("/dead-letters/{letter_id}/{action}")
+async def resolve(request: Request, letter_id: int, action: str, who: ChangeDep, session: SessionDep):
+    if denied := refused(request, who):
+        return denied
+    try:
+        if action == "replay":
+            await dead_letters.replay(session, request.app.state.consumer, letter_id, who.name)
+        elif action == "discard":
+            await dead_letters.discard(session, letter_id, who.name)
+        else:
+            raise NotFound(f"there is no action {action!r} for a dead letter (replay or discard)")
+    except DomainError as exc:
+        return await _dead_letters(request, who, session, False, error=exc.detail, status_code=exc.status_code)
+    return RedirectResponse(f"/dead-letters?done={letter_id}", status_code=303)
+
+
+async def _outcome(session, letter_id: int) -> str | None:
+    """What the last action on the letter came to, in words, read back from its row (so that the
+    message cannot be made up through the address)."""
+    letter = await session.get(DeadLetter, letter_id)
+    if letter is None:
+        return None
+    if letter.resolved_at is None:
+        return f"Dead letter {letter.id}: parked again: {letter.reason}"
+    return f"Dead letter {letter.id}: {letter.resolution}"
+
+
+async def _dead_letters(request, who, session, include_resolved: bool, outcome: str | None = None,
+                        error: str | None = None, status_code: int = 200) -> HTMLResponse:
+    letters = await dead_letters.list_dead_letters(session, include_resolved, limit=MAX_ROWS)
+    return render(request, who, "dead_letters.html", status_code=status_code, letters=letters,
+                  include_resolved=include_resolved, outcome=outcome, error=error, max_rows=MAX_ROWS)
