@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
+from markupsafe import escape
 from sqlalchemy import select
 
 from shared.platform.auth import ApiToken, SessionDep, hash_token
@@ -35,6 +36,10 @@ class Viewer:
 
     def may(self, permission: str) -> bool:
         return permission in self.permissions
+
+
+class FormRefused(Exception):
+    """A form the service will not take (a forged one): answered with a page in words."""
 
 
 class SignInNeeded(Exception):
@@ -111,8 +116,8 @@ ViewerDep = Annotated[Viewer, Depends(viewer)]
 async def changing(request: Request, who: ViewerDep, csrf: Annotated[str, Form()] = "") -> Viewer:
     """A signed-in user submitting a form of this service's own pages (CSRF token checked)."""
     if not hmac.compare_digest(csrf, who.csrf):
-        raise HTTPException(403, "this form did not come from this service's own page (CSRF token missing or wrong); "
-                                 "reload the page and try again")
+        raise FormRefused("this form did not come from this service's own page (CSRF token missing or wrong); "
+                          "reload the page and try again")
     return who
 
 
@@ -130,6 +135,11 @@ def install_web_ui(app, ui: WebUi, home: str) -> None:
         if request.method == "GET" and request.headers.get("accept", "").startswith("text/event-stream"):
             return Response(status_code=401)
         return RedirectResponse(f"/signin?next={request.url.path}", status_code=303)
+
+    @app.exception_handler(FormRefused)
+    async def form_refused(request: Request, exc: FormRefused):
+        return HTMLResponse(f"<!doctype html><title>Refused</title><p role=\"alert\">{escape(str(exc))}</p>"
+                            "<p><a href=\"/\">Home</a></p>", status_code=403, headers=page_headers())
 
     @router.get("/signin")
     async def signin_page(request: Request, next: str = home):
