@@ -56,6 +56,8 @@ from shared.platform.db import utcnow
 from shared.platform.messagebus import Ignored
 
 log = logging.getLogger(__name__)
+# A round whose answers have not all come back by then is asked again (they were lost).
+ROUND_TIMEOUT = timedelta(seconds=20)
 
 
 @dataclass
@@ -134,8 +136,10 @@ async def requested(session: AsyncSession, event: LinkEvent) -> None:
     payload: ReconcileRequested = event.payload
     link = event.link
     log.info("link %s: %s asks for reconciliation: %s", link.id, event.sender, payload.reason)
-    if link.round_id and link.round_started_at > utcnow() - timedelta(seconds=10):
-        link.reconcile_due = True  # a round is under way; another follows it
+    if link.round_id and link.round_started_at > utcnow() - ROUND_TIMEOUT:
+        # A round is under way: restarting it would throw its answers away (under a burst of
+        # questions no round would ever finish). Another follows it.
+        link.reconcile_due = True
         return
     await start_round(session, link)
 
@@ -296,7 +300,7 @@ class Scheduler:
                 log.exception("reconciliation scheduler failed; trying again in %.0fs", self.interval)
 
     async def tick(self) -> int:
-        timeout = utcnow() - timedelta(seconds=max(self.interval, 10.0))
+        timeout = utcnow() - max(ROUND_TIMEOUT, timedelta(seconds=2 * self.interval))
         async with self.sessions() as session, session.begin():
             if self._lost:
                 self._lost = False
@@ -307,8 +311,10 @@ class Scheduler:
                     .values(reconcile_due=True)
                 )
             self.repairs_total = await session.scalar(select(func.coalesce(func.sum(Link.repairs), 0)))
+            # Due and not under way, or under way for so long that its answers were lost.
             ids = list(await session.scalars(
-                select(Link.id).where(or_(Link.reconcile_due, Link.round_id.is_not(None) & (Link.round_started_at < timeout)))
+                select(Link.id).where(or_(Link.reconcile_due, Link.round_id.is_not(None)),
+                                      or_(Link.round_id.is_(None), Link.round_started_at < timeout))
                 .limit(500)
             ))
         for link_id in ids:

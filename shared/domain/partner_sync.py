@@ -381,7 +381,10 @@ class SyncWatch:
         async with self.sessions() as session, session.begin():
             settled = now - timedelta(seconds=self.grace)
             if everything:
-                link_ids = await self.sync.links.open_links(session)
+                # Every open link, except those asked about a moment ago (a loss is seen on several
+                # partitions at once: the bridge is asked once).
+                recent = set(await session.scalars(select(LinkSync.link_id).where(LinkSync.requested_at > settled)))
+                link_ids = [link for link in await self.sync.links.open_links(session) if link not in recent]
                 reason = "the broker lost data"
             else:
                 link_ids = list(await session.scalars(
