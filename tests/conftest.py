@@ -68,8 +68,8 @@ def base_env(infrastructure: Infrastructure, databases, signing_keys):
         "LEAD_NOTIFY_EMAIL": LEAD_EMAIL,
         "INSOURCING_NOTIFY_EMAIL": INSOURCING_EMAIL,
         "LOG_LEVEL": "INFO",
-        # Short, so that the tests see reconciliation run without waiting long (the default is 30).
-        "RECONCILE_INTERVAL_S": "4",
+        # Shorter than the default 30, so that the tests see reconciliation run without waiting long.
+        "RECONCILE_INTERVAL_S": "10",
     }
 
 

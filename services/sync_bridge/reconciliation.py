@@ -56,8 +56,9 @@ from shared.platform.db import utcnow
 from shared.platform.messagebus import Ignored
 
 log = logging.getLogger(__name__)
-# A round whose answers have not all come back by then is asked again (they were lost).
-ROUND_TIMEOUT = timedelta(seconds=20)
+# A round whose answers have not all come back by then is asked again (they were lost). Rounds
+# normally end within a few seconds; a question does not restart one under way.
+ROUND_TIMEOUT = timedelta(seconds=10)
 
 
 @dataclass
@@ -288,7 +289,8 @@ class Scheduler:
     async def run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+                # Checked at least every 5 s: a round lost with the broker's data is asked again soon.
+                await asyncio.wait_for(self._wake.wait(), timeout=min(self.interval, 5.0))
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
@@ -300,7 +302,7 @@ class Scheduler:
                 log.exception("reconciliation scheduler failed; trying again in %.0fs", self.interval)
 
     async def tick(self) -> int:
-        timeout = utcnow() - max(ROUND_TIMEOUT, timedelta(seconds=2 * self.interval))
+        timeout = utcnow() - ROUND_TIMEOUT
         async with self.sessions() as session, session.begin():
             if self._lost:
                 self._lost = False

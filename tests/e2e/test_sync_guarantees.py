@@ -21,7 +21,7 @@ from tests.harness import LOGS, eventually
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 LEAD, PARTNER = "lead-partner", "insourcing-partner"
 TOPICS = [f(p) for p in (LEAD, PARTNER) for f in (outbound_topic, inbound_topic)]
-RECONCILE_INTERVAL_S = 4  # tests/conftest.py
+RECONCILE_INTERVAL_S = 10  # tests/conftest.py
 
 
 async def delivery(client: httpx.AsyncClient, ticket_id: str, kind: str, item_id: str, status: str,
