@@ -103,13 +103,12 @@ class _Positions(ConsumerRebalanceListener):
 
     def __init__(self, inbox: "InboxConsumer"):
         self.inbox = inbox
-        self.consumer: AIOKafkaConsumer | None = None
 
     def on_partitions_revoked(self, revoked):
         self.inbox.partitions_revoked(revoked)
 
-    async def on_partitions_assigned(self, assigned):
-        await self.inbox.partitions_assigned(self.consumer, assigned)
+    def on_partitions_assigned(self, assigned):
+        self.inbox.partitions_assigned(assigned)
 
 
 class InboxConsumer:
@@ -132,6 +131,7 @@ class InboxConsumer:
         self._signatures = signatures
         self._on_data_loss = on_data_loss
         self._expected: dict[TopicPartition, int | None] = {}  # the next offset each partition should deliver
+        self._fresh: set[TopicPartition] = set()  # assigned since the loop last looked
         self.consumer: AIOKafkaConsumer | None = None
         self.applied_total = 0
         self.duplicates_total = 0
@@ -141,8 +141,7 @@ class InboxConsumer:
     async def run(self) -> None:
         delay = 0.5
         while True:
-            listener = _Positions(self)
-            consumer = listener.consumer = self._consumer_factory(listener)
+            consumer = self._consumer_factory(_Positions(self))
             try:
                 if self._prepare is not None:
                     await self._prepare()
@@ -171,6 +170,7 @@ class InboxConsumer:
         last_commit = time.monotonic()
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            await self._take_fresh()
             for tp, records in batches.items():
                 self._check_continuity(tp, records[0].offset)
                 for record in records:
@@ -190,22 +190,20 @@ class InboxConsumer:
                 await self._save_positions(done)
                 done, last_commit = {}, time.monotonic()
 
-    async def partitions_assigned(self, consumer: AIOKafkaConsumer, assigned) -> None:
-        """Where each newly assigned partition resumes, against how far this service had read it:
-        no committed offset where one was, or one behind it, means the broker lost data (a topic
-        recreated, committed offsets gone). A replica taking over a partition starts from the
-        group's committed offset, which is what this service saved after committing it."""
+    def partitions_assigned(self, assigned) -> None:
+        """Noted only: nothing may wait on the broker inside a rebalance (a call to the coordinator
+        there was seen to hang a consumer after a broker restart); the loop checks them next."""
+        self._fresh.update(assigned)
+
+    async def _take_fresh(self) -> None:
+        """Newly assigned partitions resume from how far this service had read them (saved after each
+        commit): a first record elsewhere, or a partition ending before it, is a loss."""
+        if not self._fresh:
+            return
         saved = await self._load_positions()
-        for tp in assigned:
-            committed = await consumer.committed(tp)
-            before = saved.get(tp)
-            if before and (committed is None or committed < before):
-                self._lost(tp, f"it resumes at {committed if committed is not None else 'no committed offset'}, "
-                               f"after offset {before} was read")
-                self._expected[tp] = None  # from wherever the reset takes it
-                await self._save_positions({tp: committed or 0})  # told once, not at every rebalance
-            else:
-                self._expected[tp] = committed
+        for tp in self._fresh:
+            self._expected[tp] = saved.get(tp)
+        self._fresh.clear()
 
     def partitions_revoked(self, revoked) -> None:
         for tp in revoked:
