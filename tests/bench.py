@@ -12,7 +12,7 @@ import psutil
 
 from devstack import infra
 from shared.platform.kafka import KafkaAccess, ensure_topics, make_consumer, make_producer, probe_broker
-from tests.e2e.flows import linked_tickets
+from tests.e2e.flows import items, linked_tickets
 from tests.harness import ServiceProcess, resolve_infrastructure
 
 SAMPLES = int(os.environ.get("BENCH_SAMPLES", 500))
@@ -68,10 +68,10 @@ async def note_latency(source, target, pairs) -> list[float]:
     out = []
     for n in range(SAMPLES):
         src_id, dst_id = pairs[n % len(pairs)]
-        before = len((await target.get(f"/api/tickets/{dst_id}/notes")).json())
+        before = len(await items(target, dst_id, "notes"))
         started = time.perf_counter()
         (await source.post(f"/api/tickets/{src_id}/notes", json={"body": f"bench {n}"})).raise_for_status()
-        while len((await target.get(f"/api/tickets/{dst_id}/notes")).json()) == before:
+        while len(await items(target, dst_id, "notes")) == before:
             await asyncio.sleep(POLL)  # polling harder steals the CPU the receiving service needs
         out.append(time.perf_counter() - started)
     return out

@@ -52,9 +52,16 @@ async def linked_tickets(
 
 
 async def items(client: httpx.AsyncClient, ticket_id: str, kind: str) -> list[dict]:
-    answer = await client.get(f"/api/tickets/{ticket_id}/{kind}")
-    assert answer.status_code == 200, answer.text
-    return answer.json()
+    """Every item of `kind` on the ticket, oldest first, page after page."""
+    found, cursor = [], None
+    while True:
+        params = {"limit": 500} | ({"cursor": cursor} if cursor else {})
+        answer = await client.get(f"/api/tickets/{ticket_id}/{kind}", params=params)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        found += page["items"]
+        if (cursor := page["next_cursor"]) is None:
+            return found
 
 
 async def arrived(

@@ -56,25 +56,53 @@ async def test_each_item_kind_is_added_listed_edited_and_deleted(lead, path, bod
     assert {k: item[k] for k in expected} == expected
     assert item["origin"] == "local" and item["editable"] is True and item["shared"] is False
 
-    listed = (await lead.get(f"/api/tickets/{ticket['id']}/{path}")).json()
+    listed = (await lead.get(f"/api/tickets/{ticket['id']}/{path}")).json()["items"]
     assert [i["id"] for i in listed] == [item["id"]]
 
     change = {"notes": {"body": "Edited"}, "time-entries": {"hours": 2}, "charges": {"quantity": 3}}[path]
     edited = await lead.patch(f"/api/tickets/{ticket['id']}/{path}/{item['id']}", json=change)
     assert edited.status_code == 200, edited.text
     field, value = next(iter(change.items()))
-    assert (await lead.get(f"/api/tickets/{ticket['id']}/{path}")).json()[0][field] == value
+    assert (await lead.get(f"/api/tickets/{ticket['id']}/{path}")).json()["items"][0][field] == value
 
     assert (await lead.delete(f"/api/tickets/{ticket['id']}/{path}/{item['id']}")).status_code == 204
-    assert (await lead.get(f"/api/tickets/{ticket['id']}/{path}")).json() == []
+    assert (await lead.get(f"/api/tickets/{ticket['id']}/{path}")).json()["items"] == []
 
 
 async def test_items_are_listed_oldest_first(lead):
     ticket = await new_ticket(lead)
     for n in range(5):
         await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": f"note {n}"})
-    bodies = [n["body"] for n in (await lead.get(f"/api/tickets/{ticket['id']}/notes")).json()]
+    bodies = [n["body"] for n in (await lead.get(f"/api/tickets/{ticket['id']}/notes")).json()["items"]]
     assert bodies == [f"note {n}" for n in range(5)]
+
+
+async def test_a_long_list_comes_a_page_at_a_time_with_a_cursor(lead):
+    ticket = await new_ticket(lead)
+    for n in range(7):
+        await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": f"note {n}"})
+    pages, cursor = [], None
+    while True:
+        answer = await lead.get(f"/api/tickets/{ticket['id']}/notes",
+                                params={"limit": 3} | ({"cursor": cursor} if cursor else {}))
+        assert answer.status_code == 200, answer.text
+        pages.append([n["body"] for n in answer.json()["items"]])
+        if (cursor := answer.json()["next_cursor"]) is None:
+            break
+    assert pages == [["note 0", "note 1", "note 2"], ["note 3", "note 4", "note 5"], ["note 6"]]
+    # A page that ends exactly at the last item says so: no empty page to fetch.
+    six = (await lead.get(f"/api/tickets/{ticket['id']}/notes", params={"limit": 7})).json()
+    assert len(six["items"]) == 7 and six["next_cursor"] is None
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"limit": "ten"}, "limit"),
+    ({"cursor": "not-a-cursor"}, "cursor"), ({"cursor": "9" * 40}, "cursor"),
+])
+async def test_a_bad_page_request_is_a_422_naming_the_parameter(lead, params, field):
+    ticket = await new_ticket(lead)
+    answer = await lead.get(f"/api/tickets/{ticket['id']}/notes", params=params)
+    assert answer.status_code == 422 and field in answer.text
 
 
 async def test_an_attachment_keeps_its_bytes_and_checksum(lead):
@@ -104,7 +132,7 @@ async def test_an_attachment_over_10_mib_is_refused_with_413_and_nothing_is_stor
         f"/api/tickets/{ticket['id']}/attachments", files={"file": ("big.txt", exactly + b"b", "text/plain")}
     )
     assert over.status_code == 413 and "10 MiB" in over.json()["detail"]
-    names = [a["filename"] for a in (await lead.get(f"/api/tickets/{ticket['id']}/attachments")).json()]
+    names = [a["filename"] for a in (await lead.get(f"/api/tickets/{ticket['id']}/attachments")).json()["items"]]
     assert names == ["max.txt"]
 
 
@@ -131,7 +159,7 @@ async def test_input_over_a_limit_gets_a_422_naming_the_field_and_stores_nothing
     assert answer.status_code == 422, answer.text
     assert field in answer.json()["detail"]
     if path:
-        assert (await lead.get(f"/api/tickets/{ticket['id']}{path}")).json() == []
+        assert (await lead.get(f"/api/tickets/{ticket['id']}{path}")).json()["items"] == []
 
 
 async def test_limits_hold_at_their_exact_edge(lead):

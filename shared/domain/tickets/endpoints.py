@@ -3,7 +3,7 @@ service function, and shape the answer; the service's SyncPolicy supplies link s
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, create_model
 
 from shared.domain.tickets import service
@@ -11,10 +11,14 @@ from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import ItemKind
 from shared.domain.tickets.schemas import (
     CREATE_MODELS,
+    CURSOR_PATTERN,
     MAX_ATTACHMENT_BYTES,
     OUT_MODELS,
+    PAGE_DEFAULT,
+    PAGE_MAX,
     UPDATE_MODELS,
     PartnerLinkOut,
+    page_model,
     TicketCreate,
     TicketOut,
     TicketUpdate,
@@ -139,8 +143,15 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
 
     update_model = UPDATE_MODELS[kind]
 
-    async def list_(ticket_id: str, session: SessionDep, policy: PolicyDep):
-        return [item_out(policy, item) for item in await service.list_items(session, ticket_id, kind)]
+    async def list_(
+        ticket_id: str,
+        session: SessionDep,
+        policy: PolicyDep,
+        limit: Annotated[int, Query(ge=1, le=PAGE_MAX, description="items per page")] = PAGE_DEFAULT,
+        cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the page before")] = None,
+    ):
+        page, more = await service.list_items(session, ticket_id, kind, limit, int(cursor) if cursor else None)
+        return {"items": [item_out(policy, item) for item in page], "next_cursor": str(page[-1].seq) if more else None}
 
     async def update(ticket_id: str, item_id: str, body: BaseModel, session: SessionDep, policy: PolicyDep):
         changes = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
@@ -154,6 +165,6 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
         return Response(status_code=204)
 
     update.__annotations__["body"] = update_model
-    router.get(path, response_model=list[out_model], summary=f"List the {noun}s, oldest first")(list_)
+    router.get(path, response_model=page_model(out_model), summary=f"List the {noun}s, oldest first, a page at a time")(list_)
     router.patch(f"{path}/{{item_id}}", response_model=out_model, summary=f"Edit a {noun}")(update)
     router.delete(f"{path}/{{item_id}}", status_code=204, summary=f"Delete a {noun}")(delete)

@@ -3,7 +3,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, create_model
 
 from shared.domain.tickets.rules import ItemKind, TicketStatus
 
@@ -166,6 +166,23 @@ class AttachmentOut(ItemOut):
     content_type: str
     size: int
     sha256: str
+
+
+# --- paging (SPEC section 5): oldest first, a page at a time ---------------------------------------
+
+PAGE_DEFAULT = 100
+PAGE_MAX = 500
+# A cursor is opaque to clients: it names the last item of the page before.
+CURSOR_PATTERN = r"^[0-9]{1,18}$"
+
+
+def page_model(out_model: type[ItemOut]) -> type[BaseModel]:
+    """`{items, next_cursor}` of one kind: `next_cursor` is null on the last page."""
+    return create_model(
+        f"{out_model.__name__.removesuffix('Out')}Page",
+        items=(list[out_model], ...),
+        next_cursor=(str | None, Field(description="pass as `cursor` for the next page; null on the last page")),
+    )
 
 
 CREATE_MODELS: dict[ItemKind, type[Strict]] = {

@@ -59,12 +59,19 @@ async def lock_ticket_of(session: AsyncSession, ticket_ids: Select) -> str | Non
     return await session.scalar(select(Ticket.id).where(Ticket.id == ticket_ids.scalar_subquery()).with_for_update())
 
 
-async def list_items(session: AsyncSession, ticket_id: str, kind: ItemKind) -> list[TicketItem]:
+async def list_items(
+    session: AsyncSession, ticket_id: str, kind: ItemKind, limit: int, after: int | None = None
+) -> tuple[list[TicketItem], bool]:
+    """Up to `limit` items of a kind, oldest first, after the item numbered `after`; and whether more follow."""
     await get_ticket(session, ticket_id)
-    rows = await session.scalars(
-        select(TicketItem).where(TicketItem.ticket_id == ticket_id, TicketItem.kind == kind).order_by(TicketItem.seq)
+    query = (
+        select(TicketItem).where(TicketItem.ticket_id == ticket_id, TicketItem.kind == kind)
+        .order_by(TicketItem.seq).limit(limit + 1)
     )
-    return list(rows.all())
+    if after is not None:
+        query = query.where(TicketItem.seq > after)
+    rows = list((await session.scalars(query)).all())
+    return rows[:limit], len(rows) > limit
 
 
 async def get_item(session: AsyncSession, ticket_id: str, kind: ItemKind, item_id: str) -> TicketItem:
