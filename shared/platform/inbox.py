@@ -173,8 +173,7 @@ class InboxConsumer:
             await self._take_fresh()
             for tp, records in batches.items():
                 self._check_continuity(tp, records[0].offset)
-                for record in records:
-                    await self.handle(record)
+                await self.handle_batch(records)
                 done[tp] = records[-1].offset + 1
                 self._expected[tp] = done[tp]
             if not batches:
@@ -236,6 +235,51 @@ class InboxConsumer:
                                            set_={"next_offset": offset})
                 )
 
+    async def handle_batch(self, records: list[ConsumerRecord]) -> None:
+        """One partition's records from one poll, in order. Those that verify and parse are applied
+        in one transaction (one inbox insert, one commit); when any of them fails there, the
+        transaction is rolled back and they go one at a time, so a poison message is parked alone
+        and the others still apply, each exactly once."""
+        ready = []
+        for record in records:
+            try:
+                ready.append((record, *self._verified(record.topic, record.headers, record.value)))
+            except Parked as exc:
+                await self._park(record, exc.env, exc.reason)
+        if len(ready) > 1:
+            try:
+                await self._apply_together(ready)
+                return
+            except Exception as exc:
+                if transient(exc):
+                    raise
+                log.warning("%s: a batch of %d failed (%r); applying them one at a time", self._name, len(ready), exc)
+        for record, env, payload in ready:
+            await self.handle(record)
+
+    async def _apply_together(self, ready: list[tuple[ConsumerRecord, Envelope, Payload]]) -> None:
+        async with self._sessions() as session, session.begin():
+            first_time = set(await session.scalars(
+                insert(InboxRecord)
+                .values([{"event_id": str(env.event_id), "type": env.type} for _, env, _ in ready])
+                .on_conflict_do_nothing()
+                .returning(InboxRecord.event_id)
+            ))
+            applied = 0
+            for record, env, payload in ready:
+                event_id = str(env.event_id)
+                if event_id not in first_time:  # applied before, or twice in this batch
+                    self.duplicates_total += 1
+                    log.info("%s: %s %s already applied; skipped", self._name, env.type, event_id)
+                    continue
+                first_time.discard(event_id)
+                await self._handler(session, env, payload, record.topic)
+                # Each handler starts from the database, as it would in a transaction of its own.
+                await session.flush()
+                session.expunge_all()
+                applied += 1
+        self.applied_total += applied
+
     async def handle(self, record: ConsumerRecord) -> None:
         try:
             await self._verify_and_apply(record.topic, record.headers, record.value)
@@ -254,16 +298,20 @@ class InboxConsumer:
             raise
         return APPLIED if applied else ALREADY_APPLIED
 
-    async def _verify_and_apply(self, topic: str, headers, value: bytes | None) -> bool:
-        """The one path of a message, live or replayed: True when applied, False when the inbox had it."""
+    def _verified(self, topic: str, headers, value: bytes | None) -> tuple[Envelope, Payload]:
+        """The message, signed by its sender and parsed; Parked when it is not."""
         try:
             self._signatures.verify(topic, headers, value)
         except BadSignature as exc:
             raise Parked(f"not authenticated: {exc}", _claimed_envelope(value)) from exc
         try:
-            env, payload = parse(value)
+            return parse(value)
         except ContractError as exc:
             raise Parked(str(exc)) from exc
+
+    async def _verify_and_apply(self, topic: str, headers, value: bytes | None) -> bool:
+        """The one path of a message, live or replayed: True when applied, False when the inbox had it."""
+        env, payload = self._verified(topic, headers, value)
         for attempt in itertools.count(1):
             try:
                 return await self._apply(env, payload, topic)

@@ -13,7 +13,7 @@ from shared.contracts.envelope import Payload, contract, envelope
 from shared.domain.tickets.models import Ticket
 from shared.domain.tickets.service import create_ticket
 from shared.platform.db import make_engine, make_sessionmaker
-from shared.platform.inbox import DeadLetter, InboxConsumer
+from shared.platform.inbox import DeadLetter, InboxConsumer, Rejected
 from shared.platform.kafka import KafkaAccess, ensure_topics, make_consumer, make_producer
 from shared.platform.migrations import upgrade
 from shared.platform.outbox import OutboxMessage, OutboxRelay, add_to_outbox
@@ -34,6 +34,8 @@ class OpenTicket(Payload):
 
 
 async def open_ticket(session, env, payload: OpenTicket, topic: str) -> None:
+    if payload.title.startswith("refuse"):
+        raise Rejected(f"{payload.title!r} is refused by this handler")
     await create_ticket(session, payload.title)
 
 
@@ -185,6 +187,26 @@ async def test_a_poison_message_is_parked_and_the_next_one_is_still_applied(rig)
     reasons = sorted(p.reason for p in parked)
     assert len(parked) == 2
     assert reasons[0].startswith("not an envelope") and "unknown message type 'test.nope'" in reasons[1]
+
+
+async def test_a_poll_applied_together_still_parks_its_poison_alone_and_applies_the_rest_once_in_order(rig):
+    """What one poll returns is applied in one transaction; a message its handler refuses sends the
+    batch back to one at a time: the refused one is parked, the others are applied once each."""
+    events = [envelope(OpenTicket(title=title), source="test", link_id="link-5")
+              for title in ("batch-1", "batch-2", "refuse-me", "batch-3")]
+    values = [e.to_bytes() for e in events]
+    await rig.send([*values, values[0]], key=b"link-5")  # all on the topic before the consumer starts
+    consumer = rig.consumer()
+    rig.spawn(consumer.run())
+    await eventually(lambda: _at_least(consumer, "parked_total", 1))
+    await eventually(lambda: _at_least(consumer, "applied_total", 3))
+    async with rig.sessions() as session:
+        applied = (await session.scalars(
+            select(Ticket.title).where(Ticket.title.like("batch-%")).order_by(Ticket.number))).all()
+        parked = (await session.scalars(select(DeadLetter).where(DeadLetter.event_id == str(events[2].event_id)))).all()
+    assert applied == ["batch-1", "batch-2", "batch-3"]
+    assert [p.reason for p in parked] == ["rejected: 'refuse-me' is refused by this handler"]
+    assert consumer.duplicates_total >= 1  # the copy of the first
 
 
 async def test_an_unsigned_or_tampered_message_is_parked_unapplied_and_the_next_one_is_applied(rig):
