@@ -4,7 +4,7 @@ import uuid
 
 from sqlalchemy import select
 
-from shared.contracts.envelope import Payload, envelope
+from shared.contracts.envelope import Payload, envelope, parse
 from shared.contracts.messages import InsourceAccepted, ItemCreated, OutsourceRequested, WorkRequested
 from shared.domain.tickets.models import TicketItem
 from shared.domain.tickets.service import create_ticket
@@ -40,6 +40,13 @@ class Side:
             rows = await session.execute(
                 select(OutboxMessage.topic, OutboxMessage.type).where(OutboxMessage.key == link_id).order_by(OutboxMessage.id))
             return [tuple(r) for r in rows.all()]
+
+    async def last_staged(self, link_id: str) -> Payload:
+        """The last message staged for the link, as its receiver will read it."""
+        async with self.sessions() as session:
+            value = await session.scalar(select(OutboxMessage.value).where(OutboxMessage.key == link_id)
+                                         .order_by(OutboxMessage.id.desc()).limit(1))
+            return parse(value)[1]
 
     async def get(self, model, key):
         async with self.sessions() as session:
