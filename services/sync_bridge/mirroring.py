@@ -4,7 +4,6 @@ the id map; what arrives while the link is not active stays on its side, and its
 import logging
 import uuid
 
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.sync_bridge.links import LinkEvent, send
 from services.sync_bridge.models import ItemMirror, Link
 from shared.contracts.messages import (
-    CHUNK_BYTES,
     AttachmentChunk,
     ItemBody,
     ItemCreated,
@@ -28,58 +26,51 @@ from shared.contracts.messages import (
     MirrorUpsert,
 )
 from shared.domain import workflow
-from shared.domain.tickets.rules import content_hash
-from shared.domain.tickets.schemas import (
-    MAX_ATTACHMENT_BYTES,
-    AttachmentFields,
-    ChargeCreate,
-    NoteCreate,
-    TimeEntryCreate,
-)
+from shared.domain.tickets.rules import ItemKind, content_hash
+from shared.domain.tickets.schemas import MAX_TEXT, MAX_TITLE
+from shared.domain.tickets.validation import InvalidItem, valid_fields, valid_item
 from shared.platform.inbox import Rejected
 
 log = logging.getLogger(__name__)
 MIRROR_NAMESPACE = uuid.UUID("6f1c2a52-8d7e-4d0b-9a51-2f0b6c1d9e11")
-
-_FIELDS = {
-    "note": NoteCreate,
-    "time_entry": TimeEntryCreate,
-    "charge": ChargeCreate,
-    "attachment": AttachmentFields,
-}
+CUT = "… [cut to fit: the full text is on the lead's time entry]"
 
 
-def check_fields(payload: ItemBody) -> None:
-    """A partner's item must be what the other partner's API would accept: a partner cannot plant
-    an item the other side could not display, edit or bill (or an attachment over the limit)."""
-    model = _FIELDS[payload.kind]
-    try:
-        model.model_validate(payload.fields)
-    except ValidationError as exc:
-        raise Rejected(f"invalid {payload.kind} fields: {exc.errors(include_url=False)}") from exc
-    if payload.kind == "attachment" and payload.chunk_count > MAX_ATTACHMENT_BYTES // CHUNK_BYTES + 1:
-        raise Rejected(f"an attachment of {payload.chunk_count} chunks is over the 10 MiB limit")
+def fit(text: str, limit: int) -> str:
+    """`text`, or as much of it as fits in `limit` characters with the CUT marker at its end."""
+    return text if len(text) <= limit else text[: limit - len(CUT)] + CUT
 
 
 def lead_time_entry_as_note(fields: dict) -> dict:
+    """The note that describes a lead's time entry to the partner, within a note's limits: the facts
+    first, then the summary, cut with a visible marker where the whole would not fit."""
     billable = "billable" if fields.get("billable", True) else "non-billable"
+    facts = f"{fields['resource']} worked {fields['hours']} h on {fields['date_worked']} ({billable}): "
     return {
-        "title": f"Time entry by {fields['resource']}",
-        "body": f"{fields['resource']} worked {fields['hours']} h on {fields['date_worked']} ({billable}): {fields['summary']}",
+        "title": fit(f"Time entry by {fields['resource']}", MAX_TITLE),
+        "body": facts + fit(fields["summary"], MAX_TEXT - len(facts)),
     }
 
 
-def _upsert(link: Link, mapping: ItemMirror, from_lead: bool, payload: ItemBody) -> MirrorUpsert:
-    fields = payload.fields
-    if from_lead and payload.kind == "time_entry":
-        fields = lead_time_entry_as_note(fields)  # the lead's time is described to the partner, not billed
+def forwarded_item(kind: str, fields: dict, chunk_count: int, from_lead: bool) -> tuple[str, dict]:
+    """What the other partner receives for an item: its kind and fields there, held to the limits the
+    other partner's API holds its own items to (InvalidItem when they do not pass). A lead's time entry
+    is described to the partner as a note, not billed to it."""
+    fields = valid_item(kind, fields, chunk_count)
+    if from_lead and kind == ItemKind.TIME_ENTRY:
+        return ItemKind.NOTE.value, valid_fields(ItemKind.NOTE, lead_time_entry_as_note(fields))
+    return kind, fields
+
+
+def _upsert(link: Link, mirror_id: str, from_lead: bool, payload: ItemBody) -> MirrorUpsert:
+    kind, fields = forwarded_item(payload.kind, payload.fields, payload.chunk_count, from_lead)
     return MirrorUpsert(
         link_id=link.id,
-        mirror_id=mapping.mirror_id,
-        kind=mapping.kind,
+        mirror_id=mirror_id,
+        kind=kind,
         fields=fields,
         # The partner's notes must not reach the lead's customer.
-        internal=(not from_lead) and mapping.kind == "note",
+        internal=(not from_lead) and kind == ItemKind.NOTE,
         chunk_count=payload.chunk_count,
         source_version=payload.version,
         source_hash=content_hash(payload.kind, payload.fields),
@@ -116,7 +107,6 @@ async def _mapping_of_sender(session: AsyncSession, event: LinkEvent) -> ItemMir
 
 async def created(session: AsyncSession, event: LinkEvent) -> None:
     payload: ItemCreated = event.payload
-    check_fields(payload)
     link = event.link
     values = dict(
         link_id=link.id,
@@ -132,11 +122,15 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
         send(session, event.sender, ItemUnshared(link_id=link.id, item_id=payload.item_id,
                                                  reason=NOT_CROSSING[link.state]), link.id)
         return
+    try:
+        upsert = _upsert(link, values["mirror_id"], event.from_lead, payload)
+    except InvalidItem as exc:
+        await _refuse_invalid(session, event, exc.reason, values)
+        return
     # The common case in one round trip; an item announced twice keeps its first mapping.
     inserted = await session.scalar(
         insert(ItemMirror).values(**values).on_conflict_do_nothing().returning(ItemMirror.mirror_id)
     )
-    mapping = ItemMirror(**values)
     if inserted is None:
         mapping = await session.get(ItemMirror, (link.id, payload.item_id))
         if mapping.source_partner_id != event.sender:
@@ -144,7 +138,28 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
         if mapping.deleted:
             log.info("item %s on link %s was deleted or refused; not mirrored again", payload.item_id, link.id)
             return
-    send(session, event.other_partner, _upsert(link, mapping, event.from_lead, payload), link.id)
+    send(session, event.other_partner, upsert, link.id)
+
+
+async def _refuse_invalid(session: AsyncSession, event: LinkEvent, reason: str, new_mapping: dict | None) -> None:
+    """An item the other side's API would refuse is not passed on; its creator hears why. A new item
+    stays local for good (recorded as refused, so no repair sends it); an edit leaves the partner with
+    the version it had."""
+    payload, link = event.payload, event.link
+    log.warning("link %s: %s of item %s from %s not passed on: %s", link.id, payload.type, payload.item_id,
+                event.sender, reason)
+    mapping = await session.get(ItemMirror, (link.id, payload.item_id))
+    if mapping is not None and mapping.source_partner_id != event.sender:
+        raise Rejected(f"{event.sender} did not create item {payload.item_id}")
+    if mapping is not None and not mapping.deleted:
+        send(session, event.sender, ItemRefused(
+            link_id=link.id, item_id=payload.item_id, version=payload.version,
+            reason=f"the bridge did not pass it on: {reason}; the partner keeps the version it had"), link.id)
+        return
+    if mapping is None and new_mapping is not None:
+        session.add(ItemMirror(**{**new_mapping, "deleted": True}))
+    send(session, event.sender, ItemUnshared(link_id=link.id, item_id=payload.item_id,
+                                             reason=f"the bridge did not pass it on: {reason}"), link.id)
 
 
 def refuse_change(session: AsyncSession, event: LinkEvent, what: str) -> None:
@@ -157,12 +172,16 @@ def refuse_change(session: AsyncSession, event: LinkEvent, what: str) -> None:
 
 
 async def updated(session: AsyncSession, event: LinkEvent) -> None:
-    check_fields(event.payload)
     if not _crosses(event):
         refuse_change(session, event, "the edit")
         return
     if mapping := await _mapping_of_sender(session, event):
-        send(session, event.other_partner, _upsert(event.link, mapping, event.from_lead, event.payload), event.link.id)
+        try:
+            upsert = _upsert(event.link, mapping.mirror_id, event.from_lead, event.payload)
+        except InvalidItem as exc:
+            await _refuse_invalid(session, event, exc.reason, None)
+            return
+        send(session, event.other_partner, upsert, event.link.id)
 
 
 async def deleted(session: AsyncSession, event: LinkEvent) -> None:
@@ -192,7 +211,8 @@ async def chunk(session: AsyncSession, event: LinkEvent) -> None:
 
 
 async def refused(session: AsyncSession, event: LinkEvent) -> None:
-    """The receiving partner had suspended or ended synchronization before the mirror arrived."""
+    """The receiving partner would not store the mirror (synchronization was over on its side, or the
+    fields fail its checks); the item's creator hears why. A refused edit leaves the earlier mirror."""
     payload: MirrorRefused = event.payload
     link = event.link
     mapping = await session.scalar(
@@ -200,10 +220,14 @@ async def refused(session: AsyncSession, event: LinkEvent) -> None:
     )
     if mapping is None or mapping.source_partner_id == event.sender or mapping.deleted:
         return
+    if payload.source_version is not None:
+        send(session, mapping.source_partner_id, ItemRefused(
+            link_id=link.id, item_id=mapping.source_item_id, version=payload.source_version,
+            reason=f"{payload.reason}; the partner keeps the version it had"), link.id)
+        return
     mapping.deleted = True
     send(session, mapping.source_partner_id, ItemUnshared(
-        link_id=link.id, item_id=mapping.source_item_id,
-        reason="the partner had already suspended or ended synchronization when it arrived"), link.id)
+        link_id=link.id, item_id=mapping.source_item_id, reason=payload.reason), link.id)
 
 
 async def applied(session: AsyncSession, event: LinkEvent) -> None:

@@ -5,17 +5,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts.envelope import Payload, contract
+from shared.contracts.limits import MAX_AMOUNT
 
 # Raw bytes per attachment chunk: base64 makes it ~4/3 larger, well under Kafka's 1 MiB.
 CHUNK_BYTES = 512 * 1024
 
 
 class Terms(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Finite numbers a price can hold: an hourly rate becomes the unit price of the partner's labor charge.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     rate_type: Literal["hourly", "flat"]
-    rate: float = Field(ge=0)
-    authorized_hours: float | None = Field(None, gt=0)
-    authorized_charge: float | None = Field(None, ge=0)
+    rate: float = Field(ge=0, lt=MAX_AMOUNT)
+    authorized_hours: float | None = Field(None, gt=0, lt=MAX_AMOUNT)
+    authorized_charge: float | None = Field(None, ge=0, lt=MAX_AMOUNT)
 
 
 # --- partner -> bridge (on the partner's outbound topic) -----------------------------------------
@@ -195,11 +197,15 @@ class OutsourceCompleted(Payload):
 
 @contract
 class MirrorRefused(Payload):
-    """Partner -> bridge: a mirror arrived after this side suspended or ended synchronization."""
+    """Partner -> bridge: this side did not store the mirror: it arrived after this side suspended or
+    ended synchronization, or its fields fail the checks this side's API makes."""
 
     type = "mirror.refused"
     link_id: str
     mirror_id: str
+    reason: str = "the partner had already suspended or ended synchronization when it arrived"
+    # Set when only an edit was refused: this version of the original; the mirror keeps the one before.
+    source_version: int | None = Field(None, ge=1)
 
 
 @contract

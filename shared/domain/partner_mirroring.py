@@ -2,6 +2,7 @@
 outbound half), and how mirrors of the other partner's items are stored (the inbound half)."""
 import base64
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,11 +26,13 @@ from shared.contracts.messages import (
 from shared.domain.partner_sync import ItemDeletion, PartnerSync, emit_item
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem
 from shared.domain.tickets.rules import Delivery, ItemFacts, ItemKind, Lock, Origin, item_editable
+from shared.domain.tickets.validation import InvalidItem, valid_item
 from shared.domain.workflow import InsourceStatus, OutsourceStatus, synchronizing
 from shared.platform.db import Base, utcnow
 from shared.platform.inbox import Rejected
 from shared.platform.outbox import Publisher
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LinkView:
@@ -169,7 +172,13 @@ class MirroringPolicy:
                 self.publisher.emit(session, MirrorRefused(link_id=payload.link_id, mirror_id=payload.mirror_id), payload.link_id)
             return
         if isinstance(payload, MirrorUpsert):
-            await self._applied(session, payload.link_id, await _upsert(session, ticket_id, payload))
+            try:
+                fields = valid_item(payload.kind, payload.fields, payload.chunk_count)
+            except InvalidItem as exc:
+                await self._refuse(session, payload, exc.reason)
+                return
+            checked = payload.model_copy(update={"fields": fields})
+            await self._applied(session, payload.link_id, await _upsert(session, ticket_id, checked))
         elif isinstance(payload, MirrorDelete):
             item = await session.get(TicketItem, payload.mirror_id)
             if item is not None and item.ticket_id == ticket_id and item.origin == Origin.PARTNER:
@@ -177,6 +186,15 @@ class MirroringPolicy:
             await session.execute(delete(IncomingAttachment).where(IncomingAttachment.mirror_id == payload.mirror_id))
             await session.execute(delete(IncomingChunk).where(IncomingChunk.mirror_id == payload.mirror_id))
             await self._applied(session, payload.link_id, (payload.mirror_id, payload.source_version))
+
+    async def _refuse(self, session: AsyncSession, payload: MirrorUpsert, reason: str) -> None:
+        """Fields this side's API would refuse are never stored, even from the bridge (a bug there must
+        not leave a ticket here that cannot be read); the item's creator hears why through the bridge."""
+        log.warning("mirror %s on link %s refused: %s", payload.mirror_id, payload.link_id, reason)
+        edit = await session.get(TicketItem, payload.mirror_id) is not None  # a mirror of it is here already
+        self.publisher.emit(session, MirrorRefused(
+            link_id=payload.link_id, mirror_id=payload.mirror_id, reason=f"the partner did not store it: {reason}",
+            source_version=payload.source_version if edit else None), payload.link_id)
 
     async def _applied(self, session: AsyncSession, link_id: str, done: tuple[str, int] | None) -> None:
         """The receipt: this side committed the mirror (of that version of the original)."""

@@ -115,8 +115,10 @@ def _replayer(app, sessions) -> InboxConsumer:
 
 
 def _letter_line(letter: DeadLetter) -> str:
+    kept = " (truncated: cannot be replayed)" if letter.truncated else ""
     line = (f"{letter.id}  {letter.parked_at:%Y-%m-%d %H:%M:%S}  {letter.topic}[{letter.partition}]@{letter.offset}"
-            f"  {letter.type or '-'}  {letter.event_id or '-'}  {letter.reason}")
+            f"  {letter.type or '-'}  {letter.event_id or '-'}  {letter.size or 0} bytes{kept} sha256:{letter.sha256 or '-'}"
+            f"  {letter.reason}")
     if letter.resolved_at:
         line += f"  ({letter.resolution} by {letter.resolved_by} at {letter.resolved_at:%Y-%m-%d %H:%M:%S})"
     return line

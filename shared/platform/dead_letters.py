@@ -1,5 +1,6 @@
 """What an operator does with parked messages, over HTTP and from the command line alike: list them,
-replay one through the inbox (so it is applied at most once), or discard it. Either resolution is
+replay one through the inbox (so it is applied at most once; an oversized message, of which only a
+prefix was kept, cannot be), or discard it. Either resolution is
 recorded with who did it and when; a replay that fails again leaves the message parked with the new reason."""
 from datetime import datetime
 from typing import Annotated
@@ -26,6 +27,10 @@ class DeadLetterOut(BaseModel):
     event_id: str | None
     type: str | None
     reason: str = Field(description="why it is parked (the last replay's reason, when one failed)")
+    size: int | None = Field(description="the message's length in bytes (null: the record had no value)")
+    sha256: str | None = Field(description="the SHA-256 of the whole message, hex")
+    truncated: bool = Field(description="only the message's first bytes were kept (it was oversized): "
+                                        "it cannot be replayed")
     parked_at: datetime
     resolved_at: datetime | None
     resolved_by: str | None = Field(description="the token's name, or the command line and its OS user")
@@ -49,6 +54,9 @@ async def list_dead_letters(session: AsyncSession, include_resolved: bool = Fals
 async def replay(session: AsyncSession, consumer: InboxConsumer, letter_id: int, who: str) -> OutcomeOut:
     """The letter's row stays locked while the inbox applies it, so two operators cannot replay it at once."""
     letter = await _unresolved(session, letter_id)
+    if letter.truncated:
+        raise Conflict(f"dead letter {letter.id} cannot be replayed: the message was {letter.size} bytes and only "
+                       f"its first {len(letter.value or b'')} were kept (SHA-256 {letter.sha256}); discard it")
     try:
         outcome = await consumer.replay(letter)
     except Parked as exc:

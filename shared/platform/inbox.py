@@ -3,6 +3,7 @@ id, skips an id it has seen, and commits Kafka offsets only after the database c
 cannot parse or apply is parked (table + log) and the stream keeps flowing."""
 import asyncio
 import base64
+import hashlib
 import itertools
 import logging
 import time
@@ -13,6 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Identity,
     Integer,
@@ -29,6 +31,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.contracts.envelope import ContractError, Envelope, Payload, parse
 from shared.platform.db import Base, transient
+from shared.platform.kafka import MAX_REQUEST_BYTES
 from shared.platform.signing import BadSignature, Signatures
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 COMMIT_EVERY = 0.5  # seconds
 MAX_REASON = 4000  # characters of a parking reason that are kept
+# Bytes of a parked message that are kept: whatever a service of ours sent fits whole (and can be
+# replayed); of anything larger only this prefix is kept, with the whole message's size and SHA-256.
+MAX_KEPT_BYTES = MAX_REQUEST_BYTES
+MAX_KEY = 255  # characters of a record's key that are kept
 APPLIED, ALREADY_APPLIED = "applied", "already applied"  # what a replay answers
 
 
@@ -72,7 +79,11 @@ class DeadLetter(Base):
     event_id: Mapped[str | None] = mapped_column(String(36))
     type: Mapped[str | None] = mapped_column(String(100))
     reason: Mapped[str] = mapped_column(Text)
-    value: Mapped[bytes | None] = mapped_column(LargeBinary)
+    value: Mapped[bytes | None] = mapped_column(LargeBinary)  # at most MAX_KEPT_BYTES of it
+    # The whole message's length and SHA-256, and whether `value` is only its first MAX_KEPT_BYTES.
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # The record's headers as [[name, base64 value], ...]: a replay verifies the signature again.
     headers: Mapped[list[Any] | None] = mapped_column(JSONB)
     parked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -355,16 +366,25 @@ class InboxConsumer:
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
-                    key=record.key.decode(errors="replace") if record.key else None,
+                    key=record.key.decode(errors="replace")[:MAX_KEY] if record.key else None,
                     event_id=str(env.event_id) if env else None,
                     type=env.type if env else None,
                     reason=reason[:MAX_REASON],
-                    value=record.value,
+                    **kept(record.value),
                     headers=[[name, base64.b64encode(value or b"").decode()] for name, value in (record.headers or ())],
                 )
                 .on_conflict_do_nothing()
             )
         self.parked_total += 1
+
+
+def kept(value: bytes | None) -> dict[str, Any]:
+    """What a dead letter keeps of a message: all of it, or a bounded prefix of an oversized one
+    (a 20 MB message must not go into the database whole); its size and SHA-256 either way."""
+    if value is None:
+        return {"value": None, "size": None, "sha256": None, "truncated": False}
+    return {"value": value[:MAX_KEPT_BYTES], "size": len(value), "sha256": hashlib.sha256(value).hexdigest(),
+            "truncated": len(value) > MAX_KEPT_BYTES}
 
 
 def _claimed_envelope(value: bytes | None) -> Envelope | None:

@@ -15,6 +15,7 @@ from aiokafka.protocol.admin import CreateAclsRequest
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1_000_000  # stay under Kafka's default 1 MiB message limit
+MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES + 64_000  # the most a producer of ours sends in one message
 
 
 def outbound_topic(partner_id: str) -> str:
@@ -88,7 +89,7 @@ def make_producer(access: KafkaAccess, profile: BrokerProfile = FALLBACK) -> AIO
         acks="all",
         enable_idempotence=profile.idempotent,
         linger_ms=0,  # a burst from the relay still batches: send() queues before the sender runs
-        max_request_size=MAX_MESSAGE_BYTES + 64_000,
+        max_request_size=MAX_REQUEST_BYTES,
         request_timeout_ms=15_000,
     )
 

@@ -9,6 +9,8 @@ from alembic.config import Config
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from shared.platform.inbox import MAX_KEPT_BYTES
+
 
 def alembic_config(migrations_dir: Path, url: str) -> Config:
     cfg = Config()
@@ -112,6 +114,23 @@ def add_dead_letter_handling(op) -> None:
 
 def drop_dead_letter_handling(op) -> None:
     for column in ("resolution", "resolved_by", "resolved_at", "headers"):
+        op.drop_column("dead_letters", column)
+
+
+def bound_dead_letters(op) -> None:
+    """Dead letters keep at most a prefix of an oversized message, with its size and SHA-256; rows
+    parked before keep what they have, and any over the bound are cut to it."""
+    op.add_column("dead_letters", sa.Column("size", sa.BigInteger))
+    op.add_column("dead_letters", sa.Column("sha256", sa.String(64)))
+    op.add_column("dead_letters", sa.Column("truncated", sa.Boolean, nullable=False, server_default=sa.false()))
+    op.execute("UPDATE dead_letters SET size = length(value), sha256 = encode(sha256(value), 'hex') "
+               "WHERE value IS NOT NULL")
+    op.execute(f"UPDATE dead_letters SET value = substring(value FROM 1 FOR {MAX_KEPT_BYTES}), truncated = true "
+               f"WHERE length(value) > {MAX_KEPT_BYTES}")
+
+
+def unbound_dead_letters(op) -> None:
+    for column in ("truncated", "sha256", "size"):
         op.drop_column("dead_letters", column)
 
 

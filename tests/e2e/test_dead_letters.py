@@ -1,15 +1,21 @@
 """What an operator does with a parked message (SPEC: dead letters on every service): a message that
 came too early is replayed once its time has come and applied exactly once, a forged one is
-discarded, and each resolution is on record with the token's name (or the command line's user) and the time."""
+discarded, and each resolution is on record with the token's name (or the command line's user) and the time;
+an oversized message is kept as a bounded prefix with its size and hash, and cannot be replayed."""
 import getpass
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from aiokafka.structs import ConsumerRecord
+from sqlalchemy import select
 
 from shared.contracts.envelope import Envelope, envelope
 from shared.contracts.messages import ItemCreated, WorkCanceled, WorkRequested
+from shared.platform.db import make_engine, make_sessionmaker
+from shared.platform.inbox import MAX_KEPT_BYTES, DeadLetter, InboxConsumer
 from shared.platform.kafka import inbound_topic, make_producer, outbound_topic
 from shared.platform.signing import KeyRing, Signatures
 from tests.e2e.flows import received
@@ -221,3 +227,37 @@ async def test_the_command_line_lists_replays_and_discards_the_bridges_dead_lett
     assert again.returncode == 1 and f"dead letter {letter['id']} is resolved already: discarded" in again.stderr
     missing = proc.cli("dead-letters", "replay", "987654321")
     assert missing.returncode == 1 and "dead letter 987654321 not found" in missing.stderr
+
+
+async def test_an_oversized_message_is_parked_as_a_bounded_prefix_with_its_size_and_hash_and_cannot_be_replayed(
+        services, bridge, databases, signatures):
+    """A 20 MB message, handed to the bridge's own inbox path as its consumer would hand it over (the
+    test broker, Apache Kafka with its default limit, refuses a message over 1 MiB; Tansu and a broker
+    configured for larger ones let it through)."""
+    value = b'{"type": "' + b"x" * 20_000_000 + b'"}'
+    record = ConsumerRecord(topic=outbound_topic(LEAD), partition=0, offset=10**12 + uuid.uuid4().int % 10**9,
+                            timestamp=0, timestamp_type=0, key=b"k" * 1_000, value=value, checksum=None,
+                            serialized_key_size=1_000, serialized_value_size=len(value), headers=[])
+    engine = make_engine(databases["sync_bridge"], pool_size=1)
+    try:
+        await InboxConsumer(make_sessionmaker(engine), None, None, name="bridge", signatures=signatures).handle(record)
+        async with make_sessionmaker(engine)() as session:
+            row = await session.scalar(select(DeadLetter).where(DeadLetter.offset == record.offset))
+            assert (len(row.value), len(row.key)) == (MAX_KEPT_BYTES, 255)
+    finally:
+        await engine.dispose()
+
+    letter = await listed(bridge, row.id)
+    assert (letter["size"], letter["sha256"], letter["truncated"]) == (
+        len(value), hashlib.sha256(value).hexdigest(), True)
+    replayed = await bridge.post(f"/api/dead-letters/{row.id}/replay")
+    assert replayed.status_code == 409
+    assert replayed.json()["detail"] == (
+        f"dead letter {row.id} cannot be replayed: the message was {len(value)} bytes and only its first "
+        f"{MAX_KEPT_BYTES} were kept (SHA-256 {letter['sha256']}); discard it")
+    proc = services["sync_bridge"]
+    [line] = [line for line in proc.cli("dead-letters", "list").stdout.splitlines() if line.startswith(f"{row.id}  ")]
+    assert f"{len(value)} bytes (truncated: cannot be replayed) sha256:{letter['sha256']}" in line
+    again = proc.cli("dead-letters", "replay", str(row.id))
+    assert again.returncode == 1 and f"dead letter {row.id} cannot be replayed" in again.stderr
+    assert (await bridge.post(f"/api/dead-letters/{row.id}/discard")).json()["outcome"] == "discarded"

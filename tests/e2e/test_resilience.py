@@ -92,8 +92,12 @@ async def test_an_item_the_other_side_could_not_use_is_refused_by_the_bridge(lea
         source=PARTNER, link_id=link_id,
     )
     await produce(infrastructure, outbound_topic(PARTNER), [broken.to_bytes()], link_id.encode(), signatures)
-    assert (await parked(bridge, "invalid time_entry fields"))[0]["event_id"] == str(broken.event_id)
+    await insourcing.post(f"/api/tickets/{insourced['id']}/notes", json={"body": "after the broken one"})
+    await arrived(lead, lead_ticket["id"], "notes", lambda n: n["body"] == "after the broken one")
     assert await items(lead, lead_ticket["id"], "time-entries") == []
+    # Refused with a receipt to its sender (tests/handlers/test_item_validation.py), not parked.
+    letters = (await bridge.get("/api/dead-letters")).json()
+    assert str(broken.event_id) not in [d["event_id"] for d in letters]
 
 async def write_notes(client: httpx.AsyncClient, ticket_id: str, prefix: str, count: int) -> list[str]:
     """Writes notes one after another, as a busy technician would; returns those the service accepted."""

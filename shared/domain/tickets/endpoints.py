@@ -4,7 +4,8 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
-from pydantic import BaseModel, create_model
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError, create_model
 
 from shared.domain.tickets import service
 from shared.domain.tickets.models import Ticket, TicketItem
@@ -123,9 +124,15 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
             content = await file.read(MAX_ATTACHMENT_BYTES + 1)
             if len(content) > MAX_ATTACHMENT_BYTES:
                 raise TooLarge(f"attachment is over the limit of {MAX_ATTACHMENT_BYTES} bytes (10 MiB); nothing was stored")
-            fields = service.attachment_fields(
-                file.filename or "attachment", file.content_type or "application/octet-stream", content
-            )
+            try:
+                fields = service.attachment_fields(
+                    file.filename or "attachment", file.content_type or "application/octet-stream", content
+                )
+            except ValidationError as exc:
+                # The 422 every other field gets, naming the upload's part: file.filename, file.content_type.
+                raise RequestValidationError(
+                    [{**error, "loc": ("body", "file", *error["loc"])} for error in exc.errors(include_input=False)]
+                ) from exc
             item = await service.add_item(session, policy, ticket_id, kind, fields, internal, content)
             await session.flush()  # server-made values for the answer; the request commits in SessionDep
             return item_out(policy, item)

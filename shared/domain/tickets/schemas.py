@@ -3,23 +3,57 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, create_model
 
+from shared.contracts.limits import (
+    AMOUNT_DECIMALS,
+    AMOUNT_DIGITS,
+    MAX_ATTACHMENT_BYTES,
+    MAX_HOURS,
+    MAX_TEXT,
+    MAX_TITLE,
+)
 from shared.domain.tickets.rules import ItemKind, TicketStatus
 
-MAX_TITLE = 255
-MAX_TEXT = 32_000
-MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE)]
-OptionalTitle = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TITLE)]
-Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
-Body = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
-# Amounts are exact decimals inside, plain JSON numbers outside.
+def _storable(text: str) -> str:
+    """PostgreSQL stores neither a NUL character nor half a surrogate pair: refused here, on the field,
+    instead of by the database after the checks have passed."""
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must not contain an unpaired surrogate") from None
+    return text
+
+
+def _one_line(text: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("must not contain control characters such as a line break")
+    return text
+
+
+def _media_type(text: str) -> str:
+    kind, slash, _ = text.partition("/")
+    if not (kind and slash and text.isascii() and text.isprintable()):
+        raise ValueError("must be a media type in printable ASCII, such as text/plain")
+    return text
+
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE),
+                  AfterValidator(_storable)]
+OptionalTitle = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TITLE), AfterValidator(_storable)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_storable)]
+Body = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT), AfterValidator(_storable)]
+Filename = Annotated[Title, AfterValidator(_one_line)]
+ContentType = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE),
+                        AfterValidator(_media_type)]
+# Amounts are exact decimals inside, plain JSON numbers outside (finite: a Decimal refuses NaN and infinity).
 Number = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
-Hours = Annotated[Decimal, Field(gt=0, le=24, max_digits=6, decimal_places=2)]
-Quantity = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=4)]
-Price = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4)]
+Hours = Annotated[Decimal, Field(gt=0, le=MAX_HOURS, max_digits=6, decimal_places=2)]
+Quantity = Annotated[Decimal, Field(gt=0, max_digits=AMOUNT_DIGITS, decimal_places=AMOUNT_DECIMALS)]
+Price = Annotated[Decimal, Field(ge=0, max_digits=AMOUNT_DIGITS, decimal_places=AMOUNT_DECIMALS)]
 
 
 class Strict(BaseModel):
@@ -57,9 +91,16 @@ class TicketOut(BaseModel):
 # --- items: what a client sends ----------------------------------------------------------------
 
 
-class NoteCreate(Strict):
+# Each kind's fields as they are stored and as they travel between the partners; what a client
+# sends to create one adds `internal`.
+
+
+class NoteFields(Strict):
     title: OptionalTitle = ""
     body: Body
+
+
+class NoteCreate(NoteFields):
     internal: bool = False
 
 
@@ -68,12 +109,15 @@ class NoteUpdate(Strict):
     body: Body | None = None
 
 
-class TimeEntryCreate(Strict):
+class TimeEntryFields(Strict):
     resource: Title
     date_worked: date
     hours: Hours
     summary: Body
     billable: bool = True
+
+
+class TimeEntryCreate(TimeEntryFields):
     internal: bool = False
 
 
@@ -85,12 +129,15 @@ class TimeEntryUpdate(Strict):
     billable: bool | None = None
 
 
-class ChargeCreate(Strict):
+class ChargeFields(Strict):
     name: Title
     description: Text = ""
     quantity: Quantity
     unit_price: Price
     billable: bool = True
+
+
+class ChargeCreate(ChargeFields):
     internal: bool = False
 
 
@@ -102,17 +149,17 @@ class ChargeUpdate(Strict):
     billable: bool | None = None
 
 
-class AttachmentFields(BaseModel):
-    """An attachment's description as it travels (its bytes travel in chunks)."""
+class AttachmentFields(Strict):
+    """An attachment's description (its bytes travel in chunks); the API makes it from the upload."""
 
-    filename: Title
-    content_type: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    filename: Filename
+    content_type: ContentType
     size: int = Field(ge=0, le=MAX_ATTACHMENT_BYTES)
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class AttachmentUpdate(Strict):
-    filename: Title | None = None
+    filename: Filename | None = None
 
 
 # --- items: what a client reads ------------------------------------------------------------------
@@ -185,6 +232,12 @@ def page_model(out_model: type[ItemOut]) -> type[BaseModel]:
     )
 
 
+FIELD_MODELS: dict[ItemKind, type[Strict]] = {
+    ItemKind.NOTE: NoteFields,
+    ItemKind.TIME_ENTRY: TimeEntryFields,
+    ItemKind.CHARGE: ChargeFields,
+    ItemKind.ATTACHMENT: AttachmentFields,
+}
 CREATE_MODELS: dict[ItemKind, type[Strict]] = {
     ItemKind.NOTE: NoteCreate,
     ItemKind.TIME_ENTRY: TimeEntryCreate,

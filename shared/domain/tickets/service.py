@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter, new_id
 from shared.domain.tickets.rules import ItemKind, Lock, Origin
-from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES
+from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES, AttachmentFields, stored_fields
 from shared.platform.errors import Conflict, NotFound, TooLarge
 
 
@@ -106,14 +106,17 @@ async def add_item(
 
 
 def attachment_fields(filename: str, content_type: str, content: bytes) -> dict[str, Any]:
+    """An upload's description, held to the limits a mirror of it must meet on the other side (a
+    pydantic ValidationError names the file name or content type they refuse)."""
     if len(content) > MAX_ATTACHMENT_BYTES:
         raise TooLarge(f"attachment is {len(content)} bytes; the limit is {MAX_ATTACHMENT_BYTES} bytes (10 MiB)")
-    return {
+    fields = AttachmentFields.model_validate({
         "filename": filename,
         "content_type": content_type,
         "size": len(content),
         "sha256": hashlib.sha256(content).hexdigest(),
-    }
+    })
+    return stored_fields(fields, exclude=set())
 
 
 def _refuse_unless_editable(policy: SyncPolicy, item: TicketItem) -> None:
