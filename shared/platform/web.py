@@ -15,13 +15,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 
 from shared.platform.errors import DomainError
 from shared.platform.kafka import broker_reachable
 from shared.platform.openapi import ErrorOut, FieldError, install_openapi
 
 log = logging.getLogger(__name__)
+HTTP_METHODS = ["DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"]
 
 
 
@@ -111,11 +112,11 @@ class ReadyOut(BaseModel):
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    methods = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
-            methods |= route.methods
-    return sorted(methods)
+    """The methods some route answers on this path, each asked as if the request had used it."""
+    asked = {"type": "http", "path": request.scope["path"], "root_path": request.scope.get("root_path", ""),
+             "headers": []}
+    return [method for method in HTTP_METHODS
+            if any(route.matches({**asked, "method": method})[0] == Match.FULL for route in request.app.router.routes)]
 
 
 def _field_error(error: dict) -> FieldError:
