@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test browser bench bench-idle install clean lint
+.PHONY: run test fuzz browser bench bench-idle install clean lint
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -26,6 +26,11 @@ test: $(STAMP) browser
 	TEST_BROKER=tansu $(PY) -m pytest -m broker $(PYTEST_ARGS); fallback=$$?; \
 	echo; echo "make test: the whole suite, then the broker-facing tests (-m broker) on Tansu:"; \
 	cat var/test-logs/summary.txt; exit $$(( full || fallback ))
+
+# The fuzzing that `make test` runs, longer: FUZZ_EXAMPLES cases per operation and phase (default
+# here 100, in `make test` 3), FUZZ_SEED to vary the inputs; reports in var/test-logs/fuzz-*.txt.
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-100} $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
 
 # The browser tests drive Debian's Chromium (Playwright's own download is not reachable here).
 browser:

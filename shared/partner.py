@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from prometheus_client import Gauge
 from pydantic import BaseModel, Field
 
@@ -11,7 +11,7 @@ from shared.domain.partner_sync import SyncWatch
 from shared.partner_pages import TEMPLATES, PartnerPages, install_partner_pages
 from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES
 from shared.domain.tickets.service import get_ticket
-from shared.platform.auth import Permission, SessionDep, require
+from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.config import CommonSettings
 from shared.platform.errors import NotFound
 from shared.platform.kafka import inbound_topic, outbound_topic
@@ -62,7 +62,7 @@ class SyncHealthOut(BaseModel):
     oldest_pending_at: datetime | None
 
 
-sync_router = APIRouter(prefix="/api/tickets", tags=["sync"], dependencies=[Depends(require(Permission.TICKETS))])
+sync_router = api_router("/api/tickets", ["sync"], Permission.TICKETS)
 
 
 @sync_router.get("/{ticket_id}/sync", response_model=SyncHealthOut,
@@ -75,9 +75,7 @@ async def sync_health(ticket_id: str, request: Request, session: SessionDep):
     return health
 
 
-notifications_router = APIRouter(
-    prefix="/api", tags=["notifications"], dependencies=[Depends(require(Permission.OUTSOURCING))]
-)
+notifications_router = api_router("/api", ["notifications"], Permission.OUTSOURCING)
 
 
 @notifications_router.get("/notifications", response_model=list[NotificationOut],

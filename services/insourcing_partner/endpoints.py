@@ -2,15 +2,16 @@
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from shared.contracts.messages import Terms
 from shared.domain.tickets.schemas import MAX_TEXT
 from shared.domain.workflow import InsourceStatus
-from shared.platform.auth import Permission, SessionDep, require
+from shared.platform.auth import Permission, SessionDep, api_router
+from shared.platform.openapi import CONFLICT
 
-router = APIRouter(prefix="/api", tags=["received work"], dependencies=[Depends(require(Permission.OUTSOURCING))])
+router = api_router("/api", ["received work"], Permission.OUTSOURCING)
 
 
 def _insourcing(request: Request):
@@ -61,7 +62,7 @@ async def received_work(session: SessionDep, status: Annotated[InsourceStatus | 
     return [_out(row) for row in await insourcing.received(session, status)]
 
 
-@router.post("/received-work/{link_id}/accept", response_model=ReceivedWorkOut,
+@router.post("/received-work/{link_id}/accept", responses=CONFLICT, response_model=ReceivedWorkOut,
              summary="Accept received work: creates the insourced ticket and activates the link")
 async def accept(link_id: str, session: SessionDep, insourcing=Depends(_insourcing)):
     row = await insourcing.accept(session, link_id)
@@ -69,7 +70,7 @@ async def accept(link_id: str, session: SessionDep, insourcing=Depends(_insourci
     return _out(row)
 
 
-@router.post("/received-work/{link_id}/decline", response_model=ReceivedWorkOut,
+@router.post("/received-work/{link_id}/decline", responses=CONFLICT, response_model=ReceivedWorkOut,
              summary="Decline received work (a reason is required)")
 async def decline(link_id: str, body: DeclineBody, session: SessionDep, insourcing=Depends(_insourcing)):
     row = await insourcing.decline(session, link_id, body.reason)
@@ -77,11 +78,10 @@ async def decline(link_id: str, body: DeclineBody, session: SessionDep, insourci
     return _out(row)
 
 
-insource_router = APIRouter(prefix="/api", tags=["received work"],
-                            dependencies=[Depends(require(Permission.TICKETS))])
+insource_router = api_router("/api", ["received work"], Permission.TICKETS)
 
 
-@insource_router.post("/tickets/{ticket_id}/insource/complete", response_model=ReceivedWorkOut,
+@insource_router.post("/tickets/{ticket_id}/insource/complete", responses=CONFLICT, response_model=ReceivedWorkOut,
                       summary="Notify Lead Partner > Insource Complete: ask the lead to approve")
 async def insource_complete(ticket_id: str, session: SessionDep, insourcing=Depends(_insourcing)):
     row = await insourcing.request_approval(session, ticket_id)

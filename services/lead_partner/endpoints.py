@@ -2,15 +2,16 @@
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from shared.contracts.messages import Terms
 from shared.domain.tickets.schemas import MAX_TEXT
 from shared.domain.workflow import OutsourceStatus
-from shared.platform.auth import Permission, SessionDep, require
+from shared.platform.auth import Permission, SessionDep, api_router
+from shared.platform.openapi import CONFLICT
 
-router = APIRouter(prefix="/api", tags=["outsourcing"], dependencies=[Depends(require(Permission.OUTSOURCING))])
+router = api_router("/api", ["outsourcing"], Permission.OUTSOURCING)
 
 
 def _outsourcing(request: Request):
@@ -57,7 +58,7 @@ async def partners(request: Request):
     return [p.model_dump() for p in request.app.state.settings.partners]
 
 
-@router.post("/tickets/{ticket_id}/outsource", status_code=202, response_model=OutsourcingOut,
+@router.post("/tickets/{ticket_id}/outsource", responses=CONFLICT, status_code=202, response_model=OutsourcingOut,
              summary="Outsource a ticket to an insourcing partner")
 async def outsource(ticket_id: str, body: OutsourceBody, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.outsource(session, ticket_id, body.partner_id, body.instructions, body.terms)
@@ -65,7 +66,7 @@ async def outsource(ticket_id: str, body: OutsourceBody, session: SessionDep, ou
     return _out(row)
 
 
-@router.post("/tickets/{ticket_id}/outsource/cancel", response_model=OutsourcingOut,
+@router.post("/tickets/{ticket_id}/outsource/cancel", responses=CONFLICT, response_model=OutsourcingOut,
              summary="Cancel an outsourcing the partner has not accepted yet")
 async def cancel(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.cancel(session, ticket_id)
@@ -88,7 +89,7 @@ class RejectBody(BaseModel):
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)]
 
 
-@router.post("/tickets/{ticket_id}/outsource/reject", response_model=OutsourcingOut,
+@router.post("/tickets/{ticket_id}/outsource/reject", responses=CONFLICT, response_model=OutsourcingOut,
              summary="Reject the partner's work (a reason is required): synchronization resumes")
 async def reject(ticket_id: str, body: RejectBody, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.reject(session, ticket_id, body.reason)
@@ -96,7 +97,7 @@ async def reject(ticket_id: str, body: RejectBody, session: SessionDep, outsourc
     return _out(row)
 
 
-@router.post("/tickets/{ticket_id}/outsource/approve", response_model=OutsourcingOut,
+@router.post("/tickets/{ticket_id}/outsource/approve", responses=CONFLICT, response_model=OutsourcingOut,
              summary="Approve the partner's work: the outsourcing is Complete and the link ends")
 async def approve(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.finish(session, ticket_id, "approve")
@@ -104,7 +105,7 @@ async def approve(ticket_id: str, session: SessionDep, outsourcing=Depends(_outs
     return _out(row)
 
 
-@router.post("/tickets/{ticket_id}/outsource/complete", response_model=OutsourcingOut,
+@router.post("/tickets/{ticket_id}/outsource/complete", responses=CONFLICT, response_model=OutsourcingOut,
              summary="Set the Outsource Status to Complete at any time: the same results as approve")
 async def complete(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.finish(session, ticket_id, "complete")

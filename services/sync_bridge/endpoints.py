@@ -1,17 +1,16 @@
 """The bridge's HTTP API: the link registry, behind the bridge token."""
 from datetime import datetime
 
-from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.models import ItemMirror, Link, Repair
 from services.sync_bridge.reconciliation import start_round
-from shared.platform.auth import Permission, SessionDep, require
+from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.errors import NotFound
 
-router = APIRouter(prefix="/api", tags=["bridge"], dependencies=[Depends(require(Permission.LINKS))])
+router = api_router("/api", ["bridge"], Permission.LINKS)
 
 
 class LinkOut(BaseModel):

@@ -5,17 +5,19 @@ recorded with who did it and when; a replay that fails again leaves the message 
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.platform.auth import Permission, SessionDep, require
+from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.db import utcnow
 from shared.platform.errors import Conflict, NotFound
 from shared.platform.inbox import MAX_REASON, DeadLetter, InboxConsumer, Parked
+from shared.platform.openapi import CONFLICT
 
 DISCARDED = "discarded"
+LetterId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a dead letter's id (a PostgreSQL bigint)")]
 
 
 class DeadLetterOut(BaseModel):
@@ -90,7 +92,7 @@ def _answer(letter: DeadLetter, outcome: str) -> OutcomeOut:
 
 def dead_letter_router(permission: Permission) -> APIRouter:
     """Every service's parked messages, behind the permission its operators' tokens carry."""
-    router = APIRouter(prefix="/api", tags=["dead letters"], dependencies=[Depends(require(permission))])
+    router = api_router("/api", ["dead letters"], permission)
 
     @router.get("/dead-letters", response_model=list[DeadLetterOut],
                 summary="Parked messages, newest first: the unresolved ones, or with include_resolved=true "
@@ -99,14 +101,14 @@ def dead_letter_router(permission: Permission) -> APIRouter:
                            limit: Annotated[int, Query(ge=1, le=1000)] = 100):
         return await list_dead_letters(session, include_resolved, limit)
 
-    @router.post("/dead-letters/{letter_id}/replay", response_model=OutcomeOut,
+    @router.post("/dead-letters/{letter_id}/replay", responses=CONFLICT, response_model=OutcomeOut,
                  summary="Apply a parked message again through the inbox (at most once); answers the outcome")
-    async def replay_dead_letter(letter_id: int, request: Request, session: SessionDep):
+    async def replay_dead_letter(letter_id: LetterId, request: Request, session: SessionDep):
         return await replay(session, request.app.state.consumer, letter_id, request.state.token_name)
 
-    @router.post("/dead-letters/{letter_id}/discard", response_model=OutcomeOut,
+    @router.post("/dead-letters/{letter_id}/discard", responses=CONFLICT, response_model=OutcomeOut,
                  summary="Set a parked message aside for good, on record with who and when")
-    async def discard_dead_letter(letter_id: int, request: Request, session: SessionDep):
+    async def discard_dead_letter(letter_id: LetterId, request: Request, session: SessionDep):
         return await discard(session, letter_id, request.state.token_name)
 
     return router

@@ -6,17 +6,23 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.platform.errors import DomainError
 from shared.platform.kafka import broker_reachable
+from shared.platform.openapi import ErrorOut, FieldError, install_openapi
 
 log = logging.getLogger(__name__)
+HTTP_METHODS = ["DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"]
 
 
 
@@ -40,18 +46,18 @@ def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[
     async def domain_error(request: Request, exc: DomainError):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:
+            # FastAPI makes one route per method, and Starlette's 405 names only the first one's.
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        errors = []
-        for error in exc.errors():
-            loc = error.get("loc", ())
-            if error.get("type") == "json_invalid":
-                where = f"body (position {loc[-1]})" if len(loc) > 1 else "body"
-            else:
-                where = ".".join(str(part) for part in loc if part != "body") or "body"
-            errors.append({"field": where, "message": error.get("msg", "invalid"), "type": error.get("type")})
-        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return JSONResponse({"detail": summary, "errors": errors}, status_code=422)
+        errors = [_field_error(error) for error in exc.errors()]
+        summary = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        return JSONResponse(ErrorOut(detail=summary, errors=errors).model_dump(), status_code=422)
 
     @app.exception_handler(DBAPIError)
     async def database_refused(request: Request, exc: DBAPIError):
@@ -72,21 +78,54 @@ def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[
         log.warning("database unreachable: %r", exc)
         return database_away()
 
-    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    @app.get("/healthz", tags=["operations"], response_model=HealthOut, summary="The process is alive")
     async def healthz():
         return {"status": "ok", "service": service_name}
 
-    @app.get("/readyz", tags=["operations"], summary="The database and Kafka are reachable")
+    @app.get("/readyz", tags=["operations"], response_model=ReadyOut,
+             responses={503: {"model": ReadyOut, "description": "The database or Kafka is unreachable"}},
+             summary="The database and Kafka are reachable")
     async def readyz():
         problems = [p for p in [await check() for check in ready_checks] if p]
         body = {"status": "ready" if not problems else "not ready", "service": service_name, "problems": problems}
         return JSONResponse(body, status_code=200 if not problems else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse, summary="Prometheus metrics",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "The Prometheus text format"}})
     async def metrics():
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    install_openapi(app)
     return registry
+
+
+class HealthOut(BaseModel):
+    status: str
+    service: str
+
+
+class ReadyOut(BaseModel):
+    status: str = Field(description='"ready" or "not ready"')
+    service: str
+    problems: list[str] = Field(description="what is unreachable, in words")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route answers on this path, each asked as if the request had used it."""
+    asked = {"type": "http", "path": request.scope["path"], "root_path": request.scope.get("root_path", ""),
+             "headers": []}
+    return [method for method in HTTP_METHODS
+            if any(route.matches({**asked, "method": method})[0] == Match.FULL for route in request.app.router.routes)]
+
+
+def _field_error(error: dict) -> FieldError:
+    loc = error.get("loc", ())
+    if error.get("type") == "json_invalid":
+        where = f"body (position {loc[-1]})" if len(loc) > 1 else "body"
+    else:
+        where = ".".join(str(part) for part in loc if part != "body") or "body"
+    return FieldError(field=where, message=error.get("msg", "invalid"), type=error.get("type", "invalid"))
 
 
 def database_away() -> JSONResponse:

@@ -170,6 +170,8 @@ async def test_what_a_user_typed_is_shown_as_text_and_refusals_are_shown_in_word
 
 
 async def test_the_pages_work_at_phone_width(browser, services):
+    async with services["insourcing_partner"].client() as api:  # a title with no space to break it at
+        assert (await api.post("/api/tickets", json={"title": "x" * 255})).status_code == 201
     context = await browser.new_context(base_url=services["insourcing_partner"].url,
                                         viewport={"width": 390, "height": 844})
     page = await context.new_page()

@@ -14,6 +14,28 @@ async def test_no_token_or_a_wrong_token_is_401(services):
         assert forged.status_code == 401
 
 
+async def test_a_call_without_a_valid_token_is_401_whatever_its_body(services):
+    """The caller is known before the body is read: a malformed body is nobody's business but a
+    token holder's (SPEC section 5)."""
+    lead = services["lead_partner"]
+    async with httpx.AsyncClient(base_url=lead.url) as anonymous:
+        for headers in ({}, {"Authorization": "Bearer guess"}):
+            malformed = await anonymous.post("/api/tickets", content=b'{"title": ', headers={
+                **headers, "Content-Type": "application/json"})
+            assert malformed.status_code == 401 and malformed.headers["www-authenticate"] == "Bearer"
+            garbled = await anonymous.post("/api/tickets/x/attachments", content=b"--nothing", headers={
+                **headers, "Content-Type": "multipart/form-data; boundary=b"})
+            assert garbled.status_code == 401
+    async with lead.client() as holder:
+        malformed = await holder.post("/api/tickets", content=b'{"title": ', headers={"Content-Type": "application/json"})
+        assert malformed.status_code == 422 and malformed.json()["errors"][0]["type"] == "json_invalid"
+
+
+async def test_a_method_the_path_does_not_have_is_405_naming_every_method_it_has(lead):
+    answer = await lead.request("OPTIONS", "/api/tickets/x")
+    assert answer.status_code == 405 and answer.headers["allow"] == "GET, PATCH"
+
+
 async def test_one_partners_token_is_unknown_to_the_other(services):
     lead_token = services["lead_partner"].token
     async with services["insourcing_partner"].client(token=lead_token) as wrong:

@@ -25,8 +25,9 @@ from shared.domain.tickets.schemas import (
     TicketUpdate,
     stored_fields,
 )
-from shared.platform.auth import Permission, SessionDep, require
+from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.errors import TooLarge
+from shared.platform.openapi import CONFLICT
 
 
 def _policy(request: Request) -> service.SyncPolicy:
@@ -34,6 +35,8 @@ def _policy(request: Request) -> service.SyncPolicy:
 
 
 PolicyDep = Annotated[service.SyncPolicy, Depends(_policy)]
+FILE_BYTES = {"description": "The file's bytes, with the Content-Type it was uploaded with",
+              "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
 
 
 def item_out(policy: service.SyncPolicy, item: TicketItem) -> dict[str, Any]:
@@ -62,7 +65,7 @@ def content_disposition(filename: str) -> str:
 
 def ticket_router(link_field: str) -> APIRouter:
     """`link_field` is `outsource` on the lead partner and `insource` on the insourcing partner."""
-    router = APIRouter(prefix="/api/tickets", tags=["tickets"], dependencies=[Depends(require(Permission.TICKETS))])
+    router = api_router("/api/tickets", ["tickets"], Permission.TICKETS)
     TicketWithLink = create_model(
         f"Ticket{link_field.title()}Out", __base__=TicketOut, **{link_field: (PartnerLinkOut | None, None)}
     )
@@ -93,7 +96,8 @@ def ticket_router(link_field: str) -> APIRouter:
     for kind in ItemKind:
         _item_routes(router, kind)
 
-    @router.get("/{ticket_id}/attachments/{item_id}/content", summary="Download an attachment's bytes")
+    @router.get("/{ticket_id}/attachments/{item_id}/content", summary="Download an attachment's bytes",
+                response_class=Response, responses={200: FILE_BYTES})
     async def download(ticket_id: str, item_id: str, session: SessionDep):
         item, content = await service.attachment_content(session, ticket_id, item_id)
         return Response(
@@ -173,5 +177,5 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
 
     update.__annotations__["body"] = update_model
     router.get(path, response_model=page_model(out_model), summary=f"List the {noun}s, oldest first, a page at a time")(list_)
-    router.patch(f"{path}/{{item_id}}", response_model=out_model, summary=f"Edit a {noun}")(update)
-    router.delete(f"{path}/{{item_id}}", status_code=204, summary=f"Delete a {noun}")(delete)
+    router.patch(f"{path}/{{item_id}}", response_model=out_model, responses=CONFLICT, summary=f"Edit a {noun}")(update)
+    router.delete(f"{path}/{{item_id}}", status_code=204, responses=CONFLICT, summary=f"Delete a {noun}")(delete)
