@@ -225,7 +225,8 @@ async def _items(session: AsyncSession, link: Link, source: SideView, target: Si
                 repairs.append(f"sent the lost receipt of item {item.item_id} to {source.partner_id}")
             continue
         if mapping is not None and mapping.deleted and mirror is None:
-            reason = "the partner refused it"
+            # Refused by the partner (its own receipt, with its reason, may still be on its way).
+            reason = NOT_CROSSING.get(link.state, "the partner refused it")
         elif crossing:
             resend.append(item.item_id)
             continue
