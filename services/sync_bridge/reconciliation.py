@@ -8,7 +8,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -53,12 +53,14 @@ from shared.domain.workflow import InsourceStatus as I
 from shared.domain.workflow import LinkState as L
 from shared.domain.workflow import OutsourceStatus as O
 from shared.platform.db import utcnow
+from shared.platform.inbox import DataLoss
 from shared.platform.messagebus import Ignored
 
 log = logging.getLogger(__name__)
 # A round whose answers have not all come back by then is asked again (they were lost). Rounds
 # normally end within a few seconds; a question does not restart one under way.
 ROUND_TIMEOUT = timedelta(seconds=10)
+CHECK_EVERY_S = 1.0
 
 
 @dataclass
@@ -137,12 +139,19 @@ async def requested(session: AsyncSession, event: LinkEvent) -> None:
     payload: ReconcileRequested = event.payload
     link = event.link
     log.info("link %s: %s asks for reconciliation: %s", link.id, event.sender, payload.reason)
-    if link.round_id and link.round_started_at > utcnow() - ROUND_TIMEOUT:
+    if link.round_id and link.round_started_at > _lost_before(payload.lost_since):
         # A round is under way: restarting it would throw its answers away (under a burst of
         # questions no round would ever finish). Another follows it.
         link.reconcile_due = True
         return
     await start_round(session, link)
+
+
+def _lost_before(lost_since: datetime | None) -> datetime:
+    """Rounds started before this are taken as lost: those asked so long ago that their answers
+    would be back, and those under way when the broker lost data."""
+    timed_out = utcnow() - ROUND_TIMEOUT
+    return max(timed_out, lost_since) if lost_since else timed_out
 
 
 async def manifest(session: AsyncSession, event: LinkEvent) -> None:
@@ -275,7 +284,8 @@ class Scheduler:
         self.sessions: async_sessionmaker[AsyncSession] | None = None
         self.rounds_total = 0
         self.repairs_total = 0
-        self._lost = False
+        self._loss = DataLoss()
+        self._lost_since: datetime | None = None
         self._wake = asyncio.Event()
 
     def attach(self, sessions: async_sessionmaker[AsyncSession]) -> "Scheduler":
@@ -284,14 +294,15 @@ class Scheduler:
 
     def broker_lost_data(self, topic: str) -> None:
         log.warning("the broker lost data on %s: reconciling every link that may differ", topic)
-        self._lost = True
+        self._lost_since = self._loss.seen()
         self._wake.set()
 
     async def run(self) -> None:
         while True:
             try:
-                # Checked at least every 5 s: a round lost with the broker's data is asked again soon.
-                await asyncio.wait_for(self._wake.wait(), timeout=min(self.interval, 5.0))
+                # Checked every second (two indexed queries): a round lost with the broker's data is
+                # asked again, and a repair confirmed, without waiting for the interval.
+                await asyncio.wait_for(self._wake.wait(), timeout=min(self.interval, CHECK_EVERY_S))
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
@@ -303,10 +314,10 @@ class Scheduler:
                 log.exception("reconciliation scheduler failed; trying again in %.0fs", self.interval)
 
     async def tick(self) -> int:
-        timeout = utcnow() - ROUND_TIMEOUT
+        lost_since, self._lost_since = self._lost_since, None
+        lost_before = _lost_before(lost_since)
         async with self.sessions() as session, session.begin():
-            if self._lost:
-                self._lost = False
+            if lost_since:
                 await session.execute(
                     update(Link)
                     .where(or_(Link.state != L.TERMINATED, Link.in_sync.is_not(True), Link.last_reconciled_at.is_(None),
@@ -314,10 +325,10 @@ class Scheduler:
                     .values(reconcile_due=True)
                 )
             self.repairs_total = await session.scalar(select(func.coalesce(func.sum(Link.repairs), 0)))
-            # Due and not under way, or under way for so long that its answers were lost.
+            # Due and not under way, or under way since before its answers were lost.
             ids = list(await session.scalars(
                 select(Link.id).where(or_(Link.reconcile_due, Link.round_id.is_not(None)),
-                                      or_(Link.round_id.is_(None), Link.round_started_at < timeout))
+                                      or_(Link.round_id.is_(None), Link.round_started_at < lost_before))
                 .limit(500)
             ))
         for link_id in ids:

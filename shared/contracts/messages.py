@@ -1,5 +1,6 @@
 """The messages that cross Kafka. Partners publish on their outbound topic; the bridge publishes
 on each partner's inbound topic. Every message of a link carries the link id as its key."""
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -282,6 +283,8 @@ class ReconcileRequested(Payload):
     type = "sync.reconcile_requested"
     link_id: str
     reason: str
+    # When the partner saw the broker lose data: a round started before then may have lost its question.
+    lost_since: datetime | None = None
 
 
 @contract

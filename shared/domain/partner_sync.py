@@ -36,6 +36,7 @@ from shared.contracts.messages import (
 from shared.domain.tickets.models import AttachmentContent, TicketItem
 from shared.domain.tickets.rules import Delivery, ItemKind, Origin, content_hash
 from shared.platform.db import Base, utcnow
+from shared.platform.inbox import DataLoss
 from shared.platform.outbox import Publisher
 
 log = logging.getLogger(__name__)
@@ -349,7 +350,8 @@ class SyncWatch:
         self.pending_items = 0
         self.oldest_pending_age = 0.0
         self._wake = asyncio.Event()
-        self._lost = False
+        self._loss = DataLoss()
+        self._lost_since: datetime | None = None
 
     def attach(self, sessions: async_sessionmaker[AsyncSession]) -> "SyncWatch":
         self.sessions = sessions
@@ -358,7 +360,7 @@ class SyncWatch:
     def broker_lost_data(self, topic: str) -> None:
         """A consumer saw the broker lose data: every open link is asked about at once."""
         log.warning("the broker lost data on %s: reconciling every open link", topic)
-        self._lost = True
+        self._lost_since = self._loss.seen()
         self._wake.set()
 
     async def run(self) -> None:
@@ -369,18 +371,19 @@ class SyncWatch:
                 pass
             self._wake.clear()
             try:
-                lost, self._lost = self._lost, False
-                await self.tick(everything=lost)
+                lost_since, self._lost_since = self._lost_since, None
+                await self.tick(lost_since)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("sync watch failed; trying again in %.0fs", self.interval)
 
-    async def tick(self, everything: bool = False) -> int:
+    async def tick(self, lost_since: datetime | None = None) -> int:
+        """Ask about the links that need it; every open link when the broker lost data at `lost_since`."""
         now = utcnow()
         async with self.sessions() as session, session.begin():
             settled = now - timedelta(seconds=self.grace)
-            if everything:
+            if lost_since:
                 # Every open link, except those asked about a moment ago (a loss is seen on several
                 # partitions at once: the bridge is asked once).
                 recent = set(await session.scalars(select(LinkSync.link_id).where(LinkSync.requested_at > settled)))
@@ -398,7 +401,8 @@ class SyncWatch:
                 ))
                 reason = "unconfirmed changes or items waiting for their receipt"
             for link_id in link_ids:
-                self.sync.publisher.emit(session, ReconcileRequested(link_id=link_id, reason=reason), link_id)
+                self.sync.publisher.emit(
+                    session, ReconcileRequested(link_id=link_id, reason=reason, lost_since=lost_since), link_id)
                 await _touch(session, link_id, requested_at=now, request_reason=reason)
             pending = (await session.execute(
                 select(func.count(), func.min(TicketItem.delivery_at)).where(TicketItem.delivery_status == Delivery.PENDING)

@@ -8,10 +8,11 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.contracts.envelope import ContractError, Envelope, Payload, parse
-from shared.platform.db import Base, transient
+from shared.platform.db import Base, transient, utcnow
 from shared.platform.kafka import MAX_REQUEST_BYTES
 from shared.platform.signing import BadSignature, Signatures
 
@@ -107,6 +108,25 @@ class StreamPosition(Base):
 # (session, envelope, payload, topic it came from): the topic is the sender's identity, the
 # envelope's `source` only a claim.
 Handler = Callable[[AsyncSession, Envelope, Payload, str], Awaitable[None]]
+
+
+class DataLoss:
+    """When the broker lost data, as consumers see it. Each partition shows a loss on its next fetch,
+    seconds apart under load, and a broker that just restarted may lose more: sightings less than
+    `window` apart are one loss, dated by its first sighting. Work begun after that date (a round of
+    reconciliation, say) is not undone by the later sightings."""
+
+    def __init__(self, window: timedelta = timedelta(seconds=10)):
+        self.window = window
+        self.since: datetime | None = None  # the first sighting of the current loss
+        self._last: datetime | None = None
+
+    def seen(self) -> datetime:
+        now = utcnow()
+        if self._last is None or now - self._last > self.window:
+            self.since = now
+        self._last = now
+        return self.since
 
 
 class _Positions(ConsumerRebalanceListener):
@@ -196,8 +216,15 @@ class InboxConsumer:
                         self._expected[tp] = highwater
                         await self._save_positions({tp: highwater})
             if done and (not batches or time.monotonic() - last_commit > COMMIT_EVERY):
-                await consumer.commit(done)
-                await self._save_positions(done)
+                try:
+                    await consumer.commit(done)
+                    await self._save_positions(done)
+                except (CommitFailedError, IllegalStateError) as exc:
+                    # The group moved the partitions while they were applied (a rebalance, or a
+                    # broker that restarted and forgot the group). Whoever has them now resumes
+                    # from the last commit and the inbox absorbs the repeat; this consumer rejoins
+                    # by itself. Starting a new one instead leaves a member the broker waits for.
+                    log.warning("%s: offsets not committed, the group rebalanced: %s", self._name, exc)
                 done, last_commit = {}, time.monotonic()
 
     def partitions_assigned(self, assigned) -> None:
