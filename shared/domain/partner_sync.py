@@ -123,6 +123,7 @@ class PartnerSync:
         link_id = getattr(payload, "link_id", None)
         if link_id is None or payload.type.startswith("sync."):
             return
+        await self.links.ticket_for_link(session, link_id)  # the ticket row before its link's bookkeeping
         now = utcnow()
         values: dict[str, Any] = {"last_received_at": now}
         if _is_workflow(payload):
@@ -181,8 +182,10 @@ class PartnerSync:
 
     async def on_manifest_requested(self, session: AsyncSession, payload: ManifestRequested) -> None:
         link_id = payload.link_id
+        # The ticket row first, as every writer of the ticket does (then its link's bookkeeping):
+        # the other order deadlocked with an API write on the same ticket.
+        ticket_id = await self.links.ticket_for_link(session, link_id)
         side = await self.links.side_status(session, link_id)
-        ticket_id = await self.links.ticket_of(session, link_id)
         items: list[ManifestItem] = []
         mirrors: list[ManifestMirror] = []
         health = SideHealth()

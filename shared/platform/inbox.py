@@ -289,8 +289,8 @@ class InboxConsumer:
                 await self._apply_together(ready)
                 return
             except Exception as exc:
-                if transient(exc):
-                    raise
+                # A poison message, or a transaction that lost a race (a deadlock with a writer of
+                # the same tickets): one at a time, each in a transaction of its own, as before.
                 log.warning("%s: a batch of %d failed (%r); applying them one at a time", self._name, len(ready), exc)
         for record, env, payload in ready:
             await self.handle(record)
