@@ -38,6 +38,9 @@ class Link(Base):
     # Reconciliation: the round under way, whether another is due, and what the last one found.
     round_id: Mapped[str | None] = mapped_column(String(36))
     round_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the round is asked again if its answers are not all back (they were lost, or wait behind
+    # a backlog): ROUND_TIMEOUT after a first question, twice the last wait after each repeat.
+    round_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reconcile_due: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     last_reconciled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     in_sync: Mapped[bool | None] = mapped_column(Boolean)

@@ -58,8 +58,11 @@ from shared.platform.messagebus import Ignored
 
 log = logging.getLogger(__name__)
 # A round whose answers have not all come back by then is asked again (they were lost). Rounds
-# normally end within a few seconds; a question does not restart one under way.
+# normally end within a few seconds; a question does not restart one under way. A partner answers
+# only after what the bridge sent it before, so behind a backlog an answer takes as long as the
+# backlog: each repeat waits twice as long as the one before, up to ROUND_TIMEOUT_MAX.
 ROUND_TIMEOUT = timedelta(seconds=10)
+ROUND_TIMEOUT_MAX = timedelta(minutes=5)
 CHECK_EVERY_S = 1.0
 
 
@@ -126,9 +129,13 @@ def missed_events(link: Link, lead: SideStatus, ins: SideStatus) -> list[tuple[s
 
 async def start_round(session: AsyncSession, link: Link) -> str:
     """Ask both partners for their manifest of `link` (the link row is locked by the caller)."""
+    now, wait = utcnow(), ROUND_TIMEOUT
     if link.round_id:
         await session.execute(ManifestPart.__table__.delete().where(ManifestPart.round_id == link.round_id))
-    link.round_id, link.round_started_at, link.reconcile_due = str(uuid.uuid4()), utcnow(), False
+        if link.round_expires_at and link.round_expires_at <= now:  # it went unanswered: wait longer
+            wait = min(2 * (link.round_expires_at - link.round_started_at), ROUND_TIMEOUT_MAX)
+    link.round_id, link.round_started_at, link.reconcile_due = str(uuid.uuid4()), now, False
+    link.round_expires_at = now + wait
     for partner in (link.lead_partner_id, link.insourcing_partner_id):
         send(session, partner, ManifestRequested(link_id=link.id, round_id=link.round_id), link.id)
     return link.round_id
@@ -139,7 +146,7 @@ async def requested(session: AsyncSession, event: LinkEvent) -> None:
     payload: ReconcileRequested = event.payload
     link = event.link
     log.info("link %s: %s asks for reconciliation: %s", link.id, event.sender, payload.reason)
-    if link.round_id and link.round_started_at > _lost_before(payload.lost_since):
+    if link.round_id and not _lost(link, payload.lost_since):
         # A round is under way: restarting it would throw its answers away (under a burst of
         # questions no round would ever finish). Another follows it.
         link.reconcile_due = True
@@ -147,11 +154,10 @@ async def requested(session: AsyncSession, event: LinkEvent) -> None:
     await start_round(session, link)
 
 
-def _lost_before(lost_since: datetime | None) -> datetime:
-    """Rounds started before this are taken as lost: those asked so long ago that their answers
-    would be back, and those under way when the broker lost data."""
-    timed_out = utcnow() - ROUND_TIMEOUT
-    return max(timed_out, lost_since) if lost_since else timed_out
+def _lost(link: Link, lost_since: datetime | None) -> bool:
+    """Are the round's answers taken as lost: not back in time, or under way when the broker lost data?"""
+    expired = link.round_expires_at is None or link.round_expires_at <= utcnow()
+    return expired or (lost_since is not None and link.round_started_at < lost_since)
 
 
 async def manifest(session: AsyncSession, event: LinkEvent) -> None:
@@ -315,7 +321,6 @@ class Scheduler:
 
     async def tick(self) -> int:
         lost_since, self._lost_since = self._lost_since, None
-        lost_before = _lost_before(lost_since)
         async with self.sessions() as session, session.begin():
             if lost_since:
                 await session.execute(
@@ -325,10 +330,13 @@ class Scheduler:
                     .values(reconcile_due=True)
                 )
             self.repairs_total = await session.scalar(select(func.coalesce(func.sum(Link.repairs), 0)))
-            # Due and not under way, or under way since before its answers were lost.
+            # Due and not under way, or under way but its answers not back in time or lost with data.
+            lost = or_(Link.round_expires_at.is_(None), Link.round_expires_at <= utcnow())
+            if lost_since:
+                lost = or_(lost, Link.round_started_at < lost_since)
             ids = list(await session.scalars(
                 select(Link.id).where(or_(Link.reconcile_due, Link.round_id.is_not(None)),
-                                      or_(Link.round_id.is_(None), Link.round_started_at < lost_before))
+                                      or_(Link.round_id.is_(None), lost))
                 .limit(500)
             ))
         for link_id in ids:
