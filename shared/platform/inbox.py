@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -216,15 +215,8 @@ class InboxConsumer:
                         self._expected[tp] = highwater
                         await self._save_positions({tp: highwater})
             if done and (not batches or time.monotonic() - last_commit > COMMIT_EVERY):
-                try:
-                    await consumer.commit(done)
-                    await self._save_positions(done)
-                except (CommitFailedError, IllegalStateError) as exc:
-                    # The group moved the partitions while they were applied (a rebalance, or a
-                    # broker that restarted and forgot the group). Whoever has them now resumes
-                    # from the last commit and the inbox absorbs the repeat; this consumer rejoins
-                    # by itself. Starting a new one instead leaves a member the broker waits for.
-                    log.warning("%s: offsets not committed, the group rebalanced: %s", self._name, exc)
+                await consumer.commit(done)
+                await self._save_positions(done)
                 done, last_commit = {}, time.monotonic()
 
     def partitions_assigned(self, assigned) -> None:
