@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 COMMIT_EVERY = 0.5  # seconds
+STALL_S = 30.0  # a poll or a commit that takes longer: the consumer is replaced
 MAX_REASON = 4000  # characters of a parking reason that are kept
 # Bytes of a parked message that are kept: whatever a service of ours sent fits whole (and can be
 # replayed); of anything larger only this prefix is kept, with the whole message's size and SHA-256.
@@ -188,7 +189,7 @@ class InboxConsumer:
             finally:
                 self.consumer = None
                 try:
-                    await consumer.stop()
+                    await asyncio.wait_for(consumer.stop(), STALL_S)
                 except Exception:  # the broker may be gone; nothing left to release
                     log.debug("consumer stop failed", exc_info=True)
 
@@ -199,7 +200,9 @@ class InboxConsumer:
         done: dict = {}
         last_commit = time.monotonic()
         while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            # Bounded, like the relay's sends: a consumer that stops answering (seen after a broker
+            # restart, all three services at once, with no database wait) is replaced by a new one.
+            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=200, max_records=500), STALL_S)
             await self._take_fresh()
             for tp, records in batches.items():
                 self._check_continuity(tp, records[0].offset)
@@ -215,7 +218,7 @@ class InboxConsumer:
                         self._expected[tp] = highwater
                         await self._save_positions({tp: highwater})
             if done and (not batches or time.monotonic() - last_commit > COMMIT_EVERY):
-                await consumer.commit(done)
+                await asyncio.wait_for(consumer.commit(done), STALL_S)
                 await self._save_positions(done)
                 done, last_commit = {}, time.monotonic()
 
