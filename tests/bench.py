@@ -83,24 +83,29 @@ async def note_latency(source, target, pairs) -> list[float]:
     return out
 
 
+async def write_notes(source, pairs, count: int, label: str, writers: int = 16) -> None:
+    """`count` notes through the source's API by `writers` concurrent writers, round-robin over the pairs."""
+    queue = asyncio.Queue()
+    for n in range(count):
+        queue.put_nowait(n)
+
+    async def writer() -> None:
+        while not queue.empty():
+            n = queue.get_nowait()
+            src_id, _ = pairs[n % len(pairs)]
+            (await source.post(f"/api/tickets/{src_id}/notes", json={"body": f"{label} {n}"})).raise_for_status()
+
+    await asyncio.gather(*(writer() for _ in range(writers)))
+
+
 async def sustained_rate(source, bridge, pairs, link_ids) -> tuple[float, float]:
     async def mirrored() -> int:
         links = (await bridge.get("/api/links", params={"state": "active"})).json()
         return sum(l["mirrored_to_insourcing"] for l in links if l["id"] in link_ids)
 
     start_count = await mirrored()
-    queue = asyncio.Queue()
-    for n in range(RATE_NOTES):
-        queue.put_nowait(n)
-
-    async def worker() -> None:
-        while not queue.empty():
-            n = queue.get_nowait()
-            src_id, _ = pairs[n % len(pairs)]
-            (await source.post(f"/api/tickets/{src_id}/notes", json={"body": f"rate {n}"})).raise_for_status()
-
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(16)))
+    await write_notes(source, pairs, RATE_NOTES, "rate")
     written = time.perf_counter() - started
     while await mirrored() - start_count < RATE_NOTES:
         await asyncio.sleep(0.05)
@@ -117,18 +122,8 @@ async def backlog_drain(source, bridge: ServiceProcess, pairs) -> tuple[float, f
     """The bridge is stopped while BACKLOG notes are written over the links, then started: notes per
     second from its start until the partner has confirmed every one of them (end to end)."""
     bridge.stop()
-    queue = asyncio.Queue()
-    for n in range(BACKLOG):
-        queue.put_nowait(n)
-
-    async def worker() -> None:
-        while not queue.empty():
-            n = queue.get_nowait()
-            src_id, _ = pairs[n % len(pairs)]
-            (await source.post(f"/api/tickets/{src_id}/notes", json={"body": f"backlog {n}"})).raise_for_status()
-
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(16)))
+    await write_notes(source, pairs, BACKLOG, "backlog")
     written = BACKLOG / (time.perf_counter() - started)
     started = time.perf_counter()
     bridge.start()
