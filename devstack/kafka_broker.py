@@ -86,6 +86,16 @@ def resolve_jars(say=print) -> Path | None:
     return target
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes in URL-safe base64, never starting with "-" (the storage
+    tool would read such an id as an option and refuse to format: seen once in 64 starts, as Kafka's
+    own Uuid.randomUuid avoids)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 @dataclass
 class Credentials:
     """The super user and one SCRAM user per service, generated once and kept beside the data."""
@@ -160,7 +170,7 @@ class KafkaBroker:
         config = self._config()
         if (self.log_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         users = [(self.credentials.admin_username, self.credentials.admin_password), *self.credentials.services.items()]
         scram = [arg for name, pw in users for arg in ("--add-scram", f"SCRAM-SHA-256=[name={name},password={pw}]")]
         done = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
