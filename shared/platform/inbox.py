@@ -31,7 +31,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.contracts.envelope import ContractError, Envelope, Payload, parse
 from shared.platform.db import Base, transient, utcnow
-from shared.platform.kafka import MAX_REQUEST_BYTES
+from shared.platform.kafka import MAX_REQUEST_BYTES, tear_down
 from shared.platform.signing import BadSignature, Signatures
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 COMMIT_EVERY = 0.5  # seconds
 STALL_S = 30.0  # a poll or a commit that takes longer: the consumer is replaced
+STOP_S = 5.0  # a consumer that takes longer to stop is torn down
 MAX_REASON = 4000  # characters of a parking reason that are kept
 # Bytes of a parked message that are kept: whatever a service of ours sent fits whole (and can be
 # replayed); of anything larger only this prefix is kept, with the whole message's size and SHA-256.
@@ -188,10 +189,20 @@ class InboxConsumer:
                 delay = min(delay * 2, 5.0)
             finally:
                 self.consumer = None
-                try:
-                    await asyncio.wait_for(consumer.stop(), STALL_S)
-                except Exception:  # the broker may be gone; nothing left to release
-                    log.debug("consumer stop failed", exc_info=True)
+                await self._let_go(consumer)
+
+    async def _let_go(self, consumer: AIOKafkaConsumer) -> None:
+        """Stops a consumer, leaving its group; one that does not stop in STOP_S is torn down, so a new
+        one starts at once (waiting on it once kept a bridge from reading for 30 s after a broker
+        lost its data, past the convergence bound)."""
+        try:
+            await asyncio.wait_for(consumer.stop(), STOP_S)
+        except asyncio.TimeoutError:
+            log.warning("%s: the old consumer did not stop within %.0fs; its connections are closed", self._name, STOP_S)
+            tear_down(consumer)
+        except Exception:  # the broker may be gone; nothing left to release
+            log.debug("consumer stop failed", exc_info=True)
+            tear_down(consumer)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         # Offsets move only past records whose effect the database has committed. They are sent to

@@ -109,10 +109,33 @@ def make_consumer(access: KafkaAccess, group_id: str, topics: list[str], session
         max_partition_fetch_bytes=4 * MAX_MESSAGE_BYTES,
         fetch_max_bytes=16 * MAX_MESSAGE_BYTES,
         metadata_max_age_ms=5_000,
+        # Not aiokafka's 40 s: a request sent as a restarted broker accepted connections before it
+        # served them hung the coordinator lookup, and with it every commit, for that long. A join
+        # may wait out the rebalance (the session timeout), so a request gets that and 5 s more.
+        request_timeout_ms=session_timeout_ms + 5_000,
     )
     if listener is not None:
         consumer.subscribe(topics, listener=listener)
     return consumer
+
+
+def tear_down(consumer: AIOKafkaConsumer) -> None:
+    """The last resort for a consumer whose stop() did not return (seen after a broker lost its data:
+    the coordinator lookup never finished, and stop() waits for it): close its connections, which fails
+    every request it still waits on, and cancel its background tasks, so nothing of it spins on
+    (its heartbeat otherwise retried every 100 ms for as long as the process lived). aiokafka has no
+    public call for this; the attributes are those of aiokafka 0.14."""
+    client = consumer._client
+    coordinator = getattr(consumer, "_coordinator", None)
+    fetcher = getattr(consumer, "_fetcher", None)
+    for owner, task_name in ((coordinator, "_heartbeat_task"), (coordinator, "_commit_refresh_task"),
+                             (coordinator, "_coordination_task"), (fetcher, "_fetch_task"),
+                             (client, "_sync_task")):
+        task = getattr(owner, task_name, None)
+        if task is not None and not task.done():
+            task.cancel()
+    for conn in list(getattr(client, "_conns", {}).values()):
+        conn.close()
 
 
 def _admin(access: KafkaAccess) -> AIOKafkaAdminClient:
