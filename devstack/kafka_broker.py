@@ -190,7 +190,7 @@ class KafkaBroker:
         """Ready when the admin can list topics through the client listener (SASL and all)."""
         import asyncio
 
-        from shared.platform.kafka import KafkaAccess, list_topics
+        from shared.platform.kafka import list_topics
 
         access = self.admin_access()
         deadline = time.monotonic() + timeout
