@@ -257,10 +257,10 @@ async def _insource_is(client, ticket_id: str, status: str) -> dict | None:
 
 
 async def test_a_broker_that_loses_all_its_data_mid_stream_is_caught_up_by_reconciliation(lead, insourcing, infrastructure):
-    """On Apache Kafka by wiping its data; on Tansu (TEST_BROKER=tansu) by a restart. Not in the Tansu
-    pass: after a restart Tansu refuses writes for 10-20 s (ObjectStore AlreadyExists), loses some it
-    acknowledged, moves offsets back and forth and stalls group joins; this bound was missed in 5 of 9
-    Tansu passes on 2026-11-27 (issue 9 stays open for it)."""
+    """On Apache Kafka by wiping its data; on Tansu (TEST_BROKER=tansu) by a restart, after which it
+    refuses writes for 10-20 s, loses some it acknowledged and stalls group joins. Not in the Tansu pass
+    of `make test`: on 2026-11-27 this test alone on Tansu met the bound 6 times in 6 (17-24 s), but in
+    a whole Tansu pass, with some 60 other links to reconcile, once at 39.5 s and once not within 42.7 s (issue 9)."""
     lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
     attachment = await lead.post(f"/api/tickets/{lead_ticket['id']}/attachments",
                                  files={"file": ("wiring.pdf", b"%PDF" + bytes(range(256)) * 300, "application/pdf")})
