@@ -319,16 +319,22 @@ class Scheduler:
             except Exception:
                 log.exception("reconciliation scheduler failed; trying again in %.0fs", self.interval)
 
+    async def _mark_due(self, session: AsyncSession, lost_since: datetime) -> None:
+        """Every link that may differ after the loss is due for a round. Rows a consumer holds right
+        now are skipped and marked on the next tick, in a second: waiting on them while the consumer
+        waited on a row this update had taken was a deadlock, which cost the scheduler 10 s."""
+        may_differ = or_(Link.state != L.TERMINATED, Link.in_sync.is_not(True), Link.last_reconciled_at.is_(None),
+                         Link.last_reconciled_at < Link.last_event_at)
+        free = select(Link.id).where(may_differ).with_for_update(skip_locked=True)
+        marked = (await session.execute(update(Link).where(Link.id.in_(free)).values(reconcile_due=True))).rowcount
+        if marked < await session.scalar(select(func.count()).select_from(Link).where(may_differ)):
+            self._lost_since = self._lost_since or lost_since
+
     async def tick(self) -> int:
         lost_since, self._lost_since = self._lost_since, None
         async with self.sessions() as session, session.begin():
             if lost_since:
-                await session.execute(
-                    update(Link)
-                    .where(or_(Link.state != L.TERMINATED, Link.in_sync.is_not(True), Link.last_reconciled_at.is_(None),
-                               Link.last_reconciled_at < Link.last_event_at))
-                    .values(reconcile_due=True)
-                )
+                await self._mark_due(session, lost_since)
             self.repairs_total = await session.scalar(select(func.coalesce(func.sum(Link.repairs), 0)))
             # Due and not under way, or under way but its answers not back in time or lost with data.
             lost = or_(Link.round_expires_at.is_(None), Link.round_expires_at <= utcnow())

@@ -91,6 +91,20 @@ async def _touch(session: AsyncSession, link_id: str, **values: Any) -> None:
     )
 
 
+async def _not_held(session: AsyncSession, link_ids: list[str]) -> list[str]:
+    """The links among `link_ids` whose sync row no other transaction holds, now locked by this one.
+    The watch touches many links in one transaction; waiting on a row a consumer's batch holds while
+    that batch waits on a ticket an API request holds (which waits on a row the watch holds) was a
+    deadlock, and the request's caller got a 503. Skipping what is held (asked on the next tick)
+    means the watch never waits, so it is never part of such a cycle."""
+    if not link_ids:
+        return []
+    free = set(await session.scalars(
+        select(LinkSync.link_id).where(LinkSync.link_id.in_(link_ids)).with_for_update(skip_locked=True)))
+    known = set(await session.scalars(select(LinkSync.link_id).where(LinkSync.link_id.in_(link_ids))))
+    return [link_id for link_id in link_ids if link_id in free or link_id not in known]
+
+
 class PartnerSync:
     """The receipts, health and reconciliation answers of one partner service."""
 
@@ -403,6 +417,11 @@ class SyncWatch:
                     ).limit(1000)
                 ))
                 reason = "unconfirmed changes or items waiting for their receipt"
+            ready = await _not_held(session, link_ids)
+            if lost_since and len(ready) < len(link_ids):
+                self._lost_since = self._lost_since or lost_since  # the rest on the next tick, in a second
+                asyncio.get_running_loop().call_later(1.0, self._wake.set)
+            link_ids = ready
             for link_id in link_ids:
                 self.sync.publisher.emit(
                     session, ReconcileRequested(link_id=link_id, reason=reason, lost_since=lost_since), link_id)

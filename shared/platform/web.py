@@ -63,6 +63,11 @@ def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[
     async def database_refused(request: Request, exc: DBAPIError):
         # Input that slipped past validation (e.g. a NUL byte in text) must not become a 500.
         sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        if sqlstate in COLLISIONS:
+            log.warning("a request collided with another transaction: %s", exc.orig)
+            return JSONResponse({"detail": "this change collided with another one being saved at the same moment;"
+                                           " nothing was saved; try again"},
+                                status_code=503, headers={"Retry-After": "1"})
         if not (isinstance(exc, (DataError, IntegrityError)) or sqlstate[:2] in ("22", "23")):
             log.warning("database unavailable: %r", exc.orig)
             return database_away()
@@ -126,6 +131,9 @@ def _field_error(error: dict) -> FieldError:
     else:
         where = ".".join(str(part) for part in loc if part != "body") or "body"
     return FieldError(field=where, message=error.get("msg", "invalid"), type=error.get("type", "invalid"))
+
+
+COLLISIONS = ("40P01", "40001")  # deadlock detected, serialization failure: the same request can succeed again
 
 
 def database_away() -> JSONResponse:
