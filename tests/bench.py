@@ -98,18 +98,51 @@ async def write_notes(source, pairs, count: int, label: str, writers: int = 16) 
     await asyncio.gather(*(writer() for _ in range(writers)))
 
 
-async def sustained_rate(source, bridge, pairs, link_ids) -> tuple[float, float]:
+async def sustained_rate(source, bridge, pairs, link_ids, meter_parts) -> tuple[float, float, str]:
     async def mirrored() -> int:
         links = (await bridge.get("/api/links", params={"state": "active"})).json()
         return sum(l["mirrored_to_insourcing"] for l in links if l["id"] in link_ids)
 
     start_count = await mirrored()
+    meter = CpuMeter(meter_parts)
     started = time.perf_counter()
     await write_notes(source, pairs, RATE_NOTES, "rate")
     written = time.perf_counter() - started
     while await mirrored() - start_count < RATE_NOTES:
-        await asyncio.sleep(0.05)
-    return RATE_NOTES / written, RATE_NOTES / (time.perf_counter() - started)
+        await asyncio.sleep(0.5)
+    return RATE_NOTES / written, RATE_NOTES / (time.perf_counter() - started), meter.per_item(RATE_NOTES)
+
+
+class CpuMeter:
+    """CPU seconds each part of the system spends over a stretch of the bench: where the time of a
+    note goes when the machine is the limit."""
+
+    def __init__(self, parts: dict[str, int]):
+        self.parts = parts  # name -> pid; "PostgreSQL" is found by name (a server and its backends)
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.parts.items():
+            times = psutil.Process(pid).cpu_times()
+            out[name] = times.user + times.system
+        postgres = 0.0
+        for process in psutil.process_iter(["name"]):
+            if process.info["name"] == "postgres":
+                try:
+                    times = process.cpu_times()
+                except psutil.NoSuchProcess:
+                    continue
+                postgres += times.user + times.system + times.children_user + times.children_system
+        out["PostgreSQL"] = postgres
+        return out
+
+    def per_item(self, items: int) -> str:
+        end = self._read()
+        spent = {name: end[name] - self._start[name] for name in end}
+        total = sum(spent.values())
+        parts = ", ".join(f"{name} {seconds * 1000 / items:.1f}" for name, seconds in spent.items())
+        return f"CPU ms per note: {parts}; all {total * 1000 / items:.1f} (of {psutil.cpu_count()} cores)"
 
 
 async def pending_receipts(client) -> int:
@@ -159,7 +192,8 @@ async def big_ticket_pages(client, database_url: str) -> list[float]:
             return out
 
 
-async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str, lead_database: str) -> None:
+async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str, lead_database: str,
+              meter_parts: dict[str, int]) -> None:
     async with procs["lead_partner"].client() as lead, procs["insourcing_partner"].client() as insourcing, \
             procs["sync_bridge"].client() as bridge:
         pairs, link_ids = [], set()
@@ -175,9 +209,10 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
                     await note_latency(insourcing, lead, [(b, a) for a, b in pairs])),
         ]
         lines.append(summary(f"page of 100 notes, a ticket of {BIG_TICKET:,}", await big_ticket_pages(lead, lead_database)))
-        accepted, delivered = await sustained_rate(lead, bridge, pairs, link_ids)
+        accepted, delivered, cpu = await sustained_rate(lead, bridge, pairs, link_ids, meter_parts)
         lines.append(f"sustained: {RATE_NOTES} notes over {LINKS} links, 16 writers: "
                      f"{accepted:.0f} notes/s accepted, {delivered:.0f} notes/s delivered to the other side")
+        lines.append(f"  {cpu}")
         while len(pairs) < BACKLOG_LINKS:
             lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
             pairs.append((lead_ticket["id"], insourced["id"]))
@@ -217,7 +252,11 @@ def bench_on(broker: str | None) -> None:
             for p in procs.values():
                 p.wait_ready()
             print(f"\nPostgreSQL from {resolved.postgres_source}; Kafka from {resolved.kafka_source}", flush=True)
-            asyncio.run(run(procs, resolved.kafka_admin, resolved.kafka_source, urls[names["lead_partner"]]))
+            broker_proc = resolved.broker.proc if resolved.broker is not None else resolved.tansu
+            meter_parts = {name: p.proc.pid for name, p in procs.items()} | {"bench": os.getpid()}
+            if broker_proc is not None:  # not a broker named by KAFKA_BOOTSTRAP_SERVERS
+                meter_parts["broker"] = broker_proc.pid
+            asyncio.run(run(procs, resolved.kafka_admin, resolved.kafka_source, urls[names["lead_partner"]], meter_parts))
         finally:
             for p in procs.values():
                 p.stop()

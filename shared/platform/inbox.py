@@ -40,6 +40,9 @@ MAX_ATTEMPTS = 5
 COMMIT_EVERY = 0.5  # seconds
 STALL_S = 30.0  # a poll or a commit that takes longer: the consumer is replaced
 STOP_S = 5.0  # a consumer that takes longer to stop is torn down
+# At most this many records are applied in one transaction: it holds the rows of every ticket it
+# touched until it commits, and API writes to those tickets wait for it.
+APPLY_TOGETHER = 25
 MAX_REASON = 4000  # characters of a parking reason that are kept
 # Bytes of a parked message that are kept: whatever a service of ours sent fits whole (and can be
 # replayed); of anything larger only this prefix is kept, with the whole message's size and SHA-256.
@@ -217,7 +220,8 @@ class InboxConsumer:
             await self._take_fresh()
             for tp, records in batches.items():
                 self._check_continuity(tp, records[0].offset)
-                await self.handle_batch(records)
+                for start in range(0, len(records), APPLY_TOGETHER):
+                    await self.handle_batch(records[start:start + APPLY_TOGETHER])
                 done[tp] = records[-1].offset + 1
                 self._expected[tp] = done[tp]
             if not batches:
