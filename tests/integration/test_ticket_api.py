@@ -1,4 +1,5 @@
 """The ticket core over real HTTP against a running partner service and a real PostgreSQL."""
+import asyncio
 import hashlib
 import re
 
@@ -198,3 +199,25 @@ async def test_an_attachment_with_a_non_ascii_name_downloads_under_that_name(lea
     download = await lead.get(f"/api/tickets/{ticket['id']}/attachments/{item['id']}/content")
     assert download.status_code == 200 and download.content == b"%PDF"
     assert "filename*=UTF-8''%E6%8A%A5%E5%91%8A" in download.headers["content-disposition"]
+
+
+async def test_an_idle_connection_outlives_a_clients_five_second_keep_alive(services):
+    """A client keeps an idle connection 5 s (httpx's default); a server that closed it at the same
+    moment failed the next request ("Server disconnected without sending a response", a CI run)."""
+    host, port = services["lead_partner"].url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+
+    async def healthz() -> bytes:
+        writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        return head
+
+    try:
+        assert (await healthz()).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(6)  # idle longer than the client's keep-alive
+        assert (await healthz()).startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
