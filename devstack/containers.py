@@ -29,12 +29,12 @@ BASE_TARBALL = CACHE / "base" / "debian-bookworm-minbase.tar"
 DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 BASE_IMAGE = "partner-ticket-sync/debian:bookworm"
-# Image name -> Dockerfile (context: the repository); deploy/compose.yaml names the same images.
-IMAGES = {
-    "partner-ticket-sync/service:latest": "deploy/Dockerfile",
-    f"partner-ticket-sync/kafka:{KAFKA_VERSION}": "deploy/kafka/Dockerfile",
-    "partner-ticket-sync/postgres:15": "deploy/postgres/Dockerfile",
-}
+SERVICE_IMAGE = "partner-ticket-sync/service:latest"
+KAFKA_IMAGE = f"partner-ticket-sync/kafka:{KAFKA_VERSION}"
+POSTGRES_IMAGE = "partner-ticket-sync/postgres:15"
+# Image -> its Dockerfile (context: the repository); deploy/compose.yaml names the same images.
+IMAGES = {SERVICE_IMAGE: "deploy/Dockerfile", KAFKA_IMAGE: "deploy/kafka/Dockerfile",
+          POSTGRES_IMAGE: "deploy/postgres/Dockerfile"}
 
 
 class EngineUnavailable(RuntimeError):
