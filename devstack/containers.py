@@ -190,12 +190,14 @@ def build_images() -> dict[str, float]:
         started = time.monotonic()
         # The classic builder: it is what Debian's docker.io has without the buildx plugin.
         done = subprocess.run(
-            ["docker", "build", "--quiet", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-f", dockerfile, "-t", image, "."],
+            ["docker", "build", "--quiet", "--force-rm", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-f", dockerfile, "-t", image, "."],
             cwd=ROOT, env={**os.environ, **engine_env(), "DOCKER_BUILDKIT": "0"}, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"building {image} from {dockerfile} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
         took[image] = time.monotonic() - started
         print(f"[containers] {image} built from {dockerfile} in {took[image]:.0f} s", flush=True)
+    # The images a rebuild replaced (untagged now): without this the cache grows by one per change.
+    docker("image", "prune", "--force")
     return took
 
 
