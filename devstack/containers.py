@@ -95,6 +95,7 @@ def start_engine(timeout: float = 60.0) -> None:
     VAR.mkdir(parents=True, exist_ok=True)
     DATA_ROOT.mkdir(parents=True, exist_ok=True)
     SOCKET.unlink(missing_ok=True)
+    log_start = ENGINE_LOG.stat().st_size if ENGINE_LOG.exists() else 0
     argv = ["dockerd", "--host", f"unix://{SOCKET}", "--data-root", str(DATA_ROOT),
             "--exec-root", str(VAR / "exec"), "--pidfile", str(PIDFILE)]
     with open(ENGINE_LOG, "ab") as log:
@@ -103,7 +104,9 @@ def start_engine(timeout: float = 60.0) -> None:
     while not engine_answers():
         if engine.poll() is not None or time.monotonic() > deadline:
             engine.kill()
-            tail = ENGINE_LOG.read_text(errors="replace").splitlines()[-15:]
+            with open(ENGINE_LOG, errors="replace") as log:
+                log.seek(log_start)
+                tail = log.read().splitlines()[-15:]  # what this start wrote, not an earlier one
             raise EngineUnavailable(f"dockerd did not start (exit {engine.poll()}):\n" + "\n".join(tail))
         time.sleep(0.3)
     print(f"[containers] Docker engine {docker('version', '--format', '{{.Server.Version}}').stdout.strip()} "

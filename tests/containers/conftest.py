@@ -107,6 +107,7 @@ def engine():
     try:
         containers.start_engine()
     except containers.EngineUnavailable as exc:
+        _ran["engine"] = f"no Docker engine: BLOCKED ({str(exc).splitlines()[-1]})"
         pytest.fail(f"BLOCKED: no Docker engine could be started here: {exc}", pytrace=False)
     started = time.monotonic()
     containers.build_images()
@@ -152,7 +153,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus):
     """`make test` prints summary.txt last: this line says whether the container tests ran, and where."""
     counts = {k: len(terminalreporter.stats.get(k, [])) for k in ("passed", "failed", "error", "skipped")}
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "nothing ran"
-    where = "; ".join(_ran[k] for k in ("engine", "images", "stack") if k in _ran) or "no Docker engine"
+    where = "; ".join(_ran[k] for k in ("engine", "images", "stack") if k in _ran) or "nothing: no test asked for the engine"
     LOGS.mkdir(parents=True, exist_ok=True)
     with open(LOGS / "summary.txt", "a") as out:
         out.write(f"{summary}: container tests (tests/containers) on {where}\n")
