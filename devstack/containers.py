@@ -132,8 +132,13 @@ def stop_engine(timeout: float = 30.0) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def image_id(name: str) -> str | None:
+    done = docker("image", "inspect", "--format", "{{.Id}}", name, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def image_exists(name: str) -> bool:
-    return docker("image", "inspect", name, check=False).returncode == 0
+    return image_id(name) is not None
 
 
 def _debootstrap_tarball() -> None:
@@ -190,7 +195,7 @@ def build_images() -> dict[str, float]:
     stage_certificate_authorities()
     took = {}
     for image, dockerfile in IMAGES.items():
-        started = time.monotonic()
+        started, replaced = time.monotonic(), image_id(image)
         # The classic builder: it is what Debian's docker.io has without the buildx plugin.
         done = subprocess.run(
             ["docker", "build", "--quiet", "--force-rm", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-f", dockerfile, "-t", image, "."],
@@ -199,8 +204,10 @@ def build_images() -> dict[str, float]:
             raise RuntimeError(f"building {image} from {dockerfile} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
         took[image] = time.monotonic() - started
         print(f"[containers] {image} built from {dockerfile} in {took[image]:.0f} s", flush=True)
-    # The images a rebuild replaced (untagged now): without this the cache grows by one per change.
-    docker("image", "prune", "--force")
+        if replaced and replaced != image_id(image):
+            # Without this the data root keeps one more copy per change. Only that image goes: a prune of
+            # every untagged image would take the cache of the Kafka image's Maven stage with it.
+            docker("image", "rm", replaced, check=False)  # refused while a container still uses it
     return took
 
 
