@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz browser bench bench-idle install clean lint
+.PHONY: run test containers-test fuzz browser bench bench-idle install clean lint
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -19,13 +19,21 @@ run: $(STAMP)
 	$(PY) -m devstack.run
 
 # The whole suite on the broker of record (Apache Kafka where a JDK and Maven are), then the
-# broker-facing tests again on Tansu, the fallback; the last lines say what ran where.
+# broker-facing tests again on Tansu, the fallback, then deploy/ run for real in containers; the last
+# lines say what ran where.
 test: $(STAMP) browser
 	@mkdir -p var/test-logs && rm -f var/test-logs/summary.txt
-	@$(PY) -m pytest $(PYTEST_ARGS); full=$$?; \
-	TEST_BROKER=tansu $(PY) -m pytest -m broker $(PYTEST_ARGS); fallback=$$?; \
-	echo; echo "make test: the whole suite, then the broker-facing tests (-m broker) on Tansu:"; \
-	cat var/test-logs/summary.txt; exit $$(( full || fallback ))
+	@$(PY) -m pytest --ignore=tests/containers $(PYTEST_ARGS); full=$$?; \
+	TEST_BROKER=tansu $(PY) -m pytest -m broker --ignore=tests/containers $(PYTEST_ARGS); fallback=$$?; \
+	$(MAKE) --no-print-directory containers-test; containers=$$?; \
+	echo; echo "make test: the whole suite, the broker-facing tests (-m broker) on Tansu, then the container tests:"; \
+	cat var/test-logs/summary.txt; exit $$(( full || fallback || containers ))
+
+# deploy/ built and run on this checkout's own Docker engine (var/docker/docker.sock; started here, as
+# root installing Debian's docker.io if missing, and stopped after): no engine is a failure, not a skip.
+containers-test: $(STAMP)
+	@$(PY) -m pytest tests/containers $(PYTEST_ARGS); status=$$?; \
+	$(PY) -m devstack.containers stop; exit $$status
 
 # The fuzzing that `make test` runs, longer: FUZZ_EXAMPLES cases per operation and phase (default
 # here 100, in `make test` 3), FUZZ_SEED to vary the inputs; reports in var/test-logs/fuzz-*.txt.

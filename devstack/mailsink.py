@@ -1,4 +1,4 @@
-"""A local SMTP sink on loopback: every message it receives is kept as an .eml file."""
+"""A local SMTP sink (on loopback unless told otherwise): every message it receives is kept as an .eml file."""
 import argparse
 import asyncio
 import signal
@@ -24,12 +24,13 @@ class KeepMail:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="local SMTP sink")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container, so its network reaches it")
     parser.add_argument("--port", type=int, default=8025)
     parser.add_argument("--dir", type=Path, default=Path("var/mail"))
     args = parser.parse_args()
-    controller = Controller(KeepMail(args.dir), hostname="127.0.0.1", port=args.port)
+    controller = Controller(KeepMail(args.dir), hostname=args.host, port=args.port)
     controller.start()
-    print(f"mail sink on 127.0.0.1:{args.port}, keeping mail in {args.dir}", flush=True)
+    print(f"mail sink on {args.host}:{args.port}, keeping mail in {args.dir}", flush=True)
     stop = asyncio.Event()
 
     async def wait() -> None:

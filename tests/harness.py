@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from devstack import infra, kafka_broker
+from devstack import containers, infra, kafka_broker
 from devstack.kafka_broker import KafkaBroker
 from shared.platform.kafka import KafkaAccess
 
@@ -23,15 +23,80 @@ ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "var" / "test-logs"
 
 
-def docker_answers() -> bool:
+def project_images_answer() -> bool:
+    """A Docker engine answers and holds this project's own PostgreSQL and Kafka images (built by
+    `python -m devstack.containers build`): no registry may be reachable to pull any other image, so
+    without them the testcontainers path is not chosen."""
     try:
         import docker
 
         client = docker.from_env(timeout=3)
-        client.ping()
+        for image in (containers.POSTGRES_IMAGE, containers.KAFKA_IMAGE):
+            client.images.get(image)
         return True
     except Exception:
         return False
+
+
+def _testcontainers_without_reaper() -> None:
+    # The reaper is an image of its own (testcontainers/ryuk) that no registry here serves; the
+    # cleanups below stop what the session started instead.
+    from testcontainers.core.config import testcontainers_config
+
+    testcontainers_config.ryuk_disabled = True
+
+
+def _postgres_container(cleanups: list) -> str:
+    from testcontainers.community.postgres import PostgresContainer
+
+    _testcontainers_without_reaper()
+    container = PostgresContainer(containers.POSTGRES_IMAGE, driver="asyncpg").start()
+    cleanups.append(container.stop)
+    return container.get_connection_url()
+
+
+def _kafka_container(cleanups: list) -> tuple[KafkaAccess, dict[str, str]]:
+    """The project's Kafka image started as deploy/compose.yaml starts it (its start.sh, users and ACLs),
+    advertising the port published on this machine; returns the super user's access and the services' env."""
+    from testcontainers.core.container import DockerContainer
+
+    _testcontainers_without_reaper()
+    port = infra.free_port()
+    credentials = kafka_broker.Credentials("admin", secrets.token_urlsafe(18), {
+        user: secrets.token_urlsafe(18) for user in kafka_broker.SERVICE_USERS.values()})
+    passwords = {f"{prefix}_KAFKA_PASSWORD": credentials.for_service(service)[1]
+                 for service, prefix in kafka_broker.PREFIXES.items()}
+    deploy = ROOT / "deploy" / "kafka"
+    container = (DockerContainer(containers.KAFKA_IMAGE, entrypoint=["/bin/bash", "/opt/deploy/start.sh"])
+                 .with_env("KAFKA_CLUSTER_ID", kafka_broker.new_cluster_id())
+                 .with_env("KAFKA_ADMIN_USERNAME", credentials.admin_username)
+                 .with_env("KAFKA_ADMIN_PASSWORD", credentials.admin_password)
+                 .with_env("KAFKA_ADVERTISED_ADDRESS", f"127.0.0.1:{port}")
+                 .with_bind_ports(9092, port)
+                 .with_volume_mapping(deploy / "start.sh", "/opt/deploy/start.sh")
+                 .with_volume_mapping(deploy / "server.properties", "/opt/deploy/server.properties")
+                 .with_volume_mapping(ROOT / "devstack" / "kafka" / "log4j2.properties", "/opt/deploy/log4j2.properties"))
+    for name, value in passwords.items():
+        container.with_env(name, value)
+    container.start()
+    cleanups.append(container.stop)
+    admin = KafkaAccess(f"127.0.0.1:{port}", credentials.admin_username, credentials.admin_password)
+    _wait_for_kafka(admin)
+    return admin, kafka_broker.service_env(credentials)
+
+
+def _wait_for_kafka(admin: KafkaAccess, timeout: float = 90.0) -> None:
+    from shared.platform.kafka import list_topics
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            asyncio.run(asyncio.wait_for(list_topics(admin), 5))
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Kafka container on {admin.bootstrap} not ready after {timeout:.0f}s")
+            time.sleep(0.5)
 
 
 @dataclass
@@ -60,25 +125,22 @@ class Infrastructure:
 
 
 def resolve_infrastructure(broker: str | None = None) -> Infrastructure:
-    """SPEC section 6: environment first, then testcontainers when Docker answers, then local
-    (Apache Kafka where a JDK and Maven are, else Tansu). TEST_BROKER=tansu asks for Tansu."""
+    """SPEC section 6: environment first, then testcontainers when a Docker engine answers with this
+    project's images, then local (Apache Kafka where a JDK and Maven are, else Tansu). TEST_BROKER=tansu
+    asks for Tansu."""
     cleanups = []
     docker = None
 
     def have_docker() -> bool:
         nonlocal docker
         if docker is None:
-            docker = docker_answers()
+            docker = project_images_answer()
         return docker
 
     if url := os.environ.get("TEST_POSTGRES_URL"):
         pg_url, pg_source = url, "TEST_POSTGRES_URL"
     elif have_docker():
-        from testcontainers.postgres import PostgresContainer
-
-        container = PostgresContainer("postgres:16-alpine", driver="asyncpg").start()
-        cleanups.append(container.stop)
-        pg_url, pg_source = container.get_connection_url(), "testcontainers (postgres:16-alpine)"
+        pg_url, pg_source = _postgres_container(cleanups), f"testcontainers ({containers.POSTGRES_IMAGE})"
     elif infra.port_answers("127.0.0.1", 5432):
         pg_url, pg_source = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres", "local PostgreSQL on 127.0.0.1:5432"
     else:
@@ -94,11 +156,9 @@ def resolve_infrastructure(broker: str | None = None) -> Infrastructure:
         admin = KafkaAccess(bootstrap, os.environ.get("KAFKA_ADMIN_USERNAME"), os.environ.get("KAFKA_ADMIN_PASSWORD"))
         kafka_source = "KAFKA_BOOTSTRAP_SERVERS"
     elif wanted != "tansu" and have_docker():
-        from testcontainers.kafka import KafkaContainer
-
-        container = KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft().start()
-        cleanups.append(container.stop)
-        admin, kafka_source = KafkaAccess(container.get_bootstrap_server()), "testcontainers (Apache Kafka, KRaft)"
+        admin, service_env = _kafka_container(cleanups)
+        acls = True
+        kafka_source = f"testcontainers ({containers.KAFKA_IMAGE}: KRaft, SASL/SCRAM, ACLs)"
     elif not (why_not := _local_kafka_problem(wanted)):
         data = ROOT / "var" / "test-kafka"
         shutil.rmtree(data, ignore_errors=True)

