@@ -172,6 +172,7 @@ class InboxConsumer:
         self.duplicates_total = 0
         self.parked_total = 0
         self.data_losses_total = 0
+        self.lag: dict[TopicPartition, int] = {}  # per partition read: records not applied yet
 
     async def run(self) -> None:
         delay = 0.5
@@ -232,6 +233,7 @@ class InboxConsumer:
                         self._lost(tp, f"its end is at offset {highwater}, before offset {expected} already read")
                         self._expected[tp] = highwater
                         await self._save_positions({tp: highwater})
+            self._note_lag(consumer)
             if done and (not batches or time.monotonic() - last_commit > COMMIT_EVERY):
                 await asyncio.wait_for(consumer.commit(done), STALL_S)
                 await self._save_positions(done)
@@ -255,6 +257,15 @@ class InboxConsumer:
     def partitions_revoked(self, revoked) -> None:
         for tp in revoked:
             self._expected.pop(tp, None)
+            self.lag.pop(tp, None)
+
+    def _note_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Records the broker has and this service has not applied yet, per partition it reads (the
+        end offset is the one the last fetch saw): writers outrunning delivery show as a growing lag."""
+        for tp in consumer.assignment():
+            highwater, expected = consumer.highwater(tp), self._expected.get(tp)
+            if highwater is not None and expected is not None:
+                self.lag[tp] = max(0, highwater - expected)
 
     def _check_continuity(self, tp: TopicPartition, first: int) -> None:
         expected = self._expected.get(tp)

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 from fastapi import APIRouter, FastAPI
 from prometheus_client import Gauge
+from prometheus_client.core import GaugeMetricFamily
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from shared.platform.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
@@ -161,6 +162,22 @@ def _install_messaging_metrics(app: FastAPI, relay: OutboxRelay, consumer: Inbox
     Gauge("dead_letters_total", "messages parked by this replica", registry=registry).set_function(
         lambda: consumer.parked_total
     )
+    registry.register(_LagCollector(consumer))
+
+
+class _LagCollector:
+    """`inbox_lag_messages{topic, partition}`: what the broker holds that this replica has not applied
+    yet, for each partition it reads."""
+
+    def __init__(self, consumer: InboxConsumer):
+        self.consumer = consumer
+
+    def collect(self):
+        family = GaugeMetricFamily("inbox_lag_messages", "records on the broker not applied yet, per partition read",
+                                   labels=["topic", "partition"])
+        for tp, lag in sorted(self.consumer.lag.items()):
+            family.add_metric([tp.topic, str(tp.partition)], lag)
+        yield family
 
 
 async def listen_for_revocations(database_url: str, cache: TokenCache) -> None:

@@ -90,6 +90,33 @@ async def assert_tickets_agree(lead, insourcing, lead_ticket_id: str, insourced_
 # --- receipts and health ---------------------------------------------------------------------------
 
 
+async def lag_per_partition(client: httpx.AsyncClient) -> dict[tuple[str, str], float]:
+    """`inbox_lag_messages` from a service's /metrics: {(topic, partition): records not applied yet}."""
+    lags = {}
+    for line in (await client.get("/metrics")).text.splitlines():
+        if line.startswith("inbox_lag_messages{"):
+            labels, value = line[len("inbox_lag_messages{"):].split("} ")
+            named = dict(pair.split("=") for pair in labels.split(","))
+            lags[(named["topic"].strip('"'), named["partition"].strip('"'))] = float(value)
+    return lags
+
+
+@pytest.mark.broker
+async def test_each_service_shows_its_lag_per_partition_and_it_drains_to_zero(lead, insourcing, bridge):
+    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
+    for n in range(5):
+        await lead.post(f"/api/tickets/{lead_ticket['id']}/notes", json={"body": f"lag {n}"})
+    await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"].startswith("lag "), count=5)
+    for client, topics in ((lead, {inbound_topic(LEAD)}), (insourcing, {inbound_topic(PARTNER)}),
+                           (bridge, {outbound_topic(LEAD), outbound_topic(PARTNER)})):
+        async def drained():
+            lags = await lag_per_partition(client)
+            return lags if {topic for topic, _ in lags} == topics and not any(lags.values()) else None
+
+        lags = await eventually(drained, timeout=15, interval=0.5)
+        assert len(lags) >= len(topics)  # a line per partition this replica reads
+
+
 @pytest.mark.broker
 async def test_a_note_is_pending_then_delivered_and_each_side_sees_its_health(lead, insourcing):
     lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
