@@ -145,13 +145,15 @@ class CpuMeter:
         return f"CPU ms per note: {parts}; all {total * 1000 / items:.1f} (of {psutil.cpu_count()} cores)"
 
 
-async def pending_receipts(client) -> int:
-    """Items the lead shared that the partner has not confirmed yet (its `sync_items_pending`)."""
-    text = (await client.get("/metrics")).text
-    return int(float(next(line.split()[1] for line in text.splitlines() if line.startswith("sync_items_pending "))))
+async def pending_receipts(engine) -> int:
+    """Items the lead shared that the partner has not confirmed yet, counted in the lead's database
+    (its `sync_items_pending` gauge is refreshed only once per watch interval, so it can read 0 while
+    a backlog waits)."""
+    async with engine.connect() as connection:
+        return await connection.scalar(text("SELECT count(*) FROM ticket_items WHERE delivery_status = 'pending'"))
 
 
-async def backlog_drain(source, bridge: ServiceProcess, pairs) -> tuple[float, float, float]:
+async def backlog_drain(source, bridge: ServiceProcess, pairs, lead_database: str) -> tuple[float, float, float]:
     """The bridge is stopped while BACKLOG notes are written over the links, then started: notes per
     second from its start until the partner has confirmed every one of them (end to end)."""
     bridge.stop()
@@ -162,8 +164,12 @@ async def backlog_drain(source, bridge: ServiceProcess, pairs) -> tuple[float, f
     bridge.start()
     await asyncio.to_thread(bridge.wait_ready)
     ready = time.perf_counter()
-    while await pending_receipts(source) > 0:
-        await asyncio.sleep(0.2)
+    engine = make_engine(lead_database)
+    try:
+        while await pending_receipts(engine) > 0:
+            await asyncio.sleep(0.2)
+    finally:
+        await engine.dispose()
     done = time.perf_counter()
     return written, BACKLOG / (done - started), BACKLOG / (done - ready)
 
@@ -216,7 +222,7 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         while len(pairs) < BACKLOG_LINKS:
             lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
             pairs.append((lead_ticket["id"], insourced["id"]))
-        written, drained, drained_ready = await backlog_drain(lead, procs["sync_bridge"], pairs)
+        written, drained, drained_ready = await backlog_drain(lead, procs["sync_bridge"], pairs, lead_database)
         lines.append(f"backlog: {BACKLOG} notes over {len(pairs)} links written at {written:.0f}/s with the bridge "
                      f"stopped; then {drained:.0f} notes/s confirmed end to end from its start "
                      f"({drained_ready:.0f}/s from ready)")
