@@ -193,6 +193,7 @@ class InboxConsumer:
                 delay = min(delay * 2, 5.0)
             finally:
                 self.consumer = None
+                self.lag.clear()  # the next consumer may be given other partitions
                 await self._let_go(consumer)
 
     async def _let_go(self, consumer: AIOKafkaConsumer) -> None:
