@@ -86,6 +86,25 @@ def resolve_jars(say=print) -> Path | None:
     return target
 
 
+def wait_until_serving(access, deadline: float, what: str, exited=None) -> None:
+    """Until `access` (the broker's super user) can list topics, SASL and all, or `deadline` (a
+    time.monotonic() value) passes; `exited` says why the broker is gone, if it is."""
+    import asyncio
+
+    from shared.platform.kafka import list_topics
+
+    while True:
+        if exited is not None and (why := exited()):
+            raise RuntimeError(why)
+        try:
+            asyncio.run(asyncio.wait_for(list_topics(access), 5))
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not ready on {access.bootstrap}")
+            time.sleep(0.3)
+
+
 def new_cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes in URL-safe base64, never starting with "-" (the storage
     tool would read such an id as an option and refuse to format: seen once in 64 starts, as Kafka's
@@ -188,28 +207,20 @@ class KafkaBroker:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Ready when the admin can list topics through the client listener (SASL and all)."""
-        import asyncio
-
-        from shared.platform.kafka import list_topics
-
         access = self.admin_access()
         deadline = time.monotonic() + timeout
         while not infra.port_answers("127.0.0.1", self.port):  # quietly, before a client logs refusals
-            if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"Apache Kafka exited with {self.proc.returncode}")
+            if why := self._exited():
+                raise RuntimeError(why)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Apache Kafka not listening on {self.bootstrap} after {timeout:.0f}s")
             time.sleep(0.2)
-        while True:
-            if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"Apache Kafka exited with {self.proc.returncode}")
-            try:
-                asyncio.run(asyncio.wait_for(list_topics(access), 5))
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"Apache Kafka not ready on {self.bootstrap} after {timeout:.0f}s")
-                time.sleep(0.3)
+        wait_until_serving(access, deadline, "Apache Kafka", self._exited)
+
+    def _exited(self) -> str | None:
+        if self.proc and self.proc.poll() is not None:
+            return f"Apache Kafka exited with {self.proc.returncode}"
+        return None
 
     def admin_access(self):
         from shared.platform.kafka import KafkaAccess

@@ -81,22 +81,8 @@ def _kafka_container(cleanups: list) -> tuple[KafkaAccess, dict[str, str]]:
     container.start()
     cleanups.append(container.stop)
     admin = KafkaAccess(f"127.0.0.1:{port}", credentials.admin_username, credentials.admin_password)
-    _wait_for_kafka(admin)
+    kafka_broker.wait_until_serving(admin, time.monotonic() + 90, "the Kafka container")
     return admin, kafka_broker.service_env(credentials)
-
-
-def _wait_for_kafka(admin: KafkaAccess, timeout: float = 90.0) -> None:
-    from shared.platform.kafka import list_topics
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            asyncio.run(asyncio.wait_for(list_topics(admin), 5))
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the Kafka container on {admin.bootstrap} not ready after {timeout:.0f}s")
-            time.sleep(0.5)
 
 
 @dataclass
