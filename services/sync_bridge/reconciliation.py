@@ -298,9 +298,9 @@ class Scheduler:
         self.sessions = sessions
         return self
 
-    def broker_lost_data(self, topic: str) -> None:
-        log.warning("the broker lost data on %s: reconciling every link that may differ", topic)
-        self._lost_since = self._loss.seen()
+    def broker_lost_data(self, where: str) -> None:
+        log.warning("the broker lost data on %s: reconciling every link that may differ", where)
+        self._lost_since = self._loss.seen(where)
         self._wake.set()
 
     async def run(self) -> None:

@@ -374,10 +374,10 @@ class SyncWatch:
         self.sessions = sessions
         return self
 
-    def broker_lost_data(self, topic: str) -> None:
+    def broker_lost_data(self, where: str) -> None:
         """A consumer saw the broker lose data: every open link is asked about at once."""
-        log.warning("the broker lost data on %s: reconciling every open link", topic)
-        self._lost_since = self._loss.seen()
+        log.warning("the broker lost data on %s: reconciling every open link", where)
+        self._lost_since = self._loss.seen(where)
         self._wake.set()
 
     async def run(self) -> None:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -116,19 +117,23 @@ Handler = Callable[[AsyncSession, Envelope, Payload, str], Awaitable[None]]
 
 class DataLoss:
     """When the broker lost data, as consumers see it. Each partition shows a loss on its next fetch,
-    seconds apart under load, and a broker that just restarted may lose more: sightings less than
-    `window` apart are one loss, dated by its first sighting. Work begun after that date (a round of
-    reconciliation, say) is not undone by the later sightings."""
+    seconds apart under load: sightings of other partitions less than `window` apart are one loss,
+    dated by its first sighting, so work begun after that date (a round of reconciliation, say) is
+    not undone by the later sightings. A partition that shows a loss again lost what was written to
+    it since (a broker that just restarted may do that): a new loss, dated now."""
 
     def __init__(self, window: timedelta = timedelta(seconds=10)):
         self.window = window
-        self.since: datetime | None = None  # the first sighting of the current loss
+        self.since: datetime | None = None  # the date of the current loss
         self._last: datetime | None = None
+        self._seen: set[str] = set()  # the partitions that showed the current loss
 
-    def seen(self) -> datetime:
+    def seen(self, where: str) -> datetime:
+        """A loss shown by `where` (a topic and partition); the date of the loss it belongs to."""
         now = utcnow()
-        if self._last is None or now - self._last > self.window:
-            self.since = now
+        if self._last is None or now - self._last > self.window or where in self._seen:
+            self.since, self._seen = now, set()
+        self._seen.add(where)
         self._last = now
         return self.since
 
@@ -236,9 +241,20 @@ class InboxConsumer:
                         await self._save_positions({tp: highwater})
             self._note_lag(consumer)
             if done and (not batches or time.monotonic() - last_commit > COMMIT_EVERY):
-                await asyncio.wait_for(consumer.commit(done), STALL_S)
-                await self._save_positions(done)
+                await self._commit(consumer, done)
                 done, last_commit = {}, time.monotonic()
+
+    async def _commit(self, consumer: AIOKafkaConsumer, done: dict[TopicPartition, int]) -> None:
+        try:
+            await asyncio.wait_for(consumer.commit(done), STALL_S)
+        except CommitFailedError as exc:
+            # The group moved on (a rebalance, or a restarted broker that forgot its members): the
+            # consumer rejoins by itself, and whoever is given these partitions reads them from the
+            # last commit, which the inbox makes harmless. Replacing the consumer here, as for other
+            # failures, cost two more group joins: 11 s without reading after a Tansu restart.
+            log.warning("%s: offsets not committed, the group rebalanced (%s); carrying on", self._name, exc.__cause__ or exc)
+            return
+        await self._save_positions(done)
 
     def partitions_assigned(self, assigned) -> None:
         """Noted only: nothing may wait on the broker inside a rebalance (a call to the coordinator
@@ -278,7 +294,7 @@ class InboxConsumer:
         self.data_losses_total += 1
         log.warning("%s: the broker lost data on %s[%d]: %s", self._name, tp.topic, tp.partition, detail)
         if self._on_data_loss is not None:
-            self._on_data_loss(tp.topic)
+            self._on_data_loss(f"{tp.topic}[{tp.partition}]")
 
     async def _load_positions(self) -> dict[TopicPartition, int]:
         async with self._sessions() as session:

@@ -34,6 +34,14 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "outbox"
 SEND_TIMEOUT_S = 20.0  # longer than the producer's own request timeout (15 s)
+# Sends the broker refused are tried again this soon, this many times in a row, with the same
+# producer; then the relay starts over with a new one (after its backoff).
+RESEND_AFTER_S = 0.2
+RESENDS = 10
+
+
+class SendsRefused(Exception):
+    """The broker refused some of a batch's sends; those acknowledged before them were marked."""
 
 
 class OutboxMessage(Base):
@@ -149,6 +157,7 @@ class OutboxRelay:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
                 await asyncio.sleep(1.0)
             self.is_leader = True
+            refused = 0
             await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
             conn.add_termination_listener(lambda *_: self._wake.set())
             if self._prepare is not None:
@@ -161,7 +170,20 @@ class OutboxRelay:
                     # The lock went with the connection: another replica may lead now.
                     raise ConnectionError("the outbox relay lost the connection holding its lock")
                 self._wake.clear()
-                if await self.publish_batch(producer) == self._batch_size:
+                try:
+                    published = await self.publish_batch(producer)
+                    refused = 0
+                except SendsRefused as exc:
+                    # Seen on Tansu for some seconds after a restart: produce requests refused
+                    # (its storage reports a write conflict), each retry getting a little further.
+                    # A new producer and the relay's backoff made every writer wait seconds more.
+                    refused += 1
+                    if refused > RESENDS:
+                        raise
+                    log.warning("outbox relay: %s; sending them again in %.1fs", exc, RESEND_AFTER_S)
+                    await asyncio.sleep(RESEND_AFTER_S)
+                    continue
+                if published == self._batch_size:
                     continue
                 try:
                     # NOTIFY wakes us at once; the timeout is only a safety net.
@@ -210,14 +232,26 @@ class OutboxRelay:
             # Bounded: a producer that never hears back (seen once in this suite's broker-crash test,
             # with the idempotent producer after a SIGKILLed broker came back) is replaced by a new
             # one, which publishes the unmarked rows again; the inbox absorbs any duplicate.
-            await asyncio.wait_for(asyncio.gather(*acks), timeout=SEND_TIMEOUT_S)
-            ids = [row.id for row in rows]
-            if self._after_publish is not None:
-                await self._after_publish(ids)
-            await session.execute(
-                update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(published_at=func.now())
-            )
-            await session.commit()
-            self.published_total += len(ids)
+            results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), timeout=SEND_TIMEOUT_S)
+            # Marked: what the broker acknowledged, per key (one link's ordered stream) up to the
+            # first refusal; the rest is sent again, in order.
+            ids, refused = [], {}
+            for row, result in zip(rows, results):
+                stream = (row.topic, row.key)
+                if isinstance(result, BaseException) or stream in refused:
+                    refused.setdefault(stream, result)
+                else:
+                    ids.append(row.id)
+            if ids:
+                if self._after_publish is not None:
+                    await self._after_publish(ids)
+                await session.execute(
+                    update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(published_at=func.now())
+                )
+                await session.commit()
+                self.published_total += len(ids)
+            if refused:
+                first = next(iter(refused.values()))  # each stream's first refusal
+                raise SendsRefused(f"the broker refused {len(rows) - len(ids)} of {len(rows)} sends ({first!r})")
             return len(ids)
 

@@ -9,6 +9,8 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import func, select
 
+from aiokafka.errors import CommitFailedError, KafkaError
+
 from shared.contracts.envelope import Payload, contract, envelope
 from shared.domain.tickets.models import Ticket
 from shared.domain.tickets.service import create_ticket
@@ -140,6 +142,56 @@ async def test_an_event_published_but_not_marked_when_the_relay_dies_is_publishe
     assert consumer.applied_total == 1
 
 
+class RefusingOnce:
+    """A real producer whose broker refuses the send of one chosen message, once (as Tansu refused
+    produce requests for some seconds after a restart)."""
+
+    def __init__(self, producer, refuse: bytes):
+        self.producer, self.refuse, self.refused = producer, refuse, False
+
+    async def start(self):
+        await self.producer.start()
+
+    async def stop(self):
+        await self.producer.stop()
+
+    async def send(self, topic, value, **kwargs):
+        if value == self.refuse and not self.refused:
+            self.refused = True
+            refused = asyncio.get_running_loop().create_future()
+            refused.set_exception(KafkaError("write conflict"))
+            return refused
+        return await self.producer.send(topic, value, **kwargs)
+
+
+async def test_a_send_the_broker_refuses_is_sent_again_at_once_with_the_rest_of_its_link(rig):
+    """Only the refused message and those after it on the same link go again, with the same
+    producer; the other link's messages were acknowledged and are not sent twice."""
+    events = [envelope(OpenTicket(title=title), source="test", link_id=link)
+              for title, link in (("A1", "link-a"), ("B1", "link-b"), ("A2", "link-a"), ("B2", "link-b"),
+                                  ("A3", "link-a"))]
+    async with rig.sessions() as session, session.begin():
+        for env in events:
+            add_to_outbox(session, rig.topic, env)
+    made = []
+
+    def producer():
+        made.append(RefusingOnce(make_producer(rig.access), refuse=events[2].to_bytes()))
+        return made[-1]
+
+    consumer = rig.consumer()
+    rig.spawn(consumer.run())
+    relay = OutboxRelay(rig.sessions, rig.url, producer, lock_key=uuid.uuid4().int >> 65, signatures=rig.signatures)
+    rig.spawn(relay.run())
+    await eventually(lambda: _at_least(consumer, "applied_total", 5))
+    await eventually(lambda: _at_least(consumer, "duplicates_total", 1))
+    await asyncio.sleep(1.0)  # anything sent a second time has arrived by now
+    assert len(made) == 1 and made[0].refused
+    assert consumer.duplicates_total == 1  # A3 went out before A2 was refused, and again after it
+    for title in ("A1", "A2", "A3", "B1", "B2"):
+        assert await rig.tickets_titled(title) == 1
+
+
 async def _at_least(consumer, counter: str, n: int) -> bool:
     return getattr(consumer, counter) >= n
 
@@ -172,6 +224,40 @@ async def test_the_same_event_delivered_twice_is_applied_once(rig):
     rig.spawn(consumer.run())
     await eventually(lambda: _at_least(consumer, "duplicates_total", 1))
     assert await rig.tickets_titled("delivered-twice") == 1
+
+
+async def test_a_commit_refused_by_a_rebalance_keeps_the_consumer_and_applies_everything_once(rig):
+    """A broker that restarted forgets the group's members, so the next commit is refused
+    (CommitFailedError) while the consumer rejoins by itself. The inbox carries on with the same
+    consumer (replacing it cost two more group joins, 11 s without reading on Tansu)."""
+    made = []
+
+    def refusing_once(listener):
+        consumer = make_consumer(rig.access, f"g-{rig.topic}", [rig.topic], session_timeout_ms=6000, listener=listener)
+        commit = consumer.commit
+
+        async def commit_refused_the_first_time(offsets=None):
+            if len(made) == 1 and not getattr(consumer, "refused", False):
+                consumer.refused = True
+                raise CommitFailedError("the group has already rebalanced")
+            return await commit(offsets)
+
+        consumer.commit = commit_refused_the_first_time
+        made.append(consumer)
+        return consumer
+
+    inbox = InboxConsumer(rig.sessions, refusing_once, open_ticket, name="test", signatures=rig.signatures)
+    rig.spawn(inbox.run())
+    first = envelope(OpenTicket(title="before-the-refused-commit"), source="test", link_id="link-9")
+    await rig.send([first.to_bytes()], key=b"link-9")
+    await eventually(lambda: _at_least(inbox, "applied_total", 1))
+    await eventually(lambda: _true(getattr(made[0], "refused", False)))
+    second = envelope(OpenTicket(title="after-the-refused-commit"), source="test", link_id="link-9")
+    await rig.send([second.to_bytes()], key=b"link-9")
+    await eventually(lambda: _at_least(inbox, "applied_total", 2))
+    assert len(made) == 1 and inbox.consumer is made[0]
+    assert await rig.tickets_titled("before-the-refused-commit") == 1
+    assert await rig.tickets_titled("after-the-refused-commit") == 1
 
 
 async def test_a_poison_message_is_parked_and_the_next_one_is_still_applied(rig):
