@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 COMMIT_EVERY = 0.5  # seconds
-STALL_S = 30.0  # a poll or a commit that takes longer: the consumer is replaced
+STALL_S = 30.0  # a poll that takes longer: the consumer is replaced
+# A commit that takes longer: the consumer is replaced. A commit waits for the group's coordinator,
+# and aiokafka's lookup of it can fail for good without a word to the commit (seen after Apache
+# Kafka lost its data and ACLs: the bridge's commit waited 30 s, the old bound, after the broker was back).
+COMMIT_S = 10.0
 STOP_S = 5.0  # a consumer that takes longer to stop is torn down
 # At most this many records are applied in one transaction: it holds the rows of every ticket it
 # touched until it commits, and API writes to those tickets wait for it.
@@ -182,7 +186,7 @@ class InboxConsumer:
     async def run(self) -> None:
         delay = 0.5
         while True:
-            consumer = self._consumer_factory(_Positions(self))
+            consumer, stuck = self._consumer_factory(_Positions(self)), False
             try:
                 if self._prepare is not None:
                     await self._prepare()
@@ -192,19 +196,25 @@ class InboxConsumer:
                 await self._consume(consumer)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 log.exception("%s consumer failed; restarting from the last committed offset in %.1fs", self._name, delay)
+                stuck = isinstance(exc, TimeoutError)  # its poll or commit hung: so would its stop
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:
                 self.consumer = None
                 self.lag.clear()  # the next consumer may be given other partitions
-                await self._let_go(consumer)
+                await self._let_go(consumer, stuck)
 
-    async def _let_go(self, consumer: AIOKafkaConsumer) -> None:
+    async def _let_go(self, consumer: AIOKafkaConsumer, stuck: bool = False) -> None:
         """Stops a consumer, leaving its group; one that does not stop in STOP_S is torn down, so a new
         one starts at once (waiting on it once kept a bridge from reading for 30 s after a broker
-        lost its data, past the convergence bound)."""
+        lost its data, past the convergence bound). A stuck one (its poll or commit hung, as its
+        stop would on the same lookup of the group's coordinator) is torn down at once."""
+        if stuck:
+            log.warning("%s: the old consumer hung; its connections are closed", self._name)
+            tear_down(consumer)
+            return
         try:
             await asyncio.wait_for(consumer.stop(), STOP_S)
         except asyncio.TimeoutError:
@@ -239,6 +249,10 @@ class InboxConsumer:
                         self._lost(tp, f"its end is at offset {highwater}, before offset {expected} already read")
                         self._expected[tp] = highwater
                         await self._save_positions({tp: highwater})
+                        if tp in done:
+                            # Not the offset read before the loss: committing and saving that one
+                            # again made the same loss show a second time after the next rejoin.
+                            done[tp] = highwater
             self._note_lag(consumer)
             if done and (not batches or time.monotonic() - last_commit > COMMIT_EVERY):
                 await self._commit(consumer, done)
@@ -246,7 +260,7 @@ class InboxConsumer:
 
     async def _commit(self, consumer: AIOKafkaConsumer, done: dict[TopicPartition, int]) -> None:
         try:
-            await asyncio.wait_for(consumer.commit(done), STALL_S)
+            await asyncio.wait_for(consumer.commit(done), COMMIT_S)
         except CommitFailedError as exc:
             # The group moved on (a rebalance, or a restarted broker that forgot its members): the
             # consumer rejoins by itself, and whoever is given these partitions reads them from the

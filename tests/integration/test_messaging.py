@@ -15,6 +15,7 @@ from shared.contracts.envelope import Payload, contract, envelope
 from shared.domain.tickets.models import Ticket
 from shared.domain.tickets.service import create_ticket
 from shared.platform.db import make_engine, make_sessionmaker
+from shared.platform import inbox as inbox_module
 from shared.platform.inbox import DeadLetter, InboxConsumer, Rejected
 from shared.platform.kafka import KafkaAccess, ensure_topics, make_consumer, make_producer
 from shared.platform.migrations import upgrade
@@ -140,6 +141,40 @@ async def test_an_event_published_but_not_marked_when_the_relay_dies_is_publishe
     await eventually(lambda: _at_least(consumer, "duplicates_total", 1))
     assert await rig.tickets_titled("crash-between-publish-and-mark") == 1
     assert consumer.applied_total == 1
+
+
+async def test_a_consumer_whose_commit_hangs_is_replaced_without_waiting_for_it_to_stop(rig, monkeypatch):
+    """Seen after Apache Kafka lost its data and ACLs: the lookup of the group's coordinator failed for
+    good, the commit waited on it, and so did stopping the consumer. The hung one is torn down at once."""
+    monkeypatch.setattr(inbox_module, "COMMIT_S", 0.5)
+    made, stops = [], []
+
+    def hanging_first(listener):
+        consumer = make_consumer(rig.access, f"g-{rig.topic}", [rig.topic], session_timeout_ms=6000, listener=listener)
+        if not made:
+            async def hang(*_, **__):
+                await asyncio.Event().wait()
+
+            async def stop_hangs():
+                stops.append(consumer)
+                await hang()
+
+            consumer.commit, consumer.stop = hang, stop_hangs
+        made.append(consumer)
+        return consumer
+
+    inbox = InboxConsumer(rig.sessions, hanging_first, open_ticket, name="test", signatures=rig.signatures)
+    rig.spawn(inbox.run())
+    await rig.send([envelope(OpenTicket(title="before-the-hung-commit"), source="test", link_id="link-8").to_bytes()],
+                   key=b"link-8")
+    await eventually(lambda: _true(len(made) == 2))
+    await rig.send([envelope(OpenTicket(title="after-the-hung-commit"), source="test", link_id="link-8").to_bytes()],
+                   key=b"link-8")
+    # On Tansu the new member's join waits for the old one's session to expire (it never left).
+    await eventually(lambda: _at_least(inbox, "applied_total", 2), timeout=45)
+    assert stops == []  # never waited on
+    assert await rig.tickets_titled("before-the-hung-commit") == 1
+    assert await rig.tickets_titled("after-the-hung-commit") == 1
 
 
 class RefusingOnce:
