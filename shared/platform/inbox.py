@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -119,6 +119,17 @@ class StreamPosition(Base):
 Handler = Callable[[AsyncSession, Envelope, Payload, str], Awaitable[None]]
 
 
+class ConsumerHung(Exception):
+    """A consumer's poll or commit did not return in time."""
+
+
+async def _bounded(call: Awaitable, seconds: float, what: str):
+    try:
+        return await asyncio.wait_for(call, seconds)
+    except asyncio.TimeoutError:
+        raise ConsumerHung(f"the consumer's {what} did not return within {seconds:.0f}s") from None
+
+
 class DataLoss:
     """When the broker lost data, as consumers see it. Each partition shows a loss on its next fetch,
     seconds apart under load: sightings of other partitions less than `window` apart are one loss,
@@ -182,6 +193,8 @@ class InboxConsumer:
         self.parked_total = 0
         self.data_losses_total = 0
         self.lag: dict[TopicPartition, int] = {}  # per partition read: records not applied yet
+        self.rebalances = 0
+        self._prepared_at = 0.0
 
     async def run(self) -> None:
         delay = 0.5
@@ -198,7 +211,7 @@ class InboxConsumer:
                 raise
             except Exception as exc:
                 log.exception("%s consumer failed; restarting from the last committed offset in %.1fs", self._name, delay)
-                stuck = isinstance(exc, TimeoutError)  # its poll or commit hung: so would its stop
+                stuck = isinstance(exc, ConsumerHung)  # its stop would hang on the same thing
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:
@@ -233,39 +246,62 @@ class InboxConsumer:
         while True:
             # Bounded, like the relay's sends: a consumer that stops answering (seen after a broker
             # restart, all three services at once, with no database wait) is replaced by a new one.
-            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=200, max_records=500), STALL_S)
+            batches = await _bounded(consumer.getmany(timeout_ms=200, max_records=500), STALL_S, "poll")
             await self._take_fresh()
+            rebalances = self.rebalances
             for tp, records in batches.items():
                 self._check_continuity(tp, records[0].offset)
                 for start in range(0, len(records), APPLY_TOGETHER):
                     await self.handle_batch(records[start:start + APPLY_TOGETHER])
+                if self.rebalances != rebalances:
+                    # The group rebalanced while these were applied: whoever has the partition now
+                    # reads it from the last commit (the inbox skips what was applied), so neither
+                    # this offset nor this position is recorded; recording them made a false loss.
+                    done.clear()
+                    break
                 done[tp] = records[-1].offset + 1
                 self._expected[tp] = done[tp]
             if not batches:
+                await self._make_missing_topics(consumer)
                 for tp in consumer.assignment():
                     highwater = consumer.highwater(tp)
                     expected = self._expected.get(tp)
                     if highwater is not None and expected is not None and highwater < expected:
                         self._lost(tp, f"its end is at offset {highwater}, before offset {expected} already read")
-                        self._expected[tp] = highwater
+                        # Read on from the new end, and commit that: the consumer would otherwise
+                        # wait at the old offset (skipping what is written up to it), and the old
+                        # offset committed again made the same loss show twice.
+                        consumer.seek(tp, highwater)
+                        self._expected[tp] = done[tp] = highwater
                         await self._save_positions({tp: highwater})
-                        if tp in done:
-                            # Not the offset read before the loss: committing and saving that one
-                            # again made the same loss show a second time after the next rejoin.
-                            done[tp] = highwater
             self._note_lag(consumer)
+            # Only partitions still assigned: committing one a rebalance took away (its topic
+            # deleted, say) is retried by aiokafka until the commit's bound.
+            done = {tp: offset for tp, offset in done.items() if tp in consumer.assignment()}
             if done and (not batches or time.monotonic() - last_commit > COMMIT_EVERY):
                 await self._commit(consumer, done)
                 done, last_commit = {}, time.monotonic()
 
+    async def _make_missing_topics(self, consumer: AIOKafkaConsumer) -> None:
+        """A topic this consumer reads that the broker no longer has (deleted, or a broker that
+        restarted empty) is made again, at most once a second: nothing is read from it until then,
+        and a new consumer, which would make it first, is no longer started for a rebalance."""
+        if self._prepare is None or time.monotonic() - self._prepared_at < 1.0:
+            return
+        if all(consumer.partitions_for_topic(topic) for topic in consumer.subscription()):
+            return
+        self._prepared_at = time.monotonic()
+        await _bounded(self._prepare(), COMMIT_S, "making the topics")
+
     async def _commit(self, consumer: AIOKafkaConsumer, done: dict[TopicPartition, int]) -> None:
         try:
-            await asyncio.wait_for(consumer.commit(done), COMMIT_S)
-        except CommitFailedError as exc:
-            # The group moved on (a rebalance, or a restarted broker that forgot its members): the
-            # consumer rejoins by itself, and whoever is given these partitions reads them from the
-            # last commit, which the inbox makes harmless. Replacing the consumer here, as for other
-            # failures, cost two more group joins: 11 s without reading after a Tansu restart.
+            await _bounded(consumer.commit(done), COMMIT_S, "commit")
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on (a rebalance, or a restarted broker that forgot its members; or a
+            # partition was given to another member meanwhile): the consumer rejoins by itself, and
+            # whoever has these partitions reads them from the last commit, which the inbox makes
+            # harmless. Replacing the consumer here, as for other failures, cost two more group
+            # joins: 11 s without reading after a Tansu restart.
             log.warning("%s: offsets not committed, the group rebalanced (%s); carrying on", self._name, exc.__cause__ or exc)
             return
         await self._save_positions(done)
@@ -286,6 +322,7 @@ class InboxConsumer:
         self._fresh.clear()
 
     def partitions_revoked(self, revoked) -> None:
+        self.rebalances += 1
         for tp in revoked:
             self._expected.pop(tp, None)
             self.lag.pop(tp, None)

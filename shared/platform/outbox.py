@@ -3,6 +3,7 @@ one relay per service (a PostgreSQL advisory lock elects it among replicas) publ
 commit order, woken by LISTEN/NOTIFY, and marks them published only after the broker acknowledged."""
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,10 +35,13 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "outbox"
 SEND_TIMEOUT_S = 20.0  # longer than the producer's own request timeout (15 s)
-# Sends the broker refused are tried again this soon, this many times in a row, with the same
-# producer; then the relay starts over with a new one (after its backoff).
+# Sends the broker refused at once are tried again this soon with the same producer, for this long
+# after the first refusal; then the relay starts over with a new one (after its backoff). Sends
+# that failed slowly (the producer gave up after its request timeout: a topic the broker lost, a
+# broker away) start over at once, which also makes any missing topic again.
 RESEND_AFTER_S = 0.2
-RESENDS = 10
+RESEND_FOR_S = 3.0
+QUICK_REFUSAL_S = 1.0
 
 
 class SendsRefused(Exception):
@@ -157,7 +161,7 @@ class OutboxRelay:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
                 await asyncio.sleep(1.0)
             self.is_leader = True
-            refused = 0
+            refused_since = None
             await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
             conn.add_termination_listener(lambda *_: self._wake.set())
             if self._prepare is not None:
@@ -170,15 +174,18 @@ class OutboxRelay:
                     # The lock went with the connection: another replica may lead now.
                     raise ConnectionError("the outbox relay lost the connection holding its lock")
                 self._wake.clear()
+                started = time.monotonic()
                 try:
                     published = await self.publish_batch(producer)
-                    refused = 0
+                    refused_since = None
                 except SendsRefused as exc:
+                    if time.monotonic() - started > QUICK_REFUSAL_S:
+                        raise
                     # Seen on Tansu for some seconds after a restart: produce requests refused
                     # (its storage reports a write conflict), each retry getting a little further.
                     # A new producer and the relay's backoff made every writer wait seconds more.
-                    refused += 1
-                    if refused > RESENDS:
+                    refused_since = refused_since or time.monotonic()
+                    if time.monotonic() - refused_since > RESEND_FOR_S:
                         raise
                     log.warning("outbox relay: %s; sending them again in %.1fs", exc, RESEND_AFTER_S)
                     await asyncio.sleep(RESEND_AFTER_S)
@@ -233,8 +240,10 @@ class OutboxRelay:
             # with the idempotent producer after a SIGKILLed broker came back) is replaced by a new
             # one, which publishes the unmarked rows again; the inbox absorbs any duplicate.
             results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), timeout=SEND_TIMEOUT_S)
-            # Marked: what the broker acknowledged, per key (one link's ordered stream) up to the
-            # first refusal; the rest is sent again, in order.
+            # Marked: what the broker acknowledged, per key (one link's stream) up to the first
+            # refusal; the rest is sent again. What followed a refused send on the same partition
+            # may have been acknowledged before it: a link's messages can then arrive out of order
+            # (so they could with any resend); reconciliation repairs any difference that leaves.
             ids, refused = [], {}
             for row, result in zip(rows, results):
                 stream = (row.topic, row.key)
