@@ -50,6 +50,7 @@ browser:
 
 bench: $(STAMP)
 	$(PY) -m tests.bench
+	$(PY) -m tests.bench_idle
 
 bench-idle: $(STAMP)
 	$(PY) -m tests.bench_idle

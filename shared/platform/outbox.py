@@ -42,6 +42,7 @@ SEND_TIMEOUT_S = 20.0  # longer than the producer's own request timeout (15 s)
 RESEND_AFTER_S = 0.2
 RESEND_FOR_S = 3.0
 QUICK_REFUSAL_S = 1.0
+SETTLE_S = 0.003
 
 
 class SendsRefused(Exception):
@@ -195,6 +196,9 @@ class OutboxRelay:
                 try:
                     # NOTIFY wakes us at once; the timeout is only a safety net.
                     await asyncio.wait_for(self._wake.wait(), timeout=2.0)
+                    # The NOTIFY arrives as the writer's commit returns: let the writer answer
+                    # its caller first (this runs in the same process as the API).
+                    await asyncio.sleep(SETTLE_S)
                 except asyncio.TimeoutError:
                     await conn.execute("SELECT 1")  # a connection that died silently holds no lock
         finally:
