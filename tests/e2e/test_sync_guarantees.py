@@ -309,6 +309,9 @@ async def test_a_broker_that_loses_all_its_data_mid_stream_is_caught_up_by_recon
     await assert_tickets_agree(lead, insourcing, lead_ticket["id"], insourced["id"],
                                timeout=RECONCILE_INTERVAL_S + 30 + (time.monotonic() - back_at))
     print(f"converged {time.monotonic() - back_at:.1f}s after the broker was back")
+    # New work flows again too, within the same bound: outsourced, accepted, In Progress on the lead.
+    await linked_tickets(lead, insourcing, timeout=RECONCILE_INTERVAL_S + 30)
+    print(f"a new outsourcing crossed both ways {time.monotonic() - back_at:.1f}s after the broker was back")
 
 
 def lose_all_broker_data(infrastructure) -> None:
