@@ -27,6 +27,7 @@ RATE_NOTES = int(os.environ.get("BENCH_RATE_NOTES", 2000))
 POLL = float(os.environ.get("BENCH_POLL_SECONDS", 0.003))
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", 20_000))
 BACKLOG_LINKS = 100
+HOT_BACKLOG = int(os.environ.get("BENCH_HOT_BACKLOG", 400))
 BIG_TICKET = 100_000
 
 
@@ -216,6 +217,28 @@ async def backlog_drain(source, bridge: ServiceProcess, pairs, lead_database: st
     return written, BACKLOG / (done - started), BACKLOG / (done - ready)
 
 
+async def quiet_after_a_hot_backlog(source, target, bridge: ServiceProcess, hot_pair, quiet_pairs,
+                                    lead_database: str) -> tuple[list[float], float]:
+    """The bridge is stopped while one hot link takes HOT_BACKLOG notes, then each quiet link one;
+    then started: seconds from its start until each quiet note is readable on the other side, and
+    until the hot backlog is confirmed (a quiet link must not wait behind a busy one's backlog)."""
+    bridge.stop()
+    await write_notes(source, [hot_pair], HOT_BACKLOG, "hot backlog")
+    for src_id, _ in quiet_pairs:
+        (await source.post(f"/api/tickets/{src_id}/notes", json={"body": "quiet after the backlog"})).raise_for_status()
+    started = time.perf_counter()
+    bridge.start()
+    waiting, seen = set(range(len(quiet_pairs))), []
+    while waiting:
+        for n in sorted(waiting):
+            if any(i["body"] == "quiet after the backlog" for i in await items(target, quiet_pairs[n][1], "notes")):
+                waiting.discard(n)
+                seen.append(time.perf_counter() - started)
+        await asyncio.sleep(0.02)
+    await until_delivered(lead_database)
+    return seen, time.perf_counter() - started
+
+
 async def big_ticket_pages(client, database_url: str) -> list[float]:
     """Each sample: one page of 100 notes of a ticket holding BIG_TICKET notes (put in with one SQL
     statement), walking the whole ticket page by page with the cursor."""
@@ -272,6 +295,11 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         drained = await until_delivered(lead_database)
         lines.append(f"  the hot link took {hot_notes} notes from 16 writers meanwhile; its backlog was delivered"
                      f" {drained:.1f} s after they stopped")
+        quiet, hot_drained = await quiet_after_a_hot_backlog(lead, insourcing, procs["sync_bridge"], pairs[0],
+                                                             pairs[1:11], lead_database)
+        lines.append(f"after an outage: {HOT_BACKLOG} notes waiting on one link, then one on each of {len(quiet)} quiet"
+                     f" links; from the bridge's start the quiet ones were readable in {min(quiet):.1f}-{max(quiet):.1f} s,"
+                     f" the hot backlog confirmed in {hot_drained:.1f} s")
         accepted, delivered, cpu = await sustained_rate(lead, bridge, pairs, link_ids, meter_parts)
         lines.append(f"sustained: {RATE_NOTES} notes over {LINKS} links, 16 writers: "
                      f"{accepted:.0f} notes/s accepted, {delivered:.0f} notes/s delivered to the other side")

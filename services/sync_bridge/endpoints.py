@@ -1,14 +1,16 @@
 """The bridge's HTTP API: the link registry, behind the bridge token."""
 from datetime import datetime
 
+from fastapi import Request
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import Integer, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.models import ItemMirror, Link, Repair
 from services.sync_bridge.reconciliation import start_round
 from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.errors import NotFound
+from shared.platform.inbox import InboxConsumer
 
 router = api_router("/api", ["bridge"], Permission.LINKS)
 
@@ -145,3 +147,56 @@ async def reconcile(session: AsyncSession, link_id: str) -> ReconcileOut:
         raise NotFound(f"link {link_id} not found")
     return ReconcileOut(link_id=link.id, round_id=await start_round(session, link))
 
+
+
+MAX_BACKLOG_LINKS = 50
+
+
+class PartitionBacklogOut(BaseModel):
+    topic: str
+    partition: int
+    waiting: int = Field(description="records the broker holds on this partition that the bridge has not applied yet")
+
+
+class LinkBacklogOut(BaseModel):
+    link_id: str
+    link_state: str
+    lead_pending: int = Field(description="the lead's items waiting for the partner's receipt, as the lead last said")
+    insourcing_pending: int = Field(description="the same for the insourcing partner's items")
+    oldest_pending_at: datetime | None
+
+
+class BacklogOut(BaseModel):
+    waiting: int = Field(description="records on the partners' topics the bridge has not applied yet, in all")
+    partitions: list[PartitionBacklogOut] = Field(description="each partition this replica reads, most waiting first")
+    links: list[LinkBacklogOut] = Field(
+        description=f"the links whose partners last said items were waiting for a receipt, most first (at most {MAX_BACKLOG_LINKS})")
+
+
+def _pending(side):
+    return func.coalesce(side["pending"].astext.cast(Integer), 0)
+
+
+@router.get("/backlog", response_model=BacklogOut,
+            summary="What waits: records per partition not applied by the bridge yet, and the links with items awaiting a receipt")
+async def backlog(request: Request, session: SessionDep):
+    return await backlog_of(session, request.app.state.consumer)
+
+
+async def backlog_of(session: AsyncSession, consumer: InboxConsumer | None) -> BacklogOut:
+    """Backpressure an operator can see (the API and the links page): the bridge's lag per partition
+    (live, as its last fetch saw each partition's end) and each link's receipts outstanding on either
+    side (as the partners last reported them in reconciliation)."""
+    lag = dict(consumer.lag) if consumer is not None else {}
+    partitions = sorted((PartitionBacklogOut(topic=tp.topic, partition=tp.partition, waiting=n) for tp, n in lag.items()),
+                        key=lambda p: (-p.waiting, p.topic, p.partition))
+    pending = _pending(Link.lead_health) + _pending(Link.insourcing_health)
+    rows = await session.scalars(select(Link).where(pending > 0).order_by(pending.desc(), Link.id).limit(MAX_BACKLOG_LINKS))
+    links = []
+    for link in rows:
+        sides = [side or {} for side in (link.lead_health, link.insourcing_health)]
+        oldest = [side["oldest_pending_at"] for side in sides if side.get("oldest_pending_at")]
+        links.append(LinkBacklogOut(link_id=link.id, link_state=link.state, lead_pending=sides[0].get("pending", 0),
+                                    insourcing_pending=sides[1].get("pending", 0),
+                                    oldest_pending_at=min(oldest, key=datetime.fromisoformat) if oldest else None))
+    return BacklogOut(waiting=sum(lag.values()), partitions=partitions, links=links)

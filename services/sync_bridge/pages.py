@@ -55,7 +55,9 @@ async def links(request: Request, who: ViewerDep, session: SessionDep, state: st
     else:
         state = ""
     rows = list((await session.scalars(query)).all())
-    return render(request, who, "links.html", links=rows, state=state, states=LINK_STATES, max_rows=MAX_ROWS)
+    backlog = await endpoints.backlog_of(session, getattr(request.app.state, "consumer", None))
+    return render(request, who, "links.html", links=rows, state=state, states=LINK_STATES, max_rows=MAX_ROWS,
+                  backlog=backlog)
 
 
 @router.get("/links/{link_id}")

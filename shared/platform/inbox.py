@@ -248,19 +248,24 @@ class InboxConsumer:
             # restart, all three services at once, with no database wait) is replaced by a new one.
             batches = await _bounded(consumer.getmany(timeout_ms=200, max_records=500), STALL_S, "poll")
             await self._take_fresh()
+            # Before applying: what was just read counts as waiting until it is applied (noted only
+            # after, a poll's records never showed, however long they took).
+            self._note_lag(consumer)
             rebalances = self.rebalances
             for tp, records in batches.items():
                 self._check_continuity(tp, records[0].offset)
-                for start in range(0, len(records), APPLY_TOGETHER):
-                    await self.handle_batch(records[start:start + APPLY_TOGETHER])
+            for records in in_turns(batches):
+                await self.handle_batch(records)
                 if self.rebalances != rebalances:
-                    # The group rebalanced while these were applied: whoever has the partition now
-                    # reads it from the last commit (the inbox skips what was applied), so neither
-                    # this offset nor this position is recorded; recording them made a false loss.
-                    done.clear()
                     break
-                done[tp] = records[-1].offset + 1
-                self._expected[tp] = done[tp]
+            if self.rebalances != rebalances:
+                # The group rebalanced while these were applied: whoever has the partitions now
+                # reads them from the last commit (the inbox skips what was applied), so neither
+                # offsets nor positions are recorded; recording them made a false loss.
+                done.clear()
+            else:
+                for tp, records in batches.items():
+                    done[tp] = self._expected[tp] = records[-1].offset + 1
             if not batches:
                 await self._make_missing_topics(consumer)
                 for tp in consumer.assignment():
@@ -363,7 +368,7 @@ class InboxConsumer:
                 )
 
     async def handle_batch(self, records: list[ConsumerRecord]) -> None:
-        """One partition's records from one poll, in order. Those that verify and parse are applied
+        """Records from one poll, each link's in order. Those that verify and parse are applied
         in one transaction (one inbox insert, one commit); when any of them fails there, the
         transaction is rolled back and they go one at a time, so a poison message is parked alone
         and the others still apply, each exactly once."""
@@ -492,6 +497,23 @@ class InboxConsumer:
                 .on_conflict_do_nothing()
             )
         self.parked_total += 1
+
+
+def in_turns(batches: dict[TopicPartition, list[ConsumerRecord]]) -> list[list[ConsumerRecord]]:
+    """What one poll returned, as the transactions to apply it in: first the first record of every
+    stream (a topic and key: one link on one topic), then the rest in turns, the second of each,
+    the third..., at most APPLY_TOGETHER to a transaction. Each stream keeps its order, the only
+    order a message relies on, and a quiet link's record is committed with the first transaction,
+    not after every record a busy link had before it in the poll (issue 11: one hot link must not
+    stall the others)."""
+    streams: dict[tuple[str, bytes | None], list[ConsumerRecord]] = {}
+    for records in batches.values():
+        for record in records:
+            streams.setdefault((record.topic, record.key), []).append(record)
+    firsts = [records[0] for records in streams.values()]
+    rest = [record for turn in itertools.zip_longest(*(records[1:] for records in streams.values()))
+            for record in turn if record is not None]
+    return [part[start:start + APPLY_TOGETHER] for part in (firsts, rest) for start in range(0, len(part), APPLY_TOGETHER)]
 
 
 def kept(value: bytes | None) -> dict[str, Any]:

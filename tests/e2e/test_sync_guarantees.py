@@ -330,3 +330,35 @@ def lose_all_broker_data(infrastructure) -> None:
     broker.wait_ready(90)
     # Its users come back with the new storage; the ACLs are the operator's to provision again.
     kafka_broker.provision(infrastructure.kafka_admin, with_acls=infrastructure.acls)
+
+
+@pytest.mark.broker
+async def test_the_bridge_shows_what_waits_for_it_per_partition_and_it_drains(lead, insourcing, bridge, services):
+    """Backpressure an operator can see (issue 11): while the bridge is held up, what the partners
+    wrote waits on its partitions; GET /api/backlog and the links page say how much, and it drains."""
+    first, _, _ = await linked_tickets(lead, insourcing)
+    second, second_insourced, _ = await linked_tickets(lead, insourcing)
+    process = services["sync_bridge"].proc
+    process.send_signal(signal.SIGSTOP)  # held up, not gone: it keeps its partitions
+    try:
+        for n in range(100):
+            ticket = first if n % 2 else second
+            assert (await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": f"held {n}"})).status_code == 201
+    finally:
+        process.send_signal(signal.SIGCONT)
+
+    async def waiting():
+        backlog = (await bridge.get("/api/backlog")).json()
+        return backlog if backlog["waiting"] >= 50 else None
+
+    seen = await eventually(waiting, timeout=20, interval=0.02)
+    on_lead_topic = [p for p in seen["partitions"] if p["topic"] == outbound_topic(LEAD) and p["waiting"]]
+    assert on_lead_topic and sum(p["waiting"] for p in seen["partitions"]) == seen["waiting"]
+
+    async def drained():
+        backlog = (await bridge.get("/api/backlog")).json()
+        return backlog if backlog["waiting"] == 0 else None
+
+    backlog = await eventually(drained, timeout=30, interval=0.2)
+    assert {p["topic"] for p in backlog["partitions"]} == {outbound_topic(LEAD), outbound_topic(PARTNER)}
+    await arrived(insourcing, second_insourced["id"], "notes", lambda n: n["body"].startswith("held "), count=50)

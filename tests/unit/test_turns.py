@@ -1,0 +1,50 @@
+"""One poll, applied in turns (issue 11: one hot link must not stall the others): the first record
+of every link goes in the first transaction, the rest take turns, and each link keeps its order."""
+from aiokafka import ConsumerRecord, TopicPartition
+
+from shared.platform.inbox import APPLY_TOGETHER, in_turns
+
+
+def record(topic: str, partition: int, offset: int, link: str) -> ConsumerRecord:
+    return ConsumerRecord(topic=topic, partition=partition, offset=offset, timestamp=0, timestamp_type=0,
+                          key=link.encode(), value=b"{}", checksum=None, serialized_key_size=len(link),
+                          serialized_value_size=2, headers=())
+
+
+def links_of(records: list[ConsumerRecord]) -> list[str]:
+    return [r.key.decode() for r in records]
+
+
+def test_a_quiet_links_record_is_in_the_first_transaction_however_much_a_busy_link_had_before_it():
+    hot = [record("psa.lead.outbound", 0, n, "hot") for n in range(200)]
+    quiet = record("psa.lead.outbound", 0, 200, "quiet")
+    other_partition = [record("psa.lead.outbound", 1, 7, "elsewhere")]
+
+    transactions = in_turns({TopicPartition("psa.lead.outbound", 0): [*hot, quiet],
+                             TopicPartition("psa.lead.outbound", 1): other_partition})
+
+    assert links_of(transactions[0]) == ["hot", "quiet", "elsewhere"]
+    assert all(len(t) <= APPLY_TOGETHER for t in transactions)
+    assert sum(len(t) for t in transactions) == 202  # nothing dropped, nothing twice
+
+
+def test_each_link_keeps_its_order_and_the_busy_ones_take_turns():
+    a = [record("t", 0, n, "a") for n in (0, 2, 4, 6)]
+    b = [record("t", 0, n, "b") for n in (1, 3, 5)]
+    c = [record("u", 0, 0, "a")]  # the same link on another topic is another stream
+    applied = [r for t in in_turns({TopicPartition("t", 0): sorted(a + b, key=lambda r: r.offset),
+                                    TopicPartition("u", 0): c}) for r in t]
+
+    assert [(r.topic, r.key.decode()) for r in applied[:3]] == [("t", "a"), ("t", "b"), ("u", "a")]
+    assert [r.offset for r in applied if r.topic == "t" and r.key == b"a"] == [0, 2, 4, 6]
+    assert [r.offset for r in applied if r.key == b"b"] == [1, 3, 5]
+    assert links_of(applied[3:]) == ["a", "b", "a", "b", "a"]
+
+
+def test_many_quiet_links_fill_the_first_transactions_before_any_second_record():
+    batch = [record("t", 0, n, f"link-{n}") for n in range(APPLY_TOGETHER + 5)]
+    batch.append(record("t", 0, 99, "link-0"))
+    transactions = in_turns({TopicPartition("t", 0): batch})
+
+    assert [len(t) for t in transactions] == [APPLY_TOGETHER, 5, 1]
+    assert transactions[-1][0].offset == 99
