@@ -1,7 +1,7 @@
 """`make bench`: how long a note takes to show up on the other side, beside two floors measured in
 the same run on the same broker: one HTTP round trip, and one Kafka produce->consume hop; the write
 path of a note alone, on a ticket that is outsourced and on one that is not; a quiet link's note
-while a hot link is flooded; throughput, a backlog's drain, big-ticket pages and memory. It runs on
+while a hot link is flooded, and after an outage behind a hot link's backlog; throughput, a backlog's drain, big-ticket pages and memory. It runs on
 Apache Kafka (where it can run) and on Tansu, one table each; `make bench` then runs `make
 bench-idle` (tests/bench_idle.py), what idle links cost."""
 import asyncio
@@ -300,6 +300,7 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         lines.append(f"after an outage: {HOT_BACKLOG} notes waiting on one link, then one on each of {len(quiet)} quiet"
                      f" links; from the bridge's start the quiet ones were readable in {min(quiet):.1f}-{max(quiet):.1f} s,"
                      f" the hot backlog confirmed in {hot_drained:.1f} s")
+        meter_parts["sync_bridge"] = procs["sync_bridge"].proc.pid  # started again
         accepted, delivered, cpu = await sustained_rate(lead, bridge, pairs, link_ids, meter_parts)
         lines.append(f"sustained: {RATE_NOTES} notes over {LINKS} links, 16 writers: "
                      f"{accepted:.0f} notes/s accepted, {delivered:.0f} notes/s delivered to the other side")

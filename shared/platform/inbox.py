@@ -248,8 +248,8 @@ class InboxConsumer:
             # restart, all three services at once, with no database wait) is replaced by a new one.
             batches = await _bounded(consumer.getmany(timeout_ms=200, max_records=500), STALL_S, "poll")
             await self._take_fresh()
-            # Before applying: what was just read counts as waiting until it is applied (noted only
-            # after, a poll's records never showed, however long they took).
+            # Noted before applying too: what was just read waits until it is applied (noted only
+            # after, a poll's records never showed as waiting, however long they took to apply).
             self._note_lag(consumer)
             rebalances = self.rebalances
             for tp, records in batches.items():
