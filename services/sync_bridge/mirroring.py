@@ -115,6 +115,7 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
         mirror_id=str(uuid.uuid5(MIRROR_NAMESPACE, f"{link.id}:{payload.item_id}")),
         kind="note" if (event.from_lead and payload.kind == "time_entry") else payload.kind,
         deleted=False,
+        forwarded_in_round=link.round_id,
     )
     if not _crosses(event):
         # Recorded as refused, so that no later repair sends it (it stays local for good).
@@ -138,7 +139,16 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
         if mapping.deleted:
             log.info("item %s on link %s was deleted or refused; not mirrored again", payload.item_id, link.id)
             return
+        forwarded(mapping, link)
     send(session, event.other_partner, upsert, link.id)
+
+
+def forwarded(mapping: ItemMirror, link: Link) -> None:
+    """Notes the round under way (if any) on an item the bridge passes on something of: the round's
+    answers were asked for before it, so they cannot show it (reconciliation skips it; the next
+    round checks it). Outside a round this writes nothing."""
+    if link.round_id is not None and mapping.forwarded_in_round != link.round_id:
+        mapping.forwarded_in_round = link.round_id
 
 
 async def _refuse_invalid(session: AsyncSession, event: LinkEvent, reason: str, new_mapping: dict | None) -> None:
@@ -181,6 +191,7 @@ async def updated(session: AsyncSession, event: LinkEvent) -> None:
         except InvalidItem as exc:
             await _refuse_invalid(session, event, exc.reason, None)
             return
+        forwarded(mapping, event.link)
         send(session, event.other_partner, upsert, event.link.id)
 
 
@@ -191,6 +202,7 @@ async def deleted(session: AsyncSession, event: LinkEvent) -> None:
         return
     if mapping := await _mapping_of_sender(session, event):
         mapping.deleted = True
+        forwarded(mapping, event.link)
         send(session, event.other_partner, MirrorDelete(link_id=event.link.id, mirror_id=mapping.mirror_id,
                                                         source_version=payload.version), event.link.id)
     else:
@@ -205,6 +217,7 @@ async def chunk(session: AsyncSession, event: LinkEvent) -> None:
     link = event.link
     mapping = await session.get(ItemMirror, (link.id, payload.item_id))
     if mapping is not None and not mapping.deleted and mapping.source_partner_id == event.sender:
+        forwarded(mapping, link)
         send(session, mapping.target_partner_id(link), MirrorChunk(
             link_id=link.id, mirror_id=mapping.mirror_id, index=payload.index, count=payload.count,
             data=payload.data), link.id)
@@ -239,6 +252,7 @@ async def applied(session: AsyncSession, event: LinkEvent) -> None:
     )
     if mapping is None or mapping.source_partner_id == event.sender:
         raise Rejected(f"{event.sender} holds no mirror {payload.mirror_id} on link {link.id}")
+    forwarded(mapping, link)
     send(session, mapping.source_partner_id, ItemDelivered(
         link_id=link.id, item_id=mapping.source_item_id, version=payload.source_version), link.id)
 

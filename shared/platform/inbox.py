@@ -387,7 +387,10 @@ class InboxConsumer:
                 # the same tickets): one at a time, each in a transaction of its own, as before.
                 log.warning("%s: a batch of %d failed (%r); applying them one at a time", self._name, len(ready), exc)
         for record, env, payload in ready:
-            await self.handle(record)
+            try:
+                await self._apply_retrying(env, payload, record.topic)
+            except Parked as exc:
+                await self._park(record, exc.env, exc.reason)
 
     async def _apply_together(self, ready: list[tuple[ConsumerRecord, Envelope, Payload]]) -> None:
         async with self._sessions() as session, session.begin():
@@ -444,6 +447,10 @@ class InboxConsumer:
     async def _verify_and_apply(self, topic: str, headers, value: bytes | None) -> bool:
         """The one path of a message, live or replayed: True when applied, False when the inbox had it."""
         env, payload = self._verified(topic, headers, value)
+        return await self._apply_retrying(env, payload, topic)
+
+    async def _apply_retrying(self, env: Envelope, payload: Payload, topic: str) -> bool:
+        """A verified message applied in a transaction of its own, tried again on a passing failure."""
         for attempt in itertools.count(1):
             try:
                 return await self._apply(env, payload, topic)

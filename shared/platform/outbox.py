@@ -20,11 +20,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    select,
     text,
-    update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from shared.contracts.envelope import Envelope, Payload, envelope
@@ -118,7 +116,6 @@ class OutboxRelay:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
         database_url: str,
         producer_factory: Callable[[], AIOKafkaProducer],
         lock_key: int,
@@ -127,7 +124,6 @@ class OutboxRelay:
         after_publish: Callable[[list[int]], Awaitable[None]] | None = None,
         prepare: Callable[[], Awaitable[None]] | None = None,
     ):
-        self._sessions = sessions
         self._dsn = asyncpg_dsn(database_url)
         self._producer_factory = producer_factory
         self._lock_key = lock_key
@@ -177,7 +173,7 @@ class OutboxRelay:
                 self._wake.clear()
                 started = time.monotonic()
                 try:
-                    published = await self.publish_batch(producer)
+                    published = await self.publish_batch(producer, conn)
                     refused_since = None
                 except SendsRefused as exc:
                     if time.monotonic() - started > QUICK_REFUSAL_S:
@@ -210,61 +206,54 @@ class OutboxRelay:
                     log.warning("outbox relay: the producer did not stop cleanly; replacing it", exc_info=True)
             await conn.close()
 
-    async def publish_batch(self, producer: AIOKafkaProducer) -> int:
-        async with self._sessions() as session:
-            rows = (
-                await session.execute(
-                    select(
-                        OutboxMessage.id, OutboxMessage.topic, OutboxMessage.key, OutboxMessage.event_id,
-                        OutboxMessage.type, OutboxMessage.schema_version, OutboxMessage.value,
-                    )
-                    .where(OutboxMessage.published_at.is_(None))
-                    .order_by(OutboxMessage.id)
-                    .limit(self._batch_size)
-                )
-            ).all()
-            if not rows:
-                return 0
-            # send() queues in order; one partition's batches are delivered in that order.
-            acks = [
-                await producer.send(
-                    row.topic,
-                    row.value,
-                    key=row.key.encode() if row.key else None,
-                    headers=[
-                        ("event_id", row.event_id.encode()),
-                        ("type", row.type.encode()),
-                        ("schema_version", str(row.schema_version).encode()),
-                        *self._signatures.sign(row.topic, row.value),
-                    ],
-                )
-                for row in rows
-            ]
-            # Bounded: a producer that never hears back (seen once in this suite's broker-crash test,
-            # with the idempotent producer after a SIGKILLed broker came back) is replaced by a new
-            # one, which publishes the unmarked rows again; the inbox absorbs any duplicate.
-            results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), timeout=SEND_TIMEOUT_S)
-            # Marked: what the broker acknowledged, per key (one link's stream) up to the first
-            # refusal; the rest is sent again. What followed a refused send on the same partition
-            # may have been acknowledged before it: a link's messages can then arrive out of order
-            # (so they could with any resend); reconciliation repairs any difference that leaves.
-            ids, refused = [], {}
-            for row, result in zip(rows, results):
-                stream = (row.topic, row.key)
-                if isinstance(result, BaseException) or stream in refused:
-                    refused.setdefault(stream, result)
-                else:
-                    ids.append(row.id)
-            if ids:
-                if self._after_publish is not None:
-                    await self._after_publish(ids)
-                await session.execute(
-                    update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(published_at=func.now())
-                )
-                await session.commit()
-                self.published_total += len(ids)
-            if refused:
-                first = next(iter(refused.values()))  # each stream's first refusal
-                raise SendsRefused(f"the broker refused {len(rows) - len(ids)} of {len(rows)} sends ({first!r})")
-            return len(ids)
+    async def publish_batch(self, producer: AIOKafkaProducer, conn: asyncpg.Connection) -> int:
+        """Publishes up to a batch of waiting rows in id order and marks what the broker acknowledged.
+        Plain SQL on the relay's own connection (the one holding its lock): through the ORM the read
+        and the mark cost 4 ms of CPU more per batch on a 2-core machine, four batches per note."""
+        rows = await conn.fetch(
+            "SELECT id, topic, key, event_id, type, schema_version, value FROM outbox"
+            " WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            self._batch_size,
+        )
+        if not rows:
+            return 0
+        # send() queues in order; one partition's batches are delivered in that order.
+        acks = [
+            await producer.send(
+                row["topic"],
+                row["value"],
+                key=row["key"].encode() if row["key"] else None,
+                headers=[
+                    ("event_id", row["event_id"].encode()),
+                    ("type", row["type"].encode()),
+                    ("schema_version", str(row["schema_version"]).encode()),
+                    *self._signatures.sign(row["topic"], row["value"]),
+                ],
+            )
+            for row in rows
+        ]
+        # Bounded: a producer that never hears back (seen once in this suite's broker-crash test,
+        # with the idempotent producer after a SIGKILLed broker came back) is replaced by a new
+        # one, which publishes the unmarked rows again; the inbox absorbs any duplicate.
+        results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), timeout=SEND_TIMEOUT_S)
+        # Marked: what the broker acknowledged, per key (one link's stream) up to the first
+        # refusal; the rest is sent again. What followed a refused send on the same partition
+        # may have been acknowledged before it: a link's messages can then arrive out of order
+        # (so they could with any resend); reconciliation repairs any difference that leaves.
+        ids, refused = [], {}
+        for row, result in zip(rows, results):
+            stream = (row["topic"], row["key"])
+            if isinstance(result, BaseException) or stream in refused:
+                refused.setdefault(stream, result)
+            else:
+                ids.append(row["id"])
+        if ids:
+            if self._after_publish is not None:
+                await self._after_publish(ids)
+            await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)
+            self.published_total += len(ids)
+        if refused:
+            first = next(iter(refused.values()))  # each stream's first refusal
+            raise SendsRefused(f"the broker refused {len(rows) - len(ids)} of {len(rows)} sends ({first!r})")
+        return len(ids)
 

@@ -72,7 +72,6 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             """Topics lost with a broker's data, or deleted, are made again before they are used."""
             await ensure_topics(access, spec.topics_to_create, settings.kafka_topic_partitions)
         relay = OutboxRelay(
-            sessions,
             settings.database_url,
             lambda: make_producer(access, app.state.broker),
             lock_key=_lock_key(spec.name),

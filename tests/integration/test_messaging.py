@@ -5,6 +5,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from sqlalchemy import func, select
@@ -14,7 +15,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from shared.contracts.envelope import Payload, contract, envelope
 from shared.domain.tickets.models import Ticket
 from shared.domain.tickets.service import create_ticket
-from shared.platform.db import make_engine, make_sessionmaker
+from shared.platform.db import asyncpg_dsn, make_engine, make_sessionmaker
 from shared.platform import inbox as inbox_module
 from shared.platform.inbox import DeadLetter, InboxConsumer, Rejected
 from shared.platform.kafka import KafkaAccess, ensure_topics, make_consumer, make_producer
@@ -53,7 +54,7 @@ class Rig:
 
     def relay(self, after_publish=None, lock_key=None) -> OutboxRelay:
         return OutboxRelay(
-            self.sessions, self.url, lambda: make_producer(self.access),
+            self.url, lambda: make_producer(self.access),
             lock_key=lock_key or uuid.uuid4().int >> 65, signatures=self.signatures, after_publish=after_publish,
         )
 
@@ -118,13 +119,14 @@ async def test_an_event_published_but_not_marked_when_the_relay_dies_is_publishe
     async def die(ids):
         raise RuntimeError("relay process killed after the broker acknowledged")
 
-    producer = make_producer(rig.access)
+    producer, conn = make_producer(rig.access), await asyncpg.connect(asyncpg_dsn(rig.url))
     await producer.start()
     try:
         with pytest.raises(RuntimeError):
-            await rig.relay(after_publish=die).publish_batch(producer)
+            await rig.relay(after_publish=die).publish_batch(producer, conn)
     finally:
         await producer.stop()
+        await conn.close()
     async with rig.sessions() as session:
         row = await session.scalar(select(OutboxMessage).where(OutboxMessage.event_id == event_id))
         assert row.published_at is None  # the broker has it, the outbox does not know
@@ -216,7 +218,7 @@ async def test_a_send_the_broker_refuses_is_sent_again_at_once_with_the_rest_of_
 
     consumer = rig.consumer()
     rig.spawn(consumer.run())
-    relay = OutboxRelay(rig.sessions, rig.url, producer, lock_key=uuid.uuid4().int >> 65, signatures=rig.signatures)
+    relay = OutboxRelay(rig.url, producer, lock_key=uuid.uuid4().int >> 65, signatures=rig.signatures)
     rig.spawn(relay.run())
     await eventually(lambda: _at_least(consumer, "applied_total", 5))
     await eventually(lambda: _at_least(consumer, "duplicates_total", 1))
