@@ -230,6 +230,8 @@ async def quiet_after_a_hot_backlog(source, target, bridge: ServiceProcess, hot_
     bridge.start()
     waiting, seen = set(range(len(quiet_pairs))), []
     while waiting:
+        if time.perf_counter() - started > 300:
+            raise RuntimeError(f"{len(waiting)} quiet notes not readable 300 s after the bridge started")
         for n in sorted(waiting):
             if any(i["body"] == "quiet after the backlog" for i in await items(target, quiet_pairs[n][1], "notes")):
                 waiting.discard(n)

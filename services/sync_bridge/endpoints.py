@@ -164,13 +164,16 @@ class LinkBacklogOut(BaseModel):
     lead_pending: int = Field(description="the lead's items waiting for the partner's receipt, as the lead last said")
     insourcing_pending: int = Field(description="the same for the insourcing partner's items")
     oldest_pending_at: datetime | None
+    reported_at: datetime | None = Field(description="when the partners said so: the link's last reconciliation")
 
 
 class BacklogOut(BaseModel):
-    waiting: int = Field(description="records on the partners' topics the bridge has not applied yet, in all")
-    partitions: list[PartitionBacklogOut] = Field(description="each partition this replica reads, most waiting first")
+    waiting: int = Field(description="records on the partners' topics this replica has not applied yet")
+    partitions: list[PartitionBacklogOut] = Field(
+        description="each partition this replica reads, most waiting first (none while its consumer restarts)")
     links: list[LinkBacklogOut] = Field(
-        description=f"the links whose partners last said items were waiting for a receipt, most first (at most {MAX_BACKLOG_LINKS})")
+        description="the open links whose partners said, at their last reconciliation, that items were waiting "
+                    f"for a receipt, most first (at most {MAX_BACKLOG_LINKS})")
 
 
 def _pending(side):
@@ -180,23 +183,25 @@ def _pending(side):
 @router.get("/backlog", response_model=BacklogOut,
             summary="What waits: records per partition not applied by the bridge yet, and the links with items awaiting a receipt")
 async def backlog(request: Request, session: SessionDep):
-    return await backlog_of(session, request.app.state.consumer)
+    return await backlog_of(session, getattr(request.app.state, "consumer", None))
 
 
 async def backlog_of(session: AsyncSession, consumer: InboxConsumer | None) -> BacklogOut:
     """Backpressure an operator can see (the API and the links page): the bridge's lag per partition
     (live, as its last fetch saw each partition's end) and each link's receipts outstanding on either
-    side (as the partners last reported them in reconciliation)."""
+    side (as the partners last reported them in reconciliation; ended links are left out)."""
     lag = dict(consumer.lag) if consumer is not None else {}
     partitions = sorted((PartitionBacklogOut(topic=tp.topic, partition=tp.partition, waiting=n) for tp, n in lag.items()),
                         key=lambda p: (-p.waiting, p.topic, p.partition))
     pending = _pending(Link.lead_health) + _pending(Link.insourcing_health)
-    rows = await session.scalars(select(Link).where(pending > 0).order_by(pending.desc(), Link.id).limit(MAX_BACKLOG_LINKS))
+    rows = await session.scalars(select(Link).where(pending > 0, Link.state != "terminated")
+                                 .order_by(pending.desc(), Link.id).limit(MAX_BACKLOG_LINKS))
     links = []
     for link in rows:
         sides = [side or {} for side in (link.lead_health, link.insourcing_health)]
         oldest = [side["oldest_pending_at"] for side in sides if side.get("oldest_pending_at")]
         links.append(LinkBacklogOut(link_id=link.id, link_state=link.state, lead_pending=sides[0].get("pending", 0),
                                     insourcing_pending=sides[1].get("pending", 0),
-                                    oldest_pending_at=min(oldest, key=datetime.fromisoformat) if oldest else None))
+                                    oldest_pending_at=min(oldest, key=datetime.fromisoformat) if oldest else None,
+                                    reported_at=link.last_reconciled_at))
     return BacklogOut(waiting=sum(lag.values()), partitions=partitions, links=links)

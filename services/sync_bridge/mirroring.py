@@ -144,9 +144,12 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
 
 
 def forwarded(mapping: ItemMirror, link: Link) -> None:
-    """Notes the round under way (if any) on an item the bridge passes on something of: the round's
-    answers were asked for before it, so they cannot show it (reconciliation skips it; the next
-    round checks it). Outside a round this writes nothing."""
+    """Notes the round under way (if any) on an item the bridge passes on (its first version, an
+    edit, a deletion or a chunk): the round's questions went out before it, so the answers cannot
+    show it, and reconciliation leaves it out of that round; a later round compares it (its creator
+    asks for one while it waits for the receipt). Outside a round this writes nothing. A receipt
+    passed on is not noted: the receiving side's answer is right about the item either way, and a
+    receipt sent again costs one message."""
     if link.round_id is not None and mapping.forwarded_in_round != link.round_id:
         mapping.forwarded_in_round = link.round_id
 
@@ -252,7 +255,6 @@ async def applied(session: AsyncSession, event: LinkEvent) -> None:
     )
     if mapping is None or mapping.source_partner_id == event.sender:
         raise Rejected(f"{event.sender} holds no mirror {payload.mirror_id} on link {link.id}")
-    forwarded(mapping, link)
     send(session, mapping.source_partner_id, ItemDelivered(
         link_id=link.id, item_id=mapping.source_item_id, version=payload.source_version), link.id)
 

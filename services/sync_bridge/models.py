@@ -64,8 +64,8 @@ class ItemMirror(Base):
     kind: Mapped[str] = mapped_column(String(20))  # the mirror's kind (a lead time entry is a note at the partner)
     deleted: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    # The reconciliation round under way when the bridge last forwarded the item, an edit or deletion
-    # of it, or its receipt: after that round's questions, so its answers cannot show it yet.
+    # The reconciliation round under way when the bridge last passed the item on (its first version,
+    # an edit, a deletion, a chunk): after that round's questions, so its answers cannot show it yet.
     forwarded_in_round: Mapped[str | None] = mapped_column(String(36))
 
     def target_partner_id(self, link: Link) -> str:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from services.sync_bridge.models import ItemMirror, Link
 from services.sync_bridge.reconciliation import start_round
 from shared.contracts.envelope import parse
-from shared.contracts.messages import Manifest, ManifestItem, ManifestMirror, MirrorApplied, SideHealth, SideStatus
+from shared.contracts.messages import Manifest, ManifestItem, ManifestMirror, SideHealth, SideStatus
 from shared.platform.outbox import OutboxMessage
 from shared.domain.tickets.rules import content_hash
 from tests.handlers.sides import LEAD, PARTNER, active_link, from_partner, note
@@ -65,13 +65,10 @@ async def test_a_note_passed_on_before_the_rounds_questions_and_not_held_is_sent
     await from_partner(bridge, LEAD, note(link_id, lost, "lost on the way"))
     await from_partner(bridge, LEAD, note(link_id, arrived, "arrived"))
     round_id = await begin_round(bridge, link_id)
-    # The lead's receipt of `arrived` was in flight when the lead answered: the bridge forwards it
-    # during the round, so its pending state is no difference either.
     mirror_id = (await bridge.get(ItemMirror, (link_id, arrived))).mirror_id
-    await from_partner(bridge, PARTNER, MirrorApplied(link_id=link_id, mirror_id=mirror_id, source_version=1))
 
     await answer(bridge, link_id, round_id,
-                 [shared_note(lost, "lost on the way"), shared_note(arrived, "arrived")],
+                 [shared_note(lost, "lost on the way"), shared_note(arrived, "arrived", delivery="delivered")],
                  [ManifestMirror(mirror_id=mirror_id, source_version=1,
                                  source_hash=content_hash("note", {"title": "", "body": "arrived"}))])
 
@@ -79,4 +76,20 @@ async def test_a_note_passed_on_before_the_rounds_questions_and_not_held_is_sent
     assert link.in_sync is False and link.repairs == 1
     [resend] = await staged(bridge, link_id, "sync.resend_requested")
     assert resend.item_ids == [lost]
-    assert len(await staged(bridge, link_id, "item.delivered")) == 1  # the receipt, once: not again as a repair
+
+
+async def test_a_note_in_flight_in_one_round_is_compared_in_the_next(bridge):
+    link_id = await active_link(bridge)
+    first_round = await begin_round(bridge, link_id)
+    item_id = str(uuid.uuid4())
+    await from_partner(bridge, LEAD, note(link_id, item_id, "crossing, then lost"))
+    await answer(bridge, link_id, first_round, [shared_note(item_id, "crossing, then lost")])
+    assert await staged(bridge, link_id, "sync.resend_requested") == []
+
+    # Its mirror never reached the partner; the lead, still without a receipt, asks again.
+    second_round = await begin_round(bridge, link_id)
+    await answer(bridge, link_id, second_round, [shared_note(item_id, "crossing, then lost")])
+
+    [resend] = await staged(bridge, link_id, "sync.resend_requested")
+    assert resend.item_ids == [item_id]
+    assert (await bridge.get(Link, link_id)).in_sync is False

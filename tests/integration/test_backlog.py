@@ -1,5 +1,5 @@
 """The bridge's backlog view (issue 11: backpressure you can see) against a real PostgreSQL: the
-links whose partners last reported items waiting for a receipt, most first, and the bridge's own
+open links whose partners last reported items waiting for a receipt, most first, and the bridge's own
 lag per partition, most first."""
 import asyncio
 from pathlib import Path
@@ -16,10 +16,11 @@ from shared.platform.migrations import upgrade
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def link(n: int, lead_pending: int | None, insourcing_pending: int | None, oldest: str | None = None) -> Link:
+def link(n: int, lead_pending: int | None, insourcing_pending: int | None, oldest: str | None = None,
+         state: str = "active") -> Link:
     def health(pending):
         return None if pending is None else {"pending": pending, "delivered": 3, "refused": 0, "oldest_pending_at": oldest}
-    return Link(id=f"link-{n}", state="active", lead_partner_id="lead", lead_ticket_id=f"t{n}",
+    return Link(id=f"link-{n}", state=state, lead_partner_id="lead", lead_ticket_id=f"t{n}",
                 insourcing_partner_id="partner", lead_health=health(lead_pending),
                 insourcing_health=health(insourcing_pending))
 
@@ -35,6 +36,7 @@ async def read_backlog(url: str, consumer) -> dict:
                 link(3, 0, 0),  # in step
                 link(4, 40, 5, "2026-11-27T09:00:00+00:00"),
                 link(5, None, 7),
+                link(6, 90, 0, state="terminated"),  # ended: its last report stays as it was
             ])
         async with sessions() as session:
             return (await backlog_of(session, consumer)).model_dump()

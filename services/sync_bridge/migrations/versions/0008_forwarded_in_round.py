@@ -1,5 +1,5 @@
-"""an item the bridge forwarded (or whose receipt it forwarded) during a reconciliation round is in
-flight for that round, not a difference
+"""an item the bridge passed on during a reconciliation round is in flight for that round, not a
+difference
 
 Revision ID: 0008
 Revises: 0007
