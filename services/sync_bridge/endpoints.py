@@ -148,7 +148,6 @@ async def reconcile(session: AsyncSession, link_id: str) -> ReconcileOut:
     return ReconcileOut(link_id=link.id, round_id=await start_round(session, link))
 
 
-
 MAX_BACKLOG_LINKS = 50
 
 

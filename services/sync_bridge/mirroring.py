@@ -150,7 +150,7 @@ def forwarded(mapping: ItemMirror, link: Link) -> None:
     asks for one while it waits for the receipt). Outside a round this writes nothing. A receipt
     passed on is not noted: the receiving side's answer is right about the item either way, and a
     receipt sent again costs one message."""
-    if link.round_id is not None and mapping.forwarded_in_round != link.round_id:
+    if link.round_id is not None:
         mapping.forwarded_in_round = link.round_id
 
 

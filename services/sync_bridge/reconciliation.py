@@ -228,7 +228,7 @@ def _in_flight(mapping: ItemMirror | None, link: Link) -> bool:
     round's questions: the answers cannot agree on it yet, which is no difference. A later round
     compares it: its creator asks for one while the item waits for its receipt, as it asked for this
     one. Under a steady stream of writes every round saw such items as missing and had them sent
-    again (measured: 599 repairs for 1,300 notes, now none)."""
+    again (measured: 599 repairs for 1,300 notes; now 7, receipts sent again)."""
     return mapping is not None and link.round_id is not None and mapping.forwarded_in_round == link.round_id
 
 
