@@ -22,8 +22,9 @@ from shared.domain import workflow
 from shared.domain.partner_mirroring import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
 from shared.domain.tickets.models import Ticket
 from shared.domain.tickets.rules import Lock
-from shared.domain.tickets.service import add_system_note, create_ticket, get_ticket, lock_ticket_of
+from shared.domain.tickets.service import add_system_note, create_ticket, get_ticket, lock_ticket_of_link
 from shared.domain.workflow import InsourceStatus
+from shared.platform.db import plain_sql
 from shared.platform.errors import Conflict, NotFound
 from shared.platform.kafka import outbound_topic
 from shared.platform.messagebus import Ignored, MessageBus
@@ -37,13 +38,16 @@ class ReceivedLinks:
         return await session.scalar(select(ReceivedWork).where(ReceivedWork.ticket_id == ticket_id))
 
     async def link_for_ticket(self, session: AsyncSession, ticket_id: str) -> LinkView | None:
-        row = await self.for_ticket(session, ticket_id)
+        # Plain SQL: every mirror received and every note written asks (issue 11).
+        row = await (await plain_sql(session)).fetchrow(
+            "SELECT link_id, status, lead_partner_id, lead_ticket_number FROM received_work WHERE ticket_id = $1",
+            ticket_id)
         if row is None:
             return None
-        return LinkView(row.link_id, InsourceStatus(row.status), row.lead_partner_id, row.lead_ticket_number)
+        return LinkView(row["link_id"], InsourceStatus(row["status"]), row["lead_partner_id"], row["lead_ticket_number"])
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
-        return await lock_ticket_of(session, select(ReceivedWork.ticket_id).where(ReceivedWork.link_id == link_id))
+        return await lock_ticket_of_link(session, link_id, ReceivedWork.__tablename__)
 
     async def ticket_of(self, session: AsyncSession, link_id: str) -> str | None:
         return await session.scalar(select(ReceivedWork.ticket_id).where(ReceivedWork.link_id == link_id))

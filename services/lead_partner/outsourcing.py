@@ -33,8 +33,9 @@ from shared.domain.partner_mirroring import (
 )
 from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import ItemKind, Origin
-from shared.domain.tickets.service import add_system_note, get_ticket, lock_ticket_of
+from shared.domain.tickets.service import add_system_note, get_ticket, lock_ticket_of_link
 from shared.domain.workflow import OutsourceStatus
+from shared.platform.db import plain_sql
 from shared.platform.errors import Conflict, NotFound
 from shared.platform.inbox import Rejected
 from shared.platform.kafka import outbound_topic
@@ -51,13 +52,16 @@ class Outsourcings:
         )
 
     async def link_for_ticket(self, session: AsyncSession, ticket_id: str) -> LinkView | None:
-        row = await self.latest(session, ticket_id)
+        # Plain SQL: every note written and every mirror received asks (issue 11).
+        row = await (await plain_sql(session)).fetchrow(
+            "SELECT link_id, status, partner_id, partner_ticket_number FROM outsourcings WHERE ticket_id = $1"
+            " ORDER BY created_at DESC LIMIT 1", ticket_id)
         if row is None:
             return None
-        return LinkView(row.link_id, OutsourceStatus(row.status), row.partner_id, row.partner_ticket_number)
+        return LinkView(row["link_id"], OutsourceStatus(row["status"]), row["partner_id"], row["partner_ticket_number"])
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
-        return await lock_ticket_of(session, select(Outsourcing.ticket_id).where(Outsourcing.link_id == link_id))
+        return await lock_ticket_of_link(session, link_id, Outsourcing.__tablename__)
 
     async def ticket_of(self, session: AsyncSession, link_id: str) -> str | None:
         return await session.scalar(select(Outsourcing.ticket_id).where(Outsourcing.link_id == link_id))

@@ -29,6 +29,7 @@ from shared.domain import workflow
 from shared.domain.tickets.rules import ItemKind, content_hash
 from shared.domain.tickets.schemas import MAX_TEXT, MAX_TITLE
 from shared.domain.tickets.validation import InvalidItem, valid_fields, valid_item
+from shared.platform.db import plain_sql
 from shared.platform.inbox import Rejected
 
 log = logging.getLogger(__name__)
@@ -128,10 +129,13 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
     except InvalidItem as exc:
         await _refuse_invalid(session, event, exc.reason, values)
         return
-    # The common case in one round trip; an item announced twice keeps its first mapping.
-    inserted = await session.scalar(
-        insert(ItemMirror).values(**values).on_conflict_do_nothing().returning(ItemMirror.mirror_id)
-    )
+    # The common case in one plain statement (every item passes here: issue 11); an item announced
+    # twice keeps its first mapping.
+    inserted = await (await plain_sql(session)).fetchval(
+        "INSERT INTO item_mirrors (link_id, source_item_id, source_partner_id, mirror_id, kind, deleted,"
+        " forwarded_in_round) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING mirror_id",
+        *(values[column] for column in ("link_id", "source_item_id", "source_partner_id", "mirror_id", "kind",
+                                        "deleted", "forwarded_in_round")))
     if inserted is None:
         mapping = await session.get(ItemMirror, (link.id, payload.item_id))
         if mapping.source_partner_id != event.sender:
@@ -250,13 +254,14 @@ async def applied(session: AsyncSession, event: LinkEvent) -> None:
     """A receipt: the other side committed the mirror; its creator is told which version arrived."""
     payload: MirrorApplied = event.payload
     link = event.link
-    mapping = await session.scalar(
-        select(ItemMirror).where(ItemMirror.link_id == link.id, ItemMirror.mirror_id == payload.mirror_id)
-    )
-    if mapping is None or mapping.source_partner_id == event.sender:
+    # Every item's receipt passes here: one plain statement (issue 11).
+    mapping = await (await plain_sql(session)).fetchrow(
+        "SELECT source_partner_id, source_item_id FROM item_mirrors WHERE link_id = $1 AND mirror_id = $2",
+        link.id, payload.mirror_id)
+    if mapping is None or mapping["source_partner_id"] == event.sender:
         raise Rejected(f"{event.sender} holds no mirror {payload.mirror_id} on link {link.id}")
-    send(session, mapping.source_partner_id, ItemDelivered(
-        link_id=link.id, item_id=mapping.source_item_id, version=payload.source_version), link.id)
+    send(session, mapping["source_partner_id"], ItemDelivered(
+        link_id=link.id, item_id=mapping["source_item_id"], version=payload.source_version), link.id)
 
 
 HANDLERS = {

@@ -2,6 +2,7 @@
 outbound half), and how mirrors of the other partner's items are stored (the inbound half)."""
 import base64
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem
 from shared.domain.tickets.rules import Delivery, ItemFacts, ItemKind, Lock, Origin, item_editable
 from shared.domain.tickets.validation import InvalidItem, valid_item
 from shared.domain.workflow import InsourceStatus, OutsourceStatus, synchronizing
-from shared.platform.db import Base, utcnow
+from shared.platform.db import Base, plain_sql, utcnow
 from shared.platform.inbox import Rejected
 from shared.platform.outbox import Publisher
 
@@ -247,15 +248,14 @@ async def _upsert(session: AsyncSession, ticket_id: str, payload: MirrorUpsert) 
     """Store the mirror; (mirror id, version) once it is complete (an attachment: once all its bytes are in)."""
     done = (payload.mirror_id, payload.source_version)
     if payload.kind != ItemKind.ATTACHMENT:
-        # A new mirror in one round trip; an update (or a redelivered create) takes the path below.
-        created = await session.scalar(
-            insert(TicketItem)
-            .values(id=payload.mirror_id, ticket_id=ticket_id, kind=payload.kind, origin=Origin.PARTNER,
-                    internal=payload.internal, shared=True, fields=payload.fields, link_id=payload.link_id,
-                    source_version=payload.source_version, source_hash=payload.source_hash)
-            .on_conflict_do_nothing(index_elements=[TicketItem.id])
-            .returning(TicketItem.id)
-        )
+        # A new mirror in one plain statement (every note received takes this path: issue 11); an
+        # update (or a redelivered create) takes the path below.
+        created = await (await plain_sql(session)).fetchval(
+            "INSERT INTO ticket_items (id, ticket_id, kind, origin, internal, shared, released, fields, link_id,"
+            " version, source_version, source_hash) VALUES ($1, $2, $3, $4, $5, true, false, $6::jsonb, $7, 1, $8, $9)"
+            " ON CONFLICT (id) DO NOTHING RETURNING id",
+            payload.mirror_id, ticket_id, payload.kind, Origin.PARTNER, payload.internal, json.dumps(payload.fields),
+            payload.link_id, payload.source_version, payload.source_hash)
         if created is not None:
             return done
     item = await session.get(TicketItem, payload.mirror_id)

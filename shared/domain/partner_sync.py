@@ -35,7 +35,7 @@ from shared.contracts.messages import (
 )
 from shared.domain.tickets.models import AttachmentContent, TicketItem
 from shared.domain.tickets.rules import Delivery, ItemKind, Origin, content_hash
-from shared.platform.db import Base, utcnow
+from shared.platform.db import Base, plain_sql, utcnow
 from shared.platform.inbox import DataLoss
 from shared.platform.outbox import Publisher
 
@@ -138,30 +138,29 @@ class PartnerSync:
         if link_id is None or payload.type.startswith("sync."):
             return
         await self.links.ticket_for_link(session, link_id)  # the ticket row before its link's bookkeeping
+        # Every message a partner receives passes here: one plain statement (issue 11).
+        changed = ", changed_at = excluded.changed_at" if _is_workflow(payload) else ""
         now = utcnow()
-        values: dict[str, Any] = {"last_received_at": now}
-        if _is_workflow(payload):
-            values["changed_at"] = now
-        await _touch(session, link_id, **values)
+        await (await plain_sql(session)).execute(
+            "INSERT INTO link_sync (link_id, last_received_at, changed_at) VALUES ($1, $2, $3)"
+            f" ON CONFLICT (link_id) DO UPDATE SET last_received_at = excluded.last_received_at{changed}",
+            link_id, now, now if changed else None)
 
     # --- receipts ---------------------------------------------------------------------------------
 
     async def on_delivered(self, session: AsyncSession, payload: ItemDelivered) -> None:
         # The ticket row first, as every writer of the ticket does: an item marked pending by a
         # transaction not yet committed is seen once it is.
-        await self.links.ticket_for_link(session, payload.link_id)
-        now = utcnow()
-        await session.execute(
-            update(TicketItem)
-            .where(TicketItem.id == payload.item_id, TicketItem.origin == Origin.LOCAL,
-                   TicketItem.version == payload.version)
-            .values(delivery_status=Delivery.DELIVERED, delivery_at=now, delivery_reason=None)
-        )
+        ticket_id = await self.links.ticket_for_link(session, payload.link_id)
+        # Every note's receipt passes here: plain statements (issue 11).
+        db = await plain_sql(session)
+        await db.execute(
+            "UPDATE ticket_items SET delivery_status = $3, delivery_at = $4, delivery_reason = NULL, updated_at = now()"
+            " WHERE id = $1 AND origin = $5 AND version = $2",
+            payload.item_id, payload.version, Delivery.DELIVERED, utcnow(), Origin.LOCAL)
         # A deletion confirmed: nothing more to remember.
-        await session.execute(
-            delete(ItemDeletion).where(ItemDeletion.item_id == payload.item_id, ItemDeletion.version <= payload.version)
-        )
-        await self._settle(session, payload.link_id)
+        await db.execute("DELETE FROM item_deletions WHERE item_id = $1 AND version <= $2", payload.item_id, payload.version)
+        await self._settle(session, payload.link_id, ticket_id)
 
     async def on_refused(self, session: AsyncSession, payload: ItemRefused) -> None:
         """An edit or a deletion stayed on this side; the item itself remains shared as it was."""
@@ -186,11 +185,16 @@ class PartnerSync:
         await session.execute(delete(ItemDeletion).where(ItemDeletion.item_id == payload.item_id))
         await self._settle(session, payload.link_id)
 
-    async def _settle(self, session: AsyncSession, link_id: str) -> None:
-        """Nothing of the link waits any more: say so (the watch stops asking about it)."""
-        ticket_id = await self.links.ticket_for_link(session, link_id)
-        if ticket_id is None or not await _pending_exists(session, ticket_id):
-            await session.execute(update(LinkSync).where(LinkSync.link_id == link_id).values(pending_since=None))
+    async def _settle(self, session: AsyncSession, link_id: str, ticket_id: str | None = None) -> None:
+        """Nothing of the link waits any more: say so (the watch stops asking about it). One plain
+        statement: it runs for every receipt."""
+        ticket_id = ticket_id or await self.links.ticket_for_link(session, link_id)
+        await (await plain_sql(session)).execute(
+            "UPDATE link_sync SET pending_since = NULL WHERE link_id = $1 AND pending_since IS NOT NULL"
+            " AND ($2::varchar IS NULL OR NOT EXISTS"
+            " (SELECT FROM ticket_items WHERE ticket_id = $2 AND delivery_status = $3)"
+            " AND NOT EXISTS (SELECT FROM item_deletions WHERE ticket_id = $2))",
+            link_id, ticket_id, Delivery.PENDING)
 
     # --- reconciliation: what the bridge asks ----------------------------------------------------
 
@@ -329,15 +333,6 @@ class PartnerSync:
             "refused": counts.refused,
             "oldest_pending_at": counts.oldest_pending_at,
         }
-
-
-async def _pending_exists(session: AsyncSession, ticket_id: str) -> bool:
-    item = await session.scalar(
-        select(TicketItem.id).where(TicketItem.ticket_id == ticket_id, TicketItem.delivery_status == Delivery.PENDING).limit(1)
-    )
-    if item is not None:
-        return True
-    return await session.scalar(select(ItemDeletion.item_id).where(ItemDeletion.ticket_id == ticket_id).limit(1)) is not None
 
 
 def emit_item(publisher: Publisher, session: AsyncSession, link_id: str, item: TicketItem, model,

@@ -1,7 +1,9 @@
 """Database plumbing: the declarative base, engines and sessions (SQLAlchemy 2 async on asyncpg)."""
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
+import asyncpg
 from sqlalchemy import MetaData, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -49,11 +51,52 @@ TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08
 
 def transient(exc: BaseException) -> bool:
     """Errors that say nothing about the work being done: a lost connection, a deadlock, a serialization failure."""
-    if isinstance(exc, (OSError, asyncio.TimeoutError, OperationalError, InterfaceError)):
+    if isinstance(exc, (OSError, asyncio.TimeoutError, OperationalError, InterfaceError, asyncpg.InterfaceError)):
         return True
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
     return False
+
+
+class PlainSql:
+    """Plain SQL on a session's own connection, inside the session's transaction, for the statements
+    every message and every note runs (issue 11). Through SQLAlchemy a statement cost 0.4-0.5 ms of
+    CPU here before it reached the database (building the expression, its cache key, the compiled
+    cache, the greenlet hop); through asyncpg 0.18 ms. A database error comes out as SQLAlchemy's
+    DBAPIError, as from the session, so retries and the HTTP error answers treat both alike. The
+    session's unit of work does not see these writes: a caller flushes what it added before, and
+    does not use ORM objects these statements changed."""
+
+    def __init__(self, connection: asyncpg.Connection):
+        self._connection = connection
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await self._run(self._connection.execute, query, args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._run(self._connection.fetch, query, args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self._run(self._connection.fetchrow, query, args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._run(self._connection.fetchval, query, args)
+
+    @staticmethod
+    async def _run(call, query: str, args: tuple) -> Any:
+        try:
+            return await call(query, *args)
+        except asyncpg.PostgresError as exc:
+            raise DBAPIError.instance(query, args, exc, asyncpg.PostgresError) from exc
+
+
+async def plain_sql(session: AsyncSession) -> PlainSql:
+    """The session's transaction (begun if it was not), for plain SQL; what the session holds
+    unwritten is flushed first, as before any query of its own."""
+    if session.new or session.deleted or session.dirty:
+        await session.flush()
+    connection = await session.connection()
+    return PlainSql((await connection.get_raw_connection()).driver_connection)
 
 
 def service_metadata(*tables) -> MetaData:

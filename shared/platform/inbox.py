@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.contracts.envelope import ContractError, Envelope, Payload, parse
-from shared.platform.db import Base, transient, utcnow
+from shared.platform.db import Base, plain_sql, transient, utcnow
 from shared.platform.kafka import MAX_REQUEST_BYTES, tear_down
 from shared.platform.signing import BadSignature, Signatures
 
@@ -113,6 +113,11 @@ class StreamPosition(Base):
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     next_offset: Mapped[int] = mapped_column(BigInteger)
 
+
+# Records the ids of a batch's messages (one statement, whatever their number; one prepared
+# statement for every batch size) and answers those that were not recorded before.
+_RECORD_MANY = ("INSERT INTO inbox (event_id, type) SELECT * FROM unnest($1::varchar[], $2::varchar[])"
+                " ON CONFLICT DO NOTHING RETURNING event_id")
 
 # (session, envelope, payload, topic it came from): the topic is the sender's identity, the
 # envelope's `source` only a claim.
@@ -359,13 +364,11 @@ class InboxConsumer:
 
     async def _save_positions(self, done: dict[TopicPartition, int]) -> None:
         async with self._sessions() as session, session.begin():
-            for tp, offset in done.items():
-                await session.execute(
-                    insert(StreamPosition)
-                    .values(topic=tp.topic, partition=tp.partition, next_offset=offset)
-                    .on_conflict_do_update(index_elements=[StreamPosition.topic, StreamPosition.partition],
-                                           set_={"next_offset": offset})
-                )
+            await (await plain_sql(session)).execute(
+                "INSERT INTO stream_positions (topic, partition, next_offset)"
+                " SELECT * FROM unnest($1::varchar[], $2::int[], $3::bigint[])"
+                " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                [tp.topic for tp in done], [tp.partition for tp in done], list(done.values()))
 
     async def handle_batch(self, records: list[ConsumerRecord]) -> None:
         """Records from one poll, each link's in order. Those that verify and parse are applied
@@ -394,12 +397,8 @@ class InboxConsumer:
 
     async def _apply_together(self, ready: list[tuple[ConsumerRecord, Envelope, Payload]]) -> None:
         async with self._sessions() as session, session.begin():
-            first_time = set(await session.scalars(
-                insert(InboxRecord)
-                .values([{"event_id": str(env.event_id), "type": env.type} for _, env, _ in ready])
-                .on_conflict_do_nothing()
-                .returning(InboxRecord.event_id)
-            ))
+            first_time = {row["event_id"] for row in await (await plain_sql(session)).fetch(
+                _RECORD_MANY, [str(env.event_id) for _, env, _ in ready], [env.type for _, env, _ in ready])}
             applied = 0
             for record, env, payload in ready:
                 event_id = str(env.event_id)
@@ -468,12 +467,7 @@ class InboxConsumer:
 
     async def _apply(self, env: Envelope, payload: Payload, topic: str) -> bool:
         async with self._sessions() as session, session.begin():
-            first_time = await session.scalar(
-                insert(InboxRecord)
-                .values(event_id=str(env.event_id), type=env.type)
-                .on_conflict_do_nothing()
-                .returning(InboxRecord.event_id)
-            )
+            first_time = await (await plain_sql(session)).fetchval(_RECORD_MANY, [str(env.event_id)], [env.type])
             if first_time is None:
                 self.duplicates_total += 1
                 log.info("%s: %s %s already applied; skipped", self._name, env.type, env.event_id)

@@ -19,7 +19,6 @@ from sqlalchemy import (
     String,
     event,
     func,
-    insert,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -97,10 +96,17 @@ def add_to_outbox(session: AsyncSession, topic: str, env: Envelope, key: str | N
 
 @event.listens_for(UnitOfWork, "before_commit")
 def _write_staged(session: Session) -> None:
-    # A Core INSERT without RETURNING: the unit of work would read every generated id back.
+    # One plain statement for all the rows (issue 11: through the ORM this was a few ms of CPU per
+    # transaction), without RETURNING: nothing needs the generated ids back.
     staged = session.info.pop(_STAGED, None)
     if staged:
-        session.execute(insert(OutboxMessage), staged)
+        session.connection().exec_driver_sql(
+            "INSERT INTO outbox (event_id, topic, key, type, schema_version, value) SELECT * FROM"
+            " unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int[], $6::bytea[])",
+            tuple([row[column] for row in staged] for column in _COLUMNS))
+
+
+_COLUMNS = ("event_id", "topic", "key", "type", "schema_version", "value")
 
 
 @event.listens_for(UnitOfWork, "after_transaction_end")

@@ -4,13 +4,15 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Select, select
+from sqlalchemy import event, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter, new_id
 from shared.domain.tickets.rules import ItemKind, Lock, Origin
 from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES, AttachmentFields, stored_fields
+from shared.platform.db import UnitOfWork, plain_sql
 from shared.platform.errors import Conflict, NotFound, TooLarge
 
 
@@ -54,9 +56,28 @@ async def get_ticket(session: AsyncSession, ticket_id: str, *, for_update: bool 
     return ticket
 
 
-async def lock_ticket_of(session: AsyncSession, ticket_ids: Select) -> str | None:
-    """Lock the ticket row `ticket_ids` (a one-column query) selects, in one round trip; its id."""
-    return await session.scalar(select(Ticket.id).where(Ticket.id == ticket_ids.scalar_subquery()).with_for_update())
+_LOCKED = "tickets.locked_for_link"
+
+
+async def lock_ticket_of_link(session: AsyncSession, link_id: str, links_table: str) -> str | None:
+    """The ticket `link_id` links (`links_table` maps links to tickets), its row locked, in one
+    plain statement; asked once per transaction, since the lock holds until the transaction ends
+    (a receipt asked three times: for itself, its link's bookkeeping and the link's settling)."""
+    held = session.info.setdefault(_LOCKED, {})
+    if link_id not in held:
+        ticket_id = await (await plain_sql(session)).fetchval(
+            f"SELECT id FROM tickets WHERE id = (SELECT ticket_id FROM {links_table} WHERE link_id = $1) FOR UPDATE",
+            link_id)
+        if ticket_id is None:
+            return None  # not linked to a ticket (yet): asked again next time
+        held[link_id] = ticket_id
+    return held[link_id]
+
+
+@event.listens_for(UnitOfWork, "after_transaction_end")
+def _forget_locks(session: Session, transaction) -> None:
+    # Any end, a savepoint's too: a savepoint rolled back releases the locks taken in it.
+    session.info.pop(_LOCKED, None)
 
 
 async def list_items(
