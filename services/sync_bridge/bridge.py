@@ -8,9 +8,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge import links, mirroring, reconciliation
 from services.sync_bridge.links import LinkEvent, send
-from services.sync_bridge.models import Link
+from services.sync_bridge.models import Link, LinkFacts
 from shared.contracts.envelope import Envelope, Payload
 from shared.contracts.messages import LinkUnknown, OutsourceRequested, ReconcileRequested
+from shared.platform.db import plain_sql
 from shared.platform.inbox import Rejected
 from shared.platform.messagebus import Ignored, MessageBus
 
@@ -40,13 +41,20 @@ class Bridge:
         # One statement both locks the link (its events apply one at a time) and records the event
         # (receipts and reconciliation are not events of the link).
         bookkeeping = payload.type.startswith("sync.") or payload.type == "mirror.applied"
-        link = await session.scalar(
-            update(Link)
-            .where(Link.id == link_id)
-            .values(last_event_at=Link.last_event_at if bookkeeping else func.now())
-            .returning(Link)
-            .execution_options(populate_existing=True)
-        )
+        if type(payload) in mirroring.HANDLERS:
+            # Items and their receipts, most of the traffic, only read the link: plain SQL (issue 11).
+            row = await (await plain_sql(session)).fetchrow(
+                "UPDATE links SET last_event_at = CASE WHEN $2 THEN last_event_at ELSE now() END WHERE id = $1"
+                " RETURNING id, state, lead_partner_id, insourcing_partner_id, round_id", link_id, bookkeeping)
+            link = LinkFacts(**row) if row is not None else None
+        else:
+            link = await session.scalar(
+                update(Link)
+                .where(Link.id == link_id)
+                .values(last_event_at=Link.last_event_at if bookkeeping else func.now())
+                .returning(Link)
+                .execution_options(populate_existing=True)
+            )
         if isinstance(payload, OutsourceRequested):
             try:
                 await links.requested(session, sender, link, payload, self.partners)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.sync_bridge.models import Link
+from services.sync_bridge.models import Link, LinkFacts
 from shared.contracts.envelope import Payload
 from shared.contracts.messages import (
     InsourceAccepted,
@@ -35,7 +35,7 @@ from shared.platform.outbox import Publisher
 class LinkEvent:
     """A partner's event about an existing link, its sender known by the topic it came on."""
 
-    link: Link
+    link: Link | LinkFacts  # LinkFacts for an item passing through (services/sync_bridge/bridge.py)
     sender: str
     payload: Payload
 

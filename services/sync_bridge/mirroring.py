@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.links import LinkEvent, send
-from services.sync_bridge.models import ItemMirror, Link
+from services.sync_bridge.models import ItemMirror, LinkFacts
 from shared.contracts.messages import (
     AttachmentChunk,
     ItemBody,
@@ -63,7 +63,7 @@ def forwarded_item(kind: str, fields: dict, chunk_count: int, from_lead: bool) -
     return kind, fields
 
 
-def _upsert(link: Link, mirror_id: str, from_lead: bool, payload: ItemBody) -> MirrorUpsert:
+def _upsert(link: LinkFacts, mirror_id: str, from_lead: bool, payload: ItemBody) -> MirrorUpsert:
     kind, fields = forwarded_item(payload.kind, payload.fields, payload.chunk_count, from_lead)
     return MirrorUpsert(
         link_id=link.id,
@@ -147,7 +147,7 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
     send(session, event.other_partner, upsert, link.id)
 
 
-def forwarded(mapping: ItemMirror, link: Link) -> None:
+def forwarded(mapping: ItemMirror, link: LinkFacts) -> None:
     """Notes the round under way (if any) on an item the bridge passes on (its first version, an
     edit, a deletion or a chunk): the round's questions went out before it, so the answers cannot
     show it, and reconciliation leaves it out of that round; a later round compares it (its creator

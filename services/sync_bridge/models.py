@@ -1,4 +1,5 @@
 """The bridge's own tables: the link registry."""
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +52,19 @@ class Link(Base):
     insourcing_health: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
+@dataclass(frozen=True)
+class LinkFacts:
+    """What passing an item on reads of its link, from one plain statement that locks and stamps the
+    row (issue 11: loading the whole link through the ORM was half the bridge's cost of an item).
+    The handlers that change a link get the mapped Link instead."""
+
+    id: str
+    state: str
+    lead_partner_id: str
+    insourcing_partner_id: str
+    round_id: str | None
+
+
 class ItemMirror(Base):
     """The id mapping: an item on one ticket and its mirror on the other."""
 
@@ -68,7 +82,7 @@ class ItemMirror(Base):
     # an edit, a deletion, a chunk): after that round's questions, so its answers cannot show it yet.
     forwarded_in_round: Mapped[str | None] = mapped_column(String(36))
 
-    def target_partner_id(self, link: Link) -> str:
+    def target_partner_id(self, link: "Link | LinkFacts") -> str:
         return link.insourcing_partner_id if self.source_partner_id == link.lead_partner_id else link.lead_partner_id
 
 
