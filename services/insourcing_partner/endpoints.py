@@ -14,7 +14,7 @@ from shared.platform.openapi import CONFLICT
 router = api_router("/api", ["received work"], Permission.OUTSOURCING)
 
 
-def _insourcing(request: Request):
+async def _insourcing(request: Request):
     return request.app.state.insourcing
 
 

@@ -14,7 +14,7 @@ from shared.platform.openapi import CONFLICT
 router = api_router("/api", ["outsourcing"], Permission.OUTSOURCING)
 
 
-def _outsourcing(request: Request):
+async def _outsourcing(request: Request):
     return request.app.state.outsourcing
 
 

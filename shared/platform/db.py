@@ -96,7 +96,15 @@ async def plain_sql(session: AsyncSession) -> PlainSql:
     if session.new or session.deleted or session.dirty:
         await session.flush()
     connection = await session.connection()
-    return PlainSql((await connection.get_raw_connection()).driver_connection)
+    raw = await connection.get_raw_connection()
+    adapter = raw.dbapi_connection
+    # SQLAlchemy's asyncpg adapter says BEGIN with its first statement, and COMMIT only if it did:
+    # a plain statement first would run outside any transaction (seen: a failed batch's inbox
+    # records stayed). SQLAlchemy has no public call for this; tests/integration/test_plain_sql.py
+    # pins it (a plain statement is rolled back and committed with its session).
+    if adapter._transaction is None:
+        await adapter._start_transaction()
+    return PlainSql(raw.driver_connection)
 
 
 def service_metadata(*tables) -> MetaData:

@@ -30,7 +30,7 @@ from shared.platform.errors import TooLarge
 from shared.platform.openapi import CONFLICT
 
 
-def _policy(request: Request) -> service.SyncPolicy:
+async def _policy(request: Request) -> service.SyncPolicy:
     return request.app.state.sync_policy
 
 
