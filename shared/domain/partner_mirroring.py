@@ -117,7 +117,7 @@ class MirroringPolicy:
         )
 
     async def item_written(
-        self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str, content: bytes | None = None
+        self, session: AsyncSession, ticket_id: str, item: TicketItem, action: str, content: bytes | None = None
     ) -> None:
         if action != "created":
             item.version = (item.version or 1) + 1
@@ -125,7 +125,7 @@ class MirroringPolicy:
             return  # internal items never leave; mirrors and system notes are never mirrored back
         if action != "created" and not item.shared:
             return  # it never crossed, so there is nothing to follow it
-        link = await self.links.link_for_ticket(session, ticket.id)
+        link = await self.links.link_for_ticket(session, ticket_id)
         if link is None or not synchronizing(link.status):
             return
         if action != "created" and item.link_id != link.link_id:
@@ -133,7 +133,7 @@ class MirroringPolicy:
         await self.sync.item_sent(session, link.link_id)
         if action == "deleted":
             # Remembered until the other side confirms the mirror is gone.
-            session.add(ItemDeletion(item_id=item.id, ticket_id=ticket.id, link_id=link.link_id, kind=item.kind,
+            session.add(ItemDeletion(item_id=item.id, ticket_id=ticket_id, link_id=link.link_id, kind=item.kind,
                                      version=item.version, delivery_status=Delivery.PENDING, delivery_at=utcnow()))
             self.publisher.emit(session, ItemDeleted(link_id=link.link_id, item_id=item.id, kind=item.kind,
                                                      version=item.version), link.link_id)

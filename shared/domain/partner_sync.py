@@ -124,14 +124,11 @@ class PartnerSync:
         await _touch(session, link_id, **values)
 
     async def item_sent(self, session: AsyncSession, link_id: str) -> None:
-        await session.execute(
-            insert(LinkSync)
-            .values(link_id=link_id, last_sent_at=func.now(), pending_since=func.now())
-            .on_conflict_do_update(
-                index_elements=[LinkSync.link_id],
-                set_={"last_sent_at": func.now(), "pending_since": func.coalesce(LinkSync.pending_since, func.now())},
-            )
-        )
+        # Every item shared passes here: one plain statement (issue 11).
+        await (await plain_sql(session)).execute(
+            "INSERT INTO link_sync (link_id, last_sent_at, pending_since) VALUES ($1, now(), now())"
+            " ON CONFLICT (link_id) DO UPDATE SET last_sent_at = now(),"
+            " pending_since = coalesce(link_sync.pending_since, now())", link_id)
 
     async def received(self, session: AsyncSession, payload: Payload) -> None:
         link_id = getattr(payload, "link_id", None)
@@ -192,9 +189,10 @@ class PartnerSync:
         await (await plain_sql(session)).execute(
             "UPDATE link_sync SET pending_since = NULL WHERE link_id = $1 AND pending_since IS NOT NULL"
             " AND ($2::varchar IS NULL OR NOT EXISTS"
-            " (SELECT FROM ticket_items WHERE ticket_id = $2 AND delivery_status = $3)"
+            # A literal, not a parameter: the partial index of pending items serves it.
+            f" (SELECT FROM ticket_items WHERE ticket_id = $2 AND delivery_status = '{Delivery.PENDING}')"
             " AND NOT EXISTS (SELECT FROM item_deletions WHERE ticket_id = $2))",
-            link_id, ticket_id, Delivery.PENDING)
+            link_id, ticket_id)
 
     # --- reconciliation: what the bridge asks ----------------------------------------------------
 

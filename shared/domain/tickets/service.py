@@ -1,6 +1,7 @@
 """Use cases of the ticket core. Each write locks its ticket row first, so that all writes to one
 ticket (and the events they stage in the outbox) commit one after the other, in order."""
 import hashlib
+import json
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -24,7 +25,7 @@ class SyncPolicy(Protocol):
     def editable(self, item: TicketItem) -> bool: ...
 
     async def item_written(
-        self, session: AsyncSession, ticket: Ticket, item: TicketItem, action: str, content: bytes | None = None
+        self, session: AsyncSession, ticket_id: str, item: TicketItem, action: str, content: bytes | None = None
     ) -> None: ...
 
 
@@ -113,16 +114,23 @@ async def add_item(
     internal: bool,
     content: bytes | None = None,
 ) -> TicketItem:
-    ticket = await get_ticket(session, ticket_id, for_update=True)
+    # Every note, charge, time entry and attachment a user adds passes here: plain SQL (issue 11).
+    # The item the caller gets back is not in the session; it is the row as written.
+    db = await plain_sql(session)
+    if await db.fetchval("SELECT id FROM tickets WHERE id = $1 FOR UPDATE", ticket_id) is None:
+        raise NotFound(f"ticket {ticket_id} not found")
     # The policy sees the item before it is written, so that `shared` goes in with the INSERT.
-    item = TicketItem(id=new_id(), ticket_id=ticket.id, kind=kind, origin=Origin.LOCAL, internal=internal,
-                      shared=False, fields=fields, version=1)
-    await policy.item_written(session, ticket, item, "created", content)
-    session.add(item)
-    await session.flush()
+    item = TicketItem(id=new_id(), ticket_id=ticket_id, kind=kind, origin=Origin.LOCAL, internal=internal,
+                      shared=False, lock=None, released=False, fields=fields, version=1)
+    await policy.item_written(session, ticket_id, item, "created", content)
+    item.seq, item.created_at, item.updated_at = await db.fetchrow(
+        "INSERT INTO ticket_items (id, ticket_id, kind, origin, internal, shared, released, fields, link_id, version,"
+        " delivery_status, delivery_at) VALUES ($1, $2, $3, $4, $5, $6, false, $7::jsonb, $8, 1, $9, $10)"
+        " RETURNING seq, created_at, updated_at",
+        item.id, ticket_id, kind, Origin.LOCAL, internal, item.shared, json.dumps(fields), item.link_id,
+        item.delivery_status, item.delivery_at)
     if kind == ItemKind.ATTACHMENT:
-        session.add(AttachmentContent(item_id=item.id, content=content or b""))
-        await session.flush()
+        await db.execute("INSERT INTO attachment_contents (item_id, content) VALUES ($1, $2)", item.id, content or b"")
     return item
 
 
@@ -166,7 +174,7 @@ async def update_item(
     if changes:
         item.fields = {**item.fields, **changes}
         await session.flush()
-        await policy.item_written(session, ticket, item, "updated")
+        await policy.item_written(session, ticket.id, item, "updated")
     return item
 
 
@@ -174,7 +182,7 @@ async def delete_item(session: AsyncSession, policy: SyncPolicy, ticket_id: str,
     ticket = await get_ticket(session, ticket_id, for_update=True)
     item = await get_item(session, ticket_id, kind, item_id)
     _refuse_unless_editable(policy, item)
-    await policy.item_written(session, ticket, item, "deleted")
+    await policy.item_written(session, ticket.id, item, "deleted")
     await session.delete(item)
     await session.flush()
 
