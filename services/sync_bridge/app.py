@@ -35,6 +35,7 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             background=[lambda app: scheduler.attach(app.state.sessions).run()],
             on_data_loss=scheduler.broker_lost_data,
             metrics=lambda registry: _reconcile_metrics(registry, scheduler),
+            relay_settle_s=0.0,  # its writers are its consumers: no caller waits for an answer
         )
     )
     # The operator's web UI (SPEC section 8): links, Reconcile now, dead letters.

@@ -39,6 +39,8 @@ SEND_TIMEOUT_S = 20.0  # longer than the producer's own request timeout (15 s)
 RESEND_AFTER_S = 0.2
 RESEND_FOR_S = 3.0
 QUICK_REFUSAL_S = 1.0
+# After a NOTIFY the relay lets the writer answer its caller first when they share a process (the
+# partners' API); a service whose writers are its consumers (the bridge) sends at once.
 SETTLE_S = 0.003
 
 
@@ -129,8 +131,10 @@ class OutboxRelay:
         batch_size: int = 200,
         after_publish: Callable[[list[int]], Awaitable[None]] | None = None,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        settle_s: float = SETTLE_S,
     ):
         self._dsn = asyncpg_dsn(database_url)
+        self._settle_s = settle_s
         self._producer_factory = producer_factory
         self._lock_key = lock_key
         self._signatures = signatures
@@ -200,7 +204,8 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), timeout=2.0)
                     # The NOTIFY arrives as the writer's commit returns: let the writer answer
                     # its caller first (this runs in the same process as the API).
-                    await asyncio.sleep(SETTLE_S)
+                    if self._settle_s:
+                        await asyncio.sleep(self._settle_s)
                 except asyncio.TimeoutError:
                     await conn.execute("SELECT 1")  # a connection that died silently holds no lock
         finally:

@@ -18,7 +18,7 @@ from shared.platform.dead_letters import dead_letter_router
 from shared.platform.db import asyncpg_dsn, make_engine, make_sessionmaker
 from shared.platform.inbox import Handler, InboxConsumer
 from shared.platform.kafka import FALLBACK, ensure_topics, make_consumer, make_producer, probe_broker
-from shared.platform.outbox import OutboxRelay
+from shared.platform.outbox import SETTLE_S, OutboxRelay
 from shared.platform.signing import Signatures
 from shared.platform.web import database_check, install_common, kafka_check
 
@@ -42,6 +42,7 @@ class ServiceSpec:
     # Told (with the topic) when a consumer sees the broker lost data: reconciliation starts at once.
     on_data_loss: Callable[[str], None] | None = None
     metrics: Callable[[Any], None] | None = None  # adds the service's own gauges to its registry
+    relay_settle_s: float = SETTLE_S  # see shared/platform/outbox.py
 
 
 def _lock_key(name: str) -> int:
@@ -77,6 +78,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             lock_key=_lock_key(spec.name),
             signatures=spec.signatures,
             prepare=make_topics,
+            settle_s=spec.relay_settle_s,
         )
         consumer = InboxConsumer(
             sessions,
