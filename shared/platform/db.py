@@ -29,7 +29,8 @@ def utcnow() -> datetime:
 def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     # No pre-ping: it costs a round trip per transaction. After a database restart the first use of
     # a dead connection fails (a 503, or a consumer retry) and the pool then replaces them all.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=20)
+    # Overflow connections are closed as they come back: the pool size is what a replica keeps.
+    return create_async_engine(url, pool_size=pool_size, max_overflow=10)
 
 
 class UnitOfWork(Session):

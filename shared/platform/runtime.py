@@ -54,7 +54,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
         sessions = make_sessionmaker(engine)
         app.state.engine = engine
         app.state.sessions = sessions
