@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test containers-test fuzz browser bench bench-idle install clean lint
+.PHONY: run test containers-test fuzz browser bench bench-idle bench-apply install clean lint
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -54,6 +54,9 @@ bench: $(STAMP)
 
 bench-idle: $(STAMP)
 	$(PY) -m tests.bench_idle
+
+bench-apply: $(STAMP)
+	$(PY) -m tests.bench_apply
 
 clean:
 	rm -rf var .pytest_cache
