@@ -6,7 +6,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import MetaData, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session
 
 NAMING = {
@@ -52,7 +52,7 @@ TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08
 
 def transient(exc: BaseException) -> bool:
     """Errors that say nothing about the work being done: a lost connection, a deadlock, a serialization failure."""
-    if isinstance(exc, (OSError, asyncio.TimeoutError, OperationalError, InterfaceError, asyncpg.InterfaceError)):
+    if isinstance(exc, (OSError, asyncio.TimeoutError, OperationalError, InterfaceError)):
         return True
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
@@ -63,32 +63,47 @@ class PlainSql:
     """Plain SQL on a session's own connection, inside the session's transaction, for the statements
     every message and every note runs (issue 11). Through SQLAlchemy a statement cost 0.4-0.5 ms of
     CPU here before it reached the database (building the expression, its cache key, the compiled
-    cache, the greenlet hop); through asyncpg 0.18 ms. A database error comes out as SQLAlchemy's
-    DBAPIError, as from the session, so retries and the HTTP error answers treat both alike. The
-    session's unit of work does not see these writes: a caller flushes what it added before, and
-    does not use ORM objects these statements changed."""
+    cache, the greenlet hop); through asyncpg 0.18 ms. Errors come out as SQLAlchemy's, as from the
+    session, so retries and the HTTP answers treat both alike: a database error as DBAPIError with
+    its SQLSTATE, an argument asyncpg cannot encode as DataError (a 400, parked, never retried), a
+    lost connection as DBAPIError(connection_invalidated=True) after the pool was replaced (a 503,
+    retried). The session's unit of work does not see these writes: get a PlainSql after the ORM
+    changes it should see (`plain_sql` flushes them), and do not use ORM objects it changed."""
 
-    def __init__(self, connection: asyncpg.Connection):
+    def __init__(self, connection: AsyncConnection, driver: asyncpg.Connection):
         self._connection = connection
+        self._driver = driver
 
     async def execute(self, query: str, *args: Any) -> str:
-        return await self._run(self._connection.execute, query, args)
+        return await self._run(self._driver.execute, query, args)
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        return await self._run(self._connection.fetch, query, args)
+        return await self._run(self._driver.fetch, query, args)
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        return await self._run(self._connection.fetchrow, query, args)
+        return await self._run(self._driver.fetchrow, query, args)
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        return await self._run(self._connection.fetchval, query, args)
+        return await self._run(self._driver.fetchval, query, args)
 
-    @staticmethod
-    async def _run(call, query: str, args: tuple) -> Any:
+    async def _run(self, call, query: str, args: tuple) -> Any:
         try:
             return await call(query, *args)
-        except asyncpg.PostgresError as exc:
-            raise DBAPIError.instance(query, args, exc, asyncpg.PostgresError) from exc
+        except Exception as exc:
+            raise await self._translated(exc, query, args) from exc
+
+    async def _translated(self, exc: Exception, query: str, args: tuple) -> Exception:
+        if self._driver.is_closed():
+            # The database restarted or cut the connection: the others in the pool are as dead.
+            # Replaced as SQLAlchemy replaces them when its own statement meets a dead connection.
+            await self._connection.invalidate()
+            await self._connection.engine.dispose(close=False)
+            return DBAPIError.instance(query, args, exc, Exception, connection_invalidated=True)
+        if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)):
+            # The class is chosen by name: asyncpg's client-side DataError (an argument it cannot
+            # encode, e.g. an integer out of range) becomes SQLAlchemy's DataError.
+            return DBAPIError.instance(query, args, exc, Exception)
+        return exc
 
 
 async def plain_sql(session: AsyncSession) -> PlainSql:
@@ -98,14 +113,18 @@ async def plain_sql(session: AsyncSession) -> PlainSql:
         await session.flush()
     connection = await session.connection()
     raw = await connection.get_raw_connection()
+    plain = PlainSql(connection, raw.driver_connection)
     adapter = raw.dbapi_connection
     # SQLAlchemy's asyncpg adapter says BEGIN with its first statement, and COMMIT only if it did:
     # a plain statement first would run outside any transaction (seen: a failed batch's inbox
     # records stayed). SQLAlchemy has no public call for this; tests/integration/test_plain_sql.py
     # pins it (a plain statement is rolled back and committed with its session).
     if adapter._transaction is None:
-        await adapter._start_transaction()
-    return PlainSql(raw.driver_connection)
+        try:
+            await adapter._start_transaction()
+        except Exception as exc:
+            raise await plain._translated(exc, "BEGIN", ()) from exc
+    return plain
 
 
 def service_metadata(*tables) -> MetaData:

@@ -102,9 +102,12 @@ def _write_staged(session: Session) -> None:
     # transaction), without RETURNING: nothing needs the generated ids back.
     staged = session.info.pop(_STAGED, None)
     if staged:
+        # Ordered explicitly: the ids give the relay its order, and a link's messages keep theirs.
         session.connection().exec_driver_sql(
-            "INSERT INTO outbox (event_id, topic, key, type, schema_version, value) SELECT * FROM"
-            " unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::int[], $6::bytea[])",
+            "INSERT INTO outbox (event_id, topic, key, type, schema_version, value)"
+            " SELECT event_id, topic, key, type, schema_version, value FROM unnest($1::varchar[],"
+            " $2::varchar[], $3::varchar[], $4::varchar[], $5::int[], $6::bytea[]) WITH ORDINALITY"
+            " AS staged(event_id, topic, key, type, schema_version, value, position) ORDER BY position",
             tuple([row[column] for row in staged] for column in _COLUMNS))
 
 

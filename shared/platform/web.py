@@ -77,7 +77,6 @@ def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[
     @app.exception_handler(OSError)
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.CannotConnectNowError)
-    @app.exception_handler(asyncpg.InterfaceError)  # the connection was lost mid-request
     @app.exception_handler(SATimeoutError)
     async def database_unreachable(request: Request, exc: Exception):
         # The database is restarting or gone: the caller should come back, not see a 500.

@@ -137,16 +137,16 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
                 raise RequestValidationError(
                     [{**error, "loc": ("body", "file", *error["loc"])} for error in exc.errors(include_input=False)]
                 ) from exc
+            # The item as written (its server-made values included); the request commits in SessionDep.
             item = await service.add_item(session, policy, ticket_id, kind, fields, internal, content)
-            await session.flush()  # server-made values for the answer; the request commits in SessionDep
             return item_out(policy, item)
 
     else:
         create_model = CREATE_MODELS[kind]
 
         async def create(ticket_id: str, body: BaseModel, session: SessionDep, policy: PolicyDep):
+            # The item as written (its server-made values included); the request commits in SessionDep.
             item = await service.add_item(session, policy, ticket_id, kind, stored_fields(body), body.internal)
-            await session.flush()  # server-made values for the answer; the request commits in SessionDep
             return item_out(policy, item)
 
         create.__annotations__["body"] = create_model

@@ -65,14 +65,14 @@ async def lock_ticket_of_link(session: AsyncSession, link_id: str, links_table: 
     plain statement; asked once per transaction, since the lock holds until the transaction ends
     (a receipt asked three times: for itself, its link's bookkeeping and the link's settling)."""
     held = session.info.setdefault(_LOCKED, {})
-    if link_id not in held:
+    if (links_table, link_id) not in held:
         ticket_id = await (await plain_sql(session)).fetchval(
             f"SELECT id FROM tickets WHERE id = (SELECT ticket_id FROM {links_table} WHERE link_id = $1) FOR UPDATE",
             link_id)
         if ticket_id is None:
             return None  # not linked to a ticket (yet): asked again next time
-        held[link_id] = ticket_id
-    return held[link_id]
+        held[links_table, link_id] = ticket_id
+    return held[links_table, link_id]
 
 
 @event.listens_for(UnitOfWork, "after_transaction_end")
