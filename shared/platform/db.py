@@ -100,8 +100,8 @@ class PlainSql:
             await self._connection.engine.dispose(close=False)
             return DBAPIError.instance(query, args, exc, Exception, connection_invalidated=True)
         if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)):
-            # The class is chosen by name: asyncpg's client-side DataError (an argument it cannot
-            # encode, e.g. an integer out of range) becomes SQLAlchemy's DataError.
+            # The class is chosen by name: asyncpg's DataError (also what it raises for an argument
+            # it cannot encode, e.g. an integer out of range) becomes SQLAlchemy's DataError.
             return DBAPIError.instance(query, args, exc, Exception)
         return exc
 
