@@ -9,6 +9,7 @@ import os
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
 
 import httpx
 import psutil
@@ -72,19 +73,66 @@ async def kafka_floor(access: KafkaAccess) -> list[float]:
         await consumer.stop()
 
 
-async def note_latency(source, target, pairs) -> list[float]:
+@dataclass
+class NoteTrace:
+    """One sample of `note_latency`, in wall-clock seconds (`time.time()`, the clock PostgreSQL's
+    `now()` reads on this machine): what the bench saw of the note."""
+    body: str
+    posted: float
+    answered: float
+    readable: float
+
+
+async def note_latency(source, target, pairs, traces: list[NoteTrace] | None = None) -> list[float]:
     """Each sample: create a note through one API, then read the other ticket through the other
-    API until the note is there."""
-    out = []
+    API until the note is there. With `traces`, each sample's times are kept there too."""
+    out, tag = [], uuid.uuid4().hex[:6]
     for n in range(SAMPLES):
         src_id, dst_id = pairs[n % len(pairs)]
         before = len(await items(target, dst_id, "notes"))
-        started = time.perf_counter()
-        (await source.post(f"/api/tickets/{src_id}/notes", json={"body": f"bench {n}"})).raise_for_status()
+        body = f"bench {tag} {n}"
+        posted, started = time.time(), time.perf_counter()
+        (await source.post(f"/api/tickets/{src_id}/notes", json={"body": body})).raise_for_status()
+        answered = time.time()
         while len(await items(target, dst_id, "notes")) == before:
             await asyncio.sleep(POLL)  # polling harder steals the CPU the receiving service needs
         out.append(time.perf_counter() - started)
+        if traces is not None:
+            traces.append(NoteTrace(body, posted, answered, time.time()))
     return out
+
+
+# Where a note's time went, read from the three databases (one PostgreSQL server, one clock): each
+# outbox row's `created_at` and `published_at` (the writer's transaction began; the relay marked it
+# after the broker's acknowledgement) and each inbox row's `applied_at` (the consumer's transaction
+# began). The bridge's message carries the note's body, so it is found by it.
+_SENT = text("SELECT event_id, published_at FROM outbox WHERE type = :type AND position(:needle IN value) > 0")
+_APPLIED = text("SELECT applied_at FROM inbox WHERE event_id = :event_id")
+
+
+async def where_the_time_went(traces: list[NoteTrace], source_db: str, bridge_db: str, target_db: str) -> str:
+    """The median of each stage's milliseconds since the POST, over the traced notes."""
+    await asyncio.sleep(0.5)  # the last relay's mark is written just after the broker's answer
+    engines = [make_engine(url) for url in (source_db, bridge_db, target_db)]
+    stages: dict[str, list[float]] = {name: [] for name in (
+        "answered", "source relay acked", "bridge began", "bridge relay acked", "partner began", "readable")}
+    try:
+        async with engines[0].connect() as source, engines[1].connect() as bridge, engines[2].connect() as target:
+            for trace in traces:
+                needle = f'"{trace.body}"'.encode()
+                sent = (await source.execute(_SENT, {"type": "item.created", "needle": needle})).one()
+                began = await bridge.scalar(_APPLIED, {"event_id": sent.event_id})
+                passed = (await bridge.execute(_SENT, {"type": "mirror.upsert", "needle": needle})).one()
+                applied = await target.scalar(_APPLIED, {"event_id": passed.event_id})
+                for name, moment in zip(stages, (
+                        trace.answered, sent.published_at.timestamp(), began.timestamp(),
+                        passed.published_at.timestamp(), applied.timestamp(), trace.readable)):
+                    stages[name].append((moment - trace.posted) * 1000)
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    return "  p50 ms since the POST: " + ", ".join(
+        f"{name} {statistics.median(ms):.1f}" for name, ms in stages.items())
 
 
 async def post_latency(client, ticket_ids: list[str], settle=None) -> list[float]:
@@ -265,8 +313,9 @@ async def big_ticket_pages(client, database_url: str) -> list[float]:
             return out
 
 
-async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str, lead_database: str,
+async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str, databases: dict[str, str],
               meter_parts: dict[str, int]) -> None:
+    lead_database = databases["lead_partner"]
     async with procs["lead_partner"].client() as lead, procs["insourcing_partner"].client() as insourcing, \
             procs["sync_bridge"].client() as bridge:
         pairs, link_ids = [], set()
@@ -277,10 +326,15 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         lines = [
             summary("floor: HTTP round trip (GET /healthz)", await http_floor(lead)),
             summary("floor: Kafka produce -> consume, one hop", await kafka_floor(access)),
-            summary("note lead -> insourcing, visible via API", await note_latency(lead, insourcing, pairs)),
-            summary("note insourcing -> lead, visible via API",
-                    await note_latency(insourcing, lead, [(b, a) for a, b in pairs])),
         ]
+        for name, source, target, source_db, target_db, direction in (
+                ("note lead -> insourcing, visible via API", lead, insourcing, "lead_partner", "insourcing_partner", pairs),
+                ("note insourcing -> lead, visible via API", insourcing, lead, "insourcing_partner", "lead_partner",
+                 [(b, a) for a, b in pairs])):
+            traces: list[NoteTrace] = []
+            lines.append(summary(name, await note_latency(source, target, direction, traces)))
+            lines.append(await where_the_time_went(traces, databases[source_db], databases["sync_bridge"],
+                                                   databases[target_db]))
         unlinked = [(await lead.post("/api/tickets", json={"title": "not outsourced"})).json()["id"] for _ in range(10)]
         lines.append(summary("POST a note, ticket not outsourced", await post_latency(lead, unlinked)))
         lines.append(summary("POST a note, outsourced (linked) ticket", await post_latency(lead, [a for a, _ in pairs])))
@@ -351,7 +405,8 @@ def bench_on(broker: str | None) -> None:
             meter_parts = {name: p.proc.pid for name, p in procs.items()} | {"bench": os.getpid()}
             if broker_proc is not None:  # not a broker named by KAFKA_BOOTSTRAP_SERVERS
                 meter_parts["broker"] = broker_proc.pid
-            asyncio.run(run(procs, resolved.kafka_admin, resolved.kafka_source, urls[names["lead_partner"]], meter_parts))
+            asyncio.run(run(procs, resolved.kafka_admin, resolved.kafka_source,
+                            {name: urls[database] for name, database in names.items()}, meter_parts))
         finally:
             for p in procs.values():
                 p.stop()
