@@ -149,7 +149,8 @@ async def post_latency(client, ticket_ids: list[str], settle=None) -> list[float
     return out
 
 
-async def beside_a_hot_link(source, target, hot_pair, quiet_pairs) -> tuple[list[float], int]:
+async def beside_a_hot_link(source, target, hot_pair, quiet_pairs,
+                            traces: list[NoteTrace]) -> tuple[list[float], int]:
     """A quiet link's note, lead -> insourcing visible via API, while 16 writers keep one hot link
     busy (issue 11: one hot link must not stall the others); and how many notes the hot link got."""
     stop, written = asyncio.Event(), [0]
@@ -162,7 +163,7 @@ async def beside_a_hot_link(source, target, hot_pair, quiet_pairs) -> tuple[list
     writers = [asyncio.create_task(hot_writer()) for _ in range(16)]
     try:
         await asyncio.sleep(2.0)  # the hot link's backlog builds up first
-        return await note_latency(source, target, quiet_pairs), written[0]
+        return await note_latency(source, target, quiet_pairs, traces), written[0]
     finally:
         stop.set()
         await asyncio.gather(*writers)
@@ -346,8 +347,11 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         lines.append(summary("  the same, each once the last was delivered",
                              await post_latency(lead, [a for a, _ in pairs], settle=delivered)))
         lines.append(summary(f"page of 100 notes, a ticket of {BIG_TICKET:,}", await big_ticket_pages(lead, lead_database)))
-        quiet, hot_notes = await beside_a_hot_link(lead, insourcing, pairs[0], pairs[1:])
+        traces = []
+        quiet, hot_notes = await beside_a_hot_link(lead, insourcing, pairs[0], pairs[1:], traces)
         lines.append(summary("note on a quiet link beside a hot one", quiet))
+        lines.append(await where_the_time_went(traces, lead_database, databases["sync_bridge"],
+                                               databases["insourcing_partner"]))
         drained = await until_delivered(lead_database)
         lines.append(f"  the hot link took {hot_notes} notes from 16 writers meanwhile; its backlog was delivered"
                      f" {drained:.1f} s after they stopped")
