@@ -1,7 +1,9 @@
 """`make bench`: how long a note takes to show up on the other side, beside two floors measured in
 the same run on the same broker: one HTTP round trip, and one Kafka produce->consume hop; the write
 path of a note alone, on a ticket that is outsourced and on one that is not; a quiet link's note
-while a hot link is flooded, and after an outage behind a hot link's backlog; throughput, a backlog's drain, big-ticket pages and memory. It runs on
+while a hot link is flooded, and after an outage behind a hot link's backlog; under each note
+figure, where its time went, stage by stage; throughput, a backlog's drain, big-ticket pages and
+memory. It runs on
 Apache Kafka (where it can run) and on Tansu, one table each; `make bench` then runs `make
 bench-idle` (tests/bench_idle.py), what idle links cost."""
 import asyncio
@@ -75,8 +77,7 @@ async def kafka_floor(access: KafkaAccess) -> list[float]:
 
 @dataclass
 class NoteTrace:
-    """One sample of `note_latency`, in wall-clock seconds (`time.time()`, the clock PostgreSQL's
-    `now()` reads on this machine): what the bench saw of the note."""
+    """One sample of `note_latency`, in wall-clock seconds (`time.time()`): what the bench saw."""
     body: str
     posted: float
     answered: float
@@ -102,36 +103,55 @@ async def note_latency(source, target, pairs, traces: list[NoteTrace] | None = N
     return out
 
 
-# Where a note's time went, read from the three databases (one PostgreSQL server, one clock): each
-# outbox row's `created_at` and `published_at` (the writer's transaction began; the relay marked it
-# after the broker's acknowledgement) and each inbox row's `applied_at` (the consumer's transaction
-# began). The bridge's message carries the note's body, so it is found by it.
-_SENT = text("SELECT event_id, published_at FROM outbox WHERE type = :type AND position(:needle IN value) > 0")
+# Where a note's time went, read from the three databases: the source's and the bridge's outbox row
+# (`published_at`: the relay marked its batch sent, one statement after the broker acknowledged every
+# row of it) and the bridge's and the partner's inbox row (`applied_at`: the consumer's transaction
+# began, its first statement). The bridge's message carries the note's body, so it is found by it;
+# a reconciliation resend of the same note makes a second row, so the first is taken.
+_SENT = text("SELECT event_id, published_at FROM outbox WHERE type = :type AND position(:needle IN value) > 0"
+             " ORDER BY id LIMIT 1")
 _APPLIED = text("SELECT applied_at FROM inbox WHERE event_id = :event_id")
+STAGES = ("answered", "source relay marked it sent", "bridge began", "bridge relay marked it sent",
+          "partner began", "readable")
+
+
+async def database_clock_offset(connection) -> float:
+    """PostgreSQL's clock minus this process's (0 when they are one machine's clock; a server
+    named by TEST_POSTGRES_URL may be elsewhere)."""
+    before = time.time()
+    server = float(await connection.scalar(text("SELECT extract(epoch FROM clock_timestamp())")))
+    return server - (before + time.time()) / 2
 
 
 async def where_the_time_went(traces: list[NoteTrace], source_db: str, bridge_db: str, target_db: str) -> str:
-    """The median of each stage's milliseconds since the POST, over the traced notes."""
+    """Each stage's median milliseconds since the POST, over the traced notes whose every stage is
+    in the databases (a relay's mark still unwritten, say, leaves a note out; the line says how many
+    were used)."""
     await asyncio.sleep(0.5)  # the last relay's mark is written just after the broker's answer
     engines = [make_engine(url) for url in (source_db, bridge_db, target_db)]
-    stages: dict[str, list[float]] = {name: [] for name in (
-        "answered", "source relay acked", "bridge began", "bridge relay acked", "partner began", "readable")}
+    stages: dict[str, list[float]] = {name: [] for name in STAGES}
     try:
         async with engines[0].connect() as source, engines[1].connect() as bridge, engines[2].connect() as target:
+            offset = await database_clock_offset(source)
             for trace in traces:
                 needle = f'"{trace.body}"'.encode()
-                sent = (await source.execute(_SENT, {"type": "item.created", "needle": needle})).one()
-                began = await bridge.scalar(_APPLIED, {"event_id": sent.event_id})
-                passed = (await bridge.execute(_SENT, {"type": "mirror.upsert", "needle": needle})).one()
-                applied = await target.scalar(_APPLIED, {"event_id": passed.event_id})
-                for name, moment in zip(stages, (
-                        trace.answered, sent.published_at.timestamp(), began.timestamp(),
-                        passed.published_at.timestamp(), applied.timestamp(), trace.readable)):
+                sent = (await source.execute(_SENT, {"type": "item.created", "needle": needle})).first()
+                began = sent and await bridge.scalar(_APPLIED, {"event_id": sent.event_id})
+                passed = (await bridge.execute(_SENT, {"type": "mirror.upsert", "needle": needle})).first()
+                applied = passed and await target.scalar(_APPLIED, {"event_id": passed.event_id})
+                if not (sent and sent.published_at and began and passed and passed.published_at and applied):
+                    continue
+                in_database = [moment.timestamp() - offset
+                               for moment in (sent.published_at, began, passed.published_at, applied)]
+                for name, moment in zip(STAGES, (trace.answered, *in_database, trace.readable)):
                     stages[name].append((moment - trace.posted) * 1000)
     finally:
         for engine in engines:
             await engine.dispose()
-    return "  p50 ms since the POST: " + ", ".join(
+    used = len(stages["answered"])
+    if not used:
+        return f"  where the time went: none of the {len(traces)} notes had every stage in the databases"
+    return f"  p50 ms since the POST ({used} of {len(traces)} notes): " + ", ".join(
         f"{name} {statistics.median(ms):.1f}" for name, ms in stages.items())
 
 
@@ -347,12 +367,12 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         lines.append(summary("  the same, each once the last was delivered",
                              await post_latency(lead, [a for a, _ in pairs], settle=delivered)))
         lines.append(summary(f"page of 100 notes, a ticket of {BIG_TICKET:,}", await big_ticket_pages(lead, lead_database)))
-        traces = []
+        traces: list[NoteTrace] = []
         quiet, hot_notes = await beside_a_hot_link(lead, insourcing, pairs[0], pairs[1:], traces)
+        drained = await until_delivered(lead_database)  # from the moment the writers stopped
         lines.append(summary("note on a quiet link beside a hot one", quiet))
         lines.append(await where_the_time_went(traces, lead_database, databases["sync_bridge"],
                                                databases["insourcing_partner"]))
-        drained = await until_delivered(lead_database)
         lines.append(f"  the hot link took {hot_notes} notes from 16 writers meanwhile; its backlog was delivered"
                      f" {drained:.1f} s after they stopped")
         quiet, hot_drained = await quiet_after_a_hot_backlog(lead, insourcing, procs["sync_bridge"], pairs[0],
