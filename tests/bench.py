@@ -3,9 +3,8 @@ the same run on the same broker: one HTTP round trip, and one Kafka produce->con
 path of a note alone, on a ticket that is outsourced and on one that is not; a quiet link's note
 while a hot link is flooded, and after an outage behind a hot link's backlog; under each note
 figure, where its time went, stage by stage; throughput, a backlog's drain, big-ticket pages and
-memory. It runs on
-Apache Kafka (where it can run) and on Tansu, one table each; `make bench` then runs `make
-bench-idle` (tests/bench_idle.py), what idle links cost."""
+memory. It runs on Apache Kafka (where it can run) and on Tansu, one table each; `make bench` then
+runs `make bench-idle` (tests/bench_idle.py), what idle links cost."""
 import asyncio
 import os
 import statistics
