@@ -146,11 +146,14 @@ def resolve_infrastructure(broker: str | None = None) -> Infrastructure:
         acls = True
         kafka_source = f"testcontainers ({containers.KAFKA_IMAGE}: KRaft, SASL/SCRAM, ACLs)"
     elif not (why_not := _local_kafka_problem(wanted)):
-        data = ROOT / "var" / "test-kafka"
+        # One folder per test session: two sessions at once (a second checkout's, a helper's) must not
+        # delete each other's broker data.
+        data = ROOT / "var" / "test-kafka" / str(os.getpid())
         shutil.rmtree(data, ignore_errors=True)
         broker = KafkaBroker(data, infra.free_port())
         broker.start(LOGS / "broker.log")
         cleanups.append(lambda: infra.stop_process(broker.proc))
+        cleanups.append(lambda: shutil.rmtree(data, ignore_errors=True))
         broker.wait_ready()
         admin, acls = broker.admin_access(), True
         service_env = kafka_broker.service_env(broker.credentials)

@@ -2,7 +2,8 @@
 replay one through the inbox (so it is applied at most once; an oversized message, of which only a
 prefix was kept, cannot be), or discard it. Either resolution is
 recorded with who did it and when; a replay that fails again leaves the message parked with the new reason."""
-from datetime import datetime
+import base64
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.platform.auth import Permission, SessionDep, api_router
-from shared.platform.db import utcnow
+from shared.platform.db import plain_sql, utcnow
 from shared.platform.errors import Conflict, NotFound
 from shared.platform.inbox import MAX_REASON, DeadLetter, InboxConsumer, Parked
 from shared.platform.openapi import CONFLICT
@@ -25,7 +26,10 @@ class DeadLetterOut(BaseModel):
     topic: str
     partition: int
     offset: int
-    key: str | None
+    key: str | None = Field(description="the record's key as text: bytes that are not printable UTF-8 are escaped "
+                                        "(\\x00), so the same text may stand for different keys; see key_base64")
+    key_base64: str | None = Field(description="the record's key as it was (at most 4 KiB of it), base64")
+    header_names: list[str] = Field(description="the record's header names, escaped as the key is")
     event_id: str | None
     type: str | None
     reason: str = Field(description="why it is parked (the last replay's reason, when one failed)")
@@ -46,11 +50,35 @@ class OutcomeOut(BaseModel):
     resolved_by: str | None
 
 
+def letter_out(letter: DeadLetter) -> DeadLetterOut:
+    return DeadLetterOut(
+        **{name: getattr(letter, name) for name in DeadLetterOut.model_fields
+           if name not in ("key", "key_base64", "header_names")},
+        key=letter.shown_key, header_names=letter.header_names,
+        key_base64=None if letter.key is None else base64.b64encode(letter.key).decode())
+
+
 async def list_dead_letters(session: AsyncSession, include_resolved: bool = False, limit: int = 100) -> list[DeadLetter]:
     query = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
     if not include_resolved:
         query = query.where(DeadLetter.resolved_at.is_(None))
     return list((await session.scalars(query)).all())
+
+
+async def prune(session: AsyncSession, max_count: int, max_age: timedelta) -> tuple[int, int]:
+    """Retention: resolved dead letters older than `max_age` go, then the oldest resolved ones while
+    there are more than `max_count` in all. Unresolved ones stay until an operator acts, whatever their
+    number. Answers (how many went, how many are unresolved)."""
+    sql = await plain_sql(session)
+    aged = await sql.fetchval(
+        "WITH gone AS (DELETE FROM dead_letters WHERE resolved_at < now() - $1::interval RETURNING 1)"
+        " SELECT count(*) FROM gone", max_age)
+    over = await sql.fetchval(
+        "WITH gone AS (DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE resolved_at IS NOT NULL"
+        " ORDER BY id LIMIT greatest(0, (SELECT count(*) FROM dead_letters) - $1))"
+        " RETURNING 1) SELECT count(*) FROM gone", max_count)
+    unresolved = await sql.fetchval("SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL")
+    return aged + over, unresolved
 
 
 async def replay(session: AsyncSession, consumer: InboxConsumer, letter_id: int, who: str) -> OutcomeOut:
@@ -99,7 +127,7 @@ def dead_letter_router(permission: Permission) -> APIRouter:
                         "the replayed and discarded ones too")
     async def dead_letters(session: SessionDep, include_resolved: bool = False,
                            limit: Annotated[int, Query(ge=1, le=1000)] = 100):
-        return await list_dead_letters(session, include_resolved, limit)
+        return [letter_out(letter) for letter in await list_dead_letters(session, include_resolved, limit)]
 
     @router.post("/dead-letters/{letter_id}/replay", responses=CONFLICT, response_model=OutcomeOut,
                  summary="Apply a parked message again through the inbox (at most once); answers the outcome")

@@ -2,12 +2,12 @@
 id, skips an id it has seen, and commits Kafka offsets only after the database commit. A message it
 cannot parse or apply is parked (table + log) and the stream keeps flowing."""
 import asyncio
-import base64
 import hashlib
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,13 +26,14 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.contracts.envelope import ContractError, Envelope, Payload, parse
 from shared.platform.db import Base, plain_sql, transient, utcnow
 from shared.platform.kafka import MAX_REQUEST_BYTES, tear_down
+from shared.platform.records import escaped, fingerprint, pack_headers, unpack_headers
 from shared.platform.signing import BadSignature, Signatures
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,15 @@ MAX_REASON = 4000  # characters of a parking reason that are kept
 # Bytes of a parked message that are kept: whatever a service of ours sent fits whole (and can be
 # replayed); of anything larger only this prefix is kept, with the whole message's size and SHA-256.
 MAX_KEPT_BYTES = MAX_REQUEST_BYTES
-MAX_KEY = 255  # characters of a record's key that are kept
+MAX_KEY = 255  # characters of a key or header name shown
+MAX_KEY_BYTES = 4096  # bytes of a record's key that are kept
+MAX_HEADER_BYTES = 64 * 1024  # bytes of a record's packed headers that are kept
+# Parking is tried this many times, a moment apart; then the record's partition is held (paused at the
+# record, nothing after it read) and parking is tried again after HOLD_RETRY_S, doubling up to HOLD_MAX_S.
+PARK_ATTEMPTS = 3
+HOLD_RETRY_S, HOLD_MAX_S = 1.0, 60.0
+RESTART_LOOP = 3  # restarts in a row, without a poll handled between them: /readyz says so
+STALLED_S = 60.0  # records waiting on a partition whose position has not moved for this long: /readyz says so
 APPLIED, ALREADY_APPLIED = "applied", "already applied"  # what a replay answers
 
 
@@ -78,29 +87,47 @@ class InboxRecord(Base):
 
 
 class DeadLetter(Base):
+    """A record that was not applied, kept as the bytes it was, whatever they hold (issue 23: a key
+    with a NUL byte, stored as text, made PostgreSQL refuse the row and wedged the consumer). One record
+    is parked once: it is known by where it was read and its fingerprint, so another record at the same
+    offset of a topic made again is parked too."""
+
     __tablename__ = "dead_letters"
-    __table_args__ = (UniqueConstraint("topic", "partition", "offset"),)
+    __table_args__ = (UniqueConstraint("topic", "partition", "offset", "record_sha256"),)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     topic: Mapped[str] = mapped_column(String(255))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
-    key: Mapped[str | None] = mapped_column(String(255))
+    # The record's key, at most MAX_KEY_BYTES of it (our keys are link ids, 36 bytes).
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # What the sender claimed (read from the message even when it is not authenticated), escaped.
     event_id: Mapped[str | None] = mapped_column(String(36))
     type: Mapped[str | None] = mapped_column(String(100))
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)  # escaped, at most MAX_REASON characters
     value: Mapped[bytes | None] = mapped_column(LargeBinary)  # at most MAX_KEPT_BYTES of it
-    # The whole message's length and SHA-256, and whether `value` is only its first MAX_KEPT_BYTES.
+    # The whole message's length and SHA-256, and whether `value`, `key` or `headers` is only a prefix.
     size: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
     truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
-    # The record's headers as [[name, base64 value], ...]: a replay verifies the signature again.
-    headers: Mapped[list[Any] | None] = mapped_column(JSONB)
+    # The record's headers as `records.pack_headers` writes them: a replay verifies the signature again.
+    headers: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # `records.fingerprint` of the whole record (null: parked before it was kept).
+    record_sha256: Mapped[str | None] = mapped_column(String(64))
     parked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # Replayed or discarded: when, by whom (the token's name), and what happened.
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     resolved_by: Mapped[str | None] = mapped_column(String(255))
     resolution: Mapped[str | None] = mapped_column(Text)
+
+    @property
+    def shown_key(self) -> str | None:
+        """The key as text for a page or an answer: bytes that are not printable UTF-8 escaped."""
+        return escaped(self.key, MAX_KEY)
+
+    @property
+    def header_names(self) -> list[str]:
+        return [escaped(name, MAX_KEY) for name, _ in unpack_headers(self.headers)]
 
 
 class StreamPosition(Base):
@@ -122,6 +149,22 @@ _RECORD_MANY = ("INSERT INTO inbox (event_id, type) SELECT * FROM unnest($1::var
 # (session, envelope, payload, topic it came from): the topic is the sender's identity, the
 # envelope's `source` only a claim.
 Handler = Callable[[AsyncSession, Envelope, Payload, str], Awaitable[None]]
+
+
+class CannotPark(Exception):
+    """The database did not take a dead letter, PARK_ATTEMPTS times."""
+
+
+@dataclass
+class Held:
+    """A partition paused at a record that could not be parked: it is neither applied nor skipped."""
+
+    offset: int
+    reason: str  # why the record is to be parked
+    error: str  # why parking failed
+    since: datetime
+    attempts: int
+    retry_at: float  # time.monotonic()
 
 
 class ConsumerHung(Exception):
@@ -199,6 +242,13 @@ class InboxConsumer:
         self.data_losses_total = 0
         self.lag: dict[TopicPartition, int] = {}  # per partition read: records not applied yet
         self.rebalances = 0
+        self.restarts_total = 0
+        self.park_failures_total = 0
+        self.held: dict[TopicPartition, Held] = {}
+        self._hold_attempts: dict[TopicPartition, tuple[int, int]] = {}  # (offset, attempts) of the last hold
+        self._failures_in_a_row = 0
+        self._last_failure = ""
+        self._waiting_since: dict[TopicPartition, float] = {}  # records wait there, the position unmoved since
         self._prepared_at = 0.0
 
     async def run(self) -> None:
@@ -216,12 +266,17 @@ class InboxConsumer:
                 raise
             except Exception as exc:
                 log.exception("%s consumer failed; restarting from the last committed offset in %.1fs", self._name, delay)
+                self.restarts_total += 1
+                self._failures_in_a_row += 1
+                self._last_failure = escaped(repr(exc), 300)
                 stuck = isinstance(exc, ConsumerHung)  # its stop would hang on the same thing
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:
                 self.consumer = None
                 self.lag.clear()  # the next consumer may be given other partitions
+                self._waiting_since.clear()
+                self.held.clear()  # the next consumer reads them again from the last commit
                 await self._let_go(consumer, stuck)
 
     async def _let_go(self, consumer: AIOKafkaConsumer, stuck: bool = False) -> None:
@@ -251,6 +306,7 @@ class InboxConsumer:
         while True:
             # Bounded, like the relay's sends: a consumer that stops answering (seen after a broker
             # restart, all three services at once, with no database wait) is replaced by a new one.
+            self._retry_held(consumer)
             batches = await _bounded(consumer.getmany(timeout_ms=200, max_records=500), STALL_S, "poll")
             await self._take_fresh()
             # Noted before applying too: what was just read waits until it is applied (noted only
@@ -270,7 +326,7 @@ class InboxConsumer:
                 done.clear()
             else:
                 for tp, records in batches.items():
-                    done[tp] = self._expected[tp] = records[-1].offset + 1
+                    done[tp] = self._expected[tp] = self._next_offset(consumer, tp, records[-1].offset + 1)
             if not batches:
                 await self._make_missing_topics(consumer)
                 for tp in consumer.assignment():
@@ -291,6 +347,30 @@ class InboxConsumer:
             if done and (not batches or time.monotonic() - last_commit > COMMIT_EVERY):
                 await self._commit(consumer, done)
                 done, last_commit = {}, time.monotonic()
+            self._failures_in_a_row = 0
+
+    def _next_offset(self, consumer: AIOKafkaConsumer, tp: TopicPartition, after_poll: int) -> int:
+        """Where a partition resumes after a poll was handled: after its last record, or at the record
+        it holds, paused there until parking it is tried again."""
+        self._waiting_since.pop(tp, None)
+        held = self.held.get(tp)
+        if held is None:
+            return after_poll
+        consumer.seek(tp, held.offset)
+        consumer.pause(tp)
+        return held.offset
+
+    def _retry_held(self, consumer: AIOKafkaConsumer) -> None:
+        """A held partition whose time has come reads its record again (and parks it, or holds again)."""
+        now = time.monotonic()
+        for tp, held in list(self.held.items()):
+            if now < held.retry_at:
+                continue
+            del self.held[tp]
+            self._hold_attempts[tp] = (held.offset, held.attempts)
+            if tp in consumer.assignment():
+                consumer.seek(tp, held.offset)
+                consumer.resume(tp)
 
     async def _make_missing_topics(self, consumer: AIOKafkaConsumer) -> None:
         """A topic this consumer reads that the broker no longer has (deleted, or a broker that
@@ -336,14 +416,40 @@ class InboxConsumer:
         for tp in revoked:
             self._expected.pop(tp, None)
             self.lag.pop(tp, None)
+            self._waiting_since.pop(tp, None)
+            self.held.pop(tp, None)  # whoever has it next reads it from the last commit, at the record
 
     def _note_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Records the broker has and this service has not applied yet, per partition it reads (the
         end offset is the one the last fetch saw): writers outrunning delivery show as a growing lag."""
+        now = time.monotonic()
         for tp in consumer.assignment():
             highwater, expected = consumer.highwater(tp), self._expected.get(tp)
             if highwater is not None and expected is not None:
                 self.lag[tp] = max(0, highwater - expected)
+                if self.lag[tp]:
+                    self._waiting_since.setdefault(tp, now)
+                else:
+                    self._waiting_since.pop(tp, None)
+
+    def problems(self) -> list[str]:
+        """What keeps this consumer from applying what waits for it, in words (for /readyz): restarting
+        over and over, a partition held at a record it cannot park, or records waiting on a partition
+        whose position has not moved for STALLED_S."""
+        found = []
+        if self._failures_in_a_row >= RESTART_LOOP:
+            found.append(f"the {self._name} consumer restarted {self._failures_in_a_row} times in a row "
+                         f"(last: {self._last_failure})")
+        for tp, held in sorted(self.held.items()):
+            found.append(f"the {self._name} consumer holds {tp.topic}[{tp.partition}] at offset {held.offset} since "
+                         f"{held.since:%H:%M:%S} UTC: the record cannot be parked ({held.error}); nothing after it "
+                         f"is read there, every other partition flows")
+        now = time.monotonic()
+        for tp, since in sorted(self._waiting_since.items()):
+            if tp not in self.held and now - since > STALLED_S:
+                found.append(f"the {self._name} consumer has not moved on {tp.topic}[{tp.partition}] for "
+                             f"{now - since:.0f}s while {self.lag.get(tp, 0)} records wait there")
+        return found
 
     def _check_continuity(self, tp: TopicPartition, first: int) -> None:
         expected = self._expected.get(tp)
@@ -374,13 +480,17 @@ class InboxConsumer:
         """Records from one poll, each link's in order. Those that verify and parse are applied
         in one transaction (one inbox insert, one commit); when any of them fails there, the
         transaction is rolled back and they go one at a time, so a poison message is parked alone
-        and the others still apply, each exactly once."""
+        and the others still apply, each exactly once. Nothing after a held record of its partition
+        is touched."""
         ready = []
         for record in records:
+            if self._behind_held(record):
+                continue
             try:
                 ready.append((record, *self._verified(record.topic, record.headers, record.value)))
             except Parked as exc:
-                await self._park(record, exc.env, exc.reason)
+                await self._park_or_hold(record, exc.env, exc.reason)
+        ready = [entry for entry in ready if not self._behind_held(entry[0])]
         if len(ready) > 1:
             try:
                 await self._apply_together(ready)
@@ -390,10 +500,16 @@ class InboxConsumer:
                 # the same tickets): one at a time, each in a transaction of its own, as before.
                 log.warning("%s: a batch of %d failed (%r); applying them one at a time", self._name, len(ready), exc)
         for record, env, payload in ready:
+            if self._behind_held(record):
+                continue
             try:
                 await self._apply_retrying(env, payload, record.topic)
             except Parked as exc:
-                await self._park(record, exc.env, exc.reason)
+                await self._park_or_hold(record, exc.env, exc.reason)
+
+    def _behind_held(self, record: ConsumerRecord) -> bool:
+        held = self.held.get(TopicPartition(record.topic, record.partition))
+        return held is not None and record.offset > held.offset
 
     async def _apply_together(self, ready: list[tuple[ConsumerRecord, Envelope, Payload]]) -> None:
         async with self._sessions() as session, session.begin():
@@ -418,30 +534,33 @@ class InboxConsumer:
         try:
             await self._verify_and_apply(record.topic, record.headers, record.value)
         except Parked as exc:
-            await self._park(record, exc.env, exc.reason)
+            await self._park_or_hold(record, exc.env, exc.reason)
 
     async def replay(self, letter: DeadLetter) -> str:
         """A parked message once more through the live path: verified with today's keys (they may
         have been rotated), parsed, and applied with its inbox record, so at most once. Answers
         "applied" or "already applied" (the inbox had its id); raises Parked when it still cannot be."""
-        headers = [(name, base64.b64decode(value)) for name, value in letter.headers or ()]
         try:
-            applied = await self._verify_and_apply(letter.topic, headers, letter.value)
+            applied = await self._verify_and_apply(letter.topic, unpack_headers(letter.headers), letter.value)
         except Parked as exc:
             log.error("%s: dead letter %d parked again: %s", self._name, letter.id, exc.reason)
             raise
         return APPLIED if applied else ALREADY_APPLIED
 
     def _verified(self, topic: str, headers, value: bytes | None) -> tuple[Envelope, Payload]:
-        """The message, signed by its sender and parsed; Parked when it is not."""
+        """The message, signed by its sender and parsed; Parked when it is not, whatever it holds."""
         try:
             self._signatures.verify(topic, headers, value)
         except BadSignature as exc:
             raise Parked(f"not authenticated: {exc}", _claimed_envelope(value)) from exc
+        except Exception as exc:  # headers no signer of ours writes (a null value, say)
+            raise Parked(f"not authenticated: unreadable signature headers ({exc!r})") from exc
         try:
             return parse(value)
         except ContractError as exc:
             raise Parked(str(exc)) from exc
+        except Exception as exc:
+            raise Parked(f"unreadable message: {exc!r}") from exc
 
     async def _verify_and_apply(self, topic: str, headers, value: bytes | None) -> bool:
         """The one path of a message, live or replayed: True when applied, False when the inbox had it."""
@@ -476,28 +595,63 @@ class InboxConsumer:
         self.applied_total += 1
         return True
 
+    async def _park_or_hold(self, record: ConsumerRecord, env: Envelope | None, reason: str) -> None:
+        """Parks the record; when the database does not take it, holds its partition at it instead
+        (loudly: log, metric, /readyz), so it is neither applied nor skipped, and the rest flows."""
+        tp = TopicPartition(record.topic, record.partition)
+        try:
+            await self._park(record, env, reason)
+        except CannotPark as exc:
+            self.park_failures_total += 1
+            offset, attempts = self._hold_attempts.get(tp, (None, 0))
+            attempts = attempts + 1 if offset == record.offset else 1
+            self.held[tp] = Held(record.offset, escaped(reason, 300), escaped(str(exc), 300), utcnow(), attempts,
+                                 time.monotonic() + min(HOLD_MAX_S, HOLD_RETRY_S * 2 ** (attempts - 1)))
+            log.error("%s: CANNOT PARK %s[%d]@%d (%s); the partition is held at it, tried again in %.0fs "
+                      "(attempt %d): %s", self._name, record.topic, record.partition, record.offset,
+                      escaped(str(exc), 300), self.held[tp].retry_at - time.monotonic(), attempts,
+                      escaped(reason, 300))
+
     async def _park(self, record: ConsumerRecord, env: Envelope | None, reason: str) -> None:
-        log.error(
-            "%s: parked message %s[%d]@%d: %s", self._name, record.topic, record.partition, record.offset, reason
-        )
-        async with self._sessions() as session, session.begin():
-            # A redelivered poison message is parked once.
-            await session.execute(
-                insert(DeadLetter)
-                .values(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=record.key.decode(errors="replace")[:MAX_KEY] if record.key else None,
-                    event_id=str(env.event_id) if env else None,
-                    type=env.type if env else None,
-                    reason=reason[:MAX_REASON],
-                    **kept(record.value),
-                    headers=[[name, base64.b64encode(value or b"").decode()] for name, value in (record.headers or ())],
-                )
-                .on_conflict_do_nothing()
-            )
+        row = dead_letter_row(record, env, reason)
+        for attempt in range(1, PARK_ATTEMPTS + 1):
+            try:
+                async with self._sessions() as session, session.begin():
+                    # A redelivered record is parked once.
+                    letter_id = await session.scalar(
+                        insert(DeadLetter).values(**row).on_conflict_do_nothing().returning(DeadLetter.id))
+                break
+            except Exception as exc:
+                if attempt == PARK_ATTEMPTS:
+                    raise CannotPark(repr(exc)) from exc
+                log.warning("%s: parking %s[%d]@%d failed (%r); trying again", self._name, record.topic,
+                            record.partition, record.offset, exc)
+                await asyncio.sleep(0.2 * attempt)
+        if letter_id is None:
+            log.info("%s: %s[%d]@%d is parked already", self._name, record.topic, record.partition, record.offset)
+            return
         self.parked_total += 1
+        log.error("%s: parked message %s[%d]@%d as dead letter %d: %s", self._name, record.topic, record.partition,
+                  record.offset, letter_id, row["reason"])
+
+
+def dead_letter_row(record: ConsumerRecord, env: Envelope | None, reason: str) -> dict[str, Any]:
+    """What a dead letter keeps of a record: its bytes, bounded, and text only where escaped, so that
+    the database takes it whatever the record holds."""
+    headers = pack_headers(record.headers)
+    key = record.key
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": None if key is None else key[:MAX_KEY_BYTES],
+        "event_id": escaped(str(env.event_id), 36) if env else None,
+        "type": escaped(env.type, 100) if env else None,
+        "reason": escaped(reason, MAX_REASON),
+        **kept(record.value),
+        "headers": headers[:MAX_HEADER_BYTES],
+        "record_sha256": fingerprint(record.timestamp, key, record.value, record.headers),
+    } | ({"truncated": True} if len(headers) > MAX_HEADER_BYTES or len(key or b"") > MAX_KEY_BYTES else {})
 
 
 def in_turns(batches: dict[TopicPartition, list[ConsumerRecord]]) -> list[list[ConsumerRecord]]:

@@ -12,6 +12,8 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.protocol.admin import CreateAclsRequest
 
+from shared.platform import records
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1_000_000  # stay under Kafka's default 1 MiB message limit
@@ -96,7 +98,9 @@ def make_producer(access: KafkaAccess, profile: BrokerProfile = FALLBACK) -> AIO
 
 def make_consumer(access: KafkaAccess, group_id: str, topics: list[str], session_timeout_ms: int,
                   profile: BrokerProfile = FALLBACK, listener=None) -> AIOKafkaConsumer:
-    """A consumer of `topics`; with `listener` (a ConsumerRebalanceListener) it hears each rebalance."""
+    """A consumer of `topics`; with `listener` (a ConsumerRebalanceListener) it hears each rebalance.
+    It reads any record a broker holds, header names that are not UTF-8 included (records.py)."""
+    records.install()
     consumer = AIOKafkaConsumer(
         *([] if listener else topics),
         **access.options(),

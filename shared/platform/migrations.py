@@ -1,6 +1,8 @@
 """Alembic plumbing shared by the three services (each keeps its own migrations folder and its own
 database), plus the DDL of the tables every service or both partners have in common."""
 import asyncio
+import base64
+import json
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -10,6 +12,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.platform.inbox import MAX_KEPT_BYTES
+from shared.platform.records import escaped, pack_headers, unpack_headers
 
 
 def alembic_config(migrations_dir: Path, url: str) -> Config:
@@ -132,6 +135,42 @@ def bound_dead_letters(op) -> None:
 def unbound_dead_letters(op) -> None:
     for column in ("truncated", "sha256", "size"):
         op.drop_column("dead_letters", column)
+
+
+def keep_records_as_bytes(op) -> None:
+    """Dead letters keep a record's key and headers as bytes (a NUL in a key, stored as text, was
+    refused by PostgreSQL and wedged the consumer), and are known by their record's fingerprint too,
+    so a record at an offset already parked from a topic since made again is parked as well."""
+    op.drop_constraint("uq_dead_letters_topic", "dead_letters", type_="unique")
+    op.add_column("dead_letters", sa.Column("record_sha256", sa.String(64)))
+    op.create_unique_constraint("uq_dead_letters_topic", "dead_letters", ["topic", "partition", "offset", "record_sha256"])
+    op.alter_column("dead_letters", "key", type_=sa.LargeBinary, postgresql_using="convert_to(key, 'UTF8')")
+    op.add_column("dead_letters", sa.Column("packed_headers", sa.LargeBinary))
+    connection = op.get_bind()
+    for letter_id, headers in connection.execute(sa.text("SELECT id, headers FROM dead_letters WHERE headers IS NOT NULL")):
+        packed = pack_headers([(name, base64.b64decode(value)) for name, value in headers])
+        connection.execute(sa.text("UPDATE dead_letters SET packed_headers = :packed WHERE id = :id"),
+                           {"packed": packed, "id": letter_id})
+    op.drop_column("dead_letters", "headers")
+    op.alter_column("dead_letters", "packed_headers", new_column_name="headers")
+
+
+def keep_records_as_text(op) -> None:
+    op.add_column("dead_letters", sa.Column("json_headers", postgresql.JSONB))
+    connection = op.get_bind()
+    for letter_id, headers in connection.execute(sa.text("SELECT id, headers FROM dead_letters WHERE headers IS NOT NULL")):
+        listed = [[escaped(name), base64.b64encode(value or b"").decode()] for name, value in unpack_headers(headers)]
+        connection.execute(sa.text("UPDATE dead_letters SET json_headers = CAST(:listed AS jsonb) WHERE id = :id"),
+                           {"listed": json.dumps(listed), "id": letter_id})
+    op.drop_column("dead_letters", "headers")
+    op.alter_column("dead_letters", "json_headers", new_column_name="headers")
+    op.alter_column("dead_letters", "key", type_=sa.String(255),
+                    postgresql_using="substring(encode(key, 'escape') FROM 1 FOR 255)")
+    op.drop_constraint("uq_dead_letters_topic", "dead_letters", type_="unique")
+    op.execute("DELETE FROM dead_letters a USING dead_letters b WHERE a.id > b.id AND a.topic = b.topic "
+               "AND a.partition = b.partition AND a.offset = b.offset")
+    op.drop_column("dead_letters", "record_sha256")
+    op.create_unique_constraint("uq_dead_letters_topic", "dead_letters", ["topic", "partition", "offset"])
 
 
 def create_stream_positions(op) -> None:

@@ -5,6 +5,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -14,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from shared.platform.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
-from shared.platform.dead_letters import dead_letter_router
+from shared.platform.dead_letters import dead_letter_router, prune
 from shared.platform.db import asyncpg_dsn, make_engine, make_sessionmaker
 from shared.platform.inbox import Handler, InboxConsumer
 from shared.platform.kafka import FALLBACK, ensure_topics, make_consumer, make_producer, probe_broker
@@ -23,6 +24,7 @@ from shared.platform.signing import Signatures
 from shared.platform.web import database_check, install_common, kafka_check
 
 log = logging.getLogger(__name__)
+PRUNE_EVERY_S = 300.0  # how often dead-letter retention runs
 
 
 @dataclass
@@ -114,11 +116,13 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                      profile.fetch_max_wait_ms)
             await asyncio.gather(relay.run(), consumer.run())
 
+        app.state.unresolved_letters = 0
+        retention = asyncio.create_task(_prune_dead_letters(app, sessions, settings), name="dead-letter-retention")
         listener = asyncio.create_task(
             listen_for_revocations(settings.database_url, app.state.token_cache), name="token-revocations"
         )
         # Work that does not need Kafka (e.g. sending mail) starts without waiting for it.
-        others = [asyncio.create_task(job(app)) for job in spec.background]
+        others = [retention, *(asyncio.create_task(job(app)) for job in spec.background)]
 
         task = asyncio.create_task(messaging(), name=f"{spec.name}-messaging")
         try:
@@ -140,7 +144,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     app.state.metrics_registry = install_common(
         app,
         spec.name,
-        [lambda: database_check(app.state.engine)(), kafka_check(settings.kafka_bootstrap_servers)],
+        [lambda: database_check(app.state.engine)(), kafka_check(settings.kafka_bootstrap_servers), consumer_check(app)],
         spec.max_body_bytes,
     )
     if spec.metrics is not None:
@@ -160,10 +164,48 @@ def _install_messaging_metrics(app: FastAPI, relay: OutboxRelay, consumer: Inbox
     Gauge("inbox_duplicates_total", "redelivered events skipped", registry=registry).set_function(
         lambda: consumer.duplicates_total
     )
-    Gauge("dead_letters_total", "messages parked by this replica", registry=registry).set_function(
-        lambda: consumer.parked_total
-    )
+    Gauge("dead_letters_total", "records parked (stored as dead letters) by this replica", registry=registry
+          ).set_function(lambda: consumer.parked_total)
+    Gauge("dead_letters_unresolved", "dead letters no operator has replayed or discarded (as of the last "
+          "retention pass)", registry=registry).set_function(lambda: app.state.unresolved_letters)
+    Gauge("dead_letters_park_failures_total", "records the database did not take as dead letters "
+          "(their partition is held at them)", registry=registry).set_function(lambda: consumer.park_failures_total)
+    Gauge("inbox_held_partitions", "partitions held at a record that cannot be parked", registry=registry
+          ).set_function(lambda: len(consumer.held))
+    Gauge("inbox_consumer_restarts_total", "times this replica's consumer failed and was started again",
+          registry=registry).set_function(lambda: consumer.restarts_total)
     registry.register(_LagCollector(consumer))
+
+
+def consumer_check(app: FastAPI) -> Callable[[], Awaitable[str | None]]:
+    """/readyz names a consumer that cannot apply what waits for it (see InboxConsumer.problems)."""
+    async def check() -> str | None:
+        consumer = getattr(app.state, "consumer", None)
+        problems = consumer.problems() if consumer is not None else []
+        return "; ".join(problems) or None
+
+    return check
+
+
+async def _prune_dead_letters(app: FastAPI, sessions, settings) -> None:
+    """Dead-letter retention (settings DEAD_LETTER_MAX_COUNT, DEAD_LETTER_MAX_AGE_DAYS), every
+    PRUNE_EVERY_S; the count of unresolved ones is kept for the metric."""
+    max_age = timedelta(days=settings.dead_letter_max_age_days)
+    while True:
+        try:
+            async with sessions() as session, session.begin():
+                gone, app.state.unresolved_letters = await prune(session, settings.dead_letter_max_count, max_age)
+            if gone:
+                log.info("dead-letter retention deleted %d resolved dead letters", gone)
+            if app.state.unresolved_letters > settings.dead_letter_max_count:
+                log.warning("%d dead letters are unresolved, more than DEAD_LETTER_MAX_COUNT=%d: they are kept "
+                            "until an operator replays or discards them", app.state.unresolved_letters,
+                            settings.dead_letter_max_count)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("dead-letter retention failed; trying again later", exc_info=True)
+        await asyncio.sleep(PRUNE_EVERY_S)
 
 
 class _LagCollector:
