@@ -28,6 +28,10 @@ class CommonSettings(BaseSettings):
     database_pool_size: int = Field(20, ge=1, validation_alias="DATABASE_POOL_SIZE")
     # How often unconfirmed links are reconciled (SPEC section 9).
     reconcile_interval_s: float = Field(30.0, gt=0, validation_alias="RECONCILE_INTERVAL_S")
+    # Dead-letter retention: resolved ones older than this many days, and the oldest resolved ones
+    # beyond this many in all, are deleted; unresolved ones stay until an operator acts.
+    dead_letter_max_count: int = Field(10_000, ge=1, validation_alias="DEAD_LETTER_MAX_COUNT")
+    dead_letter_max_age_days: float = Field(30.0, gt=0, validation_alias="DEAD_LETTER_MAX_AGE_DAYS")
     host: str = "127.0.0.1"
     # Signs the web UI's session cookies (e.g. LEAD_UI_SECRET); replicas must share it. Unset: a
     # random one per process, so a restart signs everyone out.
