@@ -50,7 +50,7 @@ def test_a_dead_letter_keeps_a_bounded_prefix_of_an_oversized_message_with_its_s
 def test_the_bridge_page_shows_what_was_kept_of_a_dead_letter_and_offers_no_replay_of_a_truncated_one():
     ui = WebUi("Sync bridge", [pages.TEMPLATES], "secret")
     request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(web_ui=ui)))
-    letter = DeadLetter(id=7, topic="psa.lead-partner.outbound", partition=0, offset=3, key="k", event_id=None,
+    letter = DeadLetter(id=7, topic="psa.lead-partner.outbound", partition=0, offset=3, key=b"k", event_id=None,
                         type=None, reason="not an envelope", parked_at=datetime.now(UTC), resolved_at=None,
                         **kept(b"x" * 20_000_000))
     html = pages.render(request, Viewer("operator", frozenset({"links"}), "csrf"), "dead_letters.html",
