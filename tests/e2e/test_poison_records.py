@@ -1,0 +1,75 @@
+"""No record on any topic can stop the sync (issue 23): records with a NUL in the key, a NUL or
+non-UTF-8 bytes in a header's name, or no value, written to every service's input topics as the
+broker's super user (and one by the lead's own Kafka user, as any partner could), are parked, listed
+escaped, discardable, and notes keep crossing both ways; every service stays ready."""
+import base64
+import uuid
+
+import pytest
+
+from shared.platform.kafka import KafkaAccess, inbound_topic, make_producer, outbound_topic
+from tests.e2e.flows import arrived, linked_tickets
+from tests.harness import eventually
+from tests.integration.test_poison_records import RawName, hostile_producer  # noqa: F401
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+LEAD, PARTNER = "lead-partner", "insourcing-partner"
+READERS = {"sync_bridge": [outbound_topic(LEAD), outbound_topic(PARTNER)],
+           "lead_partner": [inbound_topic(LEAD)], "insourcing_partner": [inbound_topic(PARTNER)]}
+
+
+def poison(marker: bytes) -> list[tuple[bytes, bytes | None, list]]:
+    return [(b"\x00" + marker + b"-key", b"{}", []),
+            (b"\x00" + marker + b"-header", b"x", [("\x00", b"\x00")]),
+            (b"\x00" + marker + b"-utf8", b"x", [(RawName(b"\xff\xfe"), b"v")]),
+            (b"\x00" + marker + b"-null", None, [])]
+
+
+async def write(access: KafkaAccess, topic: str, records) -> None:
+    producer = make_producer(access)
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def test_poison_records_on_every_input_topic_are_parked_and_notes_keep_crossing_both_ways(
+        services, lead, insourcing, bridge, infrastructure, base_env, hostile_producer):
+    marker = uuid.uuid4().hex[:8].encode()
+    for topics in READERS.values():
+        for topic in topics:
+            await write(infrastructure.kafka_admin, topic, poison(marker))
+    if infrastructure.acls:  # a partner's own user, on its own outbound topic
+        own = KafkaAccess(infrastructure.kafka_bootstrap, base_env["LEAD_KAFKA_USERNAME"], base_env["LEAD_KAFKA_PASSWORD"])
+        await write(own, outbound_topic(LEAD), [(b"\x00" + marker + b"-own", b"\x00", [("\x00", None)])])
+
+    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=60)
+    await lead.post(f"/api/tickets/{lead_ticket['id']}/notes", json={"body": "after the poison, from the lead"})
+    await insourcing.post(f"/api/tickets/{insourced['id']}/notes", json={"body": "after the poison, from the partner"})
+    await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "after the poison, from the lead",
+                  timeout=60)
+    await arrived(lead, lead_ticket["id"], "notes", lambda n: n["body"] == "after the poison, from the partner",
+                  timeout=60)
+
+    clients = {"sync_bridge": bridge, "lead_partner": lead, "insourcing_partner": insourcing}
+    for service, topics in READERS.items():
+        client = clients[service]
+        expected = {base64.b64encode(key).decode(): key for key, _, _ in poison(marker)}
+
+        async def parked():
+            found = [d for d in (await client.get("/api/dead-letters", params={"limit": 1000})).json()
+                     if d["key_base64"] in expected]
+            return found if len(found) == len(expected) * len(topics) else None
+
+        found = await eventually(parked, timeout=30)
+        shown = {d["key"] for d in found}
+        assert shown == {"\\x00" + key[1:].decode() for key in expected.values()}, shown
+        assert {tuple(d["header_names"]) for d in found} >= {("\\x00",), ("\\xff\\xfe",)}
+        discarded = await client.post(f"/api/dead-letters/{found[0]['id']}/discard")
+        assert discarded.status_code == 200 and discarded.json()["outcome"] == "discarded"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        metrics = (await client.get("/metrics")).text
+        assert "inbox_consumer_restarts_total 0.0" in metrics, service
