@@ -14,8 +14,6 @@ from shared.platform.errors import DomainError
 from shared.platform.inbox import DeadLetter, InboxConsumer
 from shared.platform.migrations import upgrade
 
-KEEP_ALIVE_S = 30  # seconds an idle HTTP connection is kept open
-
 
 def main(
     name: str,
@@ -58,13 +56,9 @@ def main(
     elif args.command == "dead-letters":
         asyncio.run(_dead_letters(args, settings, app_factory))
     else:
-        import uvicorn
+        from shared.platform.http_server import serve
 
-        # An idle connection is kept 30 s, not uvicorn's 5 s: a client whose own keep-alive is 5 s
-        # (httpx's default) otherwise reuses a connection at the moment the server closes it, and its
-        # request fails with "Server disconnected without sending a response" (seen in a CI run).
-        uvicorn.run(app_factory(settings), host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                    timeout_keep_alive=KEEP_ALIVE_S)
+        serve(app_factory(settings), settings)
 
 
 async def _tokens(args, database_url: str, prefix: str, permissions: list[Permission]) -> None:

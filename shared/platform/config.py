@@ -33,6 +33,12 @@ class CommonSettings(BaseSettings):
     dead_letter_max_count: int = Field(10_000, ge=1, validation_alias="DEAD_LETTER_MAX_COUNT")
     dead_letter_max_age_days: float = Field(30.0, gt=0, validation_alias="DEAD_LETTER_MAX_AGE_DAYS")
     host: str = "127.0.0.1"
+    # What a client may hold of this service (shared/platform/http_server.py): a request head must be
+    # whole within this many seconds (at most 30: a stranger's half request holds a connection that long),
+    # a request body may pause at most this long, and at most this many connections get an answer.
+    http_head_timeout_s: float = Field(20.0, gt=0, le=30, validation_alias="HTTP_HEAD_TIMEOUT_S")
+    http_body_idle_s: float = Field(30.0, gt=0, validation_alias="HTTP_BODY_IDLE_S")
+    http_max_connections: int = Field(1000, ge=1, validation_alias="HTTP_MAX_CONNECTIONS")
     # Signs the web UI's session cookies (e.g. LEAD_UI_SECRET); replicas must share it. Unset: a
     # random one per process, so a restart signs everyone out.
     ui_secret: str | None = None

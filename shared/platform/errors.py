@@ -1,4 +1,4 @@
-"""Domain errors that the HTTP layer turns into 4xx answers."""
+"""Domain errors that the HTTP layer turns into 4xx answers, and how an answer states a size limit."""
 
 
 class DomainError(Exception):
@@ -21,3 +21,12 @@ class Conflict(DomainError):
 
 class TooLarge(DomainError):
     status_code = 413
+
+
+def size_in_words(size: int) -> str:
+    """A size limit as an answer states it: "10 MiB", "10.25 MiB", "64 KiB", or exact bytes where a
+    unit would round it (a limit text must say the limit it enforces, not a neighbour of it)."""
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale and size * 100 % scale == 0:
+            return f"{size / scale:g} {unit}"
+    return f"{size:,} bytes"
