@@ -28,7 +28,8 @@ ERRORS = {
     403: "The token lacks the permission this call needs",
     404: "What the path names does not exist; the detail says which",
     409: "The current state does not allow this; the detail names the state",
-    413: "The request body is over the limit (attachments up to 10 MiB); nothing was stored",
+    413: "The request body is over a limit, which the detail states (this service's limit on any body, or the"
+         " attachment limit); nothing was stored",
     422: "The request is invalid; `errors` names each field",
     503: "The database is unavailable or busy; try again after Retry-After seconds",
 }

@@ -17,7 +17,7 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from shared.platform.errors import DomainError
+from shared.platform.errors import DomainError, size_in_words
 from shared.platform.kafka import broker_reachable
 from shared.platform.openapi import ErrorOut, FieldError, install_openapi
 
@@ -163,8 +163,8 @@ def kafka_check(bootstrap: str) -> Callable[[], Awaitable[str | None]]:
 
 
 class _Measure:
-    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): refuses bodies over
-    the attachment limit before reading them, and records request counts and latency per route."""
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path): holds every request body
+    to the service's limit, and records request counts and latency per route."""
 
     def __init__(self, app, requests: Counter, latency: Histogram, max_body_bytes: int):
         self.app, self.requests, self.latency, self.max_body_bytes = app, requests, latency, max_body_bytes
@@ -172,25 +172,55 @@ class _Measure:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
             response = JSONResponse(
-                {"detail": f"request body of {int(length)} bytes is over the limit of {self.max_body_bytes} bytes "
-                           "(attachments up to 10 MiB); nothing was stored"},
-                status_code=413,
+                {"detail": f"the request body of {int(length)} bytes is over this service's limit of "
+                           f"{size_in_words(self.max_body_bytes)}; nothing was read or stored"},
+                status_code=413, headers={"Connection": "close"},
             )
             return await response(scope, receive, send)
         started = time.perf_counter()
         status = {"code": 500}
+        body = _LimitedBody(receive, self.max_body_bytes, headers)
 
         async def sending(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                if body.unfinished:
+                    # Answered before the body was read to its end (refused over the limit, or a route
+                    # that reads none): uvicorn closes the connection after this answer, unread.
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
+            await self.app(scope, body.receive, sending)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.requests.labels(scope["method"], route, status["code"]).inc()
             self.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+
+
+class _LimitedBody:
+    """A request's `receive` that counts the body as it streams: a chunked body has no Content-Length
+    to refuse it by, and was read whole before its 413 or 422 (a 200 MB note took the lead from 134 to
+    1,012 MB). The read that passes the limit raises a 413 instead of returning (FastAPI lets an
+    HTTPException from reading the body through to the handlers), and as the body is then unfinished the
+    answer closes the connection: nothing more is read."""
+
+    def __init__(self, receive, limit: int, headers: dict[bytes, bytes]):
+        self._receive, self.limit = receive, limit
+        self.received = 0
+        self.unfinished = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+
+    async def receive(self):
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            self.unfinished = message.get("more_body", False)
+            if self.received > self.limit:
+                raise StarletteHTTPException(
+                    413, detail=f"the request body is over this service's limit of {size_in_words(self.limit)};"
+                                " nothing more was read and nothing was stored")
+        return message
