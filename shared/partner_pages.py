@@ -22,7 +22,7 @@ from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import ItemKind, Origin, TicketStatus
 from shared.domain.tickets.schemas import CREATE_MODELS, MAX_ATTACHMENT_BYTES, UPDATE_MODELS, TicketCreate, stored_fields
 from shared.platform.auth import SessionDep
-from shared.platform.errors import DomainError, NotFound, TooLarge
+from shared.platform.errors import DomainError, NotFound, TooLarge, size_in_words
 from shared.platform.webui import ChangeDep, ViewerDep, WebUi, page_headers, viewer
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -130,7 +130,7 @@ class PartnerPages:
                         raise PageError(kind, "choose a file to upload", 422)
                     content = await upload.read(MAX_ATTACHMENT_BYTES + 1)
                     if len(content) > MAX_ATTACHMENT_BYTES:
-                        raise TooLarge(f"the file is over the limit of {MAX_ATTACHMENT_BYTES // 2**20} MiB; nothing was stored")
+                        raise TooLarge(f"the file is over the limit of {size_in_words(MAX_ATTACHMENT_BYTES)}; nothing was stored")
                     fields = service.attachment_fields(upload.filename, upload.content_type or "application/octet-stream",
                                                        content)
                     await service.add_item(session, policy, ticket_id, kind, fields, form.get("internal") == "on", content)

@@ -26,7 +26,7 @@ from shared.domain.tickets.schemas import (
     stored_fields,
 )
 from shared.platform.auth import Permission, SessionDep, api_router
-from shared.platform.errors import TooLarge
+from shared.platform.errors import TooLarge, size_in_words
 from shared.platform.openapi import CONFLICT
 
 
@@ -122,12 +122,12 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
             ticket_id: str,
             session: SessionDep,
             policy: PolicyDep,
-            file: Annotated[UploadFile, File(description="the file, at most 10 MiB")],
+            file: Annotated[UploadFile, File(description=f"the file, at most {size_in_words(MAX_ATTACHMENT_BYTES)}")],
             internal: Annotated[bool, Form()] = False,
         ):
             content = await file.read(MAX_ATTACHMENT_BYTES + 1)
             if len(content) > MAX_ATTACHMENT_BYTES:
-                raise TooLarge(f"attachment is over the limit of {MAX_ATTACHMENT_BYTES} bytes (10 MiB); nothing was stored")
+                raise TooLarge(f"attachment is over the limit of {size_in_words(MAX_ATTACHMENT_BYTES)}; nothing was stored")
             try:
                 fields = service.attachment_fields(
                     file.filename or "attachment", file.content_type or "application/octet-stream", content

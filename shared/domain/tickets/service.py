@@ -14,7 +14,7 @@ from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, 
 from shared.domain.tickets.rules import ItemKind, Lock, Origin
 from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES, AttachmentFields, stored_fields
 from shared.platform.db import UnitOfWork, plain_sql
-from shared.platform.errors import Conflict, NotFound, TooLarge
+from shared.platform.errors import Conflict, NotFound, TooLarge, size_in_words
 
 
 class SyncPolicy(Protocol):
@@ -138,7 +138,7 @@ def attachment_fields(filename: str, content_type: str, content: bytes) -> dict[
     """An upload's description, held to the limits a mirror of it must meet on the other side (a
     pydantic ValidationError names the file name or content type they refuse)."""
     if len(content) > MAX_ATTACHMENT_BYTES:
-        raise TooLarge(f"attachment is {len(content)} bytes; the limit is {MAX_ATTACHMENT_BYTES} bytes (10 MiB)")
+        raise TooLarge(f"attachment is {len(content)} bytes; the limit is {size_in_words(MAX_ATTACHMENT_BYTES)}")
     fields = AttachmentFields.model_validate({
         "filename": filename,
         "content_type": content_type,

@@ -10,6 +10,7 @@ from shared.contracts.limits import MAX_ATTACHMENT_BYTES
 from shared.contracts.messages import CHUNK_BYTES
 from shared.domain.tickets.rules import ItemKind
 from shared.domain.tickets.schemas import FIELD_MODELS, stored_fields
+from shared.platform.errors import size_in_words
 
 MAX_CHUNKS = MAX_ATTACHMENT_BYTES // CHUNK_BYTES + 1
 MAX_REASON = 1_000  # characters of a refusal's reason: it travels in a receipt and is shown to the creator
@@ -44,8 +45,9 @@ def valid_fields(kind: str, fields: Any) -> dict[str, Any]:
 
 
 def valid_item(kind: str, fields: Any, chunk_count: int) -> dict[str, Any]:
-    """valid_fields, and for an attachment no more chunks of bytes than 10 MiB make."""
+    """valid_fields, and for an attachment no more chunks of bytes than the largest attachment makes."""
     checked = valid_fields(kind, fields)
     if kind == ItemKind.ATTACHMENT and chunk_count > MAX_CHUNKS:
-        raise InvalidItem(f"an attachment of {chunk_count} chunks is over the 10 MiB limit")
+        raise InvalidItem(f"an attachment of {chunk_count} chunks is over the limit of {MAX_CHUNKS} chunks of"
+                          f" {size_in_words(CHUNK_BYTES)} (attachments up to {size_in_words(MAX_ATTACHMENT_BYTES)})")
     return checked
