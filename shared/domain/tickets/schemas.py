@@ -29,8 +29,11 @@ def _storable(text: str) -> str:
 
 
 def _one_line(text: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise ValueError("must not contain control characters such as a line break")
+    """No control character, C0 (a line break, U+0000-U+001F), DEL or C1 (U+0080-U+009F: what bytes
+    ED A0 80 in a name decoded to): each would reach a download's headers or a partner's screen."""
+    for c in text:
+        if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F:
+            raise ValueError(f"must not contain control characters such as a line break (found U+{ord(c):04X})")
     return text
 
 
