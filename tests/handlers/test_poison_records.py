@@ -3,6 +3,9 @@ with a NUL byte made parking fail, and the consumer restarted on that record for
 handler and inbox on its real database; records as aiokafka hands them over."""
 import itertools
 import os
+import uuid
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from aiokafka.structs import ConsumerRecord
@@ -10,8 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from devstack import infra
+from shared.platform import dead_letters
+from shared.platform.db import make_engine, make_sessionmaker, utcnow
 from shared.platform.inbox import MAX_KEPT_BYTES, DeadLetter, InboxConsumer
 from shared.platform.kafka import outbound_topic
+from shared.platform.migrations import upgrade
 from shared.platform.records import fingerprint, unpack_headers
 from shared.platform.signing import KeyRing, Signatures
 from tests.handlers.sides import LEAD, PARTNER
@@ -20,6 +27,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 KEYS = Signatures.per_partner({LEAD: KeyRing.parse(KeyRing.generate()), PARTNER: KeyRing.parse(KeyRing.generate())})
 TOPICS = [outbound_topic(LEAD), outbound_topic(PARTNER)]
 _offsets = itertools.count(10_000)
+ROOT = Path(__file__).resolve().parents[2]
 
 header_names = st.binary(max_size=30).map(lambda raw: raw.decode("utf-8", "surrogateescape"))
 headers = st.lists(st.tuples(header_names, st.none() | st.binary(max_size=40)), max_size=4)
@@ -109,3 +117,39 @@ async def test_a_record_read_twice_is_parked_once_and_another_at_the_same_offset
         stored = await session.scalar(select(func.count()).select_from(DeadLetter).where(
             DeadLetter.topic == TOPICS[1], DeadLetter.offset == first.offset))
     assert stored == 2 and consumer.parked_total == 2
+
+
+@pytest.fixture
+def empty_bridge_database(infrastructure):
+    """A bridge database of its own: retention counts every dead letter there is."""
+    name = f"retention_{uuid.uuid4().hex[:8]}"
+    url = infra.create_databases(infrastructure.postgres_admin_url, [name])[name]
+    upgrade(ROOT / "services" / "sync_bridge" / "migrations", url)
+    yield url
+    infra.drop_databases(infrastructure.postgres_admin_url, [name])
+
+
+async def test_retention_deletes_old_and_surplus_resolved_letters_oldest_first_and_keeps_every_unresolved_one(
+        empty_bridge_database):
+    """Resolved dead letters older than the age bound go, then the oldest resolved ones beyond the
+    count bound; unresolved ones stay, even beyond the count, until an operator acts."""
+    engine = make_engine(empty_bridge_database, pool_size=1)
+    sessions = make_sessionmaker(engine)
+    now = utcnow()
+    rows = ([("old", now - timedelta(days=40))] * 2 + [(f"resolved-{i}", now - timedelta(hours=5 - i)) for i in range(5)]
+            + [("unresolved", None)] * 4)
+    try:
+        async with sessions() as session, session.begin():
+            for offset, (reason, resolved_at) in enumerate(rows):
+                session.add(DeadLetter(topic="t", partition=0, offset=offset, key=b"\x00", reason=reason,
+                                       resolved_at=resolved_at, resolution="discarded" if resolved_at else None))
+        async with sessions() as session, session.begin():
+            gone, unresolved = await dead_letters.prune(session, max_count=6, max_age=timedelta(days=30))
+        async with sessions() as session:
+            left = (await session.scalars(select(DeadLetter.reason).order_by(DeadLetter.offset))).all()
+        assert (gone, unresolved) == (5, 4)
+        assert left == ["resolved-3", "resolved-4", "unresolved", "unresolved", "unresolved", "unresolved"]
+        async with sessions() as session, session.begin():
+            assert await dead_letters.prune(session, max_count=1, max_age=timedelta(days=30)) == (2, 4)
+    finally:
+        await engine.dispose()
