@@ -157,15 +157,18 @@ def keep_records_as_bytes(op) -> None:
 
 def keep_records_as_text(op) -> None:
     op.add_column("dead_letters", sa.Column("json_headers", postgresql.JSONB))
+    op.add_column("dead_letters", sa.Column("text_key", sa.String(255)))
     connection = op.get_bind()
-    for letter_id, headers in connection.execute(sa.text("SELECT id, headers FROM dead_letters WHERE headers IS NOT NULL")):
+    for letter_id, key, headers in connection.execute(sa.text("SELECT id, key, headers FROM dead_letters")):
         listed = [[escaped(name), base64.b64encode(value or b"").decode()] for name, value in unpack_headers(headers)]
-        connection.execute(sa.text("UPDATE dead_letters SET json_headers = CAST(:listed AS jsonb) WHERE id = :id"),
-                           {"listed": json.dumps(listed), "id": letter_id})
-    op.drop_column("dead_letters", "headers")
+        connection.execute(sa.text("UPDATE dead_letters SET json_headers = CAST(:listed AS jsonb), text_key = :key "
+                                   "WHERE id = :id"),
+                           {"listed": json.dumps(listed) if headers is not None else None,
+                            "key": escaped(key, 255), "id": letter_id})
+    for column in ("headers", "key"):
+        op.drop_column("dead_letters", column)
     op.alter_column("dead_letters", "json_headers", new_column_name="headers")
-    op.alter_column("dead_letters", "key", type_=sa.String(255),
-                    postgresql_using="substring(encode(key, 'escape') FROM 1 FOR 255)")
+    op.alter_column("dead_letters", "text_key", new_column_name="key")
     op.drop_constraint("uq_dead_letters_topic", "dead_letters", type_="unique")
     op.execute("DELETE FROM dead_letters a USING dead_letters b WHERE a.id > b.id AND a.topic = b.topic "
                "AND a.partition = b.partition AND a.offset = b.offset")
