@@ -5,8 +5,10 @@ escaped, discardable, and notes keep crossing both ways; every service stays rea
 import base64
 import uuid
 
+import asyncpg
 import pytest
 
+from shared.platform.db import asyncpg_dsn
 from shared.platform.kafka import KafkaAccess, inbound_topic, make_producer, outbound_topic
 from tests.e2e.flows import arrived, linked_tickets
 from tests.harness import eventually
@@ -73,3 +75,37 @@ async def test_poison_records_on_every_input_topic_are_parked_and_notes_keep_cro
         assert ready.status_code == 200, ready.text
         metrics = (await client.get("/metrics")).text
         assert "inbox_consumer_restarts_total 0.0" in metrics, service
+
+
+async def test_readyz_names_a_partition_held_at_a_record_the_database_will_not_park_until_it_does(
+        services, lead, infrastructure, databases):
+    conn = await asyncpg.connect(asyncpg_dsn(databases["lead_partner"]))
+    marker = uuid.uuid4().hex[:8]
+    try:
+        await conn.execute(
+            "CREATE OR REPLACE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF position(convert_to('{marker}', 'UTF8') IN NEW.key) > 0 THEN "
+            "RAISE EXCEPTION 'disk full (test)'; END IF; RETURN NEW; END $$")
+        await conn.execute("CREATE TRIGGER refuse_marked BEFORE INSERT ON dead_letters "
+                           "FOR EACH ROW EXECUTE FUNCTION refuse_marked()")
+        await write(infrastructure.kafka_admin, inbound_topic(LEAD), [(b"\x00" + marker.encode(), b"x", [])])
+
+        async def not_ready():
+            answer = await lead.get("/readyz")
+            return answer if answer.status_code == 503 else None
+
+        answer = await eventually(not_ready, timeout=30)
+        [problem] = answer.json()["problems"]
+        assert f"the lead_partner consumer holds {inbound_topic(LEAD)}[" in problem and "disk full (test)" in problem
+        assert "inbox_held_partitions 1.0" in (await lead.get("/metrics")).text
+    finally:
+        await conn.execute("DROP TRIGGER IF EXISTS refuse_marked ON dead_letters")
+        await conn.close()
+
+    async def ready_and_parked():
+        if (await lead.get("/readyz")).status_code != 200:
+            return None
+        letters = (await lead.get("/api/dead-letters")).json()
+        return [d for d in letters if d["key"] == "\\x00" + marker]
+
+    assert len(await eventually(ready_and_parked, timeout=90)) == 1
