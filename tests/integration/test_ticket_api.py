@@ -201,6 +201,19 @@ async def test_an_attachment_with_a_non_ascii_name_downloads_under_that_name(lea
     assert "filename*=UTF-8''%E6%8A%A5%E5%91%8A" in download.headers["content-disposition"]
 
 
+async def test_an_attachment_name_holding_a_c1_control_character_is_a_422_naming_it_and_nothing_is_stored(lead):
+    ticket = await new_ticket(lead)
+    # Bytes ED A0 80 (not UTF-8: read as Latin-1, they end in U+0080) were once stored as "í\x80.txt".
+    for name in (b"\xed\xa0\x80.txt", "report\u0085.txt".encode()):
+        body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="' + name
+                + b'"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b--\r\n')
+        answer = await lead.post(f"/api/tickets/{ticket['id']}/attachments", content=body,
+                                 headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == "file.filename" and "control characters" in answer.json()["detail"]
+    assert (await lead.get(f"/api/tickets/{ticket['id']}/attachments")).json()["items"] == []
+
+
 async def test_an_idle_connection_outlives_a_clients_five_second_keep_alive(services):
     """A client keeps an idle connection 5 s (httpx's default); a server that closed it at the same
     moment failed the next request ("Server disconnected without sending a response", a CI run)."""
