@@ -130,6 +130,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.stop_timers()
         super().on_message_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        self.stop_timers()  # the connection is the WebSocket protocol's from here on
+        super().handle_websocket_upgrade()
+
     def head_timed_out(self) -> None:
         self.head_timer = None
         if self.head.counted:
