@@ -83,7 +83,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
       reading it: then the wait is the application's, not the client's).
 
     A head that follows the previous request's body in the same read (pipelining, which no browser does)
-    is counted from its next read on: one read is at most 256 KiB, parsed in linear time."""
+    is counted from its next read on: one read is at most 256 KiB (uvloop's and asyncio's buffers), parsed
+    in linear time."""
 
     limits: HttpLimits
 
