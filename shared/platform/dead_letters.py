@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.orm import defer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.platform.auth import Permission, SessionDep, api_router
@@ -59,7 +60,8 @@ def letter_out(letter: DeadLetter) -> DeadLetterOut:
 
 
 async def list_dead_letters(session: AsyncSession, include_resolved: bool = False, limit: int = 100) -> list[DeadLetter]:
-    query = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
+    # The message itself (up to a megabyte each) is not listed: read only when a letter is replayed.
+    query = select(DeadLetter).options(defer(DeadLetter.value)).order_by(DeadLetter.id.desc()).limit(limit)
     if not include_resolved:
         query = query.where(DeadLetter.resolved_at.is_(None))
     return list((await session.scalars(query)).all())
@@ -75,7 +77,7 @@ async def prune(session: AsyncSession, max_count: int, max_age: timedelta) -> tu
         " SELECT count(*) FROM gone", max_age)
     over = await sql.fetchval(
         "WITH gone AS (DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE resolved_at IS NOT NULL"
-        " ORDER BY id LIMIT greatest(0, (SELECT count(*) FROM dead_letters) - $1))"
+        " ORDER BY resolved_at, id LIMIT greatest(0, (SELECT count(*) FROM dead_letters) - $1))"
         " RETURNING 1) SELECT count(*) FROM gone", max_count)
     unresolved = await sql.fetchval("SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL")
     return aged + over, unresolved

@@ -37,8 +37,9 @@ def serve(app, settings) -> None:
     it, so the file descriptors a stranger holds are bounded by what he opens in that time."""
     limits = HttpLimits(settings.http_head_timeout_s, settings.http_body_idle_s)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                http=limited_protocol(limits), timeout_keep_alive=KEEP_ALIVE_S,
-                limit_concurrency=settings.http_max_connections)
+                http=limited_protocol(limits), ws="none", timeout_keep_alive=KEEP_ALIVE_S,
+                # uvicorn counts the asking connection too: one more, so that this many are served.
+                limit_concurrency=settings.http_max_connections + 1)
 
 
 def limited_protocol(limits: HttpLimits) -> type["LimitedHttpProtocol"]:
@@ -79,6 +80,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
       on a kept-alive connection, is answered 408 and the connection closed. A connection that never sent
       a byte is closed without an answer: a client that opened it ahead of need (browsers do) would take
       an unasked 408 for the answer to the request it writes next;
+    - a chunked body whose framing (chunk sizes and extensions, trailers) exceeds its data by more than
+      `limits.head_bytes` is answered 431 and closed: trailers cost httptools what headers do;
     - a request body with no byte for `limits.body_idle_s` is closed (not while this server has paused
       reading it: then the wait is the application's, not the client's).
 
@@ -95,6 +98,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.head_timer = None
         self.body_timer = None
         self.last_body_read = 0.0
+        # A chunked body's bytes that are not its data (sizes, extensions, trailers) count like a head's:
+        # httptools joins a trailer's fragments as it does a header's. At most the limit more than the data.
+        self.body_bytes = self.framing_bytes = 0
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -114,13 +120,24 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 return
             if self.head_timer is None:
                 self.head_timer = self.loop.call_later(self.limits.head_timeout_s, self.head_timed_out)
-        else:
-            self.last_body_read = self.loop.time()
+            super().data_received(data)
+            return
+        body_before = self.body_bytes
         super().data_received(data)
+        self.framing_bytes += len(data) - (self.body_bytes - body_before)
+        if self.framing_bytes > self.limits.head_bytes + self.body_bytes:
+            self.refuse(431, f"the request body's chunk framing (chunk extensions, trailers) is over this server's "
+                             f"limit of {size_in_words(self.limits.head_bytes)} more than its data")
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        self.last_body_read = self.loop.time()
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         self.reading_head = False
         self.head.reset()
+        self.body_bytes = self.framing_bytes = 0
         self.stop_timers()
         self.last_body_read = self.loop.time()
         self.body_timer = self.loop.call_later(self.limits.body_idle_s, self.body_idle)

@@ -599,10 +599,13 @@ class InboxConsumer:
         """Parks the record; when the database does not take it, holds its partition at it instead
         (loudly: log, metric, /readyz), so it is neither applied nor skipped, and the rest flows."""
         tp = TopicPartition(record.topic, record.partition)
+        rebalances = self.rebalances
         try:
             await self._park(record, env, reason)
         except CannotPark as exc:
             self.park_failures_total += 1
+            if self.rebalances != rebalances:  # no longer ours: its next reader meets the record again
+                return
             offset, attempts = self._hold_attempts.get(tp, (None, 0))
             attempts = attempts + 1 if offset == record.offset else 1
             self.held[tp] = Held(record.offset, escaped(reason, 300), escaped(str(exc), 300), utcnow(), attempts,
@@ -638,7 +641,7 @@ class InboxConsumer:
 def dead_letter_row(record: ConsumerRecord, env: Envelope | None, reason: str) -> dict[str, Any]:
     """What a dead letter keeps of a record: its bytes, bounded, and text only where escaped, so that
     the database takes it whatever the record holds."""
-    headers = pack_headers(record.headers)
+    headers, all_headers = kept_headers(record.headers)
     key = record.key
     return {
         "topic": record.topic,
@@ -649,9 +652,20 @@ def dead_letter_row(record: ConsumerRecord, env: Envelope | None, reason: str) -
         "type": escaped(env.type, 100) if env else None,
         "reason": escaped(reason, MAX_REASON),
         **kept(record.value),
-        "headers": headers[:MAX_HEADER_BYTES],
+        "headers": headers,
         "record_sha256": fingerprint(record.timestamp, key, record.value, record.headers),
-    } | ({"truncated": True} if len(headers) > MAX_HEADER_BYTES or len(key or b"") > MAX_KEY_BYTES else {})
+    } | ({"truncated": True} if not all_headers or len(key or b"") > MAX_KEY_BYTES else {})
+
+
+def kept_headers(headers) -> tuple[bytes, bool]:
+    """The record's headers packed, the first ones up to MAX_HEADER_BYTES in all; and whether all fit."""
+    kept, size = [], 0
+    for header in headers or ():
+        size += len(pack_headers([header]))
+        if size > MAX_HEADER_BYTES:
+            return pack_headers(kept), False
+        kept.append(header)
+    return pack_headers(kept), True
 
 
 def in_turns(batches: dict[TopicPartition, list[ConsumerRecord]]) -> list[list[ConsumerRecord]]:
@@ -684,6 +698,6 @@ def _claimed_envelope(value: bytes | None) -> Envelope | None:
     """What an unauthenticated message claims to be, for the operator's record only."""
     try:
         return parse(value)[0]
-    except ContractError:
+    except Exception:  # ContractError, or whatever else its bytes provoke (RecursionError on deep JSON)
         return None
 

@@ -41,9 +41,11 @@ def unpack_headers(data: bytes | None) -> list[tuple[str, bytes | None]]:
     """The headers `pack_headers` stored, names decoded as aiokafka (or `TolerantMemoryRecords`) did."""
     headers, pos = [], 0
     data = data or b""
-    while pos < len(data):
+    while pos + 8 <= len(data):  # a header cut short (never written so) ends the list
         (length,), pos = _LENGTH.unpack_from(data, pos), pos + 4
         name, pos = data[pos:pos + length].decode("utf-8", "surrogateescape"), pos + length
+        if pos + 4 > len(data):
+            break
         (length,), pos = _LENGTH.unpack_from(data, pos), pos + 4
         if length < 0:
             headers.append((name, None))
@@ -114,7 +116,10 @@ class _TolerantBatch:
     def __iter__(self) -> Iterator:
         try:
             records = list(self._fast)
-        except UnicodeDecodeError:
+        except (UnicodeDecodeError, CorruptRecordException) as exc:
+            # aiokafka's pure-Python reader (AIOKAFKA_NO_EXTENSIONS) wraps the decoding error
+            if not isinstance(exc, UnicodeDecodeError) and not isinstance(exc.__context__, UnicodeDecodeError):
+                raise
             records = list(_LenientBatch(bytes(self._data)))
         return iter(records)
 

@@ -3,6 +3,7 @@ non-UTF-8 bytes in a header's name, or no value, written to every service's inpu
 broker's super user (and one by the lead's own Kafka user, as any partner could), are parked, listed
 escaped, discardable, and notes keep crossing both ways; every service stays ready."""
 import base64
+import re
 import uuid
 
 import asyncpg
@@ -39,6 +40,8 @@ async def write(access: KafkaAccess, topic: str, records) -> None:
 
 async def test_poison_records_on_every_input_topic_are_parked_and_notes_keep_crossing_both_ways(
         services, lead, insourcing, bridge, infrastructure, base_env, hostile_producer):
+    clients = {"sync_bridge": bridge, "lead_partner": lead, "insourcing_partner": insourcing}
+    restarted = {service: await restarts(client) for service, client in clients.items()}
     marker = uuid.uuid4().hex[:8].encode()
     for topics in READERS.values():
         for topic in topics:
@@ -55,7 +58,6 @@ async def test_poison_records_on_every_input_topic_are_parked_and_notes_keep_cro
     await arrived(lead, lead_ticket["id"], "notes", lambda n: n["body"] == "after the poison, from the partner",
                   timeout=60)
 
-    clients = {"sync_bridge": bridge, "lead_partner": lead, "insourcing_partner": insourcing}
     for service, topics in READERS.items():
         client = clients[service]
         expected = {base64.b64encode(key).decode(): key for key, _, _ in poison(marker)}
@@ -73,8 +75,14 @@ async def test_poison_records_on_every_input_topic_are_parked_and_notes_keep_cro
         assert discarded.status_code == 200 and discarded.json()["outcome"] == "discarded"
         ready = await client.get("/readyz")
         assert ready.status_code == 200, ready.text
-        metrics = (await client.get("/metrics")).text
-        assert "inbox_consumer_restarts_total 0.0" in metrics, service
+        assert await restarts(client) == restarted[service], f"the {service} consumer restarted"
+
+
+async def restarts(client) -> float:
+    """The service's consumer restarts so far, from its metrics."""
+    metrics = (await client.get("/metrics")).text
+    [value] = re.findall(r"^inbox_consumer_restarts_total (\S+)$", metrics, re.MULTILINE)
+    return float(value)
 
 
 async def test_readyz_names_a_partition_held_at_a_record_the_database_will_not_park_until_it_does(

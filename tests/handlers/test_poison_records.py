@@ -19,7 +19,7 @@ from shared.platform.db import make_engine, make_sessionmaker, utcnow
 from shared.platform.inbox import MAX_KEPT_BYTES, DeadLetter, InboxConsumer
 from shared.platform.kafka import outbound_topic
 from shared.platform.migrations import upgrade
-from shared.platform.records import fingerprint, unpack_headers
+from shared.platform.records import fingerprint, pack_headers, unpack_headers
 from shared.platform.signing import KeyRing, Signatures
 from tests.handlers.sides import LEAD, PARTNER
 
@@ -84,9 +84,13 @@ async def test_any_record_is_parked_with_its_bytes_as_they_were_and_nothing_rais
     (b"link", None, [("\x00", b"\x00")]),
     (b"link", b"x", [("\udcff\udcfe", None), ("signature", None)]),
     (b"link", os.urandom(1_000_000), [("n\x00", os.urandom(100))]),
+    (b"link", b"[" * 100_000, []),
+    (b"link", b'{"a":' * 50_000, []),
     (b"\x00" * 10_000, os.urandom(MAX_KEPT_BYTES + 10), []),
+    (b"link", b"x", [("a", b"x" * 65_525), ("b", b"y")]),
 ], ids=["nul-key", "invalid-utf8-key-and-nul-value", "empty-key-and-value", "null-key-and-value",
-        "nul-header-name-and-value", "invalid-utf8-header-name-and-null-values", "1-MB-value", "oversized"])
+        "nul-header-name-and-value", "invalid-utf8-header-name-and-null-values", "1-MB-value", "deep-json-array",
+        "deep-json-object", "oversized", "headers-over-64-KiB"])
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 async def test_each_hostile_byte_pattern_is_parked_and_shown_escaped(bridge, key, value, extra, signed):
     rec = record(TOPICS[0], key, value, extra, signed)
@@ -95,12 +99,13 @@ async def test_each_hostile_byte_pattern_is_parked_and_shown_escaped(bridge, key
     assert consumer.parked_total == 1 and not consumer.held
     letter = await letter_of(bridge, rec)
     assert letter is not None
-    truncated = len(key or b"") > 4096 or len(value or b"") > MAX_KEPT_BYTES
+    truncated = len(key or b"") > 4096 or len(value or b"") > MAX_KEPT_BYTES or len(pack_headers(rec.headers)) > 65536
     assert letter.truncated == truncated
     if not truncated:
         assert kept_as_it_was(letter, rec)
-    else:
-        assert letter.size == len(value) and letter.key == key[:4096]
+    else:  # what was kept is a prefix: the first headers whole, the key and value cut
+        assert letter.size == len(value) and letter.key == key[:4096] and letter.value == value[:MAX_KEPT_BYTES]
+        assert list(rec.headers)[:len(unpack_headers(letter.headers))] == unpack_headers(letter.headers)
     assert "\x00" not in (letter.shown_key or "") and all("\x00" not in name for name in letter.header_names)
 
 

@@ -95,6 +95,29 @@ def test_a_32_mb_header_is_refused_without_costing_the_service_cpu(services):
     assert healthy(lead)
 
 
+def test_a_32_mb_trailer_after_a_chunked_body_is_refused_without_costing_the_service_cpu(services):
+    """Trailers follow a chunked body's last chunk and are parsed as headers are, after the head's count
+    ended: they are counted with the body's framing."""
+    lead = services["lead_partner"]
+    pid = lead.proc.pid
+    before = cpu_seconds(pid)
+    sock = connect(lead)
+    try:
+        sock.sendall(f"POST /api/tickets HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {lead.token}\r\n".encode()
+                     + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"
+                     + b"X-Trailer: " + b"t" * (32 * MiB) + b"\r\n\r\n")
+    except OSError:
+        pass
+    status, _, body = read_answer(sock)
+    sock.close()
+    cost = cpu_seconds(pid) - before
+    assert status in (431, None), f"a 32 MB trailer was answered {status}"
+    if status == 431:
+        assert "chunk framing" in json.loads(body)["detail"]
+    assert cost < 0.5, f"the lead spent {cost:.2f} s of CPU on one trailer"
+    assert healthy(lead)
+
+
 def test_a_head_just_under_64_kib_is_served_and_a_kept_alive_connection_counts_each_head_anew(services):
     lead = services["lead_partner"]
     sock = connect(lead)
@@ -242,8 +265,12 @@ def test_a_chunked_upload_just_under_the_limit_is_stored_whole(services):
 def test_connections_past_the_cap_are_answered_503_and_served_again_once_they_close(services):
     bridge = services["sync_bridge"]
     cap = int(setting(bridge, "http_max_connections"))
-    held = [connect(bridge) for _ in range(cap)]
+    held = [connect(bridge) for _ in range(cap - 1)]
     try:
+        last_served = connect(bridge)  # the cap-th connection is served (and kept open)
+        held.append(last_served)
+        last_served.sendall(request("/healthz"))
+        assert read_answer(last_served)[0] == 200
         one_more = connect(bridge)
         one_more.sendall(request("/healthz"))
         status, headers, _ = read_answer(one_more)
