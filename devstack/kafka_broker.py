@@ -17,7 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from devstack import infra
+from devstack import infra, tls
 
 KAFKA_VERSION = "4.1.1"  # deploy/compose.yaml runs the same version (tests/integration/test_deploy.py checks)
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
@@ -152,6 +152,8 @@ class KafkaBroker:
         self.credentials = Credentials.load_or_create(data_dir / "credentials.json", admin_username, admin_password)
         self.proc: subprocess.Popen | None = None
         self.bootstrap = f"127.0.0.1:{port}"
+        # The hub operator's CA and the broker's certificate, beside the data (var/kafka/ca.pem for make run).
+        self.tls = tls.ensure(data_dir, ["127.0.0.1", "localhost"])
 
     @property
     def log_dir(self) -> Path:
@@ -166,6 +168,7 @@ class KafkaBroker:
             "ADMIN_USERNAME": self.credentials.admin_username,
             "ADMIN_PASSWORD": self.credentials.admin_password,
             "LOG_DIRS": str(self.log_dir),
+            **self.tls.config_values(),
         }
         text = SERVER_PROPERTIES.read_text()
         for name, value in values.items():
@@ -225,21 +228,22 @@ class KafkaBroker:
     def admin_access(self):
         from shared.platform.kafka import KafkaAccess
 
-        return KafkaAccess(self.bootstrap, self.credentials.admin_username, self.credentials.admin_password)
+        return KafkaAccess(self.bootstrap, self.credentials.admin_username, self.credentials.admin_password,
+                           tls=True, ssl_cafile=str(self.tls.ca))
 
     def service_access(self, service: str):
         from shared.platform.kafka import KafkaAccess
 
-        user, password = self.credentials.for_service(service)
-        return KafkaAccess(self.bootstrap, user, password)
+        return self.admin_access().as_user(*self.credentials.for_service(service))
 
 
 # (module, env prefix) of each service: its Kafka user goes in <PREFIX>_KAFKA_USERNAME/PASSWORD.
 PREFIXES = {"lead_partner": "LEAD", "insourcing_partner": "INSOURCING", "sync_bridge": "BRIDGE"}
 
 
-def service_env(credentials: Credentials) -> dict[str, str]:
-    env = {}
+def service_env(credentials: Credentials, ssl_cafile: Path | None = None) -> dict[str, str]:
+    """Each service's Kafka user, and the CA its broker's certificate is verified against."""
+    env = {"KAFKA_SSL_CAFILE": str(ssl_cafile)} if ssl_cafile else {}
     for service, prefix in PREFIXES.items():
         user, password = credentials.for_service(service)
         env[f"{prefix}_KAFKA_USERNAME"], env[f"{prefix}_KAFKA_PASSWORD"] = user, password
@@ -286,7 +290,8 @@ def main() -> None:
 
         env = os.environ
         admin = KafkaAccess(env["KAFKA_BOOTSTRAP_SERVERS"], env.get("KAFKA_ADMIN_USERNAME"),
-                            env.get("KAFKA_ADMIN_PASSWORD"))
+                            env.get("KAFKA_ADMIN_PASSWORD"), tls=bool(env.get("KAFKA_SSL_CAFILE")),
+                            ssl_cafile=env.get("KAFKA_SSL_CAFILE"))
         provision(admin, env.get("LEAD_PARTNER_ID", "lead-partner"),
                   env.get("INSOURCING_PARTNER_ID", "insourcing-partner"),
                   int(env.get("KAFKA_TOPIC_PARTITIONS", "4")), with_acls=bool(admin.username))
@@ -304,8 +309,8 @@ def main() -> None:
     try:
         broker.wait_ready()
         provision(broker.admin_access())
-        print(f"Apache Kafka {KAFKA_VERSION} on {broker.bootstrap} (SASL/SCRAM-SHA-256); users and their "
-              f"passwords in {broker.data_dir / 'credentials.json'}", flush=True)
+        print(f"Apache Kafka {KAFKA_VERSION} on {broker.bootstrap} (SASL/SCRAM-SHA-256 over TLS, CA "
+              f"{broker.tls.ca}); users and their passwords in {broker.data_dir / 'credentials.json'}", flush=True)
         broker.proc.wait()
     except KeyboardInterrupt:
         pass

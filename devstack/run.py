@@ -109,8 +109,9 @@ class Stack:
         if bootstrap := self.env.get("KAFKA_BOOTSTRAP_SERVERS"):
             self.broker_name = f"Kafka at {bootstrap} (from KAFKA_BOOTSTRAP_SERVERS)"
             if self.env.get("KAFKA_ADMIN_USERNAME"):
+                cafile = self.env.get("KAFKA_SSL_CAFILE")
                 self.kafka_admin = KafkaAccess(bootstrap, self.env["KAFKA_ADMIN_USERNAME"],
-                                               self.env.get("KAFKA_ADMIN_PASSWORD"))
+                                               self.env.get("KAFKA_ADMIN_PASSWORD"), tls=bool(cafile), ssl_cafile=cafile)
             self.say(f"using {self.broker_name}")
             return
         port = int(self.env.get("DEVSTACK_KAFKA_PORT", "9092"))
@@ -136,10 +137,10 @@ class Stack:
         broker.proc = component.proc
         broker.wait_ready()
         self.kafka_admin = broker.admin_access()
-        self.env.update(kafka_broker.service_env(broker.credentials))
+        self.env.update(kafka_broker.service_env(broker.credentials, broker.tls.ca))
         self.env.setdefault("KAFKA_ADMIN_USERNAME", broker.credentials.admin_username)
-        self.broker_name = (f"Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, SASL/SCRAM, ACLs), "
-                            f"data in {VAR / 'kafka'}")
+        self.broker_name = (f"Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, SASL/SCRAM over TLS, ACLs), "
+                            f"data in {VAR / 'kafka'}, its CA {broker.tls.ca}")
         self.say(f"{self.broker_name} on 127.0.0.1:{port}, because java {kafka_broker.java_major()} is on the PATH "
                  f"and the Kafka jars are in {kafka_broker.jars_dir()}; its users: {VAR / 'kafka' / 'credentials.json'}")
 
@@ -154,7 +155,7 @@ class Stack:
         self.infrastructure.append(component)
         infra.wait_for_port("127.0.0.1", port)
         self.kafka_admin = KafkaAccess(f"127.0.0.1:{port}")
-        self.broker_name = "Tansu (memory storage: a restart loses every message)"
+        self.broker_name = "Tansu (memory storage: a restart loses every message; plaintext: Tansu has no TLS)"
         self.say(f"{self.broker_name} on 127.0.0.1:{port}, because {why_not}")
 
     def provision(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from devstack import containers, infra, kafka_broker
+from devstack import containers, infra, kafka_broker, tls
 from devstack.kafka_broker import KafkaBroker
 from shared.platform.kafka import KafkaAccess
 
@@ -67,7 +67,11 @@ def _kafka_container(cleanups: list) -> tuple[KafkaAccess, dict[str, str]]:
     passwords = {f"{prefix}_KAFKA_PASSWORD": credentials.for_service(service)[1]
                  for service, prefix in kafka_broker.PREFIXES.items()}
     deploy = ROOT / "deploy" / "kafka"
+    hub_tls = tls.ensure(ROOT / "var" / "test-kafka" / f"tls-{os.getpid()}", ["127.0.0.1", "localhost"])
     container = (DockerContainer(containers.KAFKA_IMAGE, entrypoint=["/bin/bash", "/opt/deploy/start.sh"])
+                 .with_env("KAFKA_TLS_KEY", hub_tls.config_values()["SSL_KEY"])
+                 .with_env("KAFKA_TLS_CERTIFICATE_CHAIN", hub_tls.config_values()["SSL_CERTIFICATE_CHAIN"])
+                 .with_volume_mapping(hub_tls.ca, "/opt/tls/ca.pem")
                  .with_env("KAFKA_CLUSTER_ID", kafka_broker.new_cluster_id())
                  .with_env("KAFKA_ADMIN_USERNAME", credentials.admin_username)
                  .with_env("KAFKA_ADMIN_PASSWORD", credentials.admin_password)
@@ -80,9 +84,10 @@ def _kafka_container(cleanups: list) -> tuple[KafkaAccess, dict[str, str]]:
         container.with_env(name, value)
     container.start()
     cleanups.append(container.stop)
-    admin = KafkaAccess(f"127.0.0.1:{port}", credentials.admin_username, credentials.admin_password)
+    admin = KafkaAccess(f"127.0.0.1:{port}", credentials.admin_username, credentials.admin_password, tls=True,
+                        ssl_cafile=str(hub_tls.ca))
     kafka_broker.wait_until_serving(admin, time.monotonic() + 90, "the Kafka container")
-    return admin, kafka_broker.service_env(credentials)
+    return admin, kafka_broker.service_env(credentials, hub_tls.ca)
 
 
 @dataclass
@@ -139,7 +144,9 @@ def resolve_infrastructure(broker: str | None = None) -> Infrastructure:
     service_env: dict[str, str] = {}
     broker, acls, tansu = None, False, None
     if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        admin = KafkaAccess(bootstrap, os.environ.get("KAFKA_ADMIN_USERNAME"), os.environ.get("KAFKA_ADMIN_PASSWORD"))
+        cafile = os.environ.get("KAFKA_SSL_CAFILE")
+        admin = KafkaAccess(bootstrap, os.environ.get("KAFKA_ADMIN_USERNAME"), os.environ.get("KAFKA_ADMIN_PASSWORD"),
+                            tls=bool(cafile), ssl_cafile=cafile)
         kafka_source = "KAFKA_BOOTSTRAP_SERVERS"
     elif wanted != "tansu" and have_docker():
         admin, service_env = _kafka_container(cleanups)
@@ -156,8 +163,8 @@ def resolve_infrastructure(broker: str | None = None) -> Infrastructure:
         cleanups.append(lambda: shutil.rmtree(data, ignore_errors=True))
         broker.wait_ready()
         admin, acls = broker.admin_access(), True
-        service_env = kafka_broker.service_env(broker.credentials)
-        kafka_source = f"local Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, SASL/SCRAM, ACLs)"
+        service_env = kafka_broker.service_env(broker.credentials, broker.tls.ca)
+        kafka_source = f"local Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, SASL/SCRAM over TLS, ACLs)"
     else:
         port = infra.free_port()
         tansu = infra.start_tansu(port, LOGS / "broker.log")

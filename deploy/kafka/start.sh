@@ -6,8 +6,13 @@
 set -euo pipefail
 : "${KAFKA_ADMIN_USERNAME:?}" "${KAFKA_ADMIN_PASSWORD:?}" "${KAFKA_CLUSTER_ID:?}"
 : "${LEAD_KAFKA_PASSWORD:?}" "${INSOURCING_KAFKA_PASSWORD:?}" "${BRIDGE_KAFKA_PASSWORD:?}"
+# TLS on the client port: the broker's key and certificate from the environment, as PEM on one line
+# (`python -m devstack.tls --env` prints them), the hub's CA mounted read-only as /opt/tls/ca.pem.
+: "${KAFKA_TLS_KEY:?}" "${KAFKA_TLS_CERTIFICATE_CHAIN:?}"
+ca=$(tr '\n' ' ' < /opt/tls/ca.pem)
 data=/var/lib/kafka/data
 config=/tmp/server.properties
+umask 077  # the configuration holds the broker's key and the super user's password
 sed -e "s|@CONTROLLER_ADDRESS@|localhost:9093|" \
     -e "s|@CLIENT_BIND@|0.0.0.0:9092|" \
     -e "s|@CONTROLLER_BIND@|localhost:9093|" \
@@ -15,6 +20,9 @@ sed -e "s|@CONTROLLER_ADDRESS@|localhost:9093|" \
     -e "s|@ADMIN_USERNAME@|${KAFKA_ADMIN_USERNAME}|g" \
     -e "s|@ADMIN_PASSWORD@|${KAFKA_ADMIN_PASSWORD}|g" \
     -e "s|@LOG_DIRS@|${data}|" \
+    -e "s|@SSL_KEY@|${KAFKA_TLS_KEY}|" \
+    -e "s|@SSL_CERTIFICATE_CHAIN@|${KAFKA_TLS_CERTIFICATE_CHAIN}|" \
+    -e "s|@SSL_CA@|${ca}|" \
     /opt/deploy/server.properties > "$config"
 # shellcheck disable=SC2206  # the heap options are several words
 java=(java ${KAFKA_HEAP_OPTS:--Xmx512m -Xms128m} -XX:+UseG1GC -Djava.awt.headless=true

@@ -18,6 +18,10 @@ class CommonSettings(BaseSettings):
     # (LEAD_KAFKA_USERNAME...): on Apache Kafka with ACLs each service may use only its own topics.
     kafka_username: str | None = None
     kafka_password: str | None = None
+    # TLS to the broker (SASL_SSL): the hub operator's CA the broker's certificate is verified against,
+    # or KAFKA_SSL=true to verify it against the system's bundle. Neither: plaintext (Tansu's only way).
+    kafka_ssl_cafile: str | None = Field(None, validation_alias="KAFKA_SSL_CAFILE")
+    kafka_ssl: bool = Field(False, validation_alias="KAFKA_SSL")
     smtp_host: str = Field("127.0.0.1", validation_alias="SMTP_HOST")
     smtp_port: int = Field(8025, validation_alias="SMTP_PORT")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
@@ -55,4 +59,5 @@ class CommonSettings(BaseSettings):
             raise SystemExit(f"{variable}: {exc}") from None
 
     def kafka_access(self) -> KafkaAccess:
-        return KafkaAccess(self.kafka_bootstrap_servers, self.kafka_username, self.kafka_password)
+        return KafkaAccess(self.kafka_bootstrap_servers, self.kafka_username, self.kafka_password,
+                           tls=bool(self.kafka_ssl or self.kafka_ssl_cafile), ssl_cafile=self.kafka_ssl_cafile)

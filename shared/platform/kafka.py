@@ -3,10 +3,11 @@ what the broker can do (probed at start), producers and consumers tuned to it, t
 that keep each partner to its own topics."""
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.helpers import create_ssl_context
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -32,24 +33,34 @@ def inbound_topic(partner_id: str) -> str:
 
 @dataclass(frozen=True)
 class KafkaAccess:
-    """Where the broker is and who this client is: with a username, SASL/SCRAM-SHA-256 over the
-    listener (Apache Kafka with ACLs); without, an open listener (Tansu, or a broker without auth)."""
+    """Where the broker is and who this client is: with a username, SASL/SCRAM-SHA-256 (Apache Kafka
+    with ACLs), over TLS when `tls` is set (the hub's Kafka across the internet: the broker's certificate
+    verified against `ssl_cafile`, the hub operator's CA, or the system's bundle); without, an open
+    listener (Tansu, which has no TLS, or a broker without auth)."""
 
     bootstrap: str
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     mechanism: str = "SCRAM-SHA-256"
+    tls: bool = False
+    ssl_cafile: str | None = None
 
     def options(self) -> dict:
-        if not self.username:
-            return {"bootstrap_servers": self.bootstrap}
-        return {
-            "bootstrap_servers": self.bootstrap,
-            "security_protocol": "SASL_PLAINTEXT",
-            "sasl_mechanism": self.mechanism,
-            "sasl_plain_username": self.username,
-            "sasl_plain_password": self.password,
-        }
+        options: dict = {"bootstrap_servers": self.bootstrap}
+        if self.tls:
+            options |= {"security_protocol": "SSL", "ssl_context": create_ssl_context(cafile=self.ssl_cafile)}
+        if self.username:
+            options |= {
+                "security_protocol": "SASL_SSL" if self.tls else "SASL_PLAINTEXT",
+                "sasl_mechanism": self.mechanism,
+                "sasl_plain_username": self.username,
+                "sasl_plain_password": self.password,
+            }
+        return options
+
+    def as_user(self, username: str | None, password: str | None) -> "KafkaAccess":
+        """The same broker, reached the same way, as another user."""
+        return replace(self, username=username, password=password)
 
 
 @dataclass(frozen=True)

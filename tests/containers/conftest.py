@@ -11,7 +11,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from devstack import containers, infra, kafka_broker
+from devstack import containers, infra, kafka_broker, tls
 from tests.harness import LOGS, ROOT
 
 PROJECT = "pts-container-tests"
@@ -22,7 +22,11 @@ _ran: dict[str, str] = {}
 def deploy_env() -> dict[str, str]:
     """What an operator puts in deploy/.env, freshly generated, plus ports free on this machine."""
     signing = infra.signing_env()
+    hub_tls = tls.ensure(ROOT / "var" / "containers" / "tls", ["kafka", "localhost", "127.0.0.1"])
     return {
+        "KAFKA_TLS_DIR": str(hub_tls.folder),
+        "KAFKA_TLS_KEY": hub_tls.config_values()["SSL_KEY"],
+        "KAFKA_TLS_CERTIFICATE_CHAIN": hub_tls.config_values()["SSL_CERTIFICATE_CHAIN"],
         **{f"{side}_POSTGRES_PASSWORD": secrets.token_urlsafe(18) for side in ("LEAD", "INSOURCING", "BRIDGE")},
         **{f"{side}_API_TOKEN": f"ct_{secrets.token_urlsafe(18)}" for side in ("LEAD", "INSOURCING", "BRIDGE")},
         **{f"{side}_KAFKA_PASSWORD": secrets.token_urlsafe(18) for side in ("LEAD", "INSOURCING", "BRIDGE")},

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from devstack import containers, infra
-from shared.platform.kafka import KafkaAccess, list_topics, outbound_topic
+from shared.platform.kafka import list_topics, outbound_topic
 from tests.harness import resolve_infrastructure
 
 pytestmark = pytest.mark.containers
@@ -20,7 +20,7 @@ def test_the_suites_infrastructure_comes_from_the_project_images_when_docker_ans
         assert resolved.kafka_source.startswith(f"testcontainers ({containers.KAFKA_IMAGE}")
         infra.create_databases(resolved.postgres_admin_url, ["harness_check"])  # connects and creates, or raises
         env = resolved.kafka_service_env
-        lead = KafkaAccess(resolved.kafka_bootstrap, env["LEAD_KAFKA_USERNAME"], env["LEAD_KAFKA_PASSWORD"])
+        lead = resolved.kafka_admin.as_user(env["LEAD_KAFKA_USERNAME"], env["LEAD_KAFKA_PASSWORD"])
         visible = asyncio.run(list_topics(lead))
         # The lead's own Kafka user sees its topics and, by the ACLs, not the insourcing partner's.
         assert outbound_topic("lead-partner") in visible

@@ -2,7 +2,9 @@
 and group that is not its own, a stranger gets nothing, and whatever reaches a partner's inbound
 topic without the bridge's signature is parked unapplied, even when the broker's super user wrote it."""
 import asyncio
+import struct
 import uuid
+from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -19,6 +21,7 @@ from shared.contracts.messages import MirrorUpsert, WorkCompleted
 from shared.platform.db import asyncpg_dsn
 from shared.platform.kafka import KafkaAccess, inbound_topic, make_consumer, make_producer, outbound_topic
 from shared.platform.signing import KeyRing, Signatures
+from devstack import tls
 from tests.e2e.flows import arrived, insource_status, items, linked_tickets
 from tests.harness import eventually
 
@@ -36,7 +39,7 @@ def acl_broker(infrastructure):
 
 def access_of(infrastructure, prefix: str) -> KafkaAccess:
     env = infrastructure.kafka_service_env
-    return KafkaAccess(infrastructure.kafka_bootstrap, env[f"{prefix}_KAFKA_USERNAME"], env[f"{prefix}_KAFKA_PASSWORD"])
+    return infrastructure.kafka_admin.as_user(env[f"{prefix}_KAFKA_USERNAME"], env[f"{prefix}_KAFKA_PASSWORD"])
 
 
 async def write(access: KafkaAccess, topic: str) -> None:
@@ -84,9 +87,37 @@ async def test_a_client_without_valid_credentials_gets_nothing(acl_broker):
     with pytest.raises((KafkaConnectionError, KafkaError, asyncio.TimeoutError)):
         await write(stranger, outbound_topic(LEAD))
     env = infrastructure.kafka_service_env
-    wrong = KafkaAccess(infrastructure.kafka_bootstrap, env["LEAD_KAFKA_USERNAME"], "not-the-password")
+    wrong = infrastructure.kafka_admin.as_user(env["LEAD_KAFKA_USERNAME"], "not-the-password")
     with pytest.raises((KafkaConnectionError, KafkaError, asyncio.TimeoutError)):
         await write(wrong, outbound_topic(LEAD))
+
+
+async def test_the_client_port_speaks_only_tls_with_the_hub_operators_certificate(acl_broker, tmp_path):
+    """Across the internet every login and note is encrypted: a client that does not speak TLS gets
+    nothing even with the right password, and a client that trusts another CA does not trust this broker."""
+    infrastructure = acl_broker
+    assert infrastructure.kafka_admin.tls, f"the broker from {infrastructure.kafka_source} has no TLS"
+    env = infrastructure.kafka_service_env
+    lead = infrastructure.kafka_admin.as_user(env["LEAD_KAFKA_USERNAME"], env["LEAD_KAFKA_PASSWORD"])
+    await write(lead, outbound_topic(LEAD))  # over TLS, verified against the hub's CA: allowed
+    in_clear = replace(lead, tls=False, ssl_cafile=None)
+    with pytest.raises((KafkaConnectionError, KafkaError, asyncio.TimeoutError)):
+        await write(in_clear, outbound_topic(LEAD))
+    another_ca = tls.ensure(tmp_path / "another-hub", ["127.0.0.1", "localhost"]).ca
+    with pytest.raises((KafkaConnectionError, KafkaError, asyncio.TimeoutError)):
+        await write(replace(lead, ssl_cafile=str(another_ca)), outbound_topic(LEAD))
+    host, _, port = infrastructure.kafka_bootstrap.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:  # Kafka's ApiVersions request in clear: no Kafka answer comes back, only a closed connection
+        request = struct.pack(">hhih", 18, 0, 1, 5) + b"probe"  # ApiVersions v0, correlation id 1
+        writer.write(struct.pack(">i", len(request)) + request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(64), 15)
+    except (ConnectionError, asyncio.TimeoutError):
+        answer = b""
+    finally:
+        writer.close()
+    assert answer[4:8] != bytes.fromhex("00000001"), "the broker answered a plaintext request"
 
 
 async def inbound_records(infrastructure, partner: str) -> list:

@@ -47,7 +47,7 @@ async def test_poison_records_on_every_input_topic_are_parked_and_notes_keep_cro
         for topic in topics:
             await write(infrastructure.kafka_admin, topic, poison(marker))
     if infrastructure.acls:  # a partner's own user, on its own outbound topic
-        own = KafkaAccess(infrastructure.kafka_bootstrap, base_env["LEAD_KAFKA_USERNAME"], base_env["LEAD_KAFKA_PASSWORD"])
+        own = infrastructure.kafka_admin.as_user(base_env["LEAD_KAFKA_USERNAME"], base_env["LEAD_KAFKA_PASSWORD"])
         await write(own, outbound_topic(LEAD), [(b"\x00" + marker + b"-own", b"\x00", [("\x00", None)])])
 
     lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=60)

@@ -18,7 +18,8 @@ COMPOSE = containers.compose_binary()
 DOCKERFILES = sorted(str(ROOT / d) for d in containers.IMAGES.values())
 SECRETS = ["LEAD_POSTGRES_PASSWORD", "INSOURCING_POSTGRES_PASSWORD", "BRIDGE_POSTGRES_PASSWORD", "LEAD_API_TOKEN", "INSOURCING_API_TOKEN", "BRIDGE_API_TOKEN",
            "KAFKA_CLUSTER_ID", "KAFKA_ADMIN_PASSWORD", "LEAD_KAFKA_PASSWORD", "INSOURCING_KAFKA_PASSWORD",
-           "BRIDGE_KAFKA_PASSWORD", "LEAD_SIGNING_KEYS", "INSOURCING_SIGNING_KEYS"]
+           "BRIDGE_KAFKA_PASSWORD", "LEAD_SIGNING_KEYS", "INSOURCING_SIGNING_KEYS", "KAFKA_TLS_KEY",
+           "KAFKA_TLS_CERTIFICATE_CHAIN"]
 
 
 def compose(env_file: Path, *args: str) -> subprocess.CompletedProcess:
@@ -67,6 +68,17 @@ def test_compose_runs_the_same_kafka_with_the_same_users_as_make_run(env_file):
     keys = json.loads(services["sync-bridge"]["environment"]["BRIDGE_SIGNING_KEYS"])
     assert keys == {"lead-partner": services["lead-partner"]["environment"]["LEAD_SIGNING_KEYS"],
                     "insourcing-partner": services["insourcing-partner"]["environment"]["INSOURCING_SIGNING_KEYS"]}
+
+
+def test_every_service_verifies_the_broker_against_the_hubs_ca_and_the_broker_serves_tls(env_file):
+    services = json.loads(compose(env_file, "config", "--format", "json").stdout)["services"]
+    for name in ("lead-partner", "insourcing-partner", "sync-bridge", "kafka-setup"):
+        assert services[name]["environment"]["KAFKA_SSL_CAFILE"] == "/opt/tls/ca.pem", name
+    for name in ("lead-partner", "insourcing-partner", "sync-bridge", "kafka-setup", "kafka"):
+        mounts = {v["target"]: v for v in services[name]["volumes"] if v["type"] == "bind"}
+        assert mounts["/opt/tls/ca.pem"]["source"].endswith("/tls/ca.pem") and mounts["/opt/tls/ca.pem"]["read_only"]
+    assert "/opt/tls/broker.key" not in {v["target"] for s in services.values() for v in s.get("volumes", [])}
+    assert "CLIENT:SASL_SSL" in kafka_broker.SERVER_PROPERTIES.read_text()
 
 
 def test_each_partner_reaches_only_its_own_database_and_kafka(env_file):
