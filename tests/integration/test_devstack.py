@@ -122,7 +122,8 @@ async def test_make_run_on_apache_kafka_restarts_a_killed_broker_and_database_an
     stack = MakeRun(own_stack_env, tmp_path / "run.log")
     try:
         banner = await asyncio.to_thread(stack.wait_for_banner)
-        assert f"Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, SASL/SCRAM, ACLs)" in banner
+        assert f"Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, SASL/SCRAM over TLS, ACLs)" in banner
+        assert f"its CA {tmp_path / 'var' / 'kafka' / 'ca.pem'}" in banner
         async with stack.client("lead_partner", "LEAD_PORT") as lead, \
                 stack.client("insourcing_partner", "INSOURCING_PORT") as insourcing:
             lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=60)
