@@ -3,7 +3,6 @@ support on this checkout's private Docker engine, with the images built locally 
 and secrets generated into the ignored var/ folder. No engine is an error, never a skip."""
 import json
 import os
-import secrets
 import subprocess
 import time
 
@@ -11,7 +10,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from devstack import containers, infra, kafka_broker, tls
+from devstack import containers, infra
+from devstack import deploy_env as deploy_env_module
 from tests.harness import LOGS, ROOT
 
 PROJECT = "pts-container-tests"
@@ -20,21 +20,9 @@ _ran: dict[str, str] = {}
 
 
 def deploy_env() -> dict[str, str]:
-    """What an operator puts in deploy/.env, freshly generated, plus ports free on this machine."""
-    signing = infra.signing_env()
-    hub_tls = tls.ensure(ROOT / "var" / "containers" / "tls", ["kafka", "localhost", "127.0.0.1"])
+    """What `python -m devstack.deploy_env` writes to deploy/.env, plus ports free on this machine."""
     return {
-        "KAFKA_TLS_DIR": str(hub_tls.folder),
-        "KAFKA_TLS_KEY": hub_tls.config_values()["SSL_KEY"],
-        "KAFKA_TLS_CERTIFICATE_CHAIN": hub_tls.config_values()["SSL_CERTIFICATE_CHAIN"],
-        **{f"{side}_POSTGRES_PASSWORD": secrets.token_urlsafe(18) for side in ("LEAD", "INSOURCING", "BRIDGE")},
-        **{f"{side}_API_TOKEN": f"ct_{secrets.token_urlsafe(18)}" for side in ("LEAD", "INSOURCING", "BRIDGE")},
-        **{f"{side}_KAFKA_PASSWORD": secrets.token_urlsafe(18) for side in ("LEAD", "INSOURCING", "BRIDGE")},
-        "KAFKA_CLUSTER_ID": kafka_broker.new_cluster_id(),
-        "KAFKA_ADMIN_PASSWORD": secrets.token_urlsafe(18),
-        "LEAD_SIGNING_KEYS": signing["LEAD_SIGNING_KEYS"],
-        "INSOURCING_SIGNING_KEYS": signing["INSOURCING_SIGNING_KEYS"],
-        "BRIDGE_UI_SECRET": secrets.token_urlsafe(18),  # two bridge replicas share sessions
+        **deploy_env_module.fresh(ROOT / "var" / "containers" / "tls", ["localhost", "127.0.0.1"]),
         "LEAD_PUBLISHED_PORT": str(infra.free_port()),
         "INSOURCING_PUBLISHED_PORT": str(infra.free_port()),
         "BRIDGE_PUBLISHED_PORTS": _two_free_ports(),

@@ -103,3 +103,20 @@ def test_every_image_builds_on_a_base_given_as_an_argument(env_file):
 def test_dockerfiles_pass_hadolint():
     done = subprocess.run([str(BIN / "hadolint"), *DOCKERFILES], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_one_command_writes_a_complete_env_file_compose_accepts_and_never_replaces_it(tmp_path):
+    out, tls_dir = tmp_path / "deploy.env", tmp_path / "tls"
+    command = [sys.executable, "-m", "devstack.deploy_env", "--out", str(out), "--tls-dir", str(tls_dir),
+               "--host", "hub.example.com"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    values = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert set(SECRETS) <= set(values) and all(values[name] for name in SECRETS)
+    assert out.stat().st_mode & 0o777 == 0o600 and (tls_dir / "broker.key").stat().st_mode & 0o777 == 0o600
+    assert values["KAFKA_TLS_DIR"] == str(tls_dir) and (tls_dir / "ca.pem").exists()
+    assert compose(out, "config", "-q").returncode == 0
+    written = out.read_text()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert again.returncode != 0 and "down -v" in again.stderr
+    assert out.read_text() == written
