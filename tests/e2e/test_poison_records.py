@@ -13,7 +13,8 @@ from shared.platform.db import asyncpg_dsn
 from shared.platform.kafka import KafkaAccess, inbound_topic, make_producer, outbound_topic
 from tests.e2e.flows import arrived, linked_tickets
 from tests.harness import eventually
-from tests.integration.test_poison_records import RawName, hostile_producer  # noqa: F401
+from tests.integration.test_poison_records import hostile_producer  # noqa: F401
+from tests.raw_records import RawName
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 LEAD, PARTNER = "lead-partner", "insourcing-partner"

@@ -16,22 +16,10 @@ from shared.platform.kafka import KafkaAccess, make_consumer, make_producer
 from shared.platform.records import unpack_headers
 from devstack.infra import free_port
 from tests.harness import eventually
+from tests.raw_records import RawName
 from tests.integration.test_messaging import OpenTicket, Rig, _at_least, open_ticket, plumbing_db, rig  # noqa: F401
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-class RawName(str):
-    """A header name whose bytes on the wire are not UTF-8: aiokafka's own producer cannot write one,
-    its pure-Python record builder does when asked for the name's bytes."""
-
-    def __new__(cls, raw: bytes):
-        name = super().__new__(cls, raw.decode("utf-8", "surrogateescape"))
-        name.raw = raw
-        return name
-
-    def encode(self, *args, **kwargs) -> bytes:
-        return self.raw
 
 
 @pytest.fixture

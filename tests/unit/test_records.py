@@ -14,21 +14,10 @@ from shared.platform.records import (
     pack_headers,
     unpack_headers,
 )
+from tests.raw_records import RawName
 
 header_names = st.binary(max_size=40).map(lambda raw: raw.decode("utf-8", "surrogateescape"))
 headers = st.lists(st.tuples(header_names, st.none() | st.binary(max_size=60)), max_size=6)
-
-
-class _RawName(str):
-    """A header name whose bytes on the wire are any bytes (as a hostile producer writes them)."""
-
-    def __new__(cls, raw: bytes):
-        name = super().__new__(cls, raw.decode("utf-8", "surrogateescape"))
-        name.raw = raw
-        return name
-
-    def encode(self, *args, **kwargs) -> bytes:
-        return self.raw
 
 
 def batch(records: list[tuple[bytes | None, bytes | None, list]]) -> bytes:
@@ -36,7 +25,7 @@ def batch(records: list[tuple[bytes | None, bytes | None, list]]) -> bytes:
                                            producer_epoch=-1, base_sequence=-1, batch_size=10_000_000)
     for offset, (key, value, hs) in enumerate(records):
         builder.append(offset, timestamp=1_700_000_000_000 + offset, key=key, value=value,
-                       headers=[(_RawName(name_bytes(n)), v) for n, v in hs])
+                       headers=[(RawName(name_bytes(n)), v) for n, v in hs])
     return bytes(builder.build())
 
 
