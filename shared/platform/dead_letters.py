@@ -67,10 +67,10 @@ async def list_dead_letters(session: AsyncSession, include_resolved: bool = Fals
     return list((await session.scalars(query)).all())
 
 
-async def prune(session: AsyncSession, max_count: int, max_age: timedelta) -> tuple[int, int]:
+async def prune(session: AsyncSession, max_count: int, max_age: timedelta) -> int:
     """Retention: resolved dead letters older than `max_age` go, then the oldest resolved ones while
     there are more than `max_count` in all. Unresolved ones stay until an operator acts, whatever their
-    number. Answers (how many went, how many are unresolved)."""
+    number. Answers how many went."""
     sql = await plain_sql(session)
     aged = await sql.fetchval(
         "WITH gone AS (DELETE FROM dead_letters WHERE resolved_at < now() - $1::interval RETURNING 1)"
@@ -79,8 +79,11 @@ async def prune(session: AsyncSession, max_count: int, max_age: timedelta) -> tu
         "WITH gone AS (DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE resolved_at IS NOT NULL"
         " ORDER BY resolved_at, id LIMIT greatest(0, (SELECT count(*) FROM dead_letters) - $1))"
         " RETURNING 1) SELECT count(*) FROM gone", max_count)
-    unresolved = await sql.fetchval("SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL")
-    return aged + over, unresolved
+    return aged + over
+
+
+async def count_unresolved(session: AsyncSession) -> int:
+    return await (await plain_sql(session)).fetchval("SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL")
 
 
 async def replay(session: AsyncSession, consumer: InboxConsumer, letter_id: int, who: str) -> OutcomeOut:

@@ -2,6 +2,7 @@
 relay and the inbox consumer as background tasks, and the common HTTP endpoints (dead letters too)."""
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from shared.platform.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
-from shared.platform.dead_letters import dead_letter_router, prune
+from shared.platform.dead_letters import count_unresolved, dead_letter_router, prune
 from shared.platform.db import asyncpg_dsn, make_engine, make_sessionmaker
 from shared.platform.inbox import Handler, InboxConsumer
 from shared.platform.kafka import FALLBACK, ensure_topics, make_consumer, make_producer, probe_broker
@@ -25,6 +26,7 @@ from shared.platform.web import database_check, install_common, kafka_check
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 300.0  # how often dead-letter retention runs
+COUNT_EVERY_S = 15.0  # how often the unresolved dead letters are counted for the metric
 
 
 @dataclass
@@ -188,16 +190,20 @@ def consumer_check(app: FastAPI) -> Callable[[], Awaitable[str | None]]:
 
 
 async def _prune_dead_letters(app: FastAPI, sessions, settings) -> None:
-    """Dead-letter retention (settings DEAD_LETTER_MAX_COUNT, DEAD_LETTER_MAX_AGE_DAYS), every
-    PRUNE_EVERY_S; the count of unresolved ones is kept for the metric."""
+    """Dead-letter retention (settings DEAD_LETTER_MAX_COUNT, DEAD_LETTER_MAX_AGE_DAYS) every
+    PRUNE_EVERY_S, and the count of unresolved ones for the metric every COUNT_EVERY_S."""
     max_age = timedelta(days=settings.dead_letter_max_age_days)
+    next_prune = time.monotonic()
     while True:
         try:
             async with sessions() as session, session.begin():
-                gone, app.state.unresolved_letters = await prune(session, settings.dead_letter_max_count, max_age)
-            if gone:
-                log.info("dead-letter retention deleted %d resolved dead letters", gone)
-            if app.state.unresolved_letters > settings.dead_letter_max_count:
+                pruning = time.monotonic() >= next_prune
+                if pruning:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    if gone := await prune(session, settings.dead_letter_max_count, max_age):
+                        log.info("dead-letter retention deleted %d resolved dead letters", gone)
+                app.state.unresolved_letters = await count_unresolved(session)
+            if pruning and app.state.unresolved_letters > settings.dead_letter_max_count:
                 log.warning("%d dead letters are unresolved, more than DEAD_LETTER_MAX_COUNT=%d: they are kept "
                             "until an operator replays or discards them", app.state.unresolved_letters,
                             settings.dead_letter_max_count)
@@ -205,7 +211,7 @@ async def _prune_dead_letters(app: FastAPI, sessions, settings) -> None:
             raise
         except Exception:
             log.warning("dead-letter retention failed; trying again later", exc_info=True)
-        await asyncio.sleep(PRUNE_EVERY_S)
+        await asyncio.sleep(COUNT_EVERY_S)
 
 
 class _LagCollector:

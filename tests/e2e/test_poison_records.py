@@ -81,8 +81,12 @@ async def test_poison_records_on_every_input_topic_are_parked_and_notes_keep_cro
 
 async def restarts(client) -> float:
     """The service's consumer restarts so far, from its metrics."""
+    return await metric(client, "inbox_consumer_restarts_total")
+
+
+async def metric(client, name: str) -> float:
     metrics = (await client.get("/metrics")).text
-    [value] = re.findall(r"^inbox_consumer_restarts_total (\S+)$", metrics, re.MULTILINE)
+    [value] = re.findall(rf"^{name} (\S+)$", metrics, re.MULTILINE)
     return float(value)
 
 
@@ -118,3 +122,13 @@ async def test_readyz_names_a_partition_held_at_a_record_the_database_will_not_p
         return [d for d in letters if d["key"] == "\\x00" + marker]
 
     assert len(await eventually(ready_and_parked, timeout=90)) == 1
+
+    async def counted():  # the metric counts the unresolved letters every 15 s
+        conn = await asyncpg.connect(asyncpg_dsn(databases["lead_partner"]))
+        try:
+            stored = await conn.fetchval("SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL")
+        finally:
+            await conn.close()
+        return await metric(lead, "dead_letters_unresolved") == stored
+
+    await eventually(counted, timeout=30, interval=1.0)
