@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack import infra, kafka_broker
-from shared.platform.kafka import KafkaAccess
+from shared.platform import bundle
+from shared.platform.kafka import KafkaAccess, inbound_topic, outbound_topic
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("DEVSTACK_VAR", ROOT / "var")).resolve()
@@ -238,9 +239,43 @@ class Stack:
         for module, prefix, port, _ in SERVICES:
             self.env.setdefault(f"{prefix}_PORT", str(port))
             self.components.append(
-                Component(module, [sys.executable, "-m", f"services.{module}", "serve"], self.env,
+                Component(module, [sys.executable, "-m", f"services.{module}", "serve"], self.service_env(prefix),
                           VAR / "logs" / f"{module}.log")
             )
+
+    def service_env(self, prefix: str) -> dict[str, str]:
+        """What one service is given: nothing of another service's settings, nor the broker's super user;
+        a partner, its onboarding bundle in place of every Kafka and signing setting, as the hub would
+        hand it over (SPEC section 10), where one can say it."""
+        others = tuple(f"{p}_" for _, p, _, _ in SERVICES if p != prefix)
+        env = {k: v for k, v in self.env.items()
+               if not k.startswith(others) and k not in ("KAFKA_ADMIN_USERNAME", "KAFKA_ADMIN_PASSWORD")}
+        if prefix != "BRIDGE" and (path := self.write_bundle(prefix)):
+            for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SSL_CAFILE", "KAFKA_SSL", f"{prefix}_KAFKA_USERNAME",
+                         f"{prefix}_KAFKA_PASSWORD", f"{prefix}_SIGNING_KEYS", f"{prefix}_PARTNER_ID"):
+                env.pop(name, None)
+            env["PARTNER_BUNDLE_FILE"] = str(path)
+        return env
+
+    def write_bundle(self, prefix: str) -> Path | None:
+        """The partner's bundle in var/bundles/ (readable by its owner only); None where a bundle cannot
+        say it: a key being rotated (a bundle holds one key) or TLS verified against the system's
+        certificates (a bundle names its CA)."""
+        keys = self.env[f"{prefix}_SIGNING_KEYS"]
+        cafile = self.env.get("KAFKA_SSL_CAFILE")
+        if "," in keys or (self.env.get("KAFKA_SSL", "").lower() in ("1", "true", "yes") and not cafile):
+            return None
+        partner_id = self.env.get(f"{prefix}_PARTNER_ID", "lead-partner" if prefix == "LEAD" else "insourcing-partner")
+        key_id, key = keys.split(":", 1)
+        given = bundle.Bundle(
+            partner_id=partner_id, role="lead" if prefix == "LEAD" else "insourcing",
+            bootstrap_servers=self.env["KAFKA_BOOTSTRAP_SERVERS"], ca_pem=Path(cafile).read_text() if cafile else None,
+            username=self.env.get(f"{prefix}_KAFKA_USERNAME"), password=self.env.get(f"{prefix}_KAFKA_PASSWORD"),
+            signing_key_id=key_id, signing_key=key, outbound_topic=outbound_topic(partner_id),
+            inbound_topic=inbound_topic(partner_id))
+        path = VAR / "bundles" / f"{partner_id}.json"
+        infra.write_private(path, given.model_dump_json(indent=2) + "\n")
+        return path
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,16 +1,18 @@
 """What both partner services are made of: their settings, their ticket API and their messaging."""
 
 from datetime import datetime
+from typing import ClassVar
 
 from fastapi import APIRouter, Request
 from prometheus_client import Gauge
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from shared.domain.tickets.endpoints import ticket_router
 from shared.domain.partner_sync import SyncWatch
 from shared.partner_pages import TEMPLATES, PartnerPages, install_partner_pages
 from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES
 from shared.domain.tickets.service import get_ticket
+from shared.platform import bundle
 from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.config import CommonSettings
 from shared.platform.errors import NotFound
@@ -24,6 +26,8 @@ PARTNER_PERMISSIONS = [Permission.TICKETS, Permission.OUTSOURCING]
 
 
 class PartnerSettings(CommonSettings):
+    ROLE: ClassVar[bundle.Role]
+
     database_url: str
     port: int
     api_token: str | None = None
@@ -33,6 +37,19 @@ class PartnerSettings(CommonSettings):
     mail_from: str | None = None  # default: "<partner name> <notifications@<partner id>.invalid>"
     # The keys this partner shares with the bridge ("key-id:secret", newest first), e.g. LEAD_SIGNING_KEYS.
     signing_keys: str | None = None
+    # The hub's onboarding bundle: when given, it alone says where Kafka is, who this partner is there,
+    # the CA to verify the broker against and the signing key (shared/platform/bundle.py).
+    bundle_file: str | None = Field(None, validation_alias="PARTNER_BUNDLE_FILE")
+
+    @model_validator(mode="after")
+    def _from_bundle(self) -> "PartnerSettings":
+        if self.bundle_file:
+            given = bundle.load(self.bundle_file, self.ROLE)
+            self.partner_id, self.signing_keys = given.partner_id, given.signing_keys
+            self.kafka_bootstrap_servers = given.bootstrap_servers
+            self.kafka_username, self.kafka_password = given.username, given.password
+            self.kafka_ssl, self.kafka_ssl_cafile, self.kafka_ssl_cadata = False, None, given.ca_pem
+        return self
 
 
 class NotificationOut(BaseModel):

@@ -5,6 +5,7 @@ from shared.partner import PartnerSettings
 
 
 class InsourcingSettings(PartnerSettings):
+    ROLE = "insourcing"
     model_config = SettingsConfigDict(env_prefix="INSOURCING_")
 
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/insourcing_partner"

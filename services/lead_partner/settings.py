@@ -11,6 +11,7 @@ class KnownPartner(BaseModel):
 
 
 class LeadSettings(PartnerSettings):
+    ROLE = "lead"
     model_config = SettingsConfigDict(env_prefix="LEAD_")
 
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/lead_partner"

@@ -22,6 +22,7 @@ class CommonSettings(BaseSettings):
     # or KAFKA_SSL=true to verify it against the system's bundle. Neither: plaintext (Tansu's only way).
     kafka_ssl_cafile: str | None = Field(None, validation_alias="KAFKA_SSL_CAFILE")
     kafka_ssl: bool = Field(False, validation_alias="KAFKA_SSL")
+    kafka_ssl_cadata: str | None = None  # the CA as PEM text (a partner's onboarding bundle carries it so)
     smtp_host: str = Field("127.0.0.1", validation_alias="SMTP_HOST")
     smtp_port: int = Field(8025, validation_alias="SMTP_PORT")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
@@ -60,4 +61,5 @@ class CommonSettings(BaseSettings):
 
     def kafka_access(self) -> KafkaAccess:
         return KafkaAccess(self.kafka_bootstrap_servers, self.kafka_username, self.kafka_password,
-                           tls=bool(self.kafka_ssl or self.kafka_ssl_cafile), ssl_cafile=self.kafka_ssl_cafile)
+                           tls=bool(self.kafka_ssl or self.kafka_ssl_cafile or self.kafka_ssl_cadata),
+                           ssl_cafile=self.kafka_ssl_cafile, ssl_cadata=self.kafka_ssl_cadata)

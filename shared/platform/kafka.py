@@ -44,11 +44,13 @@ class KafkaAccess:
     mechanism: str = "SCRAM-SHA-256"
     tls: bool = False
     ssl_cafile: str | None = None
+    ssl_cadata: str | None = field(default=None, repr=False)  # the CA as PEM text, instead of a file
 
     def options(self) -> dict:
         options: dict = {"bootstrap_servers": self.bootstrap}
         if self.tls:
-            options |= {"security_protocol": "SSL", "ssl_context": create_ssl_context(cafile=self.ssl_cafile)}
+            context = create_ssl_context(cafile=self.ssl_cafile, cadata=self.ssl_cadata)
+            options |= {"security_protocol": "SSL", "ssl_context": context}
         if self.username:
             options |= {
                 "security_protocol": "SASL_SSL" if self.tls else "SASL_PLAINTEXT",

@@ -1,6 +1,7 @@
 """`make run` as a newcomer uses it: everything comes up ready, a component that dies is restarted
 (the broker and the database included), and SIGTERM (like Ctrl-C) leaves no process behind."""
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -116,6 +117,23 @@ def own_stack_env(tmp_path):
     return {**env, **{k: str(infra.free_port()) for k in ports}, "DEVSTACK_VAR": str(tmp_path / "var")}
 
 
+def _each_partner_runs_from_its_bundle_alone(stack: MakeRun, var: Path) -> None:
+    """make run hands each partner its onboarding bundle as the hub would (SPEC section 10) and no other
+    Kafka or signing setting; no service is given another's settings or the broker's super user."""
+    for module, partner_id, own, other in (("lead_partner", "lead-partner", "LEAD", "INSOURCING"),
+                                           ("insourcing_partner", "insourcing-partner", "INSOURCING", "LEAD")):
+        path = var / "bundles" / f"{partner_id}.json"
+        given = json.loads(path.read_text())
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert given["ca_pem"] == (var / "kafka" / "ca.pem").read_text() and given["username"]
+        env = stack.child(f"services.{module} serve").environ()
+        assert env["PARTNER_BUNDLE_FILE"] == str(path)
+        leaked = [name for name in env if name.startswith(("KAFKA_ADMIN", f"{other}_", "BRIDGE_"))
+                  or name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SSL_CAFILE", f"{own}_KAFKA_PASSWORD",
+                              f"{own}_SIGNING_KEYS")]
+        assert leaked == [], f"{module} was given {leaked}"
+
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_make_run_on_apache_kafka_restarts_a_killed_broker_and_database_and_loses_nothing(own_stack_env, tmp_path):
     assert kafka_broker.unavailable_reason() is None, "this machine has a JDK and Maven: make run must use Apache Kafka"
@@ -127,6 +145,7 @@ async def test_make_run_on_apache_kafka_restarts_a_killed_broker_and_database_an
         async with stack.client("lead_partner", "LEAD_PORT") as lead, \
                 stack.client("insourcing_partner", "INSOURCING_PORT") as insourcing:
             lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=60)
+            _each_partner_runs_from_its_bundle_alone(stack, Path(own_stack_env["DEVSTACK_VAR"]))
 
             stack.child("kafka.Kafka").kill()
             await eventually(lambda: _said(stack, "Apache Kafka died; restarting"), timeout=10)
