@@ -48,7 +48,7 @@ FINISHED_INSOURCE = {InsourceStatus.DECLINED, InsourceStatus.CANCELED, InsourceS
 class Rule:
     """From which states an event applies, and the state it leads to. An API call from another
     state is refused (409); a message from another state is ignored, with `ignored` saying why (the
-    other side's order of events already decided, SPEC section 3 and the README's races)."""
+    other side's order of events already decided, SPEC section 3 and the races of docs/workflow.md)."""
 
     allowed: frozenset
     target: enum.StrEnum

@@ -53,7 +53,7 @@ class CommonSettings(BaseSettings):
         variable = f"{self.model_config.get('env_prefix', '')}{field}".upper()
         if not text:
             raise SystemExit(f"{variable} is not set: messages to and from the bridge are signed with it "
-                             "(make run generates one; see the README)")
+                             "(make run generates one; see docs/configuration.md)")
         try:
             return KeyRing.parse(text)
         except ValueError as exc:

@@ -12,7 +12,7 @@ from shared.platform.errors import Conflict
 O, I, L = OutsourceStatus, InsourceStatus, LinkState
 ROOT = Path(__file__).resolve().parents[2]
 
-# Every transition of SPEC section 3 and of the README's races, written out once more by hand:
+# Every transition of SPEC section 3 and of the races of docs/workflow.md, written out once more by hand:
 # (event, the states it applies from, the state it leads to).
 OUTSOURCE = [
     ("cancel", {O.ASSIGNED}, O.CANCELED),
