@@ -160,7 +160,6 @@ class Held:
     """A partition paused at a record that could not be parked: it is neither applied nor skipped."""
 
     offset: int
-    reason: str  # why the record is to be parked
     error: str  # why parking failed
     since: datetime
     attempts: int
@@ -326,6 +325,7 @@ class InboxConsumer:
                 done.clear()
             else:
                 for tp, records in batches.items():
+                    self._waiting_since.pop(tp, None)  # its position moved (to the held record, at least)
                     done[tp] = self._expected[tp] = self._next_offset(consumer, tp, records[-1].offset + 1)
             if not batches:
                 await self._make_missing_topics(consumer)
@@ -352,7 +352,6 @@ class InboxConsumer:
     def _next_offset(self, consumer: AIOKafkaConsumer, tp: TopicPartition, after_poll: int) -> int:
         """Where a partition resumes after a poll was handled: after its last record, or at the record
         it holds, paused there until parking it is tried again."""
-        self._waiting_since.pop(tp, None)
         held = self.held.get(tp)
         if held is None:
             return after_poll
@@ -608,12 +607,12 @@ class InboxConsumer:
                 return
             offset, attempts = self._hold_attempts.get(tp, (None, 0))
             attempts = attempts + 1 if offset == record.offset else 1
-            self.held[tp] = Held(record.offset, escaped(reason, 300), escaped(str(exc), 300), utcnow(), attempts,
-                                 time.monotonic() + min(HOLD_MAX_S, HOLD_RETRY_S * 2 ** (attempts - 1)))
+            wait = min(HOLD_MAX_S, HOLD_RETRY_S * 2 ** (attempts - 1))
+            held = self.held[tp] = Held(record.offset, escaped(str(exc), 300), utcnow(), attempts,
+                                        time.monotonic() + wait)
             log.error("%s: CANNOT PARK %s[%d]@%d (%s); the partition is held at it, tried again in %.0fs "
-                      "(attempt %d): %s", self._name, record.topic, record.partition, record.offset,
-                      escaped(str(exc), 300), self.held[tp].retry_at - time.monotonic(), attempts,
-                      escaped(reason, 300))
+                      "(attempt %d): %s", self._name, record.topic, record.partition, record.offset, held.error,
+                      wait, attempts, escaped(reason, 300))
 
     async def _park(self, record: ConsumerRecord, env: Envelope | None, reason: str) -> None:
         row = dead_letter_row(record, env, reason)
