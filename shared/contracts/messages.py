@@ -378,3 +378,41 @@ class Reconciled(Payload):
     round_id: str
     in_sync: bool
     repairs: int
+
+
+# --- the hub's partner directory (SPEC section 10) -----------------------------------------------
+
+
+@contract
+class PartnerLeft(Payload):
+    """Bridge -> the other party of an open link: the hub removed this link's other partner. The link
+    is over: nothing crosses again, and the receiver's outsourcing (or received work) is Canceled."""
+
+    type = "link.partner_left"
+    link_id: str
+    partner_id: str
+    partner_name: str
+
+
+class DirectoryEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(max_length=64)
+    name: str = Field(max_length=200)
+
+
+@contract
+class DirectoryRequested(Payload):
+    """Lead -> bridge: send me the insourcing partners I may outsource to (a lead asks at each start)."""
+
+    type = "directory.requested"
+
+
+@contract
+class DirectoryChanged(Payload):
+    """Bridge -> a lead partner: every active insourcing partner of the hub, whole, each time the
+    directory changes or the lead asks. `version` only grows: a lead keeps the highest it has seen.
+    A lead hears of no other lead; an insourcing partner is sent no directory."""
+
+    type = "directory.partners"
+    version: int = Field(ge=0)
+    partners: list[DirectoryEntry] = Field(max_length=10_000)
