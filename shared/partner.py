@@ -102,7 +102,8 @@ async def notifications(session: SessionDep):
 
 
 def create_partner_app(name: str, settings: PartnerSettings, link_field: str, routers, handler, policy, state,
-                       pages: PartnerPages, page_routers: list[APIRouter]):
+                       pages: PartnerPages, page_routers: list[APIRouter], background=()):
+    """`background`: the service's own jobs, each called with the app once its sessions exist."""
     ring = settings.key_ring(settings.signing_keys, "signing_keys")
     watch = SyncWatch(policy.sync, settings.reconcile_interval_s)
     spec = ServiceSpec(
@@ -126,7 +127,7 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
             settings.smtp_port,
             sender=settings.mail_from or f"{settings.partner_name} <notifications@{settings.partner_id}.invalid>",
             domain=f"{settings.partner_id}.invalid",
-        ).run()],
+        ).run(), *background],
     )
     app = create_app(spec)
     # The agents' web UI (SPEC section 8), next to the JSON API.

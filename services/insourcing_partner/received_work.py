@@ -12,6 +12,7 @@ from shared.contracts.messages import (
     InsourceAccepted,
     InsourceCompletionRequested,
     InsourceDeclined,
+    PartnerLeft,
     SideStatus,
     WorkCanceled,
     WorkCompleted,
@@ -78,6 +79,7 @@ class Insourcing:
             WorkCanceled: self.on_canceled,
             WorkRejected: self.on_rejected,
             WorkCompleted: self.on_completed,
+            PartnerLeft: self.on_partner_left,
             **{message: self.mirroring.apply for message in MIRROR_MESSAGES},
             **self.sync.handlers(),
         })
@@ -201,3 +203,17 @@ class Insourcing:
         notify(session, "insource.complete", self.settings.notify_email,
                *wording.complete_mail(row.lead_partner_name, ticket.number, ticket.title, row.lead_ticket_number,
                                       payload.approved), ticket.id)
+
+    async def on_partner_left(self, session: AsyncSession, payload: PartnerLeft) -> None:
+        """The hub removed the lead partner: the work is Canceled and, as after a completion, everything
+        on the ticket now is read-only for good."""
+        row, ticket = await self._locked_with_ticket(session, payload.link_id)
+        row.status = workflow.insource("link.partner_left", row.status)
+        if ticket:
+            await lock_items(session, ticket.id, Lock.PARTNER_LEFT)
+            await self.sync.partner_left(session, ticket.id, row.link_id, payload.partner_name)
+            await add_system_note(session, ticket.id,
+                                  *wording.partner_left_note(payload.partner_name, payload.partner_id))
+        notify(session, "partner.left", self.settings.notify_email,
+               *wording.partner_left_mail(payload.partner_name, payload.partner_id, row.lead_ticket_number, row.title),
+               row.ticket_id)

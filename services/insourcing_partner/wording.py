@@ -59,3 +59,15 @@ def complete_mail(lead_partner_name: str, number: str, title: str, lead_ticket: 
         f"{lead_partner_name} {_how(approved)} on your ticket {number} ({title}), their ticket "
         f"{lead_ticket}. The Insource Status is Complete and the tickets are no longer "
         "synchronized. The ticket status itself is unchanged.")
+
+
+def partner_left_note(lead_partner_name: str, lead_partner_id: str) -> tuple[str, str]:
+    return "Lead partner left", (
+        f"{lead_partner_name} ({lead_partner_id}) left the hub: this work is canceled and nothing synchronizes "
+        "any more. Everything added before now is read-only.")
+
+
+def partner_left_mail(lead_partner_name: str, lead_partner_id: str, lead_ticket: str, title: str) -> tuple[str, str]:
+    return f"Work canceled ({lead_partner_name} left the hub): {lead_ticket} {title}", (
+        f"{lead_partner_name} ({lead_partner_id}) left the hub, so their request for ticket {lead_ticket} "
+        f"({title}) is Canceled and nothing synchronizes any more. The ticket status itself is unchanged.")

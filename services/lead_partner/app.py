@@ -22,4 +22,6 @@ def create_app(settings: LeadSettings | None = None) -> FastAPI:
         pages=PartnerPages("outsource", pages.panel, pages.NAV),
         page_routers=[pages.router],
         state={"outsourcing": outsourcing},
+        # At each start, one directory.requested: a lead with a fresh database learns its partners.
+        background=[lambda app: outsourcing.directory.ask_at_start(app.state.sessions)],
     )

@@ -53,9 +53,10 @@ def _out(row) -> dict:
     return OutsourcingOut.model_validate(row, from_attributes=True).model_dump()
 
 
-@router.get("/partners", response_model=list[PartnerOut], summary="The insourcing partners this lead may outsource to")
-async def partners(request: Request):
-    return [p.model_dump() for p in request.app.state.settings.partners]
+@router.get("/partners", response_model=list[PartnerOut],
+            summary="The insourcing partners this lead may outsource to: the hub's directory as it last sent it")
+async def partners(session: SessionDep, outsourcing=Depends(_outsourcing)):
+    return [p.model_dump() for p in await outsourcing.directory.partners(session)]
 
 
 @router.post("/tickets/{ticket_id}/outsource", responses=CONFLICT, status_code=202, response_model=OutsourcingOut,

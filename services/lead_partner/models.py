@@ -1,8 +1,9 @@
-"""The lead partner's own table: its outsourcings (one row per time a ticket was outsourced)."""
+"""The lead partner's own tables: its outsourcings (one row per time a ticket was outsourced) and the
+hub's directory of the insourcing partners it may outsource to."""
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,6 +33,16 @@ class Outsourcing(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())
 
 
+class PartnerDirectory(Base):
+    """The latest directory the hub sent (directory.partners): one row, replaced only by a higher version."""
+
+    __tablename__ = "partner_directory"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # always 1: one hub
+    version: Mapped[int] = mapped_column(BigInteger)
+    partners: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)  # [{id, name}], in the hub's order
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
 
 # What the lead's migrations must build (tests/integration/test_schema.py).
-metadata = service_metadata(*PARTNER_TABLES, Outsourcing.__table__)
+metadata = service_metadata(*PARTNER_TABLES, Outsourcing.__table__, PartnerDirectory.__table__)

@@ -1,5 +1,5 @@
-"""The lead partner's side of outsourcing: send a ticket to a partner, cancel, follow what the
-partner answers, and keep the ticket's link for mirroring."""
+"""The lead partner's side of outsourcing: send a ticket to a partner of the hub's directory, cancel,
+follow what the partner answers, and keep the ticket's link for mirroring."""
 import uuid
 from decimal import Decimal
 
@@ -7,15 +7,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_partner import wording
+from services.lead_partner.directory import HubDirectory
 from services.lead_partner.models import Outsourcing
 from services.lead_partner.settings import LeadSettings
 from shared.contracts.envelope import Envelope, Payload
 from shared.contracts.messages import (
+    DirectoryChanged,
     LinkUnknown,
     OutsourceCanceled,
     OutsourceCompleted,
     OutsourceRejected,
     OutsourceRequested,
+    PartnerLeft,
     SideStatus,
     Terms,
     WorkAccepted,
@@ -27,6 +30,7 @@ from shared.domain.partner_mirroring import (
     MIRROR_MESSAGES,
     LinkView,
     MirroringPolicy,
+    lock_partner_items,
     lock_shared_items,
     release_partner_items,
     unlock_suspended,
@@ -36,7 +40,7 @@ from shared.domain.tickets.rules import ItemKind, Origin
 from shared.domain.tickets.service import add_system_note, get_ticket, lock_ticket_of_link
 from shared.domain.workflow import OutsourceStatus
 from shared.platform.db import plain_sql
-from shared.platform.errors import Conflict, NotFound
+from shared.platform.errors import Conflict
 from shared.platform.inbox import Rejected
 from shared.platform.kafka import outbound_topic
 from shared.platform.messagebus import Ignored, MessageBus
@@ -85,12 +89,15 @@ class LeadOutsourcing:
         self.mirroring = MirroringPolicy(self.links, settings.partner_id, outbound_topic(settings.partner_id))
         self.sync = self.mirroring.sync
         self._emit = self.sync.send
+        self.directory = HubDirectory(settings.partner_id, outbound_topic(settings.partner_id))
         # What the bridge tells the lead, and who handles each message.
         self.bus = MessageBus("lead partner", {
             WorkAccepted: self.on_accepted,
             WorkDeclined: self.on_declined,
             WorkWaitingApproval: self.on_waiting_approval,
+            PartnerLeft: self.on_partner_left,
             LinkUnknown: self.on_link_unknown,
+            DirectoryChanged: self.directory.on_changed,  # of no link
             **{message: self.mirroring.apply for message in MIRROR_MESSAGES},
             **self.sync.handlers(),
         })
@@ -112,10 +119,7 @@ class LeadOutsourcing:
         self, session: AsyncSession, ticket_id: str, partner_id: str, instructions: str, terms: Terms | None
     ) -> Outsourcing:
         ticket = await get_ticket(session, ticket_id, for_update=True)
-        partner = next((p for p in self.settings.partners if p.id == partner_id), None)
-        if partner is None:
-            known = ", ".join(p.id for p in self.settings.partners)
-            raise NotFound(f"unknown partner {partner_id!r}; this lead partner may outsource to: {known}")
+        partner = await self.directory.partner(session, partner_id)
         last = await self.links.latest(session, ticket_id)
         workflow.may_outsource(ticket.status, OutsourceStatus(last.status) if last else None)
         row = Outsourcing(
@@ -186,7 +190,10 @@ class LeadOutsourcing:
                 TicketItem.ticket_id == ticket.id,
                 TicketItem.kind == ItemKind.TIME_ENTRY,
                 TicketItem.origin == Origin.PARTNER,
-                TicketItem.released.is_(False),  # not counted by an earlier outsourcing of this ticket
+                # This outsourcing's partner: not one that left the hub (its link Canceled) nor one
+                # counted by an earlier outsourcing of this ticket.
+                TicketItem.link_id == row.link_id,
+                TicketItem.released.is_(False),
             )
         )
         hours = sum((Decimal(str(f["hours"])) for f in entries.all()), Decimal(0))
@@ -267,3 +274,17 @@ class LeadOutsourcing:
         await add_system_note(session, ticket.id, *wording.declined_note(row.partner_name, payload.reason))
         notify(session, "work.declined", self.settings.notify_email,
                *wording.declined_mail(ticket.number, ticket.title, row.partner_name, payload.reason), ticket.id)
+
+    async def on_partner_left(self, session: AsyncSession, payload: PartnerLeft) -> None:
+        """The hub removed the insourcing partner: the outsourcing is Canceled (the ticket may be
+        outsourced again). The lead's own items are its own again, as after a completion; what the
+        partner wrote stays, read-only for good."""
+        ticket, row = await self._linked(session, payload.link_id)
+        row.status = workflow.outsource("link.partner_left", row.status)
+        await unlock_suspended(session, ticket.id)
+        await lock_partner_items(session, ticket.id, row.link_id)
+        await self.sync.partner_left(session, ticket.id, row.link_id, payload.partner_name)
+        await add_system_note(session, ticket.id, *wording.partner_left_note(payload.partner_name, payload.partner_id))
+        notify(session, "partner.left", self.settings.notify_email,
+               *wording.partner_left_mail(ticket.number, ticket.title, payload.partner_name, payload.partner_id,
+                                          row.partner_ticket_number), ticket.id)

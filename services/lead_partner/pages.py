@@ -18,7 +18,7 @@ router = APIRouter(include_in_schema=False)
 
 
 async def panel(request: Request, who, ticket, session) -> dict:
-    return {"template": "lead_panel.html", "partners": request.app.state.settings.partners}
+    return {"template": "lead_panel.html", "partners": await _outsourcing(request).directory.partners(session)}
 
 
 def _outsourcing(request: Request):

@@ -1,13 +1,8 @@
-"""Configuration of the lead partner service, from LEAD_* variables (and the shared KAFKA_*, SMTP_*)."""
-from pydantic import BaseModel
+"""Configuration of the lead partner service, from LEAD_* variables (and the shared KAFKA_*, SMTP_*).
+The insourcing partners it may outsource to are not configured: they come from the hub's directory."""
 from pydantic_settings import SettingsConfigDict
 
 from shared.partner import PartnerSettings
-
-
-class KnownPartner(BaseModel):
-    id: str
-    name: str
 
 
 class LeadSettings(PartnerSettings):
@@ -19,5 +14,3 @@ class LeadSettings(PartnerSettings):
     notify_email: str = "service-desk@lead-partner.example"
     partner_id: str = "lead-partner"
     partner_name: str = "Lead Partner"
-    # The insourcing partners this lead may outsource to (JSON list in LEAD_PARTNERS).
-    partners: list[KnownPartner] = [KnownPartner(id="insourcing-partner", name="Insourcing Partner")]

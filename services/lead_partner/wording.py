@@ -74,3 +74,26 @@ def declined_note(partner_name: str, reason: str) -> tuple[str, str]:
 
 def declined_mail(number: str, title: str, partner_name: str, reason: str) -> tuple[str, str]:
     return f"Outsourcing declined: {number} {title}", f"{partner_name} declined ticket {number} ({title}). Reason: {reason}"
+
+
+def unknown_partner(partner_id: str, known: list[str], total: int) -> str:
+    """The refusal of an outsourcing to a partner the hub's directory does not hold."""
+    if total == 0:
+        return (f"unknown partner {partner_id!r}: the hub has not sent any insourcing partner yet, "
+                "so this lead partner may not outsource to anyone")
+    more = f" and {total - len(known)} more (GET /api/partners)" if total > len(known) else ""
+    return f"unknown partner {partner_id!r}; this lead partner may outsource to: {', '.join(known)}{more}"
+
+
+def partner_left_note(partner_name: str, partner_id: str) -> tuple[str, str]:
+    return "Insourcing partner left", (
+        f"{partner_name} ({partner_id}) left the hub: this outsourcing is canceled and nothing synchronizes "
+        "any more. What they wrote stays on the ticket, read-only; the ticket may be outsourced again.")
+
+
+def partner_left_mail(number: str, title: str, partner_name: str, partner_id: str,
+                      partner_ticket: str | None) -> tuple[str, str]:
+    theirs = f" (their ticket {partner_ticket})" if partner_ticket else ""
+    return f"Outsourcing canceled: {number} {title}", (
+        f"{partner_name} ({partner_id}) left the hub, so the outsourcing of ticket {number} ({title}){theirs} "
+        "is Canceled and nothing synchronizes any more. You may outsource the ticket again to another partner.")

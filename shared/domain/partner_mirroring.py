@@ -224,6 +224,16 @@ async def lock_shared_items(session: AsyncSession, ticket_id: str) -> None:
     )
 
 
+async def lock_partner_items(session: AsyncSession, ticket_id: str, link_id: str) -> None:
+    """The mirrors that came over `link_id` become read-only for good: the partner left the hub, and a
+    later completion of the ticket with another partner does not release them."""
+    await session.execute(
+        update(TicketItem)
+        .where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.PARTNER, TicketItem.link_id == link_id)
+        .values(lock=Lock.PARTNER_LEFT)
+    )
+
+
 async def unlock_suspended(session: AsyncSession, ticket_id: str) -> None:
     await session.execute(
         update(TicketItem).where(TicketItem.ticket_id == ticket_id, TicketItem.lock == Lock.SUSPENSION).values(lock=None)

@@ -28,6 +28,7 @@ from shared.contracts.messages import (
     ManifestItem,
     ManifestMirror,
     ManifestRequested,
+    PartnerLeft,
     Reconciled,
     ReconcileRequested,
     ResendRequested,
@@ -79,10 +80,13 @@ class LinkSync(Base):
 
 # The messages that change a link's workflow (as opposed to items, receipts and reconciliation).
 _ITEM_OR_SYNC = ("item.", "attachment.", "mirror.", "sync.")
+# The other partner left the hub: no reconciliation can confirm what it ends, so nothing asks for one.
+_UNCONFIRMABLE = (PartnerLeft.type,)
 
 
 def _is_workflow(payload: Payload) -> bool:
-    return not payload.type.startswith(_ITEM_OR_SYNC)
+    """A change of the link's workflow that a reconciliation should confirm."""
+    return not payload.type.startswith(_ITEM_OR_SYNC) and payload.type not in _UNCONFIRMABLE
 
 
 async def _touch(session: AsyncSession, link_id: str, **values: Any) -> None:
@@ -142,6 +146,23 @@ class PartnerSync:
             "INSERT INTO link_sync (link_id, last_received_at, changed_at) VALUES ($1, $2, $3)"
             f" ON CONFLICT (link_id) DO UPDATE SET last_received_at = excluded.last_received_at{changed}",
             link_id, now, now if changed else None)
+
+    async def partner_left(self, session: AsyncSession, ticket_id: str, link_id: str, partner_name: str) -> None:
+        """The other partner left the hub: no receipt will come for what still waits for one (it is
+        refused, saying why), no deletion will be confirmed, and the link is no longer watched."""
+        now = utcnow()
+        await session.execute(
+            update(TicketItem)
+            .where(TicketItem.ticket_id == ticket_id, TicketItem.link_id == link_id,
+                   TicketItem.delivery_status == Delivery.PENDING)
+            .values(delivery_status=Delivery.REFUSED, delivery_at=now,
+                    delivery_reason=f"{partner_name} left the hub before confirming it")
+        )
+        await session.execute(delete(ItemDeletion).where(ItemDeletion.link_id == link_id))
+        await session.execute(
+            update(LinkSync).where(LinkSync.link_id == link_id)
+            .values(pending_since=None, confirmed_through=func.greatest(LinkSync.confirmed_through, LinkSync.changed_at))
+        )
 
     # --- receipts ---------------------------------------------------------------------------------
 

@@ -76,6 +76,9 @@ OUTSOURCE: dict[str, Rule] = {
     "link.declined": _rule({O.ASSIGNED, O.CANCELED}, O.DECLINED, "the partner had accepted"),
     "link.waiting_approval": _rule(_NOT_FINISHED_O, O.WAITING_APPROVAL,
                                    "the lead finished the outsourcing first; nothing waits for approval"),
+    # The hub removed the insourcing partner: the work ended unfinished, and Canceled lets the lead
+    # outsource the ticket again to another partner.
+    "link.partner_left": _rule(_NOT_FINISHED_O, O.CANCELED, "the outsourcing is already finished"),
 }
 
 # The insourcing partner: its own actions and what the bridge tells it.
@@ -86,6 +89,8 @@ INSOURCE: dict[str, Rule] = {
     "link.canceled": _rule(_NOT_FINISHED_I, I.CANCELED, "the work is already finished"),
     "link.rejected": _rule({I.WAITING_APPROVAL}, I.IN_PROGRESS, "nothing is waiting for approval"),
     "link.completed": _rule(_NOT_FINISHED_I, I.COMPLETE, "the work is already finished"),
+    # The hub removed the lead partner: the work ended unfinished.
+    "link.partner_left": _rule(_NOT_FINISHED_I, I.CANCELED, "the work is already finished"),
 }
 
 # The bridge: every partner event that moves a link. The first event the bridge reads wins a race.

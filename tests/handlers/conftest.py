@@ -13,7 +13,7 @@ from services.lead_partner.outsourcing import LeadOutsourcing
 from services.lead_partner.settings import LeadSettings
 from services.sync_bridge.bridge import Bridge
 from shared.platform.migrations import upgrade
-from tests.handlers.sides import LEAD, PARTNER, Side
+from tests.handlers.sides import LEAD, PARTNER, Side, directory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,7 @@ async def lead(handler_databases):
     outsourcing = LeadOutsourcing(LeadSettings(database_url=handler_databases["lead_partner"]))
     side = Side(handler_databases["lead_partner"], outsourcing.handle)
     side.service = outsourcing
+    await side.receive(directory(1))  # as the bridge answers the lead's directory.requested
     yield side
     await side.engine.dispose()
 

@@ -5,7 +5,14 @@ import uuid
 from sqlalchemy import select
 
 from shared.contracts.envelope import Payload, envelope, parse
-from shared.contracts.messages import InsourceAccepted, ItemCreated, OutsourceRequested, WorkRequested
+from shared.contracts.messages import (
+    DirectoryChanged,
+    DirectoryEntry,
+    InsourceAccepted,
+    ItemCreated,
+    OutsourceRequested,
+    WorkRequested,
+)
 from shared.domain.tickets.models import TicketItem
 from shared.domain.tickets.service import create_ticket
 from shared.platform.db import make_engine, make_sessionmaker
@@ -14,6 +21,8 @@ from shared.platform.notifications import Notification
 from shared.platform.outbox import OutboxMessage
 
 LEAD, PARTNER = "lead-partner", "insourcing-partner"
+# The hub's directory as the lead's tests start from it: the lead may outsource to the partner.
+PARTNER_ENTRY = DirectoryEntry(id=PARTNER, name="Insourcing Partner")
 IN_LEAD, IN_PARTNER = "psa.lead-partner.inbound", "psa.insourcing-partner.inbound"
 
 
@@ -26,8 +35,9 @@ class Side:
         self.handle = handle
 
     async def receive(self, payload: Payload, source: str = "bridge", topic: str = "") -> None:
+        link_id = getattr(payload, "link_id", None)  # a directory message belongs to no link
         async with self.sessions() as session, session.begin():
-            await self.handle(session, envelope(payload, source=source, link_id=payload.link_id), payload, topic)
+            await self.handle(session, envelope(payload, source=source, link_id=link_id), payload, topic)
 
     async def call(self, method, *args):
         """An API action, in one transaction as the endpoint runs it."""
@@ -83,6 +93,11 @@ async def active_link(bridge: Side) -> str:
 
 def note(link_id: str, item_id: str, body: str) -> ItemCreated:
     return ItemCreated(link_id=link_id, item_id=item_id, kind="note", fields={"title": "", "body": body})
+
+
+def directory(version: int, *entries: DirectoryEntry) -> DirectoryChanged:
+    """The bridge's directory.partners; the partner stays in it (the tests share one lead database)."""
+    return DirectoryChanged(version=version, partners=[PARTNER_ENTRY, *entries])
 
 
 async def outsourced(lead: Side) -> tuple[str, str]:

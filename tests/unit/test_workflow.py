@@ -22,6 +22,7 @@ OUTSOURCE = [
     ("link.accepted", {O.ASSIGNED, O.CANCELED}, O.IN_PROGRESS),
     ("link.declined", {O.ASSIGNED, O.CANCELED}, O.DECLINED),
     ("link.waiting_approval", {O.ASSIGNED, O.IN_PROGRESS, O.WAITING_APPROVAL}, O.WAITING_APPROVAL),
+    ("link.partner_left", {O.ASSIGNED, O.IN_PROGRESS, O.WAITING_APPROVAL}, O.CANCELED),
 ]
 INSOURCE = [
     ("accept", {I.PENDING}, I.IN_PROGRESS),
@@ -30,6 +31,7 @@ INSOURCE = [
     ("link.canceled", {I.PENDING, I.IN_PROGRESS, I.WAITING_APPROVAL}, I.CANCELED),
     ("link.rejected", {I.WAITING_APPROVAL}, I.IN_PROGRESS),
     ("link.completed", {I.PENDING, I.IN_PROGRESS, I.WAITING_APPROVAL}, I.COMPLETE),
+    ("link.partner_left", {I.PENDING, I.IN_PROGRESS, I.WAITING_APPROVAL}, I.CANCELED),
 ]
 LINK = [
     ("outsource.canceled", {L.PENDING}, L.TERMINATED),
@@ -91,6 +93,11 @@ def test_a_ticket_may_be_outsourced_again_once_the_last_outsourcing_is_over(last
 def test_a_ticket_under_outsourcing_cannot_be_outsourced_again(last):
     with pytest.raises(Conflict, match=last.value):
         workflow.may_outsource("New", last)
+
+
+@pytest.mark.parametrize("status", [O.ASSIGNED, O.IN_PROGRESS, O.WAITING_APPROVAL])
+def test_when_the_partner_leaves_the_hub_the_lead_may_outsource_the_ticket_again(status):
+    workflow.may_outsource("In Progress", workflow.outsource("link.partner_left", status))
 
 
 def test_a_complete_ticket_cannot_be_outsourced():

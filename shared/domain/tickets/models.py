@@ -67,7 +67,8 @@ class TicketItem(Base):
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
     # Part of the synchronized set of a link: set when the item crosses (or was received).
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Why the item is read-only for everyone: "suspension" (until the lead rejects) or "completion" (for good).
+    # Why the item is read-only for everyone: "suspension" (until the lead rejects), "completion" or
+    # "partner_left" (for good).
     lock: Mapped[str | None] = mapped_column(String(16))
     # A partner's item the lead may now edit: set when the outsourcing completes.
     released: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -34,6 +34,7 @@ class Origin(enum.StrEnum):
 class Lock(enum.StrEnum):
     SUSPENSION = "suspension"  # Insource Complete: read-only until the lead rejects
     COMPLETION = "completion"  # the outsourcing is complete: read-only for good
+    PARTNER_LEFT = "partner_left"  # the other partner left the hub, which ended the link: read-only for good
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,8 @@ def _refuse_unless_editable(policy: SyncPolicy, item: TicketItem) -> None:
         why = "synchronization is suspended (Insource Complete) and items from before it are read-only"
     elif item.lock == Lock.COMPLETION:
         why = "the outsourcing is complete and items from before it are read-only for good"
+    elif item.lock == Lock.PARTNER_LEFT:
+        why = "the partner left the hub, which ended the outsourcing, and items from before then are read-only for good"
     elif item.origin == Origin.SYSTEM:
         why = "it was written by the system"
     elif item.kind == ItemKind.TIME_ENTRY:
