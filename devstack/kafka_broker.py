@@ -251,11 +251,11 @@ def service_env(credentials: Credentials, ssl_cafile: Path | None = None) -> dic
 
 
 def grants(lead_id: str, insourcing_id: str) -> list:
-    """What each service's Kafka user may do (SPEC section 2): its group is its service name."""
-    from shared.platform.kafka import bridge_grants, partner_grants
+    """What each service's Kafka user may do (SPEC section 2): a partner's group is its own (psa.<id>)."""
+    from shared.platform.kafka import bridge_grants, partner_grants, partner_group
 
-    return [*partner_grants(SERVICE_USERS["lead_partner"], lead_id, "lead_partner"),
-            *partner_grants(SERVICE_USERS["insourcing_partner"], insourcing_id, "insourcing_partner"),
+    return [*partner_grants(SERVICE_USERS["lead_partner"], lead_id, partner_group(lead_id)),
+            *partner_grants(SERVICE_USERS["insourcing_partner"], insourcing_id, partner_group(insourcing_id)),
             *bridge_grants(SERVICE_USERS["sync_bridge"], [lead_id, insourcing_id], "sync_bridge")]
 
 

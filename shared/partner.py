@@ -16,7 +16,7 @@ from shared.platform import bundle
 from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.config import CommonSettings
 from shared.platform.errors import NotFound
-from shared.platform.kafka import inbound_topic, outbound_topic
+from shared.platform.kafka import inbound_topic, outbound_topic, partner_group
 from shared.platform.notifications import NotificationSender, list_notifications
 from shared.platform.runtime import ServiceSpec, create_app
 from shared.platform.signing import Signatures
@@ -115,6 +115,7 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
         # A partner writes only its outbound topic and reads only its inbound topic.
         topics_to_create=[outbound_topic(settings.partner_id), inbound_topic(settings.partner_id)],
         inbound_topics=[inbound_topic(settings.partner_id)],
+        group_id=partner_group(settings.partner_id),  # its own, as its topics: partners share a hub's Kafka
         handler=handler,
         max_body_bytes=MAX_ATTACHMENT_BYTES + 256 * 1024,  # room for the multipart envelope around a 10 MiB file
         signatures=Signatures.per_partner({settings.partner_id: ring}),

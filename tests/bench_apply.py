@@ -18,6 +18,7 @@ from services.insourcing_partner.settings import InsourcingSettings
 from services.lead_partner.outsourcing import LeadOutsourcing
 from services.lead_partner.settings import LeadSettings
 from services.sync_bridge.bridge import Bridge
+from services.sync_bridge.directory import Directory
 from services.sync_bridge.mirroring import MIRROR_NAMESPACE
 from shared.contracts.envelope import Payload, envelope
 from shared.contracts.messages import ItemCreated, ItemDelivered, MirrorApplied, MirrorUpsert
@@ -77,7 +78,7 @@ async def run(urls: dict[str, str]) -> None:
     insourcing = Insourcing(InsourcingSettings(database_url=urls["insourcing_partner"]))
     partner = Side(urls["insourcing_partner"], insourcing.handle)
     partner.service = insourcing
-    bridge = Side(urls["sync_bridge"], Bridge([LEAD, PARTNER]).handle)
+    bridge = Side(urls["sync_bridge"], Bridge(Directory.of({LEAD: "lead", PARTNER: "insourcing"})).handle)
     outsourcing = LeadOutsourcing(LeadSettings(database_url=urls["lead_partner"]))
     lead = Side(urls["lead_partner"], outsourcing.handle)
     lead.service = outsourcing

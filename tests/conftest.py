@@ -5,13 +5,15 @@ import secrets
 
 import pytest
 import pytest_asyncio
+from cryptography.fernet import Fernet
 
 from devstack import infra
 from shared.platform.kafka import inbound_topic, outbound_topic
 from shared.platform.signing import KeyRing, Signatures
-from tests.harness import LOGS, Infrastructure, Mailbox, ServiceProcess, resolve_infrastructure
+from tests.harness import LOGS, Infrastructure, Mailbox, ServiceProcess, resolve_infrastructure, wait_for_directory
 
 LEAD_EMAIL = "dispatch@lead.example"
+KEY_GRACE_S = 15
 INSOURCING_EMAIL = "desk@insourcing.example"
 
 _resolved: dict[str, str] = {}
@@ -70,6 +72,12 @@ def base_env(infrastructure: Infrastructure, databases, signing_keys):
         "LOG_LEVEL": "INFO",
         # Shorter than the default 30, so that the tests see reconciliation run without waiting long.
         "RECONCILE_INTERVAL_S": "10",
+        # The partner directory (SPEC section 10): the bridge onboards partners as the hub's super user,
+        # keeps their keys encrypted with this, and a rotated key verifies this long (days in production).
+        "BRIDGE_SECRET_KEY": Fernet.generate_key().decode(),
+        **({"BRIDGE_KAFKA_ADMIN_USERNAME": infrastructure.kafka_admin.username,
+            "BRIDGE_KAFKA_ADMIN_PASSWORD": infrastructure.kafka_admin.password} if infrastructure.acls else {}),
+        "KEY_GRACE_S": str(KEY_GRACE_S),
     }
 
 
@@ -91,6 +99,7 @@ def services(base_env, mailbox):
     try:
         for proc in procs.values():
             proc.wait_ready()
+        wait_for_directory(procs["lead_partner"], "insourcing-partner")
         yield procs
     finally:
         for proc in procs.values():

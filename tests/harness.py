@@ -259,6 +259,17 @@ class ServiceProcess:
         )
 
 
+def wait_for_directory(lead: ServiceProcess, partner_id: str, timeout: float = 30.0) -> None:
+    """Until the lead's partner list (the hub's directory, sent by the bridge) names `partner_id`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = httpx.get(f"{lead.url}/api/partners", headers={"Authorization": f"Bearer {lead.token}"}, timeout=5)
+        if answer.status_code == 200 and partner_id in [p["id"] for p in answer.json()]:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"the lead's partner list did not name {partner_id} after {timeout:.0f}s; see {lead.log_path}")
+
+
 async def eventually(check, timeout: float = 15.0, interval: float = 0.05):
     """Polls `check` (an async callable) until it returns a truthy value; returns that value."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -4,40 +4,61 @@ from prometheus_client import Gauge
 
 from services.sync_bridge import pages
 from services.sync_bridge.bridge import Bridge
+from services.sync_bridge.directory import Directory, secret_box
 from services.sync_bridge.endpoints import router
+from services.sync_bridge.onboarding import Hub
+from services.sync_bridge.partners_api import router as partners_router
 from services.sync_bridge.reconciliation import Scheduler
 from services.sync_bridge.settings import BridgeSettings
 from shared.platform.auth import Permission
-from shared.platform.kafka import inbound_topic, outbound_topic
 from shared.platform.runtime import ServiceSpec
 from shared.platform.runtime import create_app as create_service_app
-from shared.platform.signing import Signatures
 from shared.platform.webui import WebUi, install_web_ui
+
+
+def directory_of(settings: BridgeSettings) -> Directory:
+    """The configured partners (BRIDGE_PARTNERS, their keys in BRIDGE_SIGNING_KEYS); the onboarded ones
+    are loaded from the database."""
+    configured = {
+        pid: (role, name, settings.key_ring(settings.signing_keys.get(pid), f"signing_keys (for {pid})"))
+        for pid, (role, name) in settings.configured_partners().items()
+    }
+    return Directory(configured, secret_box(settings.secret_key))
 
 
 def create_app(settings: BridgeSettings | None = None) -> FastAPI:
     settings = settings or BridgeSettings()
-    topics = [t for p in settings.partners for t in (outbound_topic(p), inbound_topic(p))]
-    rings = {p: settings.key_ring(settings.signing_keys.get(p), f"signing_keys (for {p})") for p in settings.partners}
+    directory = directory_of(settings)
     scheduler = Scheduler(settings.reconcile_interval_s)
+
+    async def load_directory(app: FastAPI) -> None:
+        async with app.state.sessions() as session:
+            await directory.load(session)
+
     app = create_service_app(
         ServiceSpec(
             name="sync_bridge",
             settings=settings,
-            routers=[router],
-            token_permissions=[Permission.LINKS],
+            routers=[router, partners_router],
+            token_permissions=[Permission.LINKS, Permission.PARTNERS],
             operator_permission=Permission.LINKS,
-            topics_to_create=topics,
-            inbound_topics=[outbound_topic(p) for p in settings.partners],
-            handler=Bridge(settings.partners).handle,
-            signatures=Signatures.per_partner(rings),
-            state={"scheduler": scheduler},
-            background=[lambda app: scheduler.attach(app.state.sessions).run()],
+            topics_to_create=directory.topics,
+            inbound_topics=directory.outbound_topics,
+            handler=Bridge(directory).handle,
+            signatures=directory,
+            state={"scheduler": scheduler, "directory": directory},
+            before_messaging=load_directory,
+            background=[lambda app: scheduler.attach(app.state.sessions).run(),
+                        lambda app: directory.follow(app.state.sessions, settings.database_url)],
             on_data_loss=scheduler.broker_lost_data,
             metrics=lambda registry: _reconcile_metrics(registry, scheduler),
             relay_settle_s=0.0,  # its writers are its consumers: no caller waits for an answer
         )
     )
+    # A partner onboarded or removed (here, by another replica, or on the command line) is read at once.
+    directory.on_change(lambda: getattr(app.state, "consumer", None) and app.state.consumer.follow(
+        directory.outbound_topics()))
+    app.state.hub = Hub(settings, lambda: app.state.sessions(), directory, secret_box(settings.secret_key))
     # The operator's web UI (SPEC section 8): links, Reconcile now, dead letters.
     install_web_ui(app, WebUi("Sync bridge", [pages.TEMPLATES], settings.ui_secret), home="/links")
     app.include_router(pages.router)

@@ -7,10 +7,12 @@ from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge import links, mirroring, reconciliation
+from services.sync_bridge.directory import Directory
 from services.sync_bridge.links import LinkEvent, send
 from services.sync_bridge.models import Link, LinkFacts
+from services.sync_bridge.onboarding import announce
 from shared.contracts.envelope import Envelope, Payload
-from shared.contracts.messages import LinkUnknown, OutsourceRequested, ReconcileRequested
+from shared.contracts.messages import DirectoryRequested, LinkUnknown, OutsourceRequested, ReconcileRequested
 from shared.platform.db import plain_sql
 from shared.platform.inbox import Rejected
 from shared.platform.messagebus import Ignored, MessageBus
@@ -27,14 +29,22 @@ def sender_of(topic: str) -> str:
 
 
 class Bridge:
-    def __init__(self, partners: list[str]):
-        self.partners = set(partners)
+    def __init__(self, directory: Directory):
+        self.directory = directory
         self.bus = MessageBus("bridge", {**links.HANDLERS, **mirroring.HANDLERS, **reconciliation.HANDLERS})
 
     async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
         sender = sender_of(topic)
         if env.source != sender:
             raise Rejected(f"event claims to come from {env.source!r} but arrived on {sender}'s topic")
+        member = self.directory.get(sender)
+        if member is None or member.status != "active":
+            raise Rejected(f"partner removed: {sender} is not an active partner of this hub")
+        if isinstance(payload, DirectoryRequested):
+            if not member.may("lead"):
+                raise Rejected(f"{sender} is not a lead partner: it is sent no directory")
+            await announce(session, self.directory, to=[sender])
+            return
         link_id = getattr(payload, "link_id", None)
         if link_id is None or link_id != env.link_id:
             raise Rejected("the event's link id and its envelope's do not agree")
@@ -57,7 +67,7 @@ class Bridge:
             )
         if isinstance(payload, OutsourceRequested):
             try:
-                await links.requested(session, sender, link, payload, self.partners)
+                await links.requested(session, sender, link, payload, self.directory)
             except Ignored as exc:
                 log.warning("bridge: %s", exc)
             return

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.sync_bridge.directory import Directory
 from services.sync_bridge.models import Link, LinkFacts
 from shared.contracts.envelope import Payload
 from shared.contracts.messages import (
@@ -63,15 +64,18 @@ def move(event: LinkEvent) -> None:
 
 
 async def requested(session: AsyncSession, sender: str, link: Link | None, payload: OutsourceRequested,
-                    partners: set[str]) -> None:
+                    directory: Directory) -> None:
     """A new link: the only event that arrives before its link exists."""
     if link is not None and link.lead_partner_id == sender and link.lead_ticket_id == payload.lead_ticket_id:
         raise Ignored(f"link {payload.link_id} is known already (its request was sent again)")
     if link is not None:
         raise Rejected(f"link {payload.link_id} exists already")
     target = payload.insourcing_partner_id
-    if target not in partners or target == sender:
-        raise Rejected(f"{sender} cannot outsource to {target!r}: not a partner this bridge serves")
+    lead, partner = directory.get(sender), directory.get(target)
+    if lead is None or not lead.may("lead"):
+        raise Rejected(f"{sender} is not a lead partner of this hub: it cannot outsource")
+    if partner is None or not partner.may("insourcing") or target == sender:
+        raise Rejected(f"{sender} cannot outsource to {target!r}: not an insourcing partner this hub serves")
     request = WorkRequested(
         link_id=payload.link_id, lead_partner_id=sender, lead_partner_name=payload.lead_partner_name,
         lead_ticket_number=payload.lead_ticket_number, title=payload.title, description=payload.description,

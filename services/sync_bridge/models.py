@@ -1,9 +1,9 @@
-"""The bridge's own tables: the link registry."""
+"""The bridge's own tables: the link registry and the partner directory."""
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Identity, Index, Integer, String, Text, func, text
+from sqlalchemy import BigInteger, Boolean, DateTime, Identity, Index, Integer, LargeBinary, String, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -111,7 +111,38 @@ class Repair(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class Partner(Base):
+    """A partner the hub serves (SPEC section 10), onboarded through the bridge's API or command line.
+    A removed one stays, so its id is never given to another company and its old links still name it."""
+
+    __tablename__ = "partners"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))  # lead | insourcing
+    # onboarding | active | removed (the column is "status"; not a workflow status, so named apart)
+    membership: Mapped[str] = mapped_column("status", String(16))
+    kafka_username: Mapped[str | None] = mapped_column(String(100))  # None: a broker without users
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PartnerKey(Base):
+    """A message signing key the bridge shares with one partner, encrypted with BRIDGE_SECRET_KEY.
+    The newest signs; an older one verifies until `valid_until` (KEY_GRACE_S after its rotation)."""
+
+    __tablename__ = "partner_keys"
+
+    partner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 # What the bridge's migrations must build (tests/integration/test_schema.py).
 metadata = service_metadata(
-    *PLATFORM_TABLES, Link.__table__, ItemMirror.__table__, ManifestPart.__table__, Repair.__table__
+    *PLATFORM_TABLES, Link.__table__, ItemMirror.__table__, ManifestPart.__table__, Repair.__table__,
+    Partner.__table__, PartnerKey.__table__,
 )

@@ -101,6 +101,8 @@ LINK: dict[str, Rule] = {
     "insource.completion_requested": _rule({L.ACTIVE}, L.SUSPENDED, "the link is not active"),
     "outsource.rejected": _rule({L.SUSPENDED}, L.ACTIVE, "nothing is waiting for approval"),
     "outsource.completed": _rule({L.ACTIVE, L.SUSPENDED}, L.TERMINATED, "the link is already over"),
+    # The hub removed one of the link's partners (SPEC section 10): nothing crosses again.
+    "partner.removed": _rule({L.PENDING, L.ACTIVE, L.SUSPENDED}, L.TERMINATED, "the link is already over"),
 }
 
 # Where a new outsourcing, a new received work and a new link start.

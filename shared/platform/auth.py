@@ -26,6 +26,7 @@ class Permission(enum.StrEnum):
     TICKETS = "tickets"  # "Ticket access": tickets and their items
     OUTSOURCING = "outsourcing"  # outsource, cancel, approve, reject, complete, accept, decline, dashboards
     LINKS = "links"  # the bridge's link registry
+    PARTNERS = "partners"  # the bridge's partner directory: onboard, rotate, remove (SPEC section 10)
 
 
 class ApiToken(Base):

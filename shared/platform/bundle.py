@@ -2,7 +2,7 @@
 partner service needs, in one JSON file the hub hands it once (`PARTNER_BUNDLE_FILE`):
 
     {"partner_id", "role", "bootstrap_servers", "ca_pem", "username", "password",
-     "signing_key_id", "signing_key", "outbound_topic", "inbound_topic"}
+     "signing_key_id", "signing_key", "outbound_topic", "inbound_topic", "previous_signing_keys"}
 
 `ca_pem` is the hub operator's CA the broker's certificate is verified against (null: a broker
 without TLS, Tansu's only way); `username` null: a broker without users. Fields a newer hub adds are
@@ -31,6 +31,9 @@ class Bundle(BaseModel):
     signing_key: str
     outbound_topic: str
     inbound_topic: str
+    # After a rotation: the keys it replaced, {key id: key}, which still verify what the bridge signed
+    # with them (messages in flight, or sent before the bridge saw this partner use its new key).
+    previous_signing_keys: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _own_topics(self) -> "Bundle":
@@ -41,8 +44,9 @@ class Bundle(BaseModel):
 
     @property
     def signing_keys(self) -> str:
-        """As a partner's SIGNING_KEYS setting reads them."""
-        return f"{self.signing_key_id}:{self.signing_key}"
+        """As a partner's SIGNING_KEYS setting reads them: the new key signs, every one verifies."""
+        keys = {self.signing_key_id: self.signing_key, **self.previous_signing_keys}
+        return ",".join(f"{kid}:{key}" for kid, key in keys.items())
 
 
 def load(path: str | Path, role: Role) -> Bundle:

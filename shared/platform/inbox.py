@@ -252,8 +252,9 @@ class InboxConsumer:
 
     async def run(self) -> None:
         delay = 0.5
+        self._listener = _Positions(self)
         while True:
-            consumer, stuck = self._consumer_factory(_Positions(self)), False
+            consumer, stuck = self._consumer_factory(self._listener), False
             try:
                 if self._prepare is not None:
                     await self._prepare()
@@ -277,6 +278,14 @@ class InboxConsumer:
                 self._waiting_since.clear()
                 self.held.clear()  # the next consumer reads them again from the last commit
                 await self._let_go(consumer, stuck)
+
+    def follow(self, topics: list[str]) -> None:
+        """Reads these topics from now on, without a restart (the bridge's directory changed): the group
+        rebalances, and a new topic is read from its start. A consumer not running yet is made with
+        the topics of its moment anyway."""
+        if self.consumer is not None:
+            log.info("%s now reads %d topics", self._name, len(topics))
+            self.consumer.subscribe(topics, listener=self._listener)
 
     async def _let_go(self, consumer: AIOKafkaConsumer, stuck: bool = False) -> None:
         """Stops a consumer, leaving its group; one that does not stop in STOP_S is torn down, so a new

@@ -31,6 +31,11 @@ def inbound_topic(partner_id: str) -> str:
     return f"psa.{partner_id}.inbound"
 
 
+def partner_group(partner_id: str) -> str:
+    """The consumer group a partner reads its inbound topic in: its own, like its topics."""
+    return f"psa.{partner_id}"
+
+
 @dataclass(frozen=True)
 class KafkaAccess:
     """Where the broker is and who this client is: with a username, SASL/SCRAM-SHA-256 (Apache Kafka

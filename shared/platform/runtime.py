@@ -36,8 +36,9 @@ class ServiceSpec:
     routers: list[APIRouter]
     token_permissions: list[Permission]
     operator_permission: Permission  # what a token needs to see and resolve the service's dead letters
-    topics_to_create: list[str]
-    inbound_topics: list[str]
+    # The topics it makes and reads: a list, or a function of the moment (the bridge's partner directory).
+    topics_to_create: list[str] | Callable[[], list[str]]
+    inbound_topics: list[str] | Callable[[], list[str]]
     handler: Handler
     signatures: Signatures  # the key ring of each topic the service writes or reads
     state: dict[str, Any] = field(default_factory=dict)  # extra app.state values (e.g. the sync policy)
@@ -47,6 +48,12 @@ class ServiceSpec:
     on_data_loss: Callable[[str], None] | None = None
     metrics: Callable[[Any], None] | None = None  # adds the service's own gauges to its registry
     relay_settle_s: float = SETTLE_S  # see shared/platform/outbox.py
+    group_id: str | None = None  # the consumer group; default `name`
+    # Run (and retried, like the broker's probe) before the relay and the consumer start.
+    before_messaging: Callable[[FastAPI], Awaitable[None]] | None = None
+
+    def topics(self, which: list[str] | Callable[[], list[str]]) -> list[str]:
+        return which() if callable(which) else list(which)
 
 
 def _lock_key(name: str) -> int:
@@ -75,7 +82,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
 
         async def make_topics() -> None:
             """Topics lost with a broker's data, or deleted, are made again before they are used."""
-            await ensure_topics(access, spec.topics_to_create, settings.kafka_topic_partitions)
+            await ensure_topics(access, spec.topics(spec.topics_to_create), settings.kafka_topic_partitions)
         relay = OutboxRelay(
             settings.database_url,
             lambda: make_producer(access, app.state.broker),
@@ -88,8 +95,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             sessions,
             lambda listener: make_consumer(
                 access,
-                group_id=spec.name,
-                topics=spec.inbound_topics,
+                group_id=spec.group_id or spec.name,
+                topics=spec.topics(spec.inbound_topics),
                 session_timeout_ms=settings.kafka_session_timeout_ms,
                 profile=app.state.broker,
                 listener=listener,
@@ -110,8 +117,10 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                 before_sleep=before_sleep_log(log, logging.WARNING),
             ):
                 with attempt:
+                    if spec.before_messaging is not None:
+                        await spec.before_messaging(app)
                     app.state.broker = await probe_broker(access)
-                    await ensure_topics(access, spec.topics_to_create, settings.kafka_topic_partitions)
+                    await ensure_topics(access, spec.topics(spec.topics_to_create), settings.kafka_topic_partitions)
             profile = app.state.broker
             log.info("Kafka at %s as %s: %s (idempotent producer %s, fetch wait %d ms)", access.bootstrap,
                      access.username or "no SASL user", profile.name, "on" if profile.idempotent else "off",

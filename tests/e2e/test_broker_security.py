@@ -19,7 +19,7 @@ from aiokafka.errors import (
 from shared.contracts.envelope import envelope
 from shared.contracts.messages import MirrorUpsert, WorkCompleted
 from shared.platform.db import asyncpg_dsn
-from shared.platform.kafka import KafkaAccess, inbound_topic, make_consumer, make_producer, outbound_topic
+from shared.platform.kafka import KafkaAccess, inbound_topic, make_consumer, make_producer, outbound_topic, partner_group
 from shared.platform.signing import KeyRing, Signatures
 from devstack import tls
 from tests.e2e.flows import arrived, insource_status, items, linked_tickets
@@ -62,8 +62,8 @@ async def read(access: KafkaAccess, topic: str, group: str) -> None:
 
 
 @pytest.mark.parametrize("prefix,own,group,other,other_group", [
-    ("LEAD", LEAD, "lead_partner", PARTNER, "insourcing_partner"),
-    ("INSOURCING", PARTNER, "insourcing_partner", LEAD, "lead_partner"),
+    ("LEAD", LEAD, partner_group(LEAD), PARTNER, partner_group(PARTNER)),
+    ("INSOURCING", PARTNER, partner_group(PARTNER), LEAD, partner_group(LEAD)),
 ])
 async def test_a_partners_kafka_user_may_use_only_its_own_topics_and_group(acl_broker, prefix, own, group, other,
                                                                            other_group):

@@ -12,6 +12,7 @@ from services.insourcing_partner.settings import InsourcingSettings
 from services.lead_partner.outsourcing import LeadOutsourcing
 from services.lead_partner.settings import LeadSettings
 from services.sync_bridge.bridge import Bridge
+from services.sync_bridge.directory import Directory
 from shared.platform.migrations import upgrade
 from tests.handlers.sides import LEAD, PARTNER, Side, directory
 
@@ -50,6 +51,6 @@ async def insourcing(handler_databases):
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def bridge(handler_databases):
-    side = Side(handler_databases["sync_bridge"], Bridge([LEAD, PARTNER]).handle)
+    side = Side(handler_databases["sync_bridge"], Bridge(Directory.of({LEAD: "lead", PARTNER: "insourcing"})).handle)
     yield side
     await side.engine.dispose()

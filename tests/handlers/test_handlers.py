@@ -74,7 +74,7 @@ async def test_bridge_refuses_a_link_to_a_partner_it_does_not_serve_and_a_second
     with pytest.raises(Rejected, match="exists already"):
         await from_partner(bridge, LEAD, requested(link_id))
     stranger = requested(str(uuid.uuid4())).model_copy(update={"insourcing_partner_id": "nobody"})
-    with pytest.raises(Rejected, match="not a partner this bridge serves"):
+    with pytest.raises(Rejected, match="not an insourcing partner this hub serves"):
         await from_partner(bridge, LEAD, stranger)
 
 

@@ -40,6 +40,7 @@ LINK = [
     ("insource.completion_requested", {L.ACTIVE}, L.SUSPENDED),
     ("outsource.rejected", {L.SUSPENDED}, L.ACTIVE),
     ("outsource.completed", {L.ACTIVE, L.SUSPENDED}, L.TERMINATED),
+    ("partner.removed", {L.PENDING, L.ACTIVE, L.SUSPENDED}, L.TERMINATED),
 ]
 
 

@@ -1,0 +1,283 @@
+"""Onboarding at run time (SPEC section 10): the hub operator adds, rotates and removes partners through
+the bridge's API (`/api/partners`, the `partners` permission) or its command line. Adding one makes its
+Kafka user, its two topics and their ACLs and its signing key, and answers its onboarding bundle once;
+removing one takes its user, ACLs and keys away and ends its open links. The bridge keeps only what it
+must hold (the signing keys, encrypted with BRIDGE_SECRET_KEY); a partner's Kafka password is in its
+bundle alone."""
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from cryptography.fernet import MultiFernet
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import delete, func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.sync_bridge.directory import CHANNEL, Directory
+from services.sync_bridge.links import send
+from services.sync_bridge.models import Link, Partner, PartnerKey
+from services.sync_bridge.settings import BridgeSettings
+from shared.contracts.messages import DirectoryChanged, DirectoryEntry, PartnerLeft
+from shared.domain import workflow
+from shared.platform.bundle import Bundle
+from shared.platform.db import utcnow
+from shared.platform.errors import Conflict, Invalid, NotFound, Unavailable
+from shared.platform.kafka import (
+    KafkaAccess,
+    bridge_grants,
+    create_acls,
+    ensure_topics,
+    inbound_topic,
+    outbound_topic,
+    partner_grants,
+    partner_group,
+)
+from shared.platform.kafka_users import delete_acls_of, delete_scram_user, set_scram_password
+
+# A partner id becomes a topic name, a consumer group and a Kafka user name: lowercase letters, digits
+# and inner hyphens, 2 to 64 of them.
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$"
+RESERVED_IDS = {"bridge"}  # the bridge signs its own messages as "bridge"
+
+
+class PartnerIn(BaseModel):
+    id: str = Field(description="lowercase letters, digits and inner hyphens, 2-64 characters; never reused",
+                    examples=["globex"])
+    name: str = Field(min_length=1, max_length=200, description="the company's name, as other partners see it")
+    role: Literal["lead", "insourcing"]
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not re.fullmatch(ID_PATTERN, value):
+            raise ValueError("a partner id is 2-64 lowercase letters, digits and inner hyphens (it names Kafka "
+                             "topics and a Kafka user)")
+        if value in RESERVED_IDS:
+            raise ValueError(f"{value!r} is reserved")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+            raise ValueError("a name is printable text")
+        return value
+
+
+class PartnerOut(BaseModel):
+    id: str
+    name: str
+    role: Literal["lead", "insourcing"] | None = Field(description="null: configured in BRIDGE_PARTNERS without a role")
+    status: Literal["active", "removed"]
+    source: Literal["api", "configured"] = Field(description="onboarded through the API (or the command line), "
+                                                             "or configured in the bridge's environment")
+    created_at: datetime | None
+    removed_at: datetime | None = None
+
+
+class Onboarded(BaseModel):
+    partner: PartnerOut
+    bundle: Bundle = Field(description="shown this once: the partner's Kafka password and signing key")
+
+
+@dataclass
+class Hub:
+    """What onboarding works with: the bridge's settings and database, the directory it serves from,
+    and the hub's Kafka as its super user (None: a broker without users, such as Tansu)."""
+
+    settings: BridgeSettings
+    sessions: Callable[[], AsyncSession]
+    directory: Directory
+    box: MultiFernet | None
+
+    def _kafka(self) -> KafkaAccess:
+        """The access that creates topics, users and ACLs."""
+        access = self.settings.kafka_access()
+        if self.settings.kafka_admin_username:
+            return access.as_user(self.settings.kafka_admin_username, self.settings.kafka_admin_password)
+        if self.settings.kafka_username:
+            raise Unavailable("the hub's Kafka has users, and the bridge was given no admin to create one for a "
+                              "partner: set BRIDGE_KAFKA_ADMIN_USERNAME and BRIDGE_KAFKA_ADMIN_PASSWORD")
+        return access
+
+    def _require_box(self) -> MultiFernet:
+        if self.box is None:
+            raise Unavailable("BRIDGE_SECRET_KEY is not set: the bridge keeps partners' signing keys encrypted "
+                              "with it (see docs/configuration.md)")
+        return self.box
+
+    # --- the operations ------------------------------------------------------------------------
+
+    async def list(self) -> list[PartnerOut]:
+        async with self.sessions() as session:
+            rows = list(await session.scalars(select(Partner).where(Partner.membership != "onboarding")))
+        configured = [PartnerOut(id=m.id, name=m.name, role=m.role, status="active", source="configured",
+                                 created_at=None) for m in self.directory.members.values() if m.configured]
+        return configured + [_out(p) for p in sorted(rows, key=lambda p: p.created_at)]
+
+    async def add(self, new: PartnerIn) -> Onboarded:
+        box = self._require_box()
+        kafka = self._kafka()
+        if new.id in self.directory.members and self.directory.members[new.id].configured:
+            raise Conflict(f"partner id {new.id!r} is taken (configured in BRIDGE_PARTNERS)")
+        username = f"partner-{new.id}" if kafka.username else None
+        async with self.sessions() as session, session.begin():
+            known = await session.get(Partner, new.id)
+            if known is not None:
+                why = "was removed; a partner id is never given again" if known.membership == "removed" else "is taken"
+                raise Conflict(f"partner id {new.id!r} {why}")
+            session.add(Partner(id=new.id, name=new.name, role=new.role, membership="onboarding", kafka_username=username))
+        password = secrets.token_urlsafe(32)
+        try:
+            await self._provision(kafka, new.id, username, password)
+        except Exception as exc:
+            async with self.sessions() as session, session.begin():
+                await session.execute(delete(Partner).where(Partner.id == new.id))
+            raise Unavailable(f"the hub's Kafka refused to onboard {new.id}: {exc}; nothing was kept") from exc
+        key_id, key = "k1", secrets.token_urlsafe(32)
+        async with self.sessions() as session, session.begin():
+            partner = await session.get(Partner, new.id, with_for_update=True)
+            partner.membership, partner.changed_at = "active", func.now()
+            session.add(PartnerKey(partner_id=new.id, key_id=key_id, secret_encrypted=box.encrypt(key.encode())))
+            await session.flush()
+            await announce(session, self.directory)
+            await _notify(session)
+        partner = await self._reload(new.id)
+        return Onboarded(partner=_out(partner), bundle=self._bundle(partner, password, key_id, key))
+
+    async def rotate(self, partner_id: str) -> Onboarded:
+        box = self._require_box()
+        kafka = self._kafka()
+        async with self.sessions() as session:
+            partner = await self._onboarded(session, partner_id)
+        password = secrets.token_urlsafe(32)
+        if partner.kafka_username:
+            try:
+                await set_scram_password(kafka, partner.kafka_username, password)
+            except Exception as exc:
+                raise Unavailable(f"the hub's Kafka refused the new password of {partner_id}: {exc}; "
+                                  "nothing changed") from exc
+        key = secrets.token_urlsafe(32)
+        async with self.sessions() as session, session.begin():
+            partner = await self._onboarded(session, partner_id, lock=True)
+            keys = list(await session.scalars(select(PartnerKey).where(PartnerKey.partner_id == partner_id)))
+            grace_ends = utcnow() + timedelta(seconds=self.settings.key_grace_s)
+            previous = {}
+            for old in keys:
+                if old.valid_until is None:
+                    old.valid_until = grace_ends
+                if old.valid_until > utcnow():
+                    previous[old.key_id] = box.decrypt(old.secret_encrypted).decode()
+            key_id = f"k{1 + max((int(k.key_id[1:]) for k in keys if k.key_id[1:].isdigit()), default=0)}"
+            session.add(PartnerKey(partner_id=partner_id, key_id=key_id, secret_encrypted=box.encrypt(key.encode())))
+            partner.changed_at = func.now()
+            await _notify(session)
+        partner = await self._reload(partner_id)
+        return Onboarded(partner=_out(partner), bundle=self._bundle(partner, password, key_id, key, previous))
+
+    async def remove(self, partner_id: str) -> PartnerOut:
+        """Out of the directory at once (what it sends is parked from now on), its open links ended and the
+        other party told; then its Kafka user and ACLs go. Asked again, it only finishes the Kafka part."""
+        async with self.sessions() as session, session.begin():
+            partner = await self._onboarded(session, partner_id, lock=True, removed_too=True)
+            if partner.membership == "active":
+                partner.membership, partner.removed_at, partner.changed_at = "removed", func.now(), func.now()
+                await session.execute(delete(PartnerKey).where(PartnerKey.partner_id == partner_id))
+                await end_links(session, partner)
+                await session.flush()
+                await announce(session, self.directory)
+                await _notify(session)
+        if partner.kafka_username:
+            kafka = self._kafka()
+            try:
+                await delete_acls_of(kafka, f"User:{partner.kafka_username}")
+                await delete_scram_user(kafka, partner.kafka_username)
+            except Exception as exc:
+                raise Unavailable(f"{partner_id} is out of the directory, but the hub's Kafka did not delete its "
+                                  f"user and ACLs ({exc}): remove it again to finish") from exc
+        return _out(await self._reload(partner_id))
+
+    # --- the pieces ----------------------------------------------------------------------------
+
+    async def _provision(self, kafka: KafkaAccess, partner_id: str, username: str | None, password: str) -> None:
+        await ensure_topics(kafka, [outbound_topic(partner_id), inbound_topic(partner_id)],
+                            self.settings.kafka_topic_partitions)
+        if username is None:
+            return
+        await set_scram_password(kafka, username, password)
+        grants = partner_grants(username, partner_id, partner_group(partner_id))
+        if self.settings.kafka_username:
+            grants += bridge_grants(self.settings.kafka_username, [partner_id], "sync_bridge")
+        await create_acls(kafka, grants)
+
+    async def _onboarded(self, session: AsyncSession, partner_id: str, lock: bool = False,
+                         removed_too: bool = False) -> Partner:
+        member = self.directory.members.get(partner_id)
+        if member is not None and member.configured:
+            raise Conflict(f"{partner_id} is configured in BRIDGE_PARTNERS; change it there")
+        partner = await session.get(Partner, partner_id, with_for_update=lock)
+        if partner is None or partner.membership == "onboarding":
+            raise NotFound(f"no partner {partner_id!r}")
+        if partner.membership == "removed" and not removed_too:
+            raise Conflict(f"{partner_id} was removed from the hub")
+        return partner
+
+    async def _reload(self, partner_id: str) -> Partner:
+        """The row as committed, and this replica's directory up to date before the answer goes."""
+        async with self.sessions() as session:
+            await self.directory.load(session)
+            return await session.get(Partner, partner_id)
+
+    def _bundle(self, partner: Partner, password: str, key_id: str, key: str,
+                previous: dict[str, str] | None = None) -> Bundle:
+        cafile = self.settings.kafka_ssl_cafile
+        return Bundle(
+            partner_id=partner.id, role=partner.role,
+            bootstrap_servers=self.settings.public_bootstrap_servers or self.settings.kafka_bootstrap_servers,
+            ca_pem=Path(cafile).read_text() if cafile else None,
+            username=partner.kafka_username, password=password if partner.kafka_username else None,
+            signing_key_id=key_id, signing_key=key, outbound_topic=outbound_topic(partner.id),
+            inbound_topic=inbound_topic(partner.id), previous_signing_keys=previous or {})
+
+
+def _out(partner: Partner) -> PartnerOut:
+    return PartnerOut(id=partner.id, name=partner.name, role=partner.role, status=partner.membership, source="api",
+                      created_at=partner.created_at, removed_at=partner.removed_at)
+
+
+async def _notify(session: AsyncSession) -> None:
+    """Every replica loads the directory again when this transaction commits."""
+    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+
+
+async def end_links(session: AsyncSession, partner: Partner) -> None:
+    """Each open link of a removed partner ends, and the other party hears who left."""
+    links = await session.scalars(
+        select(Link).where(or_(Link.lead_partner_id == partner.id, Link.insourcing_partner_id == partner.id),
+                           Link.state != workflow.LinkState.TERMINATED).with_for_update())
+    for link in links:
+        link.state = workflow.link("partner.removed", link.state)
+        link.outcome, link.reason = "partner_left", f"{partner.name} ({partner.id}) was removed from the hub"
+        other = link.insourcing_partner_id if link.lead_partner_id == partner.id else link.lead_partner_id
+        send(session, other, PartnerLeft(link_id=link.id, partner_id=partner.id, partner_name=partner.name), link.id)
+
+
+async def announce(session: AsyncSession, directory: Directory, to: list[str] | None = None) -> None:
+    """Every active lead (or those in `to`) is sent the insourcing partners it may outsource to, whole,
+    as the database has them in this transaction. A lead never hears of another lead, nor itself."""
+    rows = list(await session.scalars(select(Partner)))
+    version = max((int(p.changed_at.timestamp() * 1_000_000) for p in rows), default=0)
+    configured = [m for m in directory.members.values() if m.configured]
+    onboarded = [p for p in rows if p.membership == "active"]
+    insourcing = [(m.id, m.name) for m in configured if m.role in ("insourcing", None)]
+    insourcing += [(p.id, p.name) for p in onboarded if p.role == "insourcing"]
+    leads = [m.id for m in configured if m.role in ("lead", None)] + [p.id for p in onboarded if p.role == "lead"]
+    for lead in (leads if to is None else to):
+        entries = [DirectoryEntry(id=pid, name=name) for pid, name in sorted(insourcing, key=lambda e: e[1].lower())
+                   if pid != lead]
+        send(session, lead, DirectoryChanged(version=version, partners=entries), None)
