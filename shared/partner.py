@@ -46,6 +46,8 @@ class PartnerSettings(CommonSettings):
         if self.bundle_file:
             given = bundle.load(self.bundle_file, self.ROLE)
             self.partner_id, self.signing_keys = given.partner_id, given.signing_keys
+            if given.partner_name and "partner_name" not in self.model_fields_set:
+                self.partner_name = given.partner_name
             self.kafka_bootstrap_servers = given.bootstrap_servers
             self.kafka_username, self.kafka_password = given.username, given.password
             self.kafka_ssl, self.kafka_ssl_cafile, self.kafka_ssl_cadata = False, None, given.ca_pem

@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 from services.sync_bridge.app import create_app
@@ -7,7 +8,13 @@ from shared.platform.auth import Permission
 
 
 def main() -> None:
-    cli.main("sync_bridge", BridgeSettings, create_app, Path(__file__).parent / "migrations", "sb", [Permission.LINKS])
+    if sys.argv[1:2] == ["partners"]:  # the hub's partner directory (services/sync_bridge/partners_api.py)
+        from services.sync_bridge.partners_api import cli as partners
+
+        partners(sys.argv[2:])
+        return
+    cli.main("sync_bridge", BridgeSettings, create_app, Path(__file__).parent / "migrations", "sb",
+             [Permission.LINKS, Permission.PARTNERS])
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ class Hub:
                 previous: dict[str, str] | None = None) -> Bundle:
         cafile = self.settings.kafka_ssl_cafile
         return Bundle(
-            partner_id=partner.id, role=partner.role,
+            partner_id=partner.id, partner_name=partner.name, role=partner.role,
             bootstrap_servers=self.settings.public_bootstrap_servers or self.settings.kafka_bootstrap_servers,
             ca_pem=Path(cafile).read_text() if cafile else None,
             username=partner.kafka_username, password=password if partner.kafka_username else None,

@@ -1,7 +1,7 @@
 """A partner's onboarding bundle (SPEC section 10): everything about Kafka and its signing key a
 partner service needs, in one JSON file the hub hands it once (`PARTNER_BUNDLE_FILE`):
 
-    {"partner_id", "role", "bootstrap_servers", "ca_pem", "username", "password",
+    {"partner_id", "partner_name", "role", "bootstrap_servers", "ca_pem", "username", "password",
      "signing_key_id", "signing_key", "outbound_topic", "inbound_topic", "previous_signing_keys"}
 
 `ca_pem` is the hub operator's CA the broker's certificate is verified against (null: a broker
@@ -22,6 +22,7 @@ class Bundle(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     partner_id: str
+    partner_name: str | None = None  # as the hub's directory names it (a partner's own setting wins)
     role: Role
     bootstrap_servers: str
     ca_pem: str | None
