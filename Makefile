@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test containers-test fuzz browser bench bench-idle bench-apply install clean lint
+.PHONY: run partner test containers-test fuzz browser bench bench-idle bench-apply install clean lint
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -17,6 +17,11 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m devstack.run
+
+# One more partner company beside a running `make run` (SPEC section 10), e.g.
+#   make partner ROLE=insourcing ID=globex NAME="Globex" PORT=8012 [TOKEN=...]
+partner: $(STAMP)
+	$(PY) -m devstack.partner --role "$(ROLE)" --id "$(ID)" --name "$(NAME)" --port "$(PORT)" --token "$(TOKEN)"
 
 # The whole suite on the broker of record (Apache Kafka where a JDK and Maven are), then the
 # broker-facing tests again on Tansu, the fallback, then deploy/ run for real in containers; the last

@@ -275,6 +275,17 @@ def provision(admin, lead_id: str = "lead-partner", insourcing_id: str = "insour
     asyncio.run(run())
 
 
+def provision_hub(admin, bridge_user: str | None) -> None:
+    """On a hub whose partners are onboarded through the bridge (make run): the bridge's group only;
+    the bridge grants itself each partner's topics as it onboards it."""
+    import asyncio
+
+    from shared.platform.kafka import bridge_grants, create_acls
+
+    if bridge_user:
+        asyncio.run(create_acls(admin, bridge_grants(bridge_user, [], "sync_bridge")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack import infra, kafka_broker
-from shared.platform import bundle
-from shared.platform.kafka import KafkaAccess, inbound_topic, outbound_topic
+from devstack.hub import Bridge
+from shared.platform.kafka import KafkaAccess
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("DEVSTACK_VAR", ROOT / "var")).resolve()
@@ -160,13 +160,10 @@ class Stack:
         self.say(f"{self.broker_name} on 127.0.0.1:{port}, because {why_not}")
 
     def provision(self) -> None:
-        """Topics with the partition count the code relies on, and (with users) the ACLs."""
-        if self.kafka_admin is None:
+        """The bridge's own group (with users); each partner's topics, user and ACLs come with its onboarding."""
+        if self.kafka_admin is None or not self.kafka_admin.username:
             return
-        kafka_broker.provision(
-            self.kafka_admin, self.env.get("LEAD_PARTNER_ID", "lead-partner"),
-            self.env.get("INSOURCING_PARTNER_ID", "insourcing-partner"),
-            int(self.env.get("KAFKA_TOPIC_PARTITIONS", "4")), with_acls=bool(self.kafka_admin.username))
+        kafka_broker.provision_hub(self.kafka_admin, self.env.get("BRIDGE_KAFKA_USERNAME"))
 
     def start_databases(self) -> None:
         missing = [prefix for _, prefix, _, _ in SERVICES if not self.env.get(f"{prefix}_DATABASE_URL")]
@@ -182,21 +179,20 @@ class Stack:
         self.say(f"embedded PostgreSQL, data in {VAR / 'pg'}")
 
     def secrets(self) -> None:
-        """Operator tokens and message signing keys: from the environment, else the ones generated
-        on an earlier run (kept in the ignored var/ folder), else new random ones."""
+        """Operator tokens and the key the bridge encrypts partners' signing keys with: from the
+        environment, else the ones generated on an earlier run (kept in the ignored var/ folder), else
+        new random ones. Partners' keys and Kafka passwords come with their onboarding (var/bundles/)."""
+        from cryptography.fernet import Fernet
+
         self.env.update(self._kept(VAR / "tokens.env", {
-            f"{prefix}_API_TOKEN": lambda p=token_prefix: f"{p}_{secrets.token_urlsafe(24)}"
-            for _, prefix, _, token_prefix in SERVICES
+            **{f"{prefix}_API_TOKEN": lambda p=token_prefix: f"{p}_{secrets.token_urlsafe(24)}"
+               for _, prefix, _, token_prefix in SERVICES},
+            "BRIDGE_SECRET_KEY": lambda: Fernet.generate_key().decode(),
         }))
-        lead_id = self.env.get("LEAD_PARTNER_ID", "lead-partner")
-        insourcing_id = self.env.get("INSOURCING_PARTNER_ID", "insourcing-partner")
-        generated = infra.signing_env(lead_id, insourcing_id)
-        partners = ("LEAD_SIGNING_KEYS", "INSOURCING_SIGNING_KEYS")
-        self.env.update(self._kept(VAR / "signing-keys.env", {k: lambda v=generated[k]: v for k in partners}))
-        if not self.env.get("BRIDGE_SIGNING_KEYS"):
-            # The bridge holds exactly the partners' keys, whichever way they were given.
-            self.env["BRIDGE_SIGNING_KEYS"] = json.dumps(
-                {lead_id: self.env["LEAD_SIGNING_KEYS"], insourcing_id: self.env["INSOURCING_SIGNING_KEYS"]})
+        if self.kafka_admin is not None and self.kafka_admin.username:
+            self.env.setdefault("BRIDGE_KAFKA_ADMIN_USERNAME", self.kafka_admin.username)
+            self.env.setdefault("BRIDGE_KAFKA_ADMIN_PASSWORD", self.kafka_admin.password)
+        self.env.setdefault("BRIDGE_PARTNERS", "")  # every partner is onboarded through the bridge's API
 
     def _kept(self, path: Path, make: dict[str, Callable[[], str]]) -> dict[str, str]:
         saved = {}
@@ -244,42 +240,46 @@ class Stack:
             )
 
     def service_env(self, prefix: str) -> dict[str, str]:
-        """What one service is given: nothing of another service's settings, nor the broker's super user;
-        a partner, its onboarding bundle in place of every Kafka and signing setting, as the hub would
-        hand it over (SPEC section 10), where one can say it."""
+        """What one service is given: nothing of another service's settings, nor the broker's super user
+        (the bridge alone gets it, to onboard partners); a partner, its onboarding bundle in place of
+        every Kafka and signing setting, as the hub hands it over (SPEC section 10)."""
         others = tuple(f"{p}_" for _, p, _, _ in SERVICES if p != prefix)
         env = {k: v for k, v in self.env.items()
                if not k.startswith(others) and k not in ("KAFKA_ADMIN_USERNAME", "KAFKA_ADMIN_PASSWORD")}
-        if prefix != "BRIDGE" and (path := self.write_bundle(prefix)):
+        if prefix != "BRIDGE":
             for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SSL_CAFILE", "KAFKA_SSL", f"{prefix}_KAFKA_USERNAME",
                          f"{prefix}_KAFKA_PASSWORD", f"{prefix}_SIGNING_KEYS", f"{prefix}_PARTNER_ID"):
                 env.pop(name, None)
-            env["PARTNER_BUNDLE_FILE"] = str(path)
+            env["PARTNER_BUNDLE_FILE"] = str(VAR / "bundles" / f"{self.partner_id(prefix)}.json")
         return env
 
-    def write_bundle(self, prefix: str) -> Path | None:
-        """The partner's bundle in var/bundles/ (readable by its owner only); None where a bundle cannot
-        say it: a key being rotated (a bundle holds one key) or TLS verified against the system's
-        certificates (a bundle names its CA)."""
-        keys = self.env[f"{prefix}_SIGNING_KEYS"]
-        cafile = self.env.get("KAFKA_SSL_CAFILE")
-        if "," in keys or (self.env.get("KAFKA_SSL", "").lower() in ("1", "true", "yes") and not cafile):
-            return None
-        partner_id = self.env.get(f"{prefix}_PARTNER_ID", "lead-partner" if prefix == "LEAD" else "insourcing-partner")
-        key_id, key = keys.split(":", 1)
-        given = bundle.Bundle(
-            partner_id=partner_id, role="lead" if prefix == "LEAD" else "insourcing",
-            bootstrap_servers=self.env["KAFKA_BOOTSTRAP_SERVERS"], ca_pem=Path(cafile).read_text() if cafile else None,
-            username=self.env.get(f"{prefix}_KAFKA_USERNAME"), password=self.env.get(f"{prefix}_KAFKA_PASSWORD"),
-            signing_key_id=key_id, signing_key=key, outbound_topic=outbound_topic(partner_id),
-            inbound_topic=inbound_topic(partner_id))
-        path = VAR / "bundles" / f"{partner_id}.json"
-        infra.write_private(path, given.model_dump_json(indent=2) + "\n")
-        return path
+    def partner_id(self, prefix: str) -> str:
+        return self.env.get(f"{prefix}_PARTNER_ID", "lead-partner" if prefix == "LEAD" else "insourcing-partner")
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def onboard(self) -> None:
+        """make run's two partners, onboarded through the bridge's API as any partner is (SPEC section 10);
+        a bundle from an earlier run is kept while the bridge still serves its partner."""
+        bridge = Bridge.at(f"http://127.0.0.1:{self.env['BRIDGE_PORT']}", self.env["BRIDGE_API_TOKEN"])
+        for prefix, role, name in (("LEAD", "lead", "Lead Partner"), ("INSOURCING", "insourcing", "Insourcing Partner")):
+            partner_id = self.partner_id(prefix)
+            name = self.env.get(f"{prefix}_PARTNER_NAME", name)
+            bridge.bundle_for(partner_id, role, name, VAR / "bundles" / f"{partner_id}.json")
+        self.say("partners onboarded through the bridge's API; their bundles in " + str(VAR / "bundles"))
+
+    def run_file(self) -> None:
+        """What `make partner` needs to join this run, whatever ports it was given (var/run.json)."""
+        postgres = next((c for c in self.infrastructure if isinstance(c, EmbeddedPostgres)), None)
+        infra.write_private(VAR / "run.json", json.dumps({
+            "pid": os.getpid(),
+            "bridge_url": f"http://127.0.0.1:{self.env['BRIDGE_PORT']}",
+            "bridge_token": self.env["BRIDGE_API_TOKEN"],
+            "smtp_host": self.env["SMTP_HOST"], "smtp_port": self.env["SMTP_PORT"],
+            "embedded_postgres": postgres is not None,
+        }, indent=2) + "\n")
+
+    def wait_ready(self, modules: list[str], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        for module, prefix, _, _ in SERVICES:
+        for module, prefix, _, _ in (s for s in SERVICES if s[0] in modules):
             url = f"http://127.0.0.1:{self.env[f'{prefix}_PORT']}/readyz"
             while True:
                 try:
@@ -302,11 +302,12 @@ class Stack:
         sink = any(c.name == "mail sink" for c in self.components)
         lines.append(f"  mail                {self.env['SMTP_HOST']}:{self.env['SMTP_PORT']}"
                      + (f"  (local sink, kept in {VAR / 'mail'})" if sink else ""))
-        lines.append(f"  secrets             {VAR / 'tokens.env'}, {VAR / 'signing-keys.env'}")
+        lines.append(f"  secrets             {VAR / 'tokens.env'}, the partners' bundles in {VAR / 'bundles'}")
         lines.append(f"  logs                {VAR / 'logs'}")
         lines.append("Open a URL in a browser and sign in with its token (field \"API token\"). Or the API:")
         lines.append(f"  curl -H 'Authorization: Bearer {self.env['LEAD_API_TOKEN']}' -H 'Content-Type: application/json' "
                      f"-d '{json.dumps({'title': 'Printer offline'})}' http://127.0.0.1:{self.env['LEAD_PORT']}/api/tickets")
+        lines.append("Another partner company beside these: make partner ROLE=insourcing ID=globex NAME=Globex PORT=8012")
         lines.append("Ctrl-C stops everything.")
         print("\n".join(lines), flush=True)
 
@@ -363,9 +364,17 @@ class Stack:
             self.mail()
             self.migrate()
             self.add_services()
+            # The hub first: the partners are onboarded through the bridge before they start.
             for c in self.components:
-                c.start()
-            self.wait_ready()
+                if c.name in ("mail sink", "sync_bridge"):
+                    c.start()
+            self.wait_ready(["sync_bridge"])
+            self.onboard()
+            for c in self.components:
+                if c.proc is None:
+                    c.start()
+            self.wait_ready([module for module, _, _, _ in SERVICES])
+            self.run_file()
             self.banner()
             self.supervise()
         except KeyboardInterrupt:

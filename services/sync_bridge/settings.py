@@ -1,6 +1,9 @@
 """Configuration of the sync bridge, from BRIDGE_* variables (and KAFKA_*)."""
+import json
+from typing import Annotated
+
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.platform.config import CommonSettings
 
@@ -13,7 +16,7 @@ class BridgeSettings(CommonSettings):
     api_token: str | None = None
     # Partners served from the environment, beside those onboarded through the API (SPEC section 10):
     # `id[:role[:name]]`, comma-separated, in BRIDGE_PARTNERS (no role: the partner may lead or insource).
-    partners: list[str] = ["lead-partner:lead:Lead Partner", "insourcing-partner:insourcing:Insourcing Partner"]
+    partners: Annotated[list[str], NoDecode] = ["lead-partner:lead:Lead Partner", "insourcing-partner:insourcing:Insourcing Partner"]
     # The keys the bridge shares with each configured partner, as JSON: {"lead-partner": "key-id:secret", ...}.
     signing_keys: dict[str, str] = {}
     # Fernet keys (comma-separated, newest first) that encrypt the signing keys of onboarded partners.
@@ -29,7 +32,9 @@ class BridgeSettings(CommonSettings):
     @field_validator("partners", mode="before")
     @classmethod
     def _split(cls, value):
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
+        if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
 

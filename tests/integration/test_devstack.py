@@ -29,6 +29,8 @@ def stack_env(infrastructure, base_env):
         "INSOURCING_DATABASE_URL": urls[names[1]],
         "BRIDGE_DATABASE_URL": urls[names[2]],
         **{k: str(v) for k, v in ports.items()},
+        # Its own partners on the session's broker, apart from the session's own two.
+        "LEAD_PARTNER_ID": f"devlead-{os.getpid()}", "INSOURCING_PARTNER_ID": f"devins-{os.getpid()}",
     }
     env.pop("SMTP_HOST", None)
     yield env
@@ -146,6 +148,7 @@ async def test_make_run_on_apache_kafka_restarts_a_killed_broker_and_database_an
                 stack.client("insourcing_partner", "INSOURCING_PORT") as insourcing:
             lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=60)
             _each_partner_runs_from_its_bundle_alone(stack, Path(own_stack_env["DEVSTACK_VAR"]))
+            await _make_partner_adds_a_company_that_takes_work(stack, own_stack_env, lead, tmp_path)
 
             stack.child("kafka.Kafka").kill()
             await eventually(lambda: _said(stack, "Apache Kafka died; restarting"), timeout=10)
@@ -165,6 +168,57 @@ async def test_make_run_on_apache_kafka_restarts_a_killed_broker_and_database_an
         await asyncio.to_thread(stack.stop_and_check_nothing_is_left)
     finally:
         stack.kill()
+
+
+async def _make_partner_adds_a_company_that_takes_work(stack: MakeRun, env: dict, lead: httpx.AsyncClient,
+                                                      tmp_path: Path) -> None:
+    """`make partner` beside the running make run (SPEC section 10): onboarded through the bridge, its own
+    database under var/, its URL and token printed; the lead can outsource to it at once, notes cross,
+    and Ctrl-C stops it and its database."""
+    port = infra.free_port()
+    log = tmp_path / "partner.log"
+    partner = subprocess.Popen(["make", "--no-print-directory", "partner", "ROLE=insourcing", "ID=globex",
+                                "NAME=Globex Field Services", f"PORT={port}", "TOKEN=ip_chosen_by_globex"],
+                               env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        await eventually(lambda: _said_in(log, "Ctrl-C stops it"), timeout=120, interval=0.5)
+        printed = log.read_text()
+        assert f"http://127.0.0.1:{port}" in printed and "token: ip_chosen_by_globex" in printed, printed
+        var = Path(env["DEVSTACK_VAR"])
+        assert (var / "partners" / "globex" / "pg").is_dir()
+        assert (var / "partners" / "globex" / "bundle.json").stat().st_mode & 0o777 == 0o600
+        await eventually(lambda: _lists(lead, "globex"), timeout=30)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                                     headers={"Authorization": "Bearer ip_chosen_by_globex"}) as globex:
+            ticket = (await lead.post("/api/tickets", json={"title": "For Globex"})).json()
+            answer = await lead.post(f"/api/tickets/{ticket['id']}/outsource", json={"partner_id": "globex"})
+            assert answer.status_code == 202, answer.text
+            link_id = answer.json()["link_id"]
+            work = await eventually(lambda: _received(globex, link_id), timeout=60)
+            assert work["lead_partner"] == "Lead Partner"
+            accepted = await globex.post(f"/api/received-work/{link_id}/accept")
+            assert accepted.status_code == 200, accepted.text
+            await globex.post(f"/api/tickets/{accepted.json()['ticket_id']}/notes", json={"body": "Globex on site"})
+            await arrived(lead, ticket["id"], "notes", lambda n: n["body"] == "Globex on site", timeout=60)
+    finally:
+        os.killpg(partner.pid, signal.SIGINT)
+        partner.wait(60)
+    assert "stopping globex" in log.read_text()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"]
+                and str(Path(env["DEVSTACK_VAR"]) / "partners" / "globex") in " ".join(p.info["cmdline"])]
+
+
+async def _said_in(log: Path, text: str) -> bool:
+    return log.exists() and text in log.read_text()
+
+
+async def _lists(lead: httpx.AsyncClient, partner_id: str) -> bool:
+    return partner_id in [p["id"] for p in (await lead.get("/api/partners")).json()]
+
+
+async def _received(client: httpx.AsyncClient, link_id: str) -> dict | None:
+    return next((w for w in (await client.get("/api/received-work")).json() if w["link_id"] == link_id), None)
 
 
 def _postmaster(data_dir: Path) -> psutil.Process:
