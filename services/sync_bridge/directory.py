@@ -176,7 +176,8 @@ class Directory:
             return KeyRing({"void": self._void}, "void").sign(topic, value)
         newest = valid[0]
         older = next((k for k in valid[1:]), None)
-        use = newest if older is None or (member.id, newest[0]) in self._adopted else older
+        adopted = member.configured or (member.id, newest[0]) in self._adopted  # configured: both ends rotate by hand
+        use = newest if older is None or adopted else older
         return KeyRing({use[0]: use[1]}, use[0]).sign(topic, value)
 
     def verify(self, topic: str, headers, value: bytes | None) -> None:

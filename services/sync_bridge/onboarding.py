@@ -41,7 +41,8 @@ from shared.platform.kafka_users import delete_acls_of, delete_scram_user, set_s
 # A partner id becomes a topic name, a consumer group and a Kafka user name: lowercase letters, digits
 # and inner hyphens, 2 to 64 of them.
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$"
-RESERVED_IDS = {"bridge"}  # the bridge signs its own messages as "bridge"
+RESERVED_IDS = {"bridge"}
+ABANDONED = timedelta(minutes=2)  # an onboarding row this old never finished  # the bridge signs its own messages as "bridge"
 
 
 class PartnerIn(BaseModel):
@@ -127,7 +128,11 @@ class Hub:
             raise Conflict(f"partner id {new.id!r} is taken (configured in BRIDGE_PARTNERS)")
         username = f"partner-{new.id}" if kafka.username else None
         async with self.sessions() as session, session.begin():
-            known = await session.get(Partner, new.id)
+            known = await session.get(Partner, new.id, with_for_update=True)
+            if known is not None and known.membership == "onboarding" and known.changed_at < utcnow() - ABANDONED:
+                await session.delete(known)  # an onboarding that never finished (its process died): taken over
+                await session.flush()
+                known = None
             if known is not None:
                 why = "was removed; a partner id is never given again" if known.membership == "removed" else "is taken"
                 raise Conflict(f"partner id {new.id!r} {why}")

@@ -187,6 +187,7 @@ async def test_an_onboarded_partners_kafka_user_sees_and_touches_only_its_own(br
 # --- many partners -----------------------------------------------------------------------------
 
 
+@pytest.mark.broker  # also on Tansu: partners onboarded without users or TLS
 async def test_a_lead_outsources_to_two_insourcing_partners_each_on_its_own_link(
         bridge, lead, insourcing, services, partner_services):
     bundle = await onboard(bridge, "insourcing", "Globex")
@@ -217,6 +218,37 @@ async def test_a_lead_outsources_to_two_insourcing_partners_each_on_its_own_link
         assert [w["link_id"] for w in (await globex.get("/api/received-work")).json()] == [links[bundle.partner_id][1]]
         theirs = [w["link_id"] for w in (await insourcing.get("/api/received-work")).json()]
         assert links[PARTNER][1] in theirs and links[bundle.partner_id][1] not in theirs
+
+
+@pytest.mark.broker  # also on Tansu: partners onboarded without users or TLS
+async def test_an_insourcing_partner_serves_two_leads_and_no_lead_hears_of_another(
+        bridge, lead, insourcing, services, partner_services):
+    bundle = await onboard(bridge, "lead", "Acme Managed IT")
+    acme_service = await asyncio.to_thread(partner_services, bundle)
+    await asyncio.to_thread(wait_for_directory, acme_service, PARTNER)
+    roles = {p["id"]: p["role"] for p in (await bridge.get("/api/partners")).json()}
+    async with acme_service.client() as acme:
+        offered = [p["id"] for p in (await acme.get("/api/partners")).json()]
+        assert PARTNER in offered and all(roles[pid] in ("insourcing", None) for pid in offered), offered
+        assert LEAD not in offered and bundle.partner_id not in offered
+
+        tickets = {}
+        for client, who in ((lead, "Lead Partner"), (acme, "Acme Managed IT")):
+            ticket = await new_ticket(client, title=f"From {who}")
+            answer = await client.post(f"/api/tickets/{ticket['id']}/outsource", json={"partner_id": PARTNER})
+            assert answer.status_code == 202, answer.text
+            tickets[who] = (client, ticket, answer.json()["link_id"])
+        for who, (client, ticket, link_id) in tickets.items():
+            work = await received(insourcing, link_id, "Pending")
+            assert work["lead_partner"] == who
+            accepted = await insourcing.post(f"/api/received-work/{link_id}/accept")
+            assert accepted.status_code == 200, accepted.text
+            note = f"Answer for {who}"
+            await insourcing.post(f"/api/tickets/{accepted.json()['ticket_id']}/notes", json={"body": note})
+            await eventually(lambda c=client, t=ticket, n=note: _has_note(c, t["id"], n), timeout=20)
+        # Each lead has its own answer only.
+        assert not await _has_note(lead, tickets["Lead Partner"][1]["id"], "Answer for Acme Managed IT")
+        assert not await _has_note(acme, tickets["Acme Managed IT"][1]["id"], "Answer for Lead Partner")
 
 
 async def _has_note(client: httpx.AsyncClient, ticket_id: str, text: str) -> bool:
