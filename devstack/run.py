@@ -292,6 +292,23 @@ class Stack:
                     raise SystemExit(f"{module} not ready after {timeout:.0f}s; see {VAR / 'logs' / (module + '.log')}")
                 time.sleep(0.2)
 
+    def wait_for_directory(self, timeout: float = 60.0) -> None:
+        """Until the lead's Outsource form lists the insourcing partner (the bridge's answer to the
+        lead's first question), so that what the banner invites works at once."""
+        url = f"http://127.0.0.1:{self.env['LEAD_PORT']}/api/partners"
+        wanted = self.partner_id("INSOURCING")
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.env['LEAD_API_TOKEN']}"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(request, timeout=2) as answer:
+                    if wanted in [p["id"] for p in json.loads(answer.read())]:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"the lead was not sent the hub's directory within {timeout:.0f}s; see {VAR / 'logs'}")
+
     def banner(self) -> None:
         lines = ["", "Partner ticket sync is running:"]
         for module, prefix, _, _ in SERVICES:
@@ -374,6 +391,7 @@ class Stack:
                 if c.proc is None:
                     c.start()
             self.wait_ready([module for module, _, _, _ in SERVICES])
+            self.wait_for_directory()
             self.run_file()
             self.banner()
             self.supervise()

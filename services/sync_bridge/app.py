@@ -48,6 +48,7 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             signatures=directory,
             state={"scheduler": scheduler, "directory": directory},
             before_messaging=load_directory,
+            make_topics=lambda app: app.state.hub.restore_kafka(),
             background=[lambda app: scheduler.attach(app.state.sessions).run(),
                         lambda app: directory.follow(app.state.sessions, settings.database_url)],
             on_data_loss=scheduler.broker_lost_data,

@@ -123,6 +123,9 @@ class Partner(Base):
     # onboarding | active | removed (the column is "status"; not a workflow status, so named apart)
     membership: Mapped[str] = mapped_column("status", String(16))
     kafka_username: Mapped[str | None] = mapped_column(String(100))  # None: a broker without users
+    # What the broker keeps of its password (salt and salted password, never the password), encrypted
+    # with BRIDGE_SECRET_KEY: the bridge gives the user back to a broker that lost its metadata.
+    kafka_credential_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -4,6 +4,7 @@ Kafka user, its two topics and their ACLs and its signing key, and answers its o
 removing one takes its user, ACLs and keys away and ends its open links. The bridge keeps only what it
 must hold (the signing keys, encrypted with BRIDGE_SECRET_KEY); a partner's Kafka password is in its
 bundle alone."""
+import logging
 import re
 import secrets
 from collections.abc import Callable
@@ -36,8 +37,15 @@ from shared.platform.kafka import (
     partner_grants,
     partner_group,
 )
-from shared.platform.kafka_users import delete_acls_of, delete_scram_user, set_scram_password
+from shared.platform.kafka_users import (
+    ScramCredential,
+    delete_acls_of,
+    delete_scram_user,
+    set_scram_credential,
+    user_exists,
+)
 
+log = logging.getLogger(__name__)
 # A partner id becomes a topic name, a consumer group and a Kafka user name: lowercase letters, digits
 # and inner hyphens, 2 to 64 of them.
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$"
@@ -47,7 +55,7 @@ ABANDONED = timedelta(minutes=2)  # an onboarding row this old never finished  #
 
 class PartnerIn(BaseModel):
     id: str = Field(description="lowercase letters, digits and inner hyphens, 2-64 characters; never reused",
-                    examples=["globex"])
+                    examples=["globex"], json_schema_extra={"pattern": ID_PATTERN})
     name: str = Field(min_length=1, max_length=200, description="the company's name, as other partners see it")
     role: Literal["lead", "insourcing"]
 
@@ -138,8 +146,9 @@ class Hub:
                 raise Conflict(f"partner id {new.id!r} {why}")
             session.add(Partner(id=new.id, name=new.name, role=new.role, membership="onboarding", kafka_username=username))
         password = secrets.token_urlsafe(32)
+        credential = ScramCredential.of(password)
         try:
-            await self._provision(kafka, new.id, username, password)
+            await self._provision(kafka, new.id, username, credential)
         except Exception as exc:
             async with self.sessions() as session, session.begin():
                 await session.execute(delete(Partner).where(Partner.id == new.id))
@@ -148,6 +157,8 @@ class Hub:
         async with self.sessions() as session, session.begin():
             partner = await session.get(Partner, new.id, with_for_update=True)
             partner.membership, partner.changed_at = "active", func.now()
+            if username:
+                partner.kafka_credential_encrypted = box.encrypt(credential.to_json().encode())
             session.add(PartnerKey(partner_id=new.id, key_id=key_id, secret_encrypted=box.encrypt(key.encode())))
             await session.flush()
             await announce(session, self.directory)
@@ -161,9 +172,10 @@ class Hub:
         async with self.sessions() as session:
             partner = await self._onboarded(session, partner_id)
         password = secrets.token_urlsafe(32)
+        credential = ScramCredential.of(password)
         if partner.kafka_username:
             try:
-                await set_scram_password(kafka, partner.kafka_username, password)
+                await set_scram_credential(kafka, partner.kafka_username, credential)
             except Exception as exc:
                 raise Unavailable(f"the hub's Kafka refused the new password of {partner_id}: {exc}; "
                                   "nothing changed") from exc
@@ -181,6 +193,8 @@ class Hub:
             key_id = f"k{1 + max((int(k.key_id[1:]) for k in keys if k.key_id[1:].isdigit()), default=0)}"
             session.add(PartnerKey(partner_id=partner_id, key_id=key_id, secret_encrypted=box.encrypt(key.encode())))
             partner.changed_at = func.now()
+            if partner.kafka_username:
+                partner.kafka_credential_encrypted = box.encrypt(credential.to_json().encode())
             await _notify(session)
         partner = await self._reload(partner_id)
         return Onboarded(partner=_out(partner), bundle=self._bundle(partner, password, key_id, key, previous))
@@ -192,6 +206,7 @@ class Hub:
             partner = await self._onboarded(session, partner_id, lock=True, removed_too=True)
             if partner.membership == "active":
                 partner.membership, partner.removed_at, partner.changed_at = "removed", func.now(), func.now()
+                partner.kafka_credential_encrypted = None
                 await session.execute(delete(PartnerKey).where(PartnerKey.partner_id == partner_id))
                 await end_links(session, partner)
                 await session.flush()
@@ -209,15 +224,47 @@ class Hub:
 
     # --- the pieces ----------------------------------------------------------------------------
 
-    async def _provision(self, kafka: KafkaAccess, partner_id: str, username: str | None, password: str) -> None:
+    async def _provision(self, kafka: KafkaAccess, partner_id: str, username: str | None,
+                         credential: ScramCredential) -> None:
         await ensure_topics(kafka, [outbound_topic(partner_id), inbound_topic(partner_id)],
                             self.settings.kafka_topic_partitions)
         if username is None:
             return
-        await set_scram_password(kafka, username, password)
-        grants = partner_grants(username, partner_id, partner_group(partner_id))
+        await set_scram_credential(kafka, username, credential)
+        await create_acls(kafka, self._grants(partner_id, username))
+
+    def _grants(self, partner_id: str, username: str | None) -> list:
+        grants = partner_grants(username, partner_id, partner_group(partner_id)) if username else []
         if self.settings.kafka_username:
             grants += bridge_grants(self.settings.kafka_username, [partner_id], "sync_bridge")
+        return grants
+
+    async def restore_kafka(self) -> None:
+        """Every topic the directory needs, made again if the broker lost it; with the hub's super user,
+        each onboarded partner's user (from what the broker kept of its password) and every ACL too, so
+        a broker that lost its metadata serves every partner again. Without it, the topics the bridge
+        may make, and a warning for the others (the operator's to restore)."""
+        partitions = self.settings.kafka_topic_partitions
+        try:
+            kafka = self._kafka()
+        except Unavailable:
+            kafka = None
+        if kafka is None or not kafka.username:
+            await ensure_topics(self.settings.kafka_access(), self.directory.topics(), partitions, skip_refused=True)
+            return
+        await ensure_topics(kafka, self.directory.topics(), partitions)
+        async with self.sessions() as session:
+            partners = list(await session.scalars(select(Partner).where(Partner.membership == "active")))
+        grants = bridge_grants(self.settings.kafka_username, [], "sync_bridge") if self.settings.kafka_username else []
+        for member in self.directory.members.values():
+            grants += self._grants(member.id, None)  # the bridge reads and writes every partner's topics
+        for partner in partners:
+            if partner.kafka_username and partner.kafka_credential_encrypted and self.box is not None:
+                if not await user_exists(kafka, partner.kafka_username):
+                    credential = ScramCredential.from_json(self.box.decrypt(partner.kafka_credential_encrypted).decode())
+                    await set_scram_credential(kafka, partner.kafka_username, credential)
+                    log.warning("the hub's Kafka had lost partner %s's user: given back", partner.id)
+                grants += partner_grants(partner.kafka_username, partner.id, partner_group(partner.id))
         await create_acls(kafka, grants)
 
     async def _onboarded(self, session: AsyncSession, partner_id: str, lock: bool = False,

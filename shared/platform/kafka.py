@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 from aiokafka.protocol.admin import CreateAclsRequest
 
 from shared.platform import records
@@ -174,9 +174,10 @@ async def list_topics(access: KafkaAccess) -> list[str]:
         await admin.close()
 
 
-async def ensure_topics(access: KafkaAccess, topics: list[str], partitions: int) -> None:
+async def ensure_topics(access: KafkaAccess, topics: list[str], partitions: int, skip_refused: bool = False) -> None:
     """Create the topics explicitly (idempotent): auto-creation would pick its own partition count.
-    With ACLs the operator creates them (make run does); a service then finds them and creates none."""
+    With ACLs the operator creates them (make run does); a service then finds them and creates none.
+    `skip_refused`: a topic this user may not create is logged and left, the others made."""
     admin = _admin(access)
     await admin.start()
     try:
@@ -187,10 +188,16 @@ async def ensure_topics(access: KafkaAccess, topics: list[str], partitions: int)
                 response = await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
             except TopicAlreadyExistsError:
                 return
+            refused = []
             for topic, code, *rest in response.topic_errors:
-                if code and for_code(code) is not TopicAlreadyExistsError:
+                if code and for_code(code) is TopicAuthorizationFailedError and skip_refused:
+                    refused.append(topic)
+                elif code and for_code(code) is not TopicAlreadyExistsError:
                     raise for_code(code)(f"creating {topic}: {rest[0] if rest else ''}")
-            log.info("created topics %s", missing)
+            if refused:
+                log.warning("not allowed to create topics %s: the hub operator must make them again", refused)
+            if made := [t for t in missing if t not in refused]:
+                log.info("created topics %s", made)
     finally:
         await admin.close()
 

@@ -1,8 +1,11 @@
 """The hub's Kafka users, changed at run time: the bridge onboards a partner (a SCRAM-SHA-256 user and
 its password) and removes one (its credential and every ACL naming it) on Apache Kafka. aiokafka 0.14
 has no SCRAM credential requests, so they are defined here with its own protocol classes."""
+import base64
 import hashlib
+import json
 import secrets
+from dataclasses import dataclass, field
 
 from aiokafka.errors import for_code
 from aiokafka.protocol.admin import DeleteAclsRequest
@@ -136,12 +139,41 @@ def _raise(code: int, what: str, message: str | None) -> None:
     raise for_code(code)(f"{what}: Kafka error {code}: {message or 'no message'}")
 
 
+@dataclass(frozen=True)
+class ScramCredential:
+    """What the broker keeps of a SCRAM-SHA-256 password: the salt, the iteration count and the salted
+    password (SCRAM's Hi(), PBKDF2-HMAC-SHA256). Enough to give the same user back to a broker that lost
+    its metadata, never enough to log in with."""
+
+    iterations: int
+    salt: bytes = field(repr=False)
+    salted_password: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, password: str, iterations: int = 8192) -> "ScramCredential":
+        salt = secrets.token_bytes(32)
+        return cls(iterations, salt, hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations))
+
+    def to_json(self) -> str:
+        return json.dumps({"iterations": self.iterations, "salt": base64.b64encode(self.salt).decode(),
+                           "salted_password": base64.b64encode(self.salted_password).decode()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ScramCredential":
+        data = json.loads(text)
+        return cls(data["iterations"], base64.b64decode(data["salt"]), base64.b64decode(data["salted_password"]))
+
+
 async def set_scram_password(admin: KafkaAccess, username: str, password: str, iterations: int = 8192) -> None:
     """Creates `username` or replaces its password. The broker is sent only the salted password
     (SCRAM's Hi(), PBKDF2-HMAC-SHA256), never the password; it takes 4096 to 16384 iterations."""
-    salt = secrets.token_bytes(32)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    request = AlterUserScramCredentialsRequest([], [(username, SCRAM_SHA_256, iterations, salt, salted)])
+    await set_scram_credential(admin, username, ScramCredential.of(password, iterations))
+
+
+async def set_scram_credential(admin: KafkaAccess, username: str, credential: ScramCredential) -> None:
+    """Creates `username` or replaces its password, given as what the broker keeps of it."""
+    request = AlterUserScramCredentialsRequest(
+        [], [(username, SCRAM_SHA_256, credential.iterations, credential.salt, credential.salted_password)])
     response = await _send(admin, request)
     for user, code, message, _ in response.results:
         if code:

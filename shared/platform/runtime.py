@@ -49,6 +49,9 @@ class ServiceSpec:
     metrics: Callable[[Any], None] | None = None  # adds the service's own gauges to its registry
     relay_settle_s: float = SETTLE_S  # see shared/platform/outbox.py
     group_id: str | None = None  # the consumer group; default `name`
+    # Makes what the service's topics need, instead of creating `topics_to_create` (the bridge: users
+    # and ACLs too, after a broker lost its metadata).
+    make_topics: Callable[[FastAPI], Awaitable[None]] | None = None
     # Run (and retried, like the broker's probe) before the relay and the consumer start.
     before_messaging: Callable[[FastAPI], Awaitable[None]] | None = None
 
@@ -82,7 +85,10 @@ def create_app(spec: ServiceSpec) -> FastAPI:
 
         async def make_topics() -> None:
             """Topics lost with a broker's data, or deleted, are made again before they are used."""
-            await ensure_topics(access, spec.topics(spec.topics_to_create), settings.kafka_topic_partitions)
+            if spec.make_topics is not None:
+                await spec.make_topics(app)
+            else:
+                await ensure_topics(access, spec.topics(spec.topics_to_create), settings.kafka_topic_partitions)
         relay = OutboxRelay(
             settings.database_url,
             lambda: make_producer(access, app.state.broker),
@@ -120,7 +126,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                     if spec.before_messaging is not None:
                         await spec.before_messaging(app)
                     app.state.broker = await probe_broker(access)
-                    await ensure_topics(access, spec.topics(spec.topics_to_create), settings.kafka_topic_partitions)
+                    await make_topics()
             profile = app.state.broker
             log.info("Kafka at %s as %s: %s (idempotent producer %s, fetch wait %d ms)", access.bootstrap,
                      access.username or "no SASL user", profile.name, "on" if profile.idempotent else "off",

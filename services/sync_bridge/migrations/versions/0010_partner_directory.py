@@ -20,6 +20,7 @@ def upgrade() -> None:
         sa.Column("role", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("kafka_username", sa.String(100), nullable=True),
+        sa.Column("kafka_credential_encrypted", sa.LargeBinary(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("changed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("removed_at", sa.DateTime(timezone=True), nullable=True),
