@@ -45,8 +45,8 @@ async def onboard(bridge: httpx.AsyncClient, role: str, name: str | None = None)
 
 
 def access_of(bundle: Bundle, password: str | None = None) -> KafkaAccess:
-    return KafkaAccess(bundle.bootstrap_servers, bundle.username, password or bundle.password, tls=True,
-                       ssl_cadata=bundle.ca_pem)
+    return KafkaAccess(bundle.bootstrap_servers, bundle.username, password or bundle.password,
+                       tls=bundle.ca_pem is not None, ssl_cadata=bundle.ca_pem)
 
 
 async def write(access: KafkaAccess, topic: str, value: bytes = b"{}", headers=None) -> None:
