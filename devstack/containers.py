@@ -32,7 +32,7 @@ BASE_IMAGE = "partner-ticket-sync/debian:bookworm"
 SERVICE_IMAGE = "partner-ticket-sync/service:latest"
 KAFKA_IMAGE = f"partner-ticket-sync/kafka:{KAFKA_VERSION}"
 POSTGRES_IMAGE = "partner-ticket-sync/postgres:15"
-# Image -> its Dockerfile (context: the repository); deploy/compose.yaml names the same images.
+# Image -> its Dockerfile (context: the repository); deploy/hub/ and deploy/partner/ name the same images.
 IMAGES = {SERVICE_IMAGE: "deploy/Dockerfile", KAFKA_IMAGE: "deploy/kafka/Dockerfile",
           POSTGRES_IMAGE: "deploy/postgres/Dockerfile"}
 

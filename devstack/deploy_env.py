@@ -1,63 +1,153 @@
-"""A complete deploy/.env with fresh secrets, and the hub's CA and broker certificate beside it, so that
-nobody types thirteen secrets by hand (issue 24).
+"""A complete `.env` with fresh secrets for each compose project of deploy/ (SPEC section 10), so that
+nobody types a secret by hand:
 
-    python -m devstack.deploy_env                      # writes deploy/.env and deploy/tls/
-    python -m devstack.deploy_env --host hub.example.com --out other.env
+    python -m devstack.deploy_env hub --kafka-host kafka.hub.example.com   # deploy/hub/.env and deploy/hub/tls/
+    python -m devstack.deploy_env partner --bundle globex.json --port 8012  # deploy/partner/.env
 
-It never replaces an existing file: Kafka's data volume is formatted with the cluster id and users of
-the .env it first started with, and a new .env against the old volumes leaves Kafka refusing to start
-("Invalid cluster.id"). To start afresh: `docker compose -f deploy/compose.yaml down -v` first (which
-deletes every volume: tickets, messages, mail), then remove the old file."""
+`hub` writes the hub operator's: Kafka's super user, the bridge's tokens, database password, Kafka user
+and secret key, and the broker's TLS key and certificate, issued by the hub's CA in `tls/` beside the
+file (made once; `ca.pem` is what every bundle carries, `ca.key` signs the broker's next certificate:
+keep both). `partner` writes one partner company's: its own operator token, database password, port,
+role and the path of the bundle the hub gave it; nothing of the hub's.
+
+Either file is made readable by its owner only (0600) and never replaced: the volumes of a project
+remember the .env they were first started with. To start a project afresh, `docker compose down -v`
+(which deletes its volumes), remove the file, and run this again."""
 import argparse
+import json
+import re
 import secrets
+import stat
 import sys
 from pathlib import Path
 
-from devstack import infra, kafka_broker, tls
+from devstack import infra, tls
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-SIDES = ("LEAD", "INSOURCING", "BRIDGE")
+ROLES = {"lead": "lp", "insourcing": "ip"}  # a partner's role -> the prefix of its token
+# A hub on the partner's own Docker host is reached by this name (Docker Desktop knows it; on Linux the
+# partner's .env maps it to the host, as the hub's compose file does for the bridge).
+SAME_HOST = "host.docker.internal"
 
 
-def fresh(tls_dir: Path, hosts: list[str]) -> dict[str, str]:
-    """Every value deploy/env.example lists, freshly generated, and KAFKA_TLS_DIR when not the default."""
-    hub_tls = tls.ensure(tls_dir, ["kafka", *hosts])
-    values = hub_tls.config_values()
-    return {
-        **{f"{side}_POSTGRES_PASSWORD": secrets.token_urlsafe(24) for side in SIDES},
-        **{f"{side}_API_TOKEN": f"{prefix}_{secrets.token_urlsafe(24)}"
-           for side, prefix in zip(SIDES, ("lp", "ip", "sb"))},
-        "KAFKA_CLUSTER_ID": kafka_broker.new_cluster_id(),
-        "KAFKA_ADMIN_PASSWORD": secrets.token_urlsafe(24),
-        **{f"{side}_KAFKA_PASSWORD": secrets.token_urlsafe(24) for side in SIDES},
-        **{name: value for name, value in infra.signing_env().items() if name != "BRIDGE_SIGNING_KEYS"},
-        "KAFKA_TLS_KEY": values["SSL_KEY"],
-        "KAFKA_TLS_CERTIFICATE_CHAIN": values["SSL_CERTIFICATE_CHAIN"],
-        **({} if tls_dir.resolve() == (DEPLOY / "tls").resolve() else {"KAFKA_TLS_DIR": str(tls_dir.resolve())}),
-        "BRIDGE_UI_SECRET": secrets.token_urlsafe(24),  # bridge replicas share sessions
+def _secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def hub_values(folder: Path, kafka_host: str, kafka_port: int, bridge_ports: str) -> dict[str, str]:
+    """Every value deploy/hub/compose.yaml asks for, freshly generated; the hub's TLS files in folder/tls."""
+    from cryptography.fernet import Fernet
+
+    hub_tls = tls.ensure(folder / "tls", [kafka_host])
+    broker = hub_tls.config_values()
+    values = {
+        "KAFKA_PUBLIC_HOST": kafka_host,
+        "KAFKA_PUBLISHED_PORT": str(kafka_port),
+        "KAFKA_ADMIN_PASSWORD": _secret(),
+        "KAFKA_TLS_KEY": broker["SSL_KEY"],
+        "KAFKA_TLS_CERTIFICATE_CHAIN": broker["SSL_CERTIFICATE_CHAIN"],
+        "BRIDGE_API_TOKEN": f"sb_{_secret()}",
+        "BRIDGE_POSTGRES_PASSWORD": _secret(),
+        "BRIDGE_KAFKA_PASSWORD": _secret(),
+        "BRIDGE_SECRET_KEY": Fernet.generate_key().decode(),
+        "BRIDGE_UI_SECRET": _secret(),  # bridge replicas share sessions
+        "BRIDGE_PUBLISHED_PORTS": bridge_ports,
     }
+    if folder.resolve() != (DEPLOY / "hub").resolve():  # compose reads ./tls beside its own file
+        values["HUB_TLS_DIR"] = str((folder / "tls").resolve())
+    return values
+
+
+def partner_values(bundle_file: Path, port: int, hub_address: str | None, notify_email: str | None) -> dict[str, str]:
+    """What deploy/partner/compose.yaml asks for, for the partner whose bundle this is."""
+    from shared.platform.bundle import Bundle
+
+    try:
+        bundle = Bundle.model_validate(json.loads(bundle_file.read_text()))
+    except (OSError, ValueError) as exc:
+        sys.exit(f"{bundle_file}: not an onboarding bundle the hub gave ({exc})")
+    host = bundle.bootstrap_servers.split(",")[0].rsplit(":", 1)[0]
+    if hub_address is None and host == SAME_HOST:
+        hub_address = "host-gateway"
+    values = {
+        # One project per partner, so that two partners on one Docker host never share a container or volume.
+        "COMPOSE_PROJECT_NAME": f"partner-ticket-sync-{bundle.partner_id}",
+        "PARTNER_ROLE": bundle.role,
+        "PARTNER_BUNDLE_FILE": str(bundle_file.resolve()),
+        "PARTNER_BUNDLE_GID": str(bundle_file.stat().st_gid),
+        "PARTNER_API_TOKEN": f"{ROLES[bundle.role]}_{_secret()}",
+        "PARTNER_POSTGRES_PASSWORD": _secret(),
+        "PARTNER_UI_SECRET": _secret(),
+        "PARTNER_PUBLISHED_PORT": str(port),
+        "PARTNER_NOTIFY_EMAIL": notify_email or f"service-desk@{bundle.partner_id}.example",
+    }
+    if hub_address:
+        values |= {"HUB_KAFKA_HOST": host, "HUB_KAFKA_ADDRESS": hub_address}
+    return values
+
+
+def _readable_by_its_group(bundle_file: Path) -> None:
+    """The partner's container joins the bundle file's group (PARTNER_BUNDLE_GID): the file needs group
+    read, never world read (it holds the partner's Kafka password and signing key)."""
+    mode = stat.S_IMODE(bundle_file.stat().st_mode)
+    if mode & 0o007:
+        sys.exit(f"{bundle_file} is readable by anyone (mode {mode:o}): it holds a Kafka password and a "
+                 f"signing key. `chmod 640 {bundle_file}` and run this again")
+    if not mode & 0o040:
+        bundle_file.chmod(mode | 0o040)
+        print(f"{bundle_file}: made readable by its group (mode {mode | 0o040:o}), which the partner's "
+              f"container joins")
 
 
 def env_text(values: dict[str, str]) -> str:
     return "".join(f"{name}={value}\n" for name, value in values.items())
 
 
+def _refuse_to_replace(env_file: Path) -> None:
+    if env_file.exists():
+        sys.exit(f"{env_file} exists already and is kept: the project's volumes were made with it (Kafka's "
+                 f"super user, the databases' passwords). To start afresh, run `docker compose down -v` for "
+                 f"that project (it deletes its volumes), remove {env_file}, and run this again.")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=DEPLOY / ".env", help="the env file to write (default deploy/.env)")
-    parser.add_argument("--tls-dir", type=Path, default=DEPLOY / "tls",
-                        help="where the hub's CA and the broker's certificate go (default deploy/tls)")
-    parser.add_argument("--host", action="append", default=[],
-                        help="another name or address the broker is reached by (repeatable; `kafka` is always one)")
+    parser = argparse.ArgumentParser(prog="python -m devstack.deploy_env", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    projects = parser.add_subparsers(dest="project", required=True)
+    hub = projects.add_parser("hub", help="the hub operator's .env (Kafka and the bridge) and TLS files")
+    hub.add_argument("--dir", type=Path, default=DEPLOY / "hub",
+                     help="where .env and tls/ go (default deploy/hub; elsewhere, the .env names its tls/)")
+    hub.add_argument("--kafka-host", default=SAME_HOST,
+                     help="the name (or address) partners reach Kafka by: the broker's certificate names it and "
+                          f"it is in every bundle (default {SAME_HOST}: partners on this same machine only)")
+    hub.add_argument("--kafka-port", type=int, default=9092, help="Kafka's published TLS port (default 9092)")
+    hub.add_argument("--bridge-ports", default="8003-8004",
+                     help="the bridge's published port(s), a range for replicas (default 8003-8004)")
+    partner = projects.add_parser("partner", help="one partner company's .env, from the bundle the hub gave it")
+    partner.add_argument("--bundle", type=Path, required=True, help="the onboarding bundle (JSON) the hub answered")
+    partner.add_argument("--dir", type=Path, default=DEPLOY / "partner", help="where .env goes (default deploy/partner)")
+    partner.add_argument("--port", type=int, default=8000, help="the service's published port (default 8000)")
+    partner.add_argument("--hub-address", help="where the hub's Kafka name resolves when DNS does not know it: an "
+                                               f"address, or host-gateway for a hub on this machine (the default "
+                                               f"when the bundle names {SAME_HOST})")
+    partner.add_argument("--notify-email", help="where the partner's notifications go (default service-desk@<id>.example)")
     args = parser.parse_args(argv)
-    if args.out.exists():
-        sys.exit(f"{args.out} exists already and is kept: a new one against the old volumes would leave Kafka "
-                 f"refusing to start. To start afresh, run `docker compose -f deploy/compose.yaml down -v` "
-                 f"(it deletes every volume), remove {args.out}, and run this again.")
-    values = fresh(args.tls_dir, args.host)
-    infra.write_private(args.out, env_text(values))
-    print(f"wrote {args.out} ({len(values)} values, readable by you only) and the hub's CA and broker "
-          f"certificate in {args.tls_dir}; the API tokens are in the file (LEAD_API_TOKEN, ...)")
+
+    env_file = args.dir / ".env"
+    _refuse_to_replace(env_file)
+    if args.project == "hub":
+        if not re.fullmatch(r"\d+(-\d+)?", args.bridge_ports):
+            sys.exit(f"--bridge-ports {args.bridge_ports!r}: a port or a range such as 8003-8004")
+        values = hub_values(args.dir, args.kafka_host, args.kafka_port, args.bridge_ports)
+        infra.write_private(env_file, env_text(values))
+        print(f"wrote {env_file} ({len(values)} values, readable by you only) and the hub's CA and broker certificate "
+              f"(for {args.kafka_host}) in {args.dir / 'tls'}; the bridge's token is BRIDGE_API_TOKEN in the file")
+        return
+    values = partner_values(args.bundle, args.port, args.hub_address, args.notify_email)
+    _readable_by_its_group(args.bundle)
+    infra.write_private(env_file, env_text(values))
+    print(f"wrote {env_file} for {values['COMPOSE_PROJECT_NAME']} ({values['PARTNER_ROLE']} partner, port "
+          f"{args.port}; readable by you only); its token is PARTNER_API_TOKEN in the file")
 
 
 if __name__ == "__main__":

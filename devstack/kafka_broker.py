@@ -19,9 +19,9 @@ from pathlib import Path
 
 from devstack import infra, tls
 
-KAFKA_VERSION = "4.1.1"  # deploy/compose.yaml runs the same version (tests/integration/test_deploy.py checks)
+KAFKA_VERSION = "4.1.1"  # deploy/hub/compose.yaml runs the same version (tests/integration/test_deploy.py checks)
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
-# One broker configuration for make run and deploy/compose.yaml alike.
+# One broker configuration for make run and deploy/hub/compose.yaml alike.
 SERVER_PROPERTIES = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "server.properties"
 CACHE = Path(os.environ.get("PARTNER_SYNC_CACHE", Path.home() / ".cache" / "partner-ticket-sync"))
 HEAP = "-Xmx512m -Xms128m"
@@ -275,15 +275,28 @@ def provision(admin, lead_id: str = "lead-partner", insourcing_id: str = "insour
     asyncio.run(run())
 
 
-def provision_hub(admin, bridge_user: str | None) -> None:
-    """On a hub whose partners are onboarded through the bridge (make run): the bridge's group only;
-    the bridge grants itself each partner's topics as it onboards it."""
+def provision_hub(admin, bridge_user: str | None, bridge_password: str | None = None) -> None:
+    """On a hub whose partners are onboarded through the bridge (make run, deploy/hub): the bridge's group
+    only; the bridge grants itself each partner's topics as it onboards it. With `bridge_password`, the
+    bridge's user is made (or given that password) first, as deploy/hub's kafka-setup does at each start."""
     import asyncio
 
     from shared.platform.kafka import bridge_grants, create_acls
+    from shared.platform.kafka_users import set_scram_password
 
+    if bridge_user and bridge_password:
+        asyncio.run(set_scram_password(admin, bridge_user, bridge_password))
     if bridge_user:
         asyncio.run(create_acls(admin, bridge_grants(bridge_user, [], "sync_bridge")))
+
+
+def admin_from_env():
+    """The broker named by KAFKA_BOOTSTRAP_SERVERS as KAFKA_ADMIN_USERNAME/PASSWORD, over TLS with KAFKA_SSL_CAFILE."""
+    from shared.platform.kafka import KafkaAccess
+
+    env = os.environ
+    return KafkaAccess(env["KAFKA_BOOTSTRAP_SERVERS"], env.get("KAFKA_ADMIN_USERNAME"), env.get("KAFKA_ADMIN_PASSWORD"),
+                       tls=bool(env.get("KAFKA_SSL_CAFILE")), ssl_cafile=env.get("KAFKA_SSL_CAFILE"))
 
 
 def main() -> None:
@@ -295,14 +308,19 @@ def main() -> None:
     serve.add_argument("--controller-port", type=int, default=9093)
     commands.add_parser("provision", help="create the topics and ACLs on the broker named by "
                                           "KAFKA_BOOTSTRAP_SERVERS, as KAFKA_ADMIN_USERNAME/PASSWORD")
+    commands.add_parser("provision-hub", help="on a hub whose partners are onboarded through the bridge: the "
+                                              "bridge's user (BRIDGE_KAFKA_USERNAME/PASSWORD) and its group's ACL")
     args = parser.parse_args()
-    if args.command == "provision":
-        from shared.platform.kafka import KafkaAccess
-
+    if args.command == "provision-hub":
         env = os.environ
-        admin = KafkaAccess(env["KAFKA_BOOTSTRAP_SERVERS"], env.get("KAFKA_ADMIN_USERNAME"),
-                            env.get("KAFKA_ADMIN_PASSWORD"), tls=bool(env.get("KAFKA_SSL_CAFILE")),
-                            ssl_cafile=env.get("KAFKA_SSL_CAFILE"))
+        admin = admin_from_env()
+        wait_until_serving(admin, time.monotonic() + 120, f"Kafka at {admin.bootstrap}")
+        provision_hub(admin, env["BRIDGE_KAFKA_USERNAME"], env["BRIDGE_KAFKA_PASSWORD"])
+        print(f"the bridge's Kafka user {env['BRIDGE_KAFKA_USERNAME']} and its group's ACL in place on {admin.bootstrap}")
+        return
+    if args.command == "provision":
+        env = os.environ
+        admin = admin_from_env()
         provision(admin, env.get("LEAD_PARTNER_ID", "lead-partner"),
                   env.get("INSOURCING_PARTNER_ID", "insourcing-partner"),
                   int(env.get("KAFKA_TOPIC_PARTITIONS", "4")), with_acls=bool(admin.username))

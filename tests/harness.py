@@ -17,6 +17,7 @@ import httpx
 from devstack import containers, infra, kafka_broker, tls
 from devstack.kafka_broker import KafkaBroker
 from shared.platform.kafka import KafkaAccess
+from shared.platform.kafka_users import set_scram_password
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,7 @@ def _postgres_container(cleanups: list) -> str:
 
 
 def _kafka_container(cleanups: list) -> tuple[KafkaAccess, dict[str, str]]:
-    """The project's Kafka image started as deploy/compose.yaml starts it (its start.sh, users and ACLs),
+    """The project's Kafka image started as deploy/hub/compose.yaml starts it (its start.sh, users and ACLs),
     advertising the port published on this machine; returns the super user's access and the services' env."""
     from testcontainers.core.container import DockerContainer
 
@@ -64,8 +65,6 @@ def _kafka_container(cleanups: list) -> tuple[KafkaAccess, dict[str, str]]:
     port = infra.free_port()
     credentials = kafka_broker.Credentials("admin", secrets.token_urlsafe(18), {
         user: secrets.token_urlsafe(18) for user in kafka_broker.SERVICE_USERS.values()})
-    passwords = {f"{prefix}_KAFKA_PASSWORD": credentials.for_service(service)[1]
-                 for service, prefix in kafka_broker.PREFIXES.items()}
     deploy = ROOT / "deploy" / "kafka"
     hub_tls = tls.ensure(ROOT / "var" / "test-kafka" / f"tls-{os.getpid()}", ["127.0.0.1", "localhost"])
     container = (DockerContainer(containers.KAFKA_IMAGE, entrypoint=["/bin/bash", "/opt/deploy/start.sh"])
@@ -80,13 +79,14 @@ def _kafka_container(cleanups: list) -> tuple[KafkaAccess, dict[str, str]]:
                  .with_volume_mapping(deploy / "start.sh", "/opt/deploy/start.sh")
                  .with_volume_mapping(deploy / "server.properties", "/opt/deploy/server.properties")
                  .with_volume_mapping(ROOT / "devstack" / "kafka" / "log4j2.properties", "/opt/deploy/log4j2.properties"))
-    for name, value in passwords.items():
-        container.with_env(name, value)
     container.start()
     cleanups.append(container.stop)
     admin = KafkaAccess(f"127.0.0.1:{port}", credentials.admin_username, credentials.admin_password, tls=True,
                         ssl_cafile=str(hub_tls.ca))
     kafka_broker.wait_until_serving(admin, time.monotonic() + 90, "the Kafka container")
+    # start.sh bootstraps the super user only; the services' users are made at run time, as on the hub.
+    for user, password in credentials.services.items():
+        asyncio.run(set_scram_password(admin, user, password))
     return admin, kafka_broker.service_env(credentials, hub_tls.ca)
 
 

@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Starts Apache Kafka with the same configuration as `make run` (deploy/kafka/server.properties): SASL/SCRAM
-# users bootstrapped when the storage is first formatted, the StandardAuthorizer, no auto-created topics.
-# It runs the jars in /opt/kafka/libs with `java`, as both this project's image (deploy/kafka/Dockerfile)
-# and the official apache/kafka image hold them. Secrets come from the environment.
+# Starts Apache Kafka with the same configuration as `make run` (deploy/kafka/server.properties): the super
+# user bootstrapped when the storage is first formatted (every other user is made at run time: the hub's
+# one-shot kafka-setup makes the bridge's, the bridge each partner's), the StandardAuthorizer, no
+# auto-created topics. It runs the jars in /opt/kafka/libs with `java`, as both this project's image
+# (deploy/kafka/Dockerfile) and the official apache/kafka image hold them. Secrets come from the environment.
+#
+#   start.sh          formats the storage when it is new, else checks it was made with this super user; runs the broker
+#   start.sh format   only the first part (deploy/hub's one-shot kafka-storage: a volume of another .env stops
+#                     `docker compose up` there, with the message below, instead of a broker restarting forever)
 set -euo pipefail
-: "${KAFKA_ADMIN_USERNAME:?}" "${KAFKA_ADMIN_PASSWORD:?}" "${KAFKA_CLUSTER_ID:?}"
-: "${LEAD_KAFKA_PASSWORD:?}" "${INSOURCING_KAFKA_PASSWORD:?}" "${BRIDGE_KAFKA_PASSWORD:?}"
+: "${KAFKA_ADMIN_USERNAME:?}" "${KAFKA_ADMIN_PASSWORD:?}"
 # TLS on the client port: the broker's key and certificate from the environment, as PEM on one line
 # (`python -m devstack.tls --env` prints them), the hub's CA mounted read-only as /opt/tls/ca.pem.
 : "${KAFKA_TLS_KEY:?}" "${KAFKA_TLS_CERTIFICATE_CHAIN:?}"
 ca=$(tr '\n' ' ' < /opt/tls/ca.pem)
 data=/var/lib/kafka/data
 config=/tmp/server.properties
+# What the volume remembers of the .env it was formatted with: the super user is in the cluster's metadata,
+# and a broker given another one cannot even log in to itself.
+admin_file="$data/admin.sha256"
+admin_sha=$(printf '%s\n%s' "$KAFKA_ADMIN_USERNAME" "$KAFKA_ADMIN_PASSWORD" | sha256sum | cut -d' ' -f1)
 umask 077  # the configuration holds the broker's key and the super user's password
 sed -e "s|@CONTROLLER_ADDRESS@|localhost:9093|" \
     -e "s|@CLIENT_BIND@|0.0.0.0:9092|" \
@@ -27,9 +35,36 @@ sed -e "s|@CONTROLLER_ADDRESS@|localhost:9093|" \
 # shellcheck disable=SC2206  # the heap options are several words
 java=(java ${KAFKA_HEAP_OPTS:--Xmx512m -Xms128m} -XX:+UseG1GC -Djava.awt.headless=true
       -Dlog4j2.configurationFile=/opt/deploy/log4j2.properties -cp "/opt/kafka/libs/*")
-"${java[@]}" kafka.tools.StorageTool format --ignore-formatted -t "$KAFKA_CLUSTER_ID" -c "$config" \
-    --add-scram "SCRAM-SHA-256=[name=${KAFKA_ADMIN_USERNAME},password=${KAFKA_ADMIN_PASSWORD}]" \
-    --add-scram "SCRAM-SHA-256=[name=lead-partner-svc,password=${LEAD_KAFKA_PASSWORD}]" \
-    --add-scram "SCRAM-SHA-256=[name=insourcing-partner-svc,password=${INSOURCING_KAFKA_PASSWORD}]" \
-    --add-scram "SCRAM-SHA-256=[name=sync-bridge-svc,password=${BRIDGE_KAFKA_PASSWORD}]"
+
+another_env() {
+    echo "The hub's Kafka volume was formatted with another .env: $1." >&2
+    echo "Put back the .env it was made with; or, to start afresh, run \`docker compose down -v\` (it deletes" >&2
+    echo "the hub's volumes: every message on Kafka and the bridge's database, its links and partner directory)" >&2
+    echo "and \`docker compose up -d\` again. Partners onboarded before must then be onboarded again." >&2
+    exit 78
+}
+
+if [ -f "$data/meta.properties" ]; then
+    formatted_id=$(sed -n 's/^cluster.id=//p' "$data/meta.properties")
+    if [ -n "${KAFKA_CLUSTER_ID:-}" ] && [ "$KAFKA_CLUSTER_ID" != "$formatted_id" ]; then
+        another_env "its cluster id is $formatted_id, KAFKA_CLUSTER_ID is $KAFKA_CLUSTER_ID"
+    fi
+    if [ -f "$admin_file" ] && [ "$(cat "$admin_file")" != "$admin_sha" ]; then
+        another_env "its super user is not KAFKA_ADMIN_USERNAME with KAFKA_ADMIN_PASSWORD"
+    fi
+else
+    # A KRaft cluster id is 16 random bytes in URL-safe base64, never starting with "-" (the storage tool
+    # would read it as an option); KAFKA_CLUSTER_ID chooses one.
+    cluster_id=${KAFKA_CLUSTER_ID:-}
+    while [ -z "$cluster_id" ] || [ "${cluster_id#-}" != "$cluster_id" ]; do
+        cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    done
+    "${java[@]}" kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "$config" \
+        --add-scram "SCRAM-SHA-256=[name=${KAFKA_ADMIN_USERNAME},password=${KAFKA_ADMIN_PASSWORD}]"
+    echo "$admin_sha" > "$admin_file"
+fi
+if [ "${1:-}" = format ]; then
+    echo "the hub's Kafka storage is ready (cluster $(sed -n 's/^cluster.id=//p' "$data/meta.properties"))"
+    exit 0
+fi
 exec "${java[@]}" kafka.Kafka "$config"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # First start: a cluster whose super user POSTGRES_USER (default postgres) has POSTGRES_PASSWORD (SCRAM over
 # the network), and the database POSTGRES_DB; every start: the server on all addresses of the container.
-# The same variables as the official postgres image, so that either serves.
+# The same variables as the official postgres image, so that either serves. Unlike it, a later start gives
+# the super user POSTGRES_PASSWORD again: a new password in a project's .env works on the data it had.
 set -euo pipefail
 : "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
 user=${POSTGRES_USER:-postgres}
@@ -16,5 +17,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     if [ "$database" != postgres ]; then
         echo "CREATE DATABASE \"$database\";" | postgres --single -D "$PGDATA" postgres >/dev/null
     fi
+else
+    quoted=${POSTGRES_PASSWORD//\'/\'\'}
+    echo "ALTER ROLE \"$user\" PASSWORD '$quoted';" | postgres --single -D "$PGDATA" postgres >/dev/null
 fi
 exec postgres -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/run/postgresql "$@"

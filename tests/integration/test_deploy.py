@@ -1,99 +1,163 @@
-"""deploy/ as production would run it, checked without a Docker engine: the compose file by the real
-Docker Compose v2 binary (`config`), the Dockerfiles by hadolint, the topology (each partner with its
-own database on its own network), and the broker it runs is the same Apache Kafka, configured the same
-way, as the one `make run` and the tests use. tests/containers runs it for real."""
+"""deploy/ as production would run it, checked without a Docker engine (SPEC section 10): the hub
+(deploy/hub) and a partner (deploy/partner) are compose projects of their own, checked by the real Docker
+Compose v2 binary (`config`), the Dockerfiles by hadolint; the hub runs the same Apache Kafka, configured
+the same way, as `make run`; a partner's project holds nothing of the hub's but what its bundle says; and
+`python -m devstack.deploy_env` writes a complete .env for each. tests/containers runs them for real."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from devstack import containers, kafka_broker
+from devstack import containers, kafka_broker, tls
 from tests.harness import ROOT
 
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 COMPOSE = containers.compose_binary()
 DOCKERFILES = sorted(str(ROOT / d) for d in containers.IMAGES.values())
-SECRETS = ["LEAD_POSTGRES_PASSWORD", "INSOURCING_POSTGRES_PASSWORD", "BRIDGE_POSTGRES_PASSWORD", "LEAD_API_TOKEN", "INSOURCING_API_TOKEN", "BRIDGE_API_TOKEN",
-           "KAFKA_CLUSTER_ID", "KAFKA_ADMIN_PASSWORD", "LEAD_KAFKA_PASSWORD", "INSOURCING_KAFKA_PASSWORD",
-           "BRIDGE_KAFKA_PASSWORD", "LEAD_SIGNING_KEYS", "INSOURCING_SIGNING_KEYS", "KAFKA_TLS_KEY",
-           "KAFKA_TLS_CERTIFICATE_CHAIN"]
+HUB_SECRETS = ["KAFKA_PUBLIC_HOST", "KAFKA_ADMIN_PASSWORD", "KAFKA_TLS_KEY", "KAFKA_TLS_CERTIFICATE_CHAIN",
+               "BRIDGE_API_TOKEN", "BRIDGE_POSTGRES_PASSWORD", "BRIDGE_KAFKA_PASSWORD", "BRIDGE_SECRET_KEY"]
+PARTNER_SECRETS = ["PARTNER_ROLE", "PARTNER_BUNDLE_FILE", "PARTNER_BUNDLE_GID", "PARTNER_API_TOKEN",
+                   "PARTNER_POSTGRES_PASSWORD", "PARTNER_NOTIFY_EMAIL"]
 
 
-def compose(env_file: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(COMPOSE), "-f", str(DEPLOY / "compose.yaml"), "--env-file", str(env_file), *args],
+def compose(project: str, env_file: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(COMPOSE), "-f", str(DEPLOY / project / "compose.yaml"), "--env-file", str(env_file), *args],
                           capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
 
 
+def config(project: str, env_file: Path) -> dict:
+    done = compose(project, env_file, "config", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 @pytest.fixture
-def env_file(tmp_path) -> Path:
-    """What an operator's deploy/.env holds (deploy/env.example lists the same names)."""
-    path = tmp_path / "deploy.env"
-    path.write_text("".join(f"{name}=k1:value-of-{name.lower()}-0123456789\n" for name in SECRETS))
+def hub_env(tmp_path) -> Path:
+    """What an operator's deploy/hub/.env holds (deploy/hub/env.example lists the same names)."""
+    path = tmp_path / "hub.env"
+    path.write_text("".join(f"{name}=value-of-{name.lower()}-0123456789\n" for name in HUB_SECRETS)
+                    + "KAFKA_PUBLIC_HOST=kafka.hub.example.com\nKAFKA_PUBLISHED_PORT=9093\n")
     return path
 
 
-def test_the_env_example_lists_every_secret_compose_requires():
-    listed = {line.split("=")[0] for line in (DEPLOY / "env.example").read_text().splitlines()
-              if line and not line.startswith("#")}
-    assert listed == set(SECRETS)
+@pytest.fixture
+def partner_env(tmp_path) -> Path:
+    path = tmp_path / "partner.env"
+    path.write_text("".join(f"{name}=value-of-{name.lower()}-0123456789\n" for name in PARTNER_SECRETS)
+                    + f"PARTNER_ROLE=insourcing\nPARTNER_BUNDLE_FILE={tmp_path / 'bundle.json'}\nPARTNER_BUNDLE_GID=1000\n")
+    return path
 
 
-def test_compose_file_is_valid_for_docker_compose(env_file):
-    done = compose(env_file, "config", "-q")
-    assert done.returncode == 0, done.stderr
+def listed(example: Path) -> set[str]:
+    return {line.split("=")[0] for line in example.read_text().splitlines() if line and not line.startswith("#")}
 
 
-def test_compose_refuses_to_start_without_a_secret(env_file, tmp_path):
-    # The same check fails when it should: without the Kafka admin password nothing starts.
+def test_deploy_holds_the_hub_and_the_partner_as_two_projects_and_nothing_else_to_compose():
+    assert sorted(p.relative_to(DEPLOY).as_posix() for p in DEPLOY.rglob("compose*.y*ml")) == [
+        "hub/compose.yaml", "partner/compose.yaml"]
+    assert not (DEPLOY / "env.example").exists()
+
+
+def test_each_env_example_lists_every_secret_its_compose_file_requires(hub_env, partner_env):
+    assert listed(DEPLOY / "hub" / "env.example") == set(HUB_SECRETS)
+    assert listed(DEPLOY / "partner" / "env.example") == set(PARTNER_SECRETS)
+    for project, env_file in (("hub", hub_env), ("partner", partner_env)):
+        required = set(re.findall(r"\$\{(\w+):\?", (DEPLOY / project / "compose.yaml").read_text()))
+        assert required == listed(DEPLOY / project / "env.example"), project
+        assert compose(project, env_file, "config", "-q").returncode == 0
+
+
+@pytest.mark.parametrize("project, missing", [("hub", "KAFKA_ADMIN_PASSWORD"), ("partner", "PARTNER_BUNDLE_FILE")])
+def test_compose_refuses_to_start_a_project_without_a_secret(project, missing, hub_env, partner_env, tmp_path):
+    env_file = {"hub": hub_env, "partner": partner_env}[project]
     partial = tmp_path / "partial.env"
-    partial.write_text("".join(l + "\n" for l in env_file.read_text().splitlines() if "KAFKA_ADMIN_PASSWORD" not in l))
-    done = compose(partial, "config", "-q")
-    assert done.returncode != 0 and "KAFKA_ADMIN_PASSWORD" in done.stderr
+    partial.write_text("".join(l + "\n" for l in env_file.read_text().splitlines() if not l.startswith(missing)))
+    done = compose(project, partial, "config", "-q")
+    assert done.returncode != 0 and missing in done.stderr
 
 
-def test_compose_runs_the_same_kafka_with_the_same_users_as_make_run(env_file):
-    config = json.loads(compose(env_file, "config", "--format", "json").stdout)
-    services = config["services"]
-    assert services["kafka"]["image"] == f"partner-ticket-sync/kafka:{kafka_broker.KAFKA_VERSION}"
+def test_the_hub_runs_the_same_kafka_as_make_run_with_only_the_super_user_made_at_format(hub_env):
+    services = config("hub", hub_env)["services"]
+    for name in ("kafka-storage", "kafka"):
+        assert services[name]["image"] == f"partner-ticket-sync/kafka:{kafka_broker.KAFKA_VERSION}"
+        mounted = {Path(v["source"]).resolve() for v in services[name]["volumes"] if v["type"] == "bind"}
+        assert kafka_broker.SERVER_PROPERTIES.resolve() in mounted  # the very file the local broker renders
     assert f"partner-ticket-sync/kafka:{kafka_broker.KAFKA_VERSION}" in containers.IMAGES
-    mounted = {Path(v["source"]).resolve() for v in services["kafka"]["volumes"] if v["type"] == "bind"}
-    assert kafka_broker.SERVER_PROPERTIES.resolve() in mounted  # the very file the local broker renders
-    for service, prefix in kafka_broker.PREFIXES.items():
-        name = service.replace("_", "-")
-        assert services[name]["environment"][f"{prefix}_KAFKA_USERNAME"] == kafka_broker.SERVICE_USERS[service]
-        assert f"name={kafka_broker.SERVICE_USERS[service]}," in (DEPLOY / "kafka" / "start.sh").read_text()
-    keys = json.loads(services["sync-bridge"]["environment"]["BRIDGE_SIGNING_KEYS"])
-    assert keys == {"lead-partner": services["lead-partner"]["environment"]["LEAD_SIGNING_KEYS"],
-                    "insourcing-partner": services["insourcing-partner"]["environment"]["INSOURCING_SIGNING_KEYS"]}
+    # The volume is formatted (or checked against this .env) by a one-shot before the broker starts.
+    assert services["kafka-storage"]["entrypoint"][-1] == "format" and services["kafka-storage"]["restart"] == "no"
+    assert services["kafka"]["depends_on"]["kafka-storage"]["condition"] == "service_completed_successfully"
+    start = (DEPLOY / "kafka" / "start.sh").read_text()
+    assert start.count("--add-scram") == 1 and "down -v" in start
+    # Every other user is made at run time: the bridge's by kafka-setup, each partner's by onboarding.
+    assert services["kafka-setup"]["command"][-1] == "provision-hub"
+    bridge_user = kafka_broker.SERVICE_USERS["sync_bridge"]
+    assert services["kafka-setup"]["environment"]["BRIDGE_KAFKA_USERNAME"] == bridge_user
+    bridge = services["sync-bridge"]["environment"]
+    assert bridge["BRIDGE_KAFKA_USERNAME"] == bridge_user and bridge["BRIDGE_PARTNERS"] == ""
+    assert bridge["BRIDGE_KAFKA_ADMIN_PASSWORD"] == services["kafka"]["environment"]["KAFKA_ADMIN_PASSWORD"]
+    assert bridge["BRIDGE_SECRET_KEY"]
 
 
-def test_every_service_verifies_the_broker_against_the_hubs_ca_and_the_broker_serves_tls(env_file):
-    services = json.loads(compose(env_file, "config", "--format", "json").stdout)["services"]
-    for name in ("lead-partner", "insourcing-partner", "sync-bridge", "kafka-setup"):
+def test_partners_and_the_bridge_reach_kafka_by_its_public_name_on_its_published_port(hub_env):
+    services = config("hub", hub_env)["services"]
+    public = "kafka.hub.example.com:9093"
+    assert services["kafka"]["environment"]["KAFKA_ADVERTISED_ADDRESS"] == public
+    assert [(p["published"], p["target"]) for p in services["kafka"]["ports"]] == [("9093", 9092)]
+    bridge = services["sync-bridge"]["environment"]
+    assert bridge["BRIDGE_PUBLIC_BOOTSTRAP_SERVERS"] == public  # what every bundle names
+    for name in ("sync-bridge", "kafka-setup"):
+        assert services[name]["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == public
+        assert services[name]["extra_hosts"] == ["kafka.hub.example.com=host-gateway"]
+    # The bridge's HTTP port is for the hub operator: on the hub's loopback unless told otherwise.
+    assert {p["host_ip"] for p in services["sync-bridge"]["ports"]} == {"127.0.0.1"}
+
+
+def test_every_hub_service_verifies_the_broker_against_the_hubs_ca_and_the_broker_serves_tls(hub_env):
+    services = config("hub", hub_env)["services"]
+    for name in ("sync-bridge", "kafka-setup"):
         assert services[name]["environment"]["KAFKA_SSL_CAFILE"] == "/opt/tls/ca.pem", name
-    for name in ("lead-partner", "insourcing-partner", "sync-bridge", "kafka-setup", "kafka"):
+    for name in ("sync-bridge", "kafka-setup", "kafka", "kafka-storage"):
         mounts = {v["target"]: v for v in services[name]["volumes"] if v["type"] == "bind"}
         assert mounts["/opt/tls/ca.pem"]["source"].endswith("/tls/ca.pem") and mounts["/opt/tls/ca.pem"]["read_only"]
     assert "/opt/tls/broker.key" not in {v["target"] for s in services.values() for v in s.get("volumes", [])}
     assert "CLIENT:SASL_SSL" in kafka_broker.SERVER_PROPERTIES.read_text()
 
 
-def test_each_partner_reaches_only_its_own_database_and_kafka(env_file):
-    services = json.loads(compose(env_file, "config", "--format", "json").stdout)["services"]
-    networks = {name: set(service["networks"]) for name, service in services.items()}
-    assert networks["lead-partner"] == {"lead", "kafka", "mail"} and networks["lead-db"] == {"lead"}
-    assert networks["insourcing-partner"] == {"insourcing", "kafka", "mail"} and networks["insourcing-db"] == {"insourcing"}
-    assert networks["sync-bridge"] == {"bridge", "kafka"} and networks["bridge-db"] == {"bridge"}
-    assert networks["kafka"] == {"kafka"}
+def test_each_project_keeps_its_database_on_an_internal_network_and_shares_no_network_with_another(
+        hub_env, partner_env):
+    hub, partner = config("hub", hub_env), config("partner", partner_env)
+    networks = {name: set(s.get("networks", {})) for name, s in hub["services"].items()}
+    assert networks == {"kafka-storage": {"kafka"}, "kafka": {"kafka"}, "kafka-setup": {"bridge"},
+                        "bridge-db": {"database"}, "sync-bridge": {"bridge", "database"}}
+    assert hub["networks"]["database"]["internal"] and not hub["networks"]["kafka"].get("internal")
+    networks = {name: set(s["networks"]) for name, s in partner["services"].items()}
+    assert networks == {"partner": {"edge", "database", "mail"}, "db": {"database"}, "mailsink": {"mail"}}
+    assert partner["networks"]["database"]["internal"] and partner["networks"]["mail"]["internal"]
+    assert not {n["name"] for n in hub["networks"].values()} & {n["name"] for n in partner["networks"].values()}
 
 
-def test_every_image_builds_on_a_base_given_as_an_argument(env_file):
+def test_a_partner_is_configured_by_its_bundle_and_its_own_secrets_only(partner_env, tmp_path):
+    service = config("partner", partner_env)["services"]["partner"]
+    env = service["environment"]
+    assert env["PARTNER_BUNDLE_FILE"] == "/run/partner/bundle.json"
+    assert not [name for name in env if name.startswith(("KAFKA_", "BRIDGE_"))]  # Kafka and keys: the bundle's
+    mount = next(v for v in service["volumes"] if v["target"] == "/run/partner/bundle.json")
+    assert mount["source"] == str(tmp_path / "bundle.json") and mount["read_only"]
+    assert service["group_add"] == ["1000"]
+    # One file for either role: the service reads its own role's variables, and the command picks it.
+    assert env["LEAD_API_TOKEN"] == env["INSOURCING_API_TOKEN"] == "value-of-partner_api_token-0123456789"
+    assert "insourcing-partner migrate && exec insourcing-partner serve" in service["command"][-1]
+
+
+def test_every_image_builds_on_a_base_given_as_an_argument(hub_env, partner_env):
     # So that where a registry answers the official images serve instead of the debootstrapped one.
-    services = json.loads(compose(env_file, "config", "--format", "json").stdout)["services"]
-    built = {s["image"]: s["build"] for s in services.values() if "build" in s}
+    built = {}
+    for project, env_file in (("hub", hub_env), ("partner", partner_env)):
+        built |= {s["image"]: s["build"] for s in config(project, env_file)["services"].values() if "build" in s}
     assert set(built) == set(containers.IMAGES)
     for image, build in built.items():
         assert build["args"]["BASE_IMAGE"] == containers.BASE_IMAGE
@@ -105,18 +169,65 @@ def test_dockerfiles_pass_hadolint():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_one_command_writes_a_complete_env_file_compose_accepts_and_never_replaces_it(tmp_path):
-    out, tls_dir = tmp_path / "deploy.env", tmp_path / "tls"
-    command = [sys.executable, "-m", "devstack.deploy_env", "--out", str(out), "--tls-dir", str(tls_dir),
-               "--host", "hub.example.com"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+def deploy_env(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "devstack.deploy_env", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_one_command_writes_the_hubs_env_and_tls_files_compose_accepts_and_never_replaces_them(tmp_path):
+    folder = tmp_path / "hub"
+    command = ["hub", "--dir", str(folder), "--kafka-host", "kafka.hub.example.com"]
+    done = deploy_env(*command)
     assert done.returncode == 0, done.stderr
+    out = folder / ".env"
     values = dict(line.split("=", 1) for line in out.read_text().splitlines())
-    assert set(SECRETS) <= set(values) and all(values[name] for name in SECRETS)
-    assert out.stat().st_mode & 0o777 == 0o600 and (tls_dir / "broker.key").stat().st_mode & 0o777 == 0o600
-    assert values["KAFKA_TLS_DIR"] == str(tls_dir) and (tls_dir / "ca.pem").exists()
-    assert compose(out, "config", "-q").returncode == 0
+    assert set(HUB_SECRETS) <= set(values) and all(values[name] for name in HUB_SECRETS)
+    assert values["KAFKA_PUBLIC_HOST"] == "kafka.hub.example.com" and values["HUB_TLS_DIR"] == str(folder / "tls")
+    assert tls.BrokerTls(folder / "tls").broker_hosts() == {"kafka.hub.example.com"}
+    assert out.stat().st_mode & 0o777 == 0o600 and (folder / "tls" / "broker.key").stat().st_mode & 0o777 == 0o600
+    assert compose("hub", out, "config", "-q").returncode == 0
     written = out.read_text()
-    again = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    again = deploy_env(*command)
     assert again.returncode != 0 and "down -v" in again.stderr
     assert out.read_text() == written
+
+
+def _bundle(path: Path, role: str = "insourcing", mode: int = 0o600) -> Path:
+    path.write_text(json.dumps({
+        "partner_id": "globex", "partner_name": "Globex", "role": role, "bootstrap_servers": "host.docker.internal:9092",
+        "ca_pem": "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n", "username": "partner-globex",
+        "password": "secret", "signing_key_id": "k1", "signing_key": "key", "outbound_topic": "psa.globex.outbound",
+        "inbound_topic": "psa.globex.inbound"}))
+    path.chmod(mode)
+    return path
+
+
+def test_one_command_writes_a_partners_env_from_its_bundle_with_nothing_of_the_hubs(tmp_path):
+    bundle = _bundle(tmp_path / "globex.json")
+    folder = tmp_path / "globex"
+    command = ["partner", "--dir", str(folder), "--bundle", str(bundle), "--port", "8012"]
+    done = deploy_env(*command)
+    assert done.returncode == 0, done.stderr
+    out = folder / ".env"
+    values = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert set(PARTNER_SECRETS) <= set(values) and all(values[name] for name in PARTNER_SECRETS)
+    assert values["PARTNER_ROLE"] == "insourcing" and values["PARTNER_PUBLISHED_PORT"] == "8012"
+    assert values["PARTNER_BUNDLE_FILE"] == str(bundle) and values["PARTNER_API_TOKEN"].startswith("ip_")
+    assert values["COMPOSE_PROJECT_NAME"] == "partner-ticket-sync-globex"
+    # A hub on this same machine (the bundle names host.docker.internal): reached through the host's gateway.
+    assert (values["HUB_KAFKA_HOST"], values["HUB_KAFKA_ADDRESS"]) == ("host.docker.internal", "host-gateway")
+    assert not [name for name in values if name.startswith(("KAFKA_", "BRIDGE_"))]
+    assert "secret" not in out.read_text()  # the bundle's password stays in the bundle
+    assert out.stat().st_mode & 0o777 == 0o600 and bundle.stat().st_mode & 0o777 == 0o640
+    assert compose("partner", out, "config", "-q").returncode == 0
+    written = out.read_text()
+    again = deploy_env(*command)
+    assert again.returncode != 0 and "down -v" in again.stderr
+    assert out.read_text() == written
+
+
+def test_a_partners_env_is_refused_for_a_bundle_anyone_may_read(tmp_path):
+    bundle = _bundle(tmp_path / "globex.json", mode=0o644)
+    done = deploy_env("partner", "--dir", str(tmp_path / "globex"), "--bundle", str(bundle))
+    assert done.returncode != 0 and "readable by anyone" in done.stderr
+    assert not (tmp_path / "globex" / ".env").exists()
