@@ -1,157 +1,135 @@
-"""deploy/compose.yaml run for real: each partner in its own container with its own PostgreSQL on its own
-network, Kafka with per-service users and ACLs on a network the three services join, a mail sink; driven
-only through the published ports, with the network cut, the bridge restarted and a database restarted."""
-import asyncio
+"""deploy/ as an operator and three partner companies run it (SPEC section 10): deploy/hub/ and three
+deploy/partner/ projects (one lead, two insourcing partners), whose networks share nothing, the partners
+reaching the hub only by its published Kafka TLS port. Driven only through the published ports."""
 import json
-import time
-from collections import Counter
 
-import httpx
 import pytest
 
-from devstack import containers
-from tests.e2e.flows import arrived, items, linked_tickets, outsource_status
+from devstack import containers, deploy_env, infra
+from tests.containers.deployment import FIRST, HUB_KAFKA_HOST, LEAD, SECOND, Project
+from tests.containers.steps import add, delivered, linked, note
+from tests.e2e.flows import arrived, items, outsource_status
 from tests.harness import eventually
 
 pytestmark = pytest.mark.containers
-CONVERGE_S = 120.0  # Kafka clients cut off for 30 s back off before reconnecting
+
+# Run inside the lead's container: what it can resolve and reach.
+PROBE = """
+import json, socket, ssl, sys
+host, kafka_port, others = sys.argv[1], int(sys.argv[2]), [int(p) for p in sys.argv[3:]]
+def resolves(name):
+    try:
+        return socket.gethostbyname(name)
+    except OSError:
+        return None
+def answers(port):
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+bundle = json.load(open("/run/partner/bundle.json"))
+context = ssl.create_default_context(cadata=bundle["ca_pem"])
+with context.wrap_socket(socket.create_connection((host, kafka_port), timeout=5), server_hostname=host) as tls:
+    subject = dict(x[0] for x in tls.getpeercert()["subject"])
+print(json.dumps({"names": {n: resolves(n) for n in ("kafka", "sync-bridge", "bridge-db", "kafka-setup")},
+                  "kafka_certificate": subject["commonName"], "others": [answers(p) for p in others]}))
+"""
 
 
-async def note(client: httpx.AsyncClient, ticket_id: str, body: str) -> None:
-    answer = await client.post(f"/api/tickets/{ticket_id}/notes", json={"body": body})
-    assert answer.status_code == 201, answer.text
+async def test_the_four_projects_share_no_network_and_a_partner_reaches_only_the_hubs_kafka_tls_port(hub, partners):
+    projects = [hub.project, *(p.project for p in partners.values())]
+    networks = {project.name: set().union(*project.networks().values()) for project in projects}
+    for name, own in networks.items():
+        assert own and all(network.startswith(f"{name}_") for network in own), (name, own)
+    assert sum(len(own) for own in networks.values()) == len(set().union(*networks.values()))  # none shared
+    # Inside a partner's project its service alone reaches its database, on a network with no way out.
+    lead = partners[LEAD].project
+    assert lead.networks()[f"{lead.name}-db-1"] == {f"{lead.name}_database"}
+    assert json.loads(containers.docker("network", "inspect", f"{lead.name}_database").stdout)[0]["Internal"]
+
+    # From the lead's container: no name of the hub's resolves; Kafka's published port answers TLS with a
+    # certificate for the public name, signed by the CA in the lead's bundle; the bridge's port and the
+    # other partners' ports, published on their own machine's loopback, do not answer.
+    bridge_port = hub.project.published(hub.project.container_ids("sync-bridge")[0], "8003/tcp")
+    other_ports = [bridge_port, *(int(partners[p].project.env["PARTNER_PUBLISHED_PORT"]) for p in (FIRST, SECOND))]
+    probe = containers.docker("exec", partners[LEAD].container(), "python", "-c", PROBE, HUB_KAFKA_HOST,
+                              hub.project.env["KAFKA_PUBLISHED_PORT"], *map(str, other_ports))
+    seen = json.loads(probe.stdout)
+    assert seen["names"] == {"kafka": None, "sync-bridge": None, "bridge-db": None, "kafka-setup": None}
+    assert seen["kafka_certificate"] == HUB_KAFKA_HOST
+    assert seen["others"] == [False, False, False]
 
 
-async def note_when_the_database_answers(client: httpx.AsyncClient, ticket_id: str, body: str) -> None:
-    """Writes a note as a user would after a database restart: a 503 means come back a moment later."""
-
-    async def written():
-        answer = await client.post(f"/api/tickets/{ticket_id}/notes", json={"body": body})
-        assert answer.status_code in (201, 503), answer.text
-        return answer.status_code == 201
-
-    await eventually(written, timeout=60, interval=1)
+@pytest.mark.xfail(strict=True, reason="the bridge makes no consumer when it starts with no partner (it would "
+                                       "subscribe to no topic: aiokafka refuses), and follow() wakes none later")
+def test_a_hub_started_without_partners_reads_those_onboarded_without_a_restart(hub, partners):
+    # SPEC section 10: onboarding starts serving the partner at once, nothing restarts. The hub's bridge
+    # started with an empty directory; the partners were onboarded after it.
+    assert hub.reads_partners_without_a_restart
 
 
-async def bodies(client: httpx.AsyncClient, ticket_id: str) -> Counter:
-    return Counter(n["body"] for n in await items(client, ticket_id, "notes"))
-
-
-async def each_exactly_once(client: httpx.AsyncClient, ticket_id: str, expected: list[str]) -> Counter:
-    """Waits until every expected note is on the ticket; then none may be there twice."""
-
-    async def check():
-        found = await bodies(client, ticket_id)
-        return found if all(found[b] for b in expected) else None
-
-    found = await eventually(check, timeout=CONVERGE_S, interval=1)
-    await asyncio.sleep(3)  # a duplicate would arrive right behind the original
-    found = await bodies(client, ticket_id)
-    assert {b: found[b] for b in expected} == {b: 1 for b in expected}
-    return found
-
-
-async def delivered(client: httpx.AsyncClient, ticket_id: str, kinds: set[str]) -> None:
-    """Waits until the partner's notifications of these kinds about the ticket were sent."""
-
-    async def check():
-        sent = [n for n in (await client.get("/api/notifications")).json() if n["ticket_id"] == ticket_id]
-        return {n["kind"] for n in sent if n["sent_at"]} >= kinds or None
-
-    await eventually(check, timeout=60, interval=1)
-
-
-async def test_the_whole_workflow_runs_through_the_published_ports(lead, insourcing):
-    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=60, title="Printer offline")
+async def test_the_seed_flow_runs_between_a_lead_and_an_insourcing_partner_deployed_apart(lead, insourcing):
+    lead_ticket, insourced, link_id = await linked(lead, insourcing, FIRST, "Printer offline")
     await note(lead, lead_ticket["id"], "Toner ordered")
     await note(insourcing, insourced["id"], "Fuser replaced")
+    await add(insourcing, insourced["id"], "time-entries",
+              {"resource": "Ana", "date_worked": "2026-11-25", "hours": 1.5, "summary": "Swapped the fuser"})
+    await add(insourcing, insourced["id"], "charges", {"name": "Fuser unit", "quantity": 1, "unit_price": 80})
     await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "Toner ordered", timeout=60)
     await arrived(lead, lead_ticket["id"], "notes", lambda n: n["body"] == "Fuser replaced", timeout=60)
+    await arrived(lead, lead_ticket["id"], "time-entries", lambda e: e["summary"] == "Swapped the fuser", timeout=60)
+    await arrived(lead, lead_ticket["id"], "charges", lambda c: c["name"] == "Fuser unit", timeout=60)
 
     completed = await insourcing.post(f"/api/tickets/{insourced['id']}/insource/complete")
     assert completed.status_code == 200, completed.text
-    await outsource_status(lead, lead_ticket["id"], "Waiting Approval", timeout=60)
+    waiting = await outsource_status(lead, lead_ticket["id"], "Waiting Approval", timeout=60)
+    assert waiting["outsource"]["partner_id"] == FIRST
     approved = await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/approve")
     assert approved.status_code == 200, approved.text
+    await outsource_status(lead, lead_ticket["id"], "Complete", timeout=60)
 
     async def insource_complete():
         ticket = (await insourcing.get(f"/api/tickets/{insourced['id']}")).json()
         return ticket["insource"]["status"] == "Complete"
 
     await eventually(insource_complete, timeout=60)
-
-    # The mail sink, on a network of its own, took each partner's notifications of this ticket.
+    # Each partner's own mail sink, on a network of its project, took its notifications of this ticket.
     await delivered(lead, lead_ticket["id"], {"approval.requested", "outsourcing.complete"})
     await delivered(insourcing, insourced["id"], {"insource.complete"})
 
 
-async def test_an_insourcing_partner_cut_off_from_kafka_for_30_s_converges_exactly_once(stack, lead, insourcing):
-    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=60, title="Switch down")
-    container = stack.container_ids("insourcing-partner")[0]
-    from_lead = [f"lead note {i} during the partition" for i in range(10)]
-    from_insourcing = [f"insourcing note {i} during the partition" for i in range(10)]
+async def test_a_partner_removed_at_run_time_cancels_the_leads_open_outsourcing_with_a_note_naming_it(
+        partners, lead, bridge):
+    async with partners[SECOND].client() as initech:
+        lead_ticket, insourced, link_id = await linked(lead, initech, SECOND, "Firewall rules")
+        await note(lead, lead_ticket["id"], "Port 443 only")
+        await note(initech, insourced["id"], "Rules drafted")
+        await arrived(initech, insourced["id"], "notes", lambda n: n["body"] == "Port 443 only", timeout=60)
+        await arrived(lead, lead_ticket["id"], "notes", lambda n: n["body"] == "Rules drafted", timeout=60)
 
-    containers.docker("network", "disconnect", stack.network("kafka"), container)
-    try:
-        cut_at = time.monotonic()
-        for i, (lead_body, insourcing_body) in enumerate(zip(from_lead, from_insourcing)):
-            await note(lead, lead_ticket["id"], lead_body)
-            await note(insourcing, insourced["id"], insourcing_body)  # its own database still answers
-            await asyncio.sleep(max(0.0, cut_at + 3 * (i + 1) - time.monotonic()))  # a pair every 3 s for 30 s
-        # Cut off, the insourcing partner has heard nothing of what the lead wrote.
-        assert not set(from_lead) & set(await bodies(insourcing, insourced["id"]))
-    finally:
-        containers.docker("network", "connect", stack.network("kafka"), container)
+        removed = await bridge.delete(f"/api/partners/{SECOND}")
+        assert removed.status_code == 200, removed.text
+        assert removed.json()["status"] == "removed"
 
-    await each_exactly_once(insourcing, insourced["id"], from_lead)
-    await each_exactly_once(lead, lead_ticket["id"], from_insourcing)
+    await outsource_status(lead, lead_ticket["id"], "Canceled", timeout=60)
+    notes = [n for n in await items(lead, lead_ticket["id"], "notes") if n["origin"] == "system"]
+    assert any("Initech" in n["body"] and SECOND in n["body"] for n in notes), notes
 
+    async def only_globex_listed():
+        return [p["id"] for p in (await lead.get("/api/partners")).json()] == [FIRST]
 
-async def test_a_rolling_restart_of_two_bridge_replicas_loses_and_duplicates_nothing(stack, lead, insourcing):
-    stack.compose("up", "--detach", "--no-recreate", "--scale", "sync-bridge=2", "sync-bridge")
-    replicas = stack.container_ids("sync-bridge")
-    assert len(replicas) == 2
-    for url in stack.bridge_urls():
-        stack.wait_ready(url)
-    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=60, title="VPN flaps")
-    written: dict[str, list[str]] = {"lead": [], "insourcing": []}
-    restarting = asyncio.Event()
-
-    async def write_until_restarted():
-        i = 0
-        while not restarting.is_set():
-            written["lead"].append(f"lead note {i} during the rolling restart")
-            await note(lead, lead_ticket["id"], written["lead"][-1])
-            written["insourcing"].append(f"insourcing note {i} during the rolling restart")
-            await note(insourcing, insourced["id"], written["insourcing"][-1])
-            i += 1
-            await asyncio.sleep(0.5)
-
-    writer = asyncio.create_task(write_until_restarted())
-    try:
-        for replica in replicas:  # one after the other, as an operator rolls a new version out
-            await asyncio.to_thread(containers.docker, "restart", "--time", "10", replica)
-            port = json.loads(containers.docker("inspect", replica).stdout)[0]["NetworkSettings"]["Ports"]["8003/tcp"]
-            await asyncio.to_thread(stack.wait_ready, f"http://127.0.0.1:{port[0]['HostPort']}")
-    finally:
-        restarting.set()
-        await writer
-
-    assert len(written["lead"]) >= 10
-    await each_exactly_once(insourcing, insourced["id"], written["lead"])
-    await each_exactly_once(lead, lead_ticket["id"], written["insourcing"])
+    await eventually(only_globex_listed, timeout=30)
 
 
-async def test_a_partner_database_restarted_loses_nothing_from_either_side(stack, lead, insourcing):
-    lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=60, title="Backup failed")
-    await asyncio.to_thread(stack.compose, "stop", "lead-db")
-    try:
-        down = httpx.get(f"{stack.lead_url}/readyz", timeout=10)
-        assert down.status_code == 503  # the lead's service says its database is away
-        await note(insourcing, insourced["id"], "written while the lead's database was down")
-    finally:
-        await asyncio.to_thread(stack.compose, "start", "lead-db")
-
-    await note_when_the_database_answers(lead, lead_ticket["id"], "written after the lead's database came back")
-    await each_exactly_once(lead, lead_ticket["id"], ["written while the lead's database was down"])
-    await each_exactly_once(insourcing, insourced["id"], ["written after the lead's database came back"])
+def test_a_new_env_on_the_hubs_volumes_stops_it_saying_to_run_down_v(hub, tmp_path):
+    # An operator who wrote a new .env for a hub that already ran: Kafka's volume remembers its super user.
+    other = tmp_path / "hub"
+    deploy_env.main(["hub", "--dir", str(other), "--kafka-host", HUB_KAFKA_HOST, "--kafka-port", str(infra.free_port())])
+    again = Project(hub.project.name, "hub", other / ".env")
+    done = again.compose("run", "--rm", "--no-deps", "kafka-storage", check=False)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "formatted with another .env" in said and "docker compose down -v" in said, said
+    # The hub itself runs on, untouched, on the .env it was made with.
+    assert hub.project.container_ids("kafka") and hub.project.compose("run", "--rm", "--no-deps", "kafka-storage")
