@@ -1,15 +1,19 @@
 """The bridge operator's pages (SPEC section 8): the links with their state and health, Reconcile now,
-and the dead letters with Replay and Discard. Each page calls the same functions as the JSON API
+the partner directory (SPEC section 10: onboard, rotate, remove) and the dead letters with Replay and Discard. Each page calls the same functions as the JSON API
 (services/sync_bridge/endpoints.py, shared/platform/dead_letters.py), so the same rules hold; a
 refusal is shown on the page in words."""
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from services.sync_bridge import endpoints
 from services.sync_bridge.models import ItemMirror, Link
+from services.sync_bridge.onboarding import PartnerIn
 from shared.platform import dead_letters
 from shared.platform.auth import Permission, SessionDep
 from shared.platform.errors import DomainError, NotFound
@@ -17,7 +21,7 @@ from shared.platform.inbox import DeadLetter
 from shared.platform.webui import ChangeDep, Viewer, ViewerDep, WebUi
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-NAV = [("/links", "Links"), ("/dead-letters", "Dead letters")]
+NAV = [("/links", "Links"), ("/partners", "Partners"), ("/dead-letters", "Dead letters")]
 LINK_STATES = ["pending", "active", "suspended", "terminated"]
 MAX_ROWS = 200
 router = APIRouter(include_in_schema=False)
@@ -31,12 +35,12 @@ def render(request: Request, who: Viewer, template: str, status_code: int = 200,
     return ui(request).render(request, template, status_code=status_code, who=who, nav=NAV, **context)
 
 
-def refused(request: Request, who: Viewer) -> HTMLResponse | None:
+def refused(request: Request, who: Viewer, permission: Permission = Permission.LINKS) -> HTMLResponse | None:
     """The server refuses what the page would not offer: a token without the bridge's permission."""
-    if who.may(Permission.LINKS.value):
+    if who.may(permission.value):
         return None
     return render(request, who, "message.html", status_code=403,
-                  message=f"Your token ({who.name}) lacks the '{Permission.LINKS.value}' permission: "
+                  message=f"Your token ({who.name}) lacks the '{permission.value}' permission: "
                           "these pages are for the bridge's operators.")
 
 
@@ -128,3 +132,61 @@ async def _dead_letters(request, who, session, include_resolved: bool, outcome: 
     letters = await dead_letters.list_dead_letters(session, include_resolved, limit=MAX_ROWS)
     return render(request, who, "dead_letters.html", status_code=status_code, letters=letters,
                   include_resolved=include_resolved, outcome=outcome, error=error, max_rows=MAX_ROWS)
+
+
+# --- the partner directory (SPEC section 10), through the same calls as /api/partners ---------------
+
+
+@router.get("/partners")
+async def partners_page(request: Request, who: ViewerDep, done: str = ""):
+    if denied := refused(request, who, Permission.PARTNERS):
+        return denied
+    return await _partners(request, who, outcome=_removed_outcome(done))
+
+
+@router.post("/partners")
+async def onboard_partner(request: Request, who: ChangeDep, id: Annotated[str, Form()] = "",
+                          name: Annotated[str, Form()] = "", role: Annotated[str, Form()] = ""):
+    if denied := refused(request, who, Permission.PARTNERS):
+        return denied
+    try:
+        new = PartnerIn(id=id.strip(), name=name, role=role)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        return await _partners(request, who, error=problems, status_code=422, form={"id": id, "name": name, "role": role})
+    try:
+        onboarded = await request.app.state.hub.add(new)
+    except DomainError as exc:
+        return await _partners(request, who, error=exc.detail, status_code=exc.status_code,
+                               form={"id": id, "name": name, "role": role})
+    return await _partners(request, who, onboarded=onboarded, outcome=f"{new.name} ({new.id}) is onboarded.")
+
+
+@router.post("/partners/{partner_id}/{action}")
+async def change_partner(request: Request, partner_id: str, action: str, who: ChangeDep):
+    if denied := refused(request, who, Permission.PARTNERS):
+        return denied
+    hub = request.app.state.hub
+    try:
+        if action == "rotate":
+            onboarded = await hub.rotate(partner_id)
+            return await _partners(request, who, onboarded=onboarded,
+                                   outcome=f"{partner_id} has a new password and signing key.")
+        if action != "remove":
+            raise NotFound(f"there is no action {action!r} for a partner (rotate or remove)")
+        await hub.remove(partner_id)
+    except DomainError as exc:
+        return await _partners(request, who, error=exc.detail, status_code=exc.status_code)
+    return RedirectResponse(f"/partners?done={partner_id}", status_code=303)
+
+
+def _removed_outcome(partner_id: str) -> str | None:
+    return f"{partner_id} was removed: its open links ended and their other parties were told." if partner_id else None
+
+
+async def _partners(request, who, outcome: str | None = None, error: str | None = None, status_code: int = 200,
+                    onboarded=None, form: dict | None = None) -> HTMLResponse:
+    listed = await request.app.state.hub.list()
+    bundle = onboarded.bundle.model_dump_json(indent=2) if onboarded is not None else None
+    return render(request, who, "partners.html", status_code=status_code, partners=listed, outcome=outcome,
+                  error=error, onboarded=onboarded, bundle=bundle, form=form or {})

@@ -217,8 +217,9 @@ class InboxConsumer:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        # Makes a consumer subscribed with the given rebalance listener; None: it only replays (the CLI).
-        consumer_factory: Callable[[ConsumerRebalanceListener], AIOKafkaConsumer] | None,
+        # Makes a consumer subscribed with the given rebalance listener (or None while there is nothing to
+        # read); no factory: it only replays (the CLI).
+        consumer_factory: Callable[[ConsumerRebalanceListener], AIOKafkaConsumer | None] | None,
         handler: Handler,
         name: str,
         signatures: Signatures,
@@ -249,12 +250,16 @@ class InboxConsumer:
         self._last_failure = ""
         self._waiting_since: dict[TopicPartition, float] = {}  # records wait there, the position unmoved since
         self._prepared_at = 0.0
+        self._topics_changed = asyncio.Event()  # set by follow(): the topics to read changed
 
     async def run(self) -> None:
         delay = 0.5
         self._listener = _Positions(self)
         while True:
             consumer, stuck = self._consumer_factory(self._listener), False
+            if consumer is None:  # nothing to read yet (a bridge that serves no partner)
+                await self._until_topics()
+                continue
             try:
                 if self._prepare is not None:
                     await self._prepare()
@@ -283,9 +288,17 @@ class InboxConsumer:
         """Reads these topics from now on, without a restart (the bridge's directory changed): the group
         rebalances, and a new topic is read from its start. A consumer not running yet is made with
         the topics of its moment anyway."""
-        if self.consumer is not None:
+        self._topics_changed.set()
+        if self.consumer is not None and topics:
             log.info("%s now reads %d topics", self._name, len(topics))
             self.consumer.subscribe(topics, listener=self._listener)
+
+    async def _until_topics(self) -> None:
+        self._topics_changed.clear()
+        try:
+            await asyncio.wait_for(self._topics_changed.wait(), 5.0)
+        except asyncio.TimeoutError:
+            pass
 
     async def _let_go(self, consumer: AIOKafkaConsumer, stuck: bool = False) -> None:
         """Stops a consumer, leaving its group; one that does not stop in STOP_S is torn down, so a new

@@ -97,16 +97,17 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             prepare=make_topics,
             settle_s=spec.relay_settle_s,
         )
+        def make_inbox_consumer(listener):
+            topics = spec.topics(spec.inbound_topics)
+            if not topics:
+                return None  # a bridge that serves no partner yet: made once its directory names one
+            return make_consumer(access, group_id=spec.group_id or spec.name, topics=topics,
+                                 session_timeout_ms=settings.kafka_session_timeout_ms, profile=app.state.broker,
+                                 listener=listener)
+
         consumer = InboxConsumer(
             sessions,
-            lambda listener: make_consumer(
-                access,
-                group_id=spec.group_id or spec.name,
-                topics=spec.topics(spec.inbound_topics),
-                session_timeout_ms=settings.kafka_session_timeout_ms,
-                profile=app.state.broker,
-                listener=listener,
-            ),
+            make_inbox_consumer,
             spec.handler,
             name=spec.name,
             signatures=spec.signatures,

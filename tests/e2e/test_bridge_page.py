@@ -163,3 +163,46 @@ async def test_another_services_token_cannot_sign_in_to_the_bridge(services):
         await expect(page).to_have_url(re.compile(r"/signin"))
         await page.goto(f"{url}/dead-letters")
         await expect(page).to_have_url(re.compile(r"/signin\?next=/dead-letters"))
+
+
+async def test_partners_page_onboards_shows_the_bundle_once_and_removes(services, bridge):
+    """The hub operator's directory in the browser (SPEC section 10): onboard, the bundle shown once,
+    a bad id refused in words, remove."""
+    url, token = services["sync_bridge"].url, services["sync_bridge"].token
+    partner_id = f"page-{uuid.uuid4().hex[:6]}"
+    async with browser_page() as context:
+        page = await context.new_page()
+        await sign_in(page, url, token)
+        await page.get_by_role("link", name="Partners").click()
+        await expect(page.get_by_role("heading", name="Partners", exact=True)).to_be_visible()
+        await expect(page.locator("#partner-insourcing-partner")).to_contain_text("configured")
+
+        await page.get_by_label("Id").fill("Not_Valid")
+        await page.get_by_label("Name").fill("Page Co")
+        await page.evaluate("document.getElementById('partner-id').removeAttribute('pattern')")  # as a script would send it
+        await page.get_by_role("button", name="Onboard").click()
+        await expect(page.get_by_role("alert")).to_contain_text("lowercase")
+
+        await page.get_by_label("Id").fill(partner_id)
+        await page.get_by_label("Name").fill("Page Co")
+        await page.get_by_label("Role").select_option("lead")
+        await page.get_by_role("button", name="Onboard").click()
+        await expect(page.get_by_role("status")).to_contain_text(f"Page Co ({partner_id}) is onboarded")
+        shown = await page.get_by_label("Bundle (JSON)").input_value()
+        assert f'"partner_id": "{partner_id}"' in shown and '"signing_key"' in shown
+        await expect(page.locator(f"#partner-{partner_id}")).to_contain_text("active")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / "bridge-partners.png"), full_page=True)
+
+        # Shown once: the page read again has no bundle, nor its secrets.
+        await page.goto(f"{url}/partners")
+        await expect(page.get_by_label("Bundle (JSON)")).to_have_count(0)
+        secret = shown.split('"signing_key": "')[1].split('"')[0]
+        assert secret not in await page.content()
+
+        page.on("dialog", lambda dialog: dialog.accept())
+        await page.get_by_role("button", name=f"Remove {partner_id}").click()
+        await expect(page.get_by_role("status")).to_contain_text(f"{partner_id} was removed")
+        await expect(page.locator(f"#partner-{partner_id}")).to_contain_text("removed")
+    listed = (await bridge.get("/api/partners")).json()
+    assert [p["status"] for p in listed if p["id"] == partner_id] == ["removed"]
