@@ -16,7 +16,7 @@ import httpx
 
 from devstack import containers, infra, kafka_broker, tls
 from devstack.kafka_broker import KafkaBroker
-from shared.platform.kafka import KafkaAccess
+from shared.platform.kafka import KafkaAccess, make_consumer, make_producer
 from shared.platform.kafka_users import set_scram_password
 
 log = logging.getLogger(__name__)
@@ -257,6 +257,30 @@ class ServiceProcess:
         return httpx.AsyncClient(
             base_url=self.url, headers={"Authorization": f"Bearer {token or self.token}"}, timeout=30
         )
+
+
+async def kafka_write(access: KafkaAccess, topic: str, value: bytes = b"{}", headers=None) -> None:
+    """One record written as `access`'s user (a refusal raises, as the broker answered it)."""
+    producer = make_producer(access)
+    try:
+        await asyncio.wait_for(producer.start(), 20)
+        await asyncio.wait_for(producer.send_and_wait(topic, value, key=b"probe", headers=headers), 20)
+    finally:
+        await producer.stop()
+
+
+async def kafka_read(access: KafkaAccess, topic: str, group: str, timeout_ms: int = 3000) -> list:
+    """What `topic` holds, read from its start as `access`'s user in `group` (a refusal raises)."""
+    consumer = make_consumer(access, group, [topic], session_timeout_ms=6000)
+    try:
+        await asyncio.wait_for(consumer.start(), 20)
+        found = []
+        for wait_ms in (timeout_ms, 1000):
+            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=wait_ms), 20)
+            found += [r for records in batches.values() for r in records]
+        return found
+    finally:
+        await consumer.stop()
 
 
 def wait_for_directory(lead: ServiceProcess, partner_id: str, timeout: float = 30.0) -> None:

@@ -26,7 +26,7 @@ from shared.contracts.messages import DirectoryChanged, DirectoryEntry, PartnerL
 from shared.domain import workflow
 from shared.platform.bundle import Bundle
 from shared.platform.db import utcnow
-from shared.platform.errors import Conflict, Invalid, NotFound, Unavailable
+from shared.platform.errors import Conflict, NotFound, Unavailable
 from shared.platform.kafka import (
     KafkaAccess,
     bridge_grants,

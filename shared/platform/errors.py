@@ -19,12 +19,6 @@ class Conflict(DomainError):
     status_code = 409
 
 
-class Invalid(DomainError):
-    """Input that is well formed but names something that cannot be (a partner id a topic cannot carry)."""
-
-    status_code = 422
-
-
 class Unavailable(DomainError):
     """Something this call needs is not there (the hub's Kafka refused, a setting is missing)."""
 

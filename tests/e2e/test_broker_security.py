@@ -19,11 +19,11 @@ from aiokafka.errors import (
 from shared.contracts.envelope import envelope
 from shared.contracts.messages import MirrorUpsert, WorkCompleted
 from shared.platform.db import asyncpg_dsn
-from shared.platform.kafka import KafkaAccess, inbound_topic, make_consumer, make_producer, outbound_topic, partner_group
+from shared.platform.kafka import KafkaAccess, inbound_topic, make_producer, outbound_topic, partner_group
 from shared.platform.signing import KeyRing, Signatures
 from devstack import tls
 from tests.e2e.flows import arrived, insource_status, items, linked_tickets
-from tests.harness import eventually
+from tests.harness import eventually, kafka_read, kafka_write
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 LEAD, PARTNER = "lead-partner", "insourcing-partner"
@@ -42,25 +42,6 @@ def access_of(infrastructure, prefix: str) -> KafkaAccess:
     return infrastructure.kafka_admin.as_user(env[f"{prefix}_KAFKA_USERNAME"], env[f"{prefix}_KAFKA_PASSWORD"])
 
 
-async def write(access: KafkaAccess, topic: str) -> None:
-    producer = make_producer(access)
-    try:
-        await asyncio.wait_for(producer.start(), 15)
-        await asyncio.wait_for(producer.send_and_wait(topic, b"{}", key=b"probe"), 15)
-    finally:
-        await producer.stop()
-
-
-async def read(access: KafkaAccess, topic: str, group: str) -> None:
-    consumer = make_consumer(access, group, [topic], session_timeout_ms=6000)
-    try:
-        await asyncio.wait_for(consumer.start(), 15)
-        await asyncio.wait_for(consumer.getmany(timeout_ms=3000), 15)
-        await asyncio.wait_for(consumer.getmany(timeout_ms=1000), 15)
-    finally:
-        await consumer.stop()
-
-
 @pytest.mark.parametrize("prefix,own,group,other,other_group", [
     ("LEAD", LEAD, partner_group(LEAD), PARTNER, partner_group(PARTNER)),
     ("INSOURCING", PARTNER, partner_group(PARTNER), LEAD, partner_group(LEAD)),
@@ -68,28 +49,28 @@ async def read(access: KafkaAccess, topic: str, group: str) -> None:
 async def test_a_partners_kafka_user_may_use_only_its_own_topics_and_group(acl_broker, prefix, own, group, other,
                                                                            other_group):
     me = access_of(acl_broker, prefix)
-    await write(me, outbound_topic(own))  # its own door: allowed
+    await kafka_write(me, outbound_topic(own))  # its own door: allowed
     for topic in (outbound_topic(other), inbound_topic(other), inbound_topic(own)):
         with pytest.raises(TopicAuthorizationFailedError):
-            await write(me, topic)  # only the bridge writes an inbound topic; nobody writes the other's
+            await kafka_write(me, topic)  # only the bridge writes an inbound topic; nobody writes the other's
     with pytest.raises(TopicAuthorizationFailedError):
-        await read(me, inbound_topic(other), group)
+        await kafka_read(me, inbound_topic(other), group)
     with pytest.raises(TopicAuthorizationFailedError):
-        await read(me, outbound_topic(other), group)
+        await kafka_read(me, outbound_topic(other), group)
     for foreign_group in (other_group, "sync_bridge"):
         with pytest.raises(GroupAuthorizationFailedError):
-            await read(me, inbound_topic(own), foreign_group)
+            await kafka_read(me, inbound_topic(own), foreign_group)
 
 
 async def test_a_client_without_valid_credentials_gets_nothing(acl_broker):
     infrastructure = acl_broker
     stranger = KafkaAccess(infrastructure.kafka_bootstrap)  # no SASL at all
     with pytest.raises((KafkaConnectionError, KafkaError, asyncio.TimeoutError)):
-        await write(stranger, outbound_topic(LEAD))
+        await kafka_write(stranger, outbound_topic(LEAD))
     env = infrastructure.kafka_service_env
     wrong = infrastructure.kafka_admin.as_user(env["LEAD_KAFKA_USERNAME"], "not-the-password")
     with pytest.raises((KafkaConnectionError, KafkaError, asyncio.TimeoutError)):
-        await write(wrong, outbound_topic(LEAD))
+        await kafka_write(wrong, outbound_topic(LEAD))
 
 
 async def test_the_client_port_speaks_only_tls_with_the_hub_operators_certificate(acl_broker, tmp_path):
@@ -99,13 +80,13 @@ async def test_the_client_port_speaks_only_tls_with_the_hub_operators_certificat
     assert infrastructure.kafka_admin.tls, f"the broker from {infrastructure.kafka_source} has no TLS"
     env = infrastructure.kafka_service_env
     lead = infrastructure.kafka_admin.as_user(env["LEAD_KAFKA_USERNAME"], env["LEAD_KAFKA_PASSWORD"])
-    await write(lead, outbound_topic(LEAD))  # over TLS, verified against the hub's CA: allowed
+    await kafka_write(lead, outbound_topic(LEAD))  # over TLS, verified against the hub's CA: allowed
     in_clear = replace(lead, tls=False, ssl_cafile=None)
     with pytest.raises((KafkaConnectionError, KafkaError, asyncio.TimeoutError)):
-        await write(in_clear, outbound_topic(LEAD))
+        await kafka_write(in_clear, outbound_topic(LEAD))
     another_ca = tls.ensure(tmp_path / "another-hub", ["127.0.0.1", "localhost"]).ca
     with pytest.raises((KafkaConnectionError, KafkaError, asyncio.TimeoutError)):
-        await write(replace(lead, ssl_cafile=str(another_ca)), outbound_topic(LEAD))
+        await kafka_write(replace(lead, ssl_cafile=str(another_ca)), outbound_topic(LEAD))
     host, _, port = infrastructure.kafka_bootstrap.rpartition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:  # Kafka's ApiVersions request in clear: no Kafka answer comes back, only a closed connection

@@ -18,15 +18,13 @@ from shared.platform.kafka import (
     KafkaAccess,
     inbound_topic,
     list_topics,
-    make_consumer,
-    make_producer,
     outbound_topic,
     partner_group,
 )
 from shared.platform.signing import KeyRing
 from tests.conftest import KEY_GRACE_S
 from tests.e2e.flows import items, new_ticket, outsource_status, received
-from tests.harness import ServiceProcess, eventually, wait_for_directory
+from tests.harness import ServiceProcess, eventually, kafka_read, kafka_write, wait_for_directory
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 LEAD, PARTNER = "lead-partner", "insourcing-partner"
@@ -47,28 +45,6 @@ async def onboard(bridge: httpx.AsyncClient, role: str, name: str | None = None)
 def access_of(bundle: Bundle, password: str | None = None) -> KafkaAccess:
     return KafkaAccess(bundle.bootstrap_servers, bundle.username, password or bundle.password,
                        tls=bundle.ca_pem is not None, ssl_cadata=bundle.ca_pem)
-
-
-async def write(access: KafkaAccess, topic: str, value: bytes = b"{}", headers=None) -> None:
-    producer = make_producer(access)
-    await asyncio.wait_for(producer.start(), 20)
-    try:
-        await asyncio.wait_for(producer.send_and_wait(topic, value, headers=headers), 20)
-    finally:
-        await producer.stop()
-
-
-async def read(access: KafkaAccess, topic: str, group: str, timeout_ms: int = 3000) -> list:
-    consumer = make_consumer(access, group, [topic], session_timeout_ms=6000)
-    try:
-        await asyncio.wait_for(consumer.start(), 20)
-        found = []
-        for _ in range(2):
-            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=timeout_ms), 20)
-            found += [r for records in batches.values() for r in records]
-        return found
-    finally:
-        await consumer.stop()
 
 
 def as_partner(bundle: Bundle, payload, key_id: str, key: str, link_id: str | None = None) -> tuple[bytes, list]:
@@ -170,18 +146,18 @@ async def test_an_onboarded_partners_kafka_user_sees_and_touches_only_its_own(br
     assert infrastructure.acls, f"the broker from {infrastructure.kafka_source} has no users"
     mine, other = await onboard(bridge, "insourcing"), await onboard(bridge, "insourcing")
     me = access_of(mine)
-    await write(me, mine.outbound_topic)
-    await read(me, mine.inbound_topic, partner_group(mine.partner_id))
+    await kafka_write(me, mine.outbound_topic)
+    await kafka_read(me, mine.inbound_topic, partner_group(mine.partner_id))
     assert sorted(await list_topics(me)) == sorted([mine.outbound_topic, mine.inbound_topic])
     for topic in (other.outbound_topic, other.inbound_topic, outbound_topic(LEAD), mine.inbound_topic):
         with pytest.raises(TopicAuthorizationFailedError):
-            await write(me, topic)
+            await kafka_write(me, topic)
     for topic in (other.inbound_topic, other.outbound_topic):
         with pytest.raises(TopicAuthorizationFailedError):
-            await read(me, topic, partner_group(mine.partner_id))
+            await kafka_read(me, topic, partner_group(mine.partner_id))
     for group in (partner_group(other.partner_id), partner_group(LEAD), "sync_bridge"):
         with pytest.raises(GroupAuthorizationFailedError):
-            await read(me, mine.inbound_topic, group)
+            await kafka_read(me, mine.inbound_topic, group)
 
 
 # --- many partners -----------------------------------------------------------------------------
@@ -274,7 +250,7 @@ async def test_rotation_keeps_the_old_key_for_the_grace_and_the_old_password_for
         """The lead asks for the directory signed with this key; the bridge answers on its inbound topic
         (counted by the broker's super user, as an observer)."""
         before = await _count(infrastructure, new.inbound_topic)
-        await write(me, new.outbound_topic, *as_partner(new, DirectoryRequested(), key_id, key))
+        await kafka_write(me, new.outbound_topic, *as_partner(new, DirectoryRequested(), key_id, key))
         await eventually(lambda: _count_above(infrastructure, new.inbound_topic, before), timeout=20)
 
     with pytest.raises((KafkaConnectionError, KafkaError, asyncio.TimeoutError)):
@@ -285,13 +261,13 @@ async def test_rotation_keeps_the_old_key_for_the_grace_and_the_old_password_for
     await asyncio.sleep(KEY_GRACE_S + 1)
     letters = (await bridge.get("/api/dead-letters", params={"limit": 500})).json()
     last = max((d["id"] for d in letters), default=0)
-    await write(me, new.outbound_topic, *as_partner(new, DirectoryRequested(), "k1", bundle.signing_key))
+    await kafka_write(me, new.outbound_topic, *as_partner(new, DirectoryRequested(), "k1", bundle.signing_key))
     reason = await parked_reason(bridge, new.outbound_topic, after=last)
     assert "retired" in reason and "'k1'" in reason
 
 
 async def _count(infrastructure, topic: str) -> int:
-    return len(await read(infrastructure.kafka_admin, topic, fresh_id("observer"), timeout_ms=500))
+    return len(await kafka_read(infrastructure.kafka_admin, topic, fresh_id("observer"), timeout_ms=500))
 
 
 async def _count_above(infrastructure, topic: str, before: int) -> bool:
@@ -327,7 +303,7 @@ async def test_removal_ends_the_open_link_tells_the_lead_and_parks_what_still_ar
         await list_topics(access_of(bundle))
     letters = (await bridge.get("/api/dead-letters", params={"limit": 500})).json()
     last = max((d["id"] for d in letters), default=0)
-    await write(infrastructure.kafka_admin, bundle.outbound_topic,
+    await kafka_write(infrastructure.kafka_admin, bundle.outbound_topic,
                 *as_partner(bundle, DirectoryRequested(), bundle.signing_key_id, bundle.signing_key))
     assert "partner removed" in await parked_reason(bridge, bundle.outbound_topic, after=last)
     again = await bridge.delete(f"/api/partners/{bundle.partner_id}")
@@ -370,6 +346,6 @@ async def test_the_directory_and_its_partners_survive_a_bridge_restart(bridge, s
     assert [p["status"] for p in listed if p["id"] == bundle.partner_id] == ["active"]
     # Its key is still known: a request it signs is answered.
     before = await _count(infrastructure, bundle.inbound_topic)
-    await write(access_of(bundle), bundle.outbound_topic,
+    await kafka_write(access_of(bundle), bundle.outbound_topic,
                 *as_partner(bundle, DirectoryRequested(), bundle.signing_key_id, bundle.signing_key))
     await eventually(lambda: _count_above(infrastructure, bundle.inbound_topic, before), timeout=30)

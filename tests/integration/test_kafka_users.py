@@ -14,10 +14,9 @@ from shared.platform.kafka import (
     create_acls,
     ensure_topics,
     list_topics,
-    make_producer,
 )
 from shared.platform.kafka_users import delete_acls_of, delete_scram_user, set_scram_password, user_exists
-from tests.harness import eventually
+from tests.harness import eventually, kafka_write
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -46,18 +45,9 @@ async def refused(access: KafkaAccess) -> bool:
     return not await logs_in(access)
 
 
-async def write(access: KafkaAccess, topic: str) -> None:
-    producer = make_producer(access)
-    try:
-        await asyncio.wait_for(producer.start(), 15)
-        await asyncio.wait_for(producer.send_and_wait(topic, b"{}", key=b"probe"), 15)
-    finally:
-        await producer.stop()
-
-
 async def writes(access: KafkaAccess, topic: str) -> bool:
     try:
-        await write(access, topic)
+        await kafka_write(access, topic)
     except TopicAuthorizationFailedError:
         return False
     return True
