@@ -17,14 +17,17 @@ pytestmark = pytest.mark.containers
 
 
 def _firewall(partner: Partner, action: str, kafka_port: str) -> None:
-    """Adds (-I) or removes (-D) a rule in the partner container's own network namespace that refuses its
-    connections to the hub's Kafka port, as a cut line would: its published port and database still answer."""
+    """Adds (-I) or removes (-D) rules in the partner container's own network namespace that cut it off
+    from the hub's Kafka port both ways, as a cut line would (one way only, the answer to a fetch sent
+    just before the cut still came in): its published port and database still answer."""
     for tool in ("nsenter", "iptables"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is needed to cut a container off (util-linux, iptables)", pytrace=False)
     pid = partner.project.inspect(partner.container())["State"]["Pid"]
-    subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "iptables", action, "OUTPUT", "-p", "tcp",
-                    "--dport", kafka_port, "-j", "REJECT"], check=True, capture_output=True, timeout=30)
+    for rule in (["OUTPUT", "-p", "tcp", "--dport", kafka_port, "-j", "REJECT"],
+                 ["INPUT", "-p", "tcp", "--sport", kafka_port, "-j", "DROP"]):
+        subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "iptables", action, *rule], check=True,
+                       capture_output=True, timeout=30)
 
 
 async def test_an_insourcing_partner_cut_off_from_the_hubs_kafka_for_30_s_converges_exactly_once(
@@ -42,7 +45,8 @@ async def test_an_insourcing_partner_cut_off_from_the_hubs_kafka_for_30_s_conver
             await note(insourcing, insourced["id"], insourcing_body)  # its own database still answers
             await asyncio.sleep(max(0.0, cut_at + 3 * (i + 1) - time.monotonic()))  # a pair every 3 s for 30 s
         # Cut off, the insourcing partner has heard nothing of what the lead wrote.
-        assert not set(from_lead) & set(await bodies(insourcing, insourced["id"]))
+        heard = set(from_lead) & set(await bodies(insourcing, insourced["id"]))
+        assert not heard, f"heard while cut off: {sorted(heard)}"
     finally:
         _firewall(partners[FIRST], "-D", kafka_port)
 
