@@ -4,11 +4,11 @@
 to be encrypted, and the JDK 17 the broker runs on cannot read a PKCS#8 key encrypted with PBES2 (the
 only scheme `cryptography` writes), so the key stays a private file and goes into the configuration.
 
-    python -m devstack.tls --out deploy/tls --host kafka --host hub.example.com
+    python -m devstack.tls --out deploy/hub/tls --host kafka.hub.example.com
 
 writes `ca.pem` (give it to every service as KAFKA_SSL_CAFILE), `ca.key` (the operator keeps it),
 `broker.key` (the broker's key) and `broker.crt` (its certificate), or keeps them where they
-already are and still names every host; `--env` prints them as deploy/.env lines."""
+already are and still names every host; `--env` prints them as deploy/hub/.env lines."""
 import argparse
 import ipaddress
 from dataclasses import dataclass
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--host", action="append", required=True,
                         help="a name or address clients reach the broker by (repeatable)")
     parser.add_argument("--env", action="store_true", help="print KAFKA_TLS_KEY and KAFKA_TLS_CERTIFICATE_CHAIN "
-                                                           "as lines for deploy/.env")
+                                                           "as lines for deploy/hub/.env")
     args = parser.parse_args()
     tls = ensure(args.out, args.host)
     if args.env:
