@@ -29,9 +29,10 @@ class Bridge:
     def partners(self) -> list[dict]:
         return self._call("GET", "/api/partners").json()
 
-    def bundle_for(self, partner_id: str, role: str, name: str, path: Path) -> Path:
+    def bundle_for(self, partner_id: str, role: str, name: str, path: Path, rotate_missing: bool = True) -> Path:
         """The partner's bundle at `path`: kept from an earlier onboarding while the bridge still serves
-        that partner, issued again (a rotation) when the file is gone, else onboarded now."""
+        that partner, issued again (a rotation) when the file is gone (unless `rotate_missing` is False:
+        then the id is someone else's), else onboarded now."""
         known = next((p for p in self.partners() if p["id"] == partner_id), None)
         if known is not None and known["status"] == "removed":
             raise SystemExit(f"{partner_id} was removed from the hub, and an id is never given again: choose another ID")
@@ -39,6 +40,9 @@ class Bridge:
             raise SystemExit(f"{partner_id} is onboarded as {known['role']} partner, not {role}")
         if known is not None and path.exists() and json.loads(path.read_text()).get("partner_id") == partner_id:
             return path
+        if known is not None and not rotate_missing:
+            raise SystemExit(f"{partner_id} is onboarded already, and its bundle is not in {path.parent} (it is "
+                             "make run's, or another company's): choose another ID")
         if known is not None:
             answer = self._call("POST", f"/api/partners/{partner_id}/rotate")
         else:

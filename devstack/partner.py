@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     home = VAR / "partners" / args.id
     (home / "logs").mkdir(parents=True, exist_ok=True)
     bundle = Bridge.at(run["bridge_url"], run["bridge_token"]).bundle_for(args.id, args.role, args.name,
-                                                                         home / "bundle.json")
+                                                                         home / "bundle.json", rotate_missing=False)
     token = args.token or _kept_token(home / "token", token_prefix)
 
     server, admin_url = infra.start_embedded_postgres(home / "pg")

@@ -25,6 +25,10 @@ CHANNEL = "partners_changed"  # NOTIFYed by whoever changes the directory, in it
 RELOAD_EVERY_S = 5.0  # and loaded again this often anyway, in case a notification was missed
 
 
+class DirectoryError(RuntimeError):
+    """The directory cannot be loaded as stored (a key BRIDGE_SECRET_KEY does not open)."""
+
+
 def partner_of(topic: str) -> str | None:
     """psa.<partner>.outbound or psa.<partner>.inbound -> <partner>."""
     parts = topic.split(".")
@@ -91,6 +95,14 @@ class Directory:
         """Partners {id: role} with fresh keys and nothing onboarded (handler tests and benches)."""
         return cls({pid: (role, pid, KeyRing.parse(KeyRing.generate())) for pid, role in roles.items()}, None)
 
+    def admit(self, member: Member) -> None:
+        """A partner just onboarded here, served before the reload its commit announces."""
+        before = self.topics()
+        self.members[member.id] = member
+        if self.topics() != before:
+            for listener in self._listeners:
+                listener()
+
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
@@ -114,13 +126,14 @@ class Directory:
                 listener()
 
     def _decrypt(self, key: PartnerKey) -> bytes:
+        """Raises DirectoryError (the directory keeps what it had; a start waits, saying why)."""
         if self._box is None:
-            raise SystemExit("the bridge's database holds onboarded partners' keys, and BRIDGE_SECRET_KEY is not set")
+            raise DirectoryError("the bridge's database holds onboarded partners' keys, and BRIDGE_SECRET_KEY is not set")
         try:
             return self._box.decrypt(key.secret_encrypted)
         except InvalidToken:
-            raise SystemExit(f"BRIDGE_SECRET_KEY does not open the key {key.key_id} of partner {key.partner_id}: "
-                             "it is not the key (or one of the keys) the secrets were stored with") from None
+            raise DirectoryError(f"BRIDGE_SECRET_KEY does not open the key {key.key_id} of partner {key.partner_id}: "
+                                 "it is not the key (or one of the keys) the secrets were stored with") from None
 
     async def follow(self, sessions: async_sessionmaker[AsyncSession], database_url: str) -> None:
         """Loads the directory again whenever it changes (NOTIFY) and every RELOAD_EVERY_S."""
@@ -137,8 +150,12 @@ class Directory:
                 if conn is not None:
                     await conn.close()
                 raise
+            except DirectoryError as exc:
+                log.error("the partner directory was not loaded again (the one loaded before is served): %s", exc)
             except Exception:
                 log.warning("could not load the partner directory; trying again", exc_info=True)
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
                 conn = None
             try:
                 await asyncio.wait_for(changed.wait(), RELOAD_EVERY_S)

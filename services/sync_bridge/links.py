@@ -3,10 +3,11 @@ work, the link's state moves as shared/domain/workflow.py says, and the other pa
 event the bridge reads wins a race; one that no longer applies is ignored (and logged)."""
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.directory import Directory
-from services.sync_bridge.models import Link, LinkFacts
+from services.sync_bridge.models import Link, LinkFacts, Partner
 from shared.contracts.envelope import Payload
 from shared.contracts.messages import (
     InsourceAccepted,
@@ -74,10 +75,20 @@ async def requested(session: AsyncSession, sender: str, link: Link | None, paylo
     lead, partner = directory.get(sender), directory.get(target)
     if lead is None or not lead.may("lead"):
         raise Rejected(f"{sender} is not a lead partner of this hub: it cannot outsource")
-    if partner is None or not partner.may("insourcing") or target == sender:
-        raise Rejected(f"{sender} cannot outsource to {target!r}: not an insourcing partner this hub serves")
+    # The rows of both, shared-locked: a removal (which locks its row to update it) waits for this link,
+    # then ends it; or this one reads the removal, however fresh this replica's directory is.
+    removed = set(await session.scalars(
+        select(Partner.id).where(Partner.id.in_([sender, target]), Partner.membership == "removed").with_for_update(read=True)))
+    if sender in removed:
+        raise Rejected(f"partner removed: {sender} was removed from the hub")
+    if partner is None or not partner.may("insourcing") or target == sender or target in removed:
+        # Told as a decline, which the lead understands (a refusal would leave its outsourcing waiting).
+        send(session, sender, WorkDeclined(link_id=payload.link_id, reason=f"{target} is not an insourcing partner "
+                                           "this hub serves (removed, or never onboarded)"), payload.link_id)
+        return
     request = WorkRequested(
-        link_id=payload.link_id, lead_partner_id=sender, lead_partner_name=payload.lead_partner_name,
+        # The name the hub knows the lead by, not the one it gives itself: leads are strangers to each other.
+        link_id=payload.link_id, lead_partner_id=sender, lead_partner_name=lead.name,
         lead_ticket_number=payload.lead_ticket_number, title=payload.title, description=payload.description,
         instructions=payload.instructions, terms=payload.terms,
     )

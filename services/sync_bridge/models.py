@@ -144,8 +144,18 @@ class PartnerKey(Base):
     valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class DirectoryVersion(Base):
+    """One row: the directory's version, raised by every change in the changing transaction. Its row
+    lock puts concurrent changes one after the other, so each announces a list with all before it."""
+
+    __tablename__ = "directory_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
 # What the bridge's migrations must build (tests/integration/test_schema.py).
 metadata = service_metadata(
     *PLATFORM_TABLES, Link.__table__, ItemMirror.__table__, ManifestPart.__table__, Repair.__table__,
-    Partner.__table__, PartnerKey.__table__,
+    Partner.__table__, PartnerKey.__table__, DirectoryVersion.__table__,
 )

@@ -2,8 +2,9 @@
 the bridge's API (`/api/partners`, the `partners` permission) or its command line. Adding one makes its
 Kafka user, its two topics and their ACLs and its signing key, and answers its onboarding bundle once;
 removing one takes its user, ACLs and keys away and ends its open links. The bridge keeps only what it
-must hold (the signing keys, encrypted with BRIDGE_SECRET_KEY); a partner's Kafka password is in its
-bundle alone."""
+must hold, encrypted with BRIDGE_SECRET_KEY: the signing keys, and what the broker keeps of each partner's
+password (to give its user back to a broker that lost its metadata); the password itself is in the
+partner's bundle alone."""
 import logging
 import re
 import secrets
@@ -15,12 +16,13 @@ from typing import Literal
 
 from cryptography.fernet import MultiFernet
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import delete, func, or_, select, text
+from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.sync_bridge.directory import CHANNEL, Directory
+from services.sync_bridge.directory import CHANNEL, Directory, Member
 from services.sync_bridge.links import send
-from services.sync_bridge.models import Link, Partner, PartnerKey
+from services.sync_bridge.models import DirectoryVersion, Link, Partner, PartnerKey
 from services.sync_bridge.settings import BridgeSettings
 from shared.contracts.messages import DirectoryChanged, DirectoryEntry, PartnerLeft
 from shared.domain import workflow
@@ -33,6 +35,7 @@ from shared.platform.kafka import (
     create_acls,
     ensure_topics,
     inbound_topic,
+    list_topics,
     outbound_topic,
     partner_grants,
     partner_group,
@@ -132,6 +135,7 @@ class Hub:
     async def add(self, new: PartnerIn) -> Onboarded:
         box = self._require_box()
         kafka = self._kafka()
+        ca_pem = self._ca_pem()  # read before anything is made: the bundle is shown once
         if new.id in self.directory.members and self.directory.members[new.id].configured:
             raise Conflict(f"partner id {new.id!r} is taken (configured in BRIDGE_PARTNERS)")
         username = f"partner-{new.id}" if kafka.username else None
@@ -140,48 +144,62 @@ class Hub:
             if known is not None and known.membership == "onboarding" and known.changed_at < utcnow() - ABANDONED:
                 await session.delete(known)  # an onboarding that never finished (its process died): taken over
                 await session.flush()
-                known = None
-            if known is not None:
+            elif known is not None:
                 why = "was removed; a partner id is never given again" if known.membership == "removed" else "is taken"
                 raise Conflict(f"partner id {new.id!r} {why}")
-            session.add(Partner(id=new.id, name=new.name, role=new.role, membership="onboarding", kafka_username=username))
+            inserted = await session.scalar(
+                insert(Partner).values(id=new.id, name=new.name, role=new.role, membership="onboarding",
+                                       kafka_username=username).on_conflict_do_nothing().returning(Partner.id))
+            if inserted is None:  # another request onboarding the same id got there first
+                raise Conflict(f"partner id {new.id!r} is taken")
         password = secrets.token_urlsafe(32)
         credential = ScramCredential.of(password)
         try:
+            if {outbound_topic(new.id), inbound_topic(new.id)} & set(await list_topics(kafka)):
+                raise Conflict(f"the hub's Kafka already has topics of {new.id!r} (a partner this bridge does not "
+                               "list: configured elsewhere, or from an earlier hub): choose another id")
             await self._provision(kafka, new.id, username, credential)
         except Exception as exc:
             async with self.sessions() as session, session.begin():
-                await session.execute(delete(Partner).where(Partner.id == new.id))
-            raise Unavailable(f"the hub's Kafka refused to onboard {new.id}: {exc}; nothing was kept") from exc
+                await session.execute(delete(Partner).where(Partner.id == new.id, Partner.membership == "onboarding"))
+            if isinstance(exc, Conflict):
+                raise
+            raise Unavailable(f"the hub's Kafka refused to onboard {new.id}: {exc}; remove nothing, try again "
+                              "(what was made is made again, or given to the next partner with this id)") from exc
         key_id, key = "k1", secrets.token_urlsafe(32)
         async with self.sessions() as session, session.begin():
             partner = await session.get(Partner, new.id, with_for_update=True)
+            if partner is None or partner.membership != "onboarding":
+                raise Conflict(f"the onboarding of {new.id!r} was taken over by another (it took over 2 minutes)")
             partner.membership, partner.changed_at = "active", func.now()
             if username:
                 partner.kafka_credential_encrypted = box.encrypt(credential.to_json().encode())
             session.add(PartnerKey(partner_id=new.id, key_id=key_id, secret_encrypted=box.encrypt(key.encode())))
             await session.flush()
+            # Served from this moment by this replica's relay too (a first message to a new lead is signed
+            # with its key, not refused as a stranger's); the others load it at the NOTIFY.
+            self.directory.admit(Member(new.id, new.name, new.role, "active", False, [(key_id, key.encode(), None)]))
             await announce(session, self.directory)
             await _notify(session)
         partner = await self._reload(new.id)
-        return Onboarded(partner=_out(partner), bundle=self._bundle(partner, password, key_id, key))
+        return Onboarded(partner=_out(partner), bundle=self._bundle(partner, ca_pem, password, key_id, key))
 
     async def rotate(self, partner_id: str) -> Onboarded:
+        """One transaction around it all, the partner's row locked: two rotations (a double click) or a
+        rotation and a removal take turns, and the password in Kafka is the one the bundle shows."""
         box = self._require_box()
         kafka = self._kafka()
-        async with self.sessions() as session:
-            partner = await self._onboarded(session, partner_id)
-        password = secrets.token_urlsafe(32)
+        ca_pem = self._ca_pem()
+        password, key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         credential = ScramCredential.of(password)
-        if partner.kafka_username:
-            try:
-                await set_scram_credential(kafka, partner.kafka_username, credential)
-            except Exception as exc:
-                raise Unavailable(f"the hub's Kafka refused the new password of {partner_id}: {exc}; "
-                                  "nothing changed") from exc
-        key = secrets.token_urlsafe(32)
         async with self.sessions() as session, session.begin():
             partner = await self._onboarded(session, partner_id, lock=True)
+            if partner.kafka_username:
+                try:
+                    await set_scram_credential(kafka, partner.kafka_username, credential)
+                except Exception as exc:
+                    raise Unavailable(f"the hub's Kafka refused the new password of {partner_id}: {exc}; "
+                                      "nothing changed") from exc
             keys = list(await session.scalars(select(PartnerKey).where(PartnerKey.partner_id == partner_id)))
             grace_ends = utcnow() + timedelta(seconds=self.settings.key_grace_s)
             previous = {}
@@ -197,7 +215,7 @@ class Hub:
                 partner.kafka_credential_encrypted = box.encrypt(credential.to_json().encode())
             await _notify(session)
         partner = await self._reload(partner_id)
-        return Onboarded(partner=_out(partner), bundle=self._bundle(partner, password, key_id, key, previous))
+        return Onboarded(partner=_out(partner), bundle=self._bundle(partner, ca_pem, password, key_id, key, previous))
 
     async def remove(self, partner_id: str) -> PartnerOut:
         """Out of the directory at once (what it sends is parked from now on), its open links ended and the
@@ -285,13 +303,19 @@ class Hub:
             await self.directory.load(session)
             return await session.get(Partner, partner_id)
 
-    def _bundle(self, partner: Partner, password: str, key_id: str, key: str,
-                previous: dict[str, str] | None = None) -> Bundle:
+    def _ca_pem(self) -> str | None:
         cafile = self.settings.kafka_ssl_cafile
+        try:
+            return Path(cafile).read_text() if cafile else None
+        except OSError as exc:
+            raise Unavailable(f"the hub's CA (KAFKA_SSL_CAFILE={cafile}) cannot be read: {exc.strerror}") from None
+
+    def _bundle(self, partner: Partner, ca_pem: str | None, password: str, key_id: str, key: str,
+                previous: dict[str, str] | None = None) -> Bundle:
         return Bundle(
             partner_id=partner.id, partner_name=partner.name, role=partner.role,
             bootstrap_servers=self.settings.public_bootstrap_servers or self.settings.kafka_bootstrap_servers,
-            ca_pem=Path(cafile).read_text() if cafile else None,
+            ca_pem=ca_pem,
             username=partner.kafka_username, password=password if partner.kafka_username else None,
             signing_key_id=key_id, signing_key=key, outbound_topic=outbound_topic(partner.id),
             inbound_topic=inbound_topic(partner.id), previous_signing_keys=previous or {})
@@ -320,16 +344,21 @@ async def end_links(session: AsyncSession, partner: Partner) -> None:
 
 
 async def announce(session: AsyncSession, directory: Directory, to: list[str] | None = None) -> None:
-    """Every active lead (or those in `to`) is sent the insourcing partners it may outsource to, whole,
-    as the database has them in this transaction. A lead never hears of another lead, nor itself."""
-    rows = list(await session.scalars(select(Partner)))
-    version = max((int(p.changed_at.timestamp() * 1_000_000) for p in rows), default=0)
+    """Every active lead (or those in `to`, who asked) is sent the insourcing partners it may outsource to,
+    whole, as the database has them in this transaction. A change raises the version first: its row lock
+    makes concurrent changes take turns, so a later version never lists less than an earlier one. A lead
+    never hears of another lead, nor itself; a partner configured without a role is sent none."""
+    if to is None:
+        version = await session.scalar(update(DirectoryVersion).where(DirectoryVersion.id == 1)
+                                       .values(version=DirectoryVersion.version + 1).returning(DirectoryVersion.version))
+    else:
+        version = await session.scalar(select(DirectoryVersion.version).where(DirectoryVersion.id == 1))
+    rows = list(await session.scalars(select(Partner).where(Partner.membership == "active")))
     configured = [m for m in directory.members.values() if m.configured]
-    onboarded = [p for p in rows if p.membership == "active"]
     insourcing = [(m.id, m.name) for m in configured if m.role in ("insourcing", None)]
-    insourcing += [(p.id, p.name) for p in onboarded if p.role == "insourcing"]
-    leads = [m.id for m in configured if m.role in ("lead", None)] + [p.id for p in onboarded if p.role == "lead"]
+    insourcing += [(p.id, p.name) for p in rows if p.role == "insourcing"]
+    leads = [m.id for m in configured if m.role == "lead"] + [p.id for p in rows if p.role == "lead"]
     for lead in (leads if to is None else to):
         entries = [DirectoryEntry(id=pid, name=name) for pid, name in sorted(insourcing, key=lambda e: e[1].lower())
                    if pid != lead]
-        send(session, lead, DirectoryChanged(version=version, partners=entries), None)
+        send(session, lead, DirectoryChanged(version=version or 0, partners=entries), None)

@@ -141,7 +141,7 @@ async def _dead_letters(request, who, session, include_resolved: bool, outcome: 
 async def partners_page(request: Request, who: ViewerDep, done: str = ""):
     if denied := refused(request, who, Permission.PARTNERS):
         return denied
-    return await _partners(request, who, outcome=_removed_outcome(done))
+    return await _partners(request, who, outcome=await _removed_outcome(request, done))
 
 
 @router.post("/partners")
@@ -180,8 +180,10 @@ async def change_partner(request: Request, partner_id: str, action: str, who: Ch
     return RedirectResponse(f"/partners?done={partner_id}", status_code=303)
 
 
-def _removed_outcome(partner_id: str) -> str | None:
-    return f"{partner_id} was removed: its open links ended and their other parties were told." if partner_id else None
+async def _removed_outcome(request: Request, partner_id: str) -> str | None:
+    """Read back from the directory, so that the message cannot be made up through the address."""
+    gone = next((p for p in await request.app.state.hub.list() if p.id == partner_id and p.status == "removed"), None)
+    return f"{gone.name} ({gone.id}) was removed: its open links ended and their other parties were told." if gone else None
 
 
 async def _partners(request, who, outcome: str | None = None, error: str | None = None, status_code: int = 200,

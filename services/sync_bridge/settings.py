@@ -26,7 +26,8 @@ class BridgeSettings(CommonSettings):
     kafka_admin_password: str | None = Field(None, repr=False)
     # The Kafka address a partner's bundle names (the hub's published one); default KAFKA_BOOTSTRAP_SERVERS.
     public_bootstrap_servers: str | None = None
-    # How long a rotated signing key still verifies (and may still sign, until the partner uses its new one).
+    # How long a rotated signing key still verifies (and may still sign, until a replica sees the partner
+    # use its new one).
     key_grace_s: float = Field(86_400.0, ge=0, validation_alias=AliasChoices("BRIDGE_KEY_GRACE_S", "KEY_GRACE_S"))
 
     @field_validator("partners", mode="before")

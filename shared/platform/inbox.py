@@ -251,11 +251,13 @@ class InboxConsumer:
         self._waiting_since: dict[TopicPartition, float] = {}  # records wait there, the position unmoved since
         self._prepared_at = 0.0
         self._topics_changed = asyncio.Event()  # set by follow(): the topics to read changed
+        self._wanted: list[str] = []
 
     async def run(self) -> None:
         delay = 0.5
         self._listener = _Positions(self)
         while True:
+            self._topics_changed.clear()  # what the factory reads now is the latest; a change after it shows
             consumer, stuck = self._consumer_factory(self._listener), False
             if consumer is None:  # nothing to read yet (a bridge that serves no partner)
                 await self._until_topics()
@@ -265,6 +267,8 @@ class InboxConsumer:
                     await self._prepare()
                 await consumer.start()
                 self.consumer = consumer
+                if self._topics_changed.is_set() and self._wanted:  # changed while it was being made
+                    consumer.subscribe(self._wanted, listener=self._listener)
                 delay = 0.5
                 await self._consume(consumer)
             except asyncio.CancelledError:
@@ -288,13 +292,13 @@ class InboxConsumer:
         """Reads these topics from now on, without a restart (the bridge's directory changed): the group
         rebalances, and a new topic is read from its start. A consumer not running yet is made with
         the topics of its moment anyway."""
+        self._wanted = topics
         self._topics_changed.set()
         if self.consumer is not None and topics:
             log.info("%s now reads %d topics", self._name, len(topics))
             self.consumer.subscribe(topics, listener=self._listener)
 
     async def _until_topics(self) -> None:
-        self._topics_changed.clear()
         try:
             await asyncio.wait_for(self._topics_changed.wait(), 5.0)
         except asyncio.TimeoutError:

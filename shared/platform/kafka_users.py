@@ -143,7 +143,8 @@ def _raise(code: int, what: str, message: str | None) -> None:
 class ScramCredential:
     """What the broker keeps of a SCRAM-SHA-256 password: the salt, the iteration count and the salted
     password (SCRAM's Hi(), PBKDF2-HMAC-SHA256). Enough to give the same user back to a broker that lost
-    its metadata, never enough to log in with."""
+    its metadata. Not the password, but as sensitive: SCRAM's client proof can be made from it, so it is
+    kept encrypted."""
 
     iterations: int
     salt: bytes = field(repr=False)

@@ -200,9 +200,25 @@ async def test_partners_page_onboards_shows_the_bundle_once_and_removes(services
         secret = shown.split('"signing_key": "')[1].split('"')[0]
         assert secret not in await page.content()
 
-        page.on("dialog", lambda dialog: dialog.accept())
+        # Removing asks first: declined, nothing happens; accepted, the partner is removed.
+        asked = []
+
+        async def answer(dialog):
+            asked.append(dialog.message)
+            await (dialog.dismiss() if len(asked) == 1 else dialog.accept())
+
+        page.on("dialog", answer)
         await page.get_by_role("button", name=f"Remove {partner_id}").click()
-        await expect(page.get_by_role("status")).to_contain_text(f"{partner_id} was removed")
+        await eventually(lambda: _asked(asked, 1), timeout=10)
+        await page.goto(f"{url}/partners")
+        await expect(page.locator(f"#partner-{partner_id}")).to_contain_text("active")
+        await page.get_by_role("button", name=f"Remove {partner_id}").click()
+        await expect(page.get_by_role("status")).to_contain_text(f"Page Co ({partner_id}) was removed")
+        assert "Remove Page Co?" in asked[0] and len(asked) == 2
         await expect(page.locator(f"#partner-{partner_id}")).to_contain_text("removed")
     listed = (await bridge.get("/api/partners")).json()
     assert [p["status"] for p in listed if p["id"] == partner_id] == ["removed"]
+
+
+async def _asked(asked: list, count: int) -> bool:
+    return len(asked) >= count

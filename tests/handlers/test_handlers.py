@@ -73,9 +73,11 @@ async def test_bridge_refuses_a_link_to_a_partner_it_does_not_serve_and_a_second
     link_id = await pending_link(bridge)
     with pytest.raises(Rejected, match="exists already"):
         await from_partner(bridge, LEAD, requested(link_id))
+    # To a partner the hub does not serve: no link, and the lead is told as a decline it understands.
     stranger = requested(str(uuid.uuid4())).model_copy(update={"insourcing_partner_id": "nobody"})
-    with pytest.raises(Rejected, match="not an insourcing partner this hub serves"):
-        await from_partner(bridge, LEAD, stranger)
+    await from_partner(bridge, LEAD, stranger)
+    assert await bridge.get(Link, stranger.link_id) is None
+    assert await bridge.staged(stranger.link_id) == [(IN_LEAD, "link.declined")]
 
 
 async def test_bridge_acceptance_activates_the_link_and_tells_the_lead(bridge):

@@ -1,6 +1,7 @@
 // The service's own script (the Content-Security-Policy allows no other): live updates of an open
 // ticket page through Server-Sent Events: when the page's version changes, its live region is
-// fetched again (the forms outside it keep what is being typed).
+// fetched again (the forms outside it keep what is being typed); and a form with data-confirm asks
+// before it is sent (an inline handler would be refused by the same policy).
 (function () {
   "use strict";
   function refresh(region) {
@@ -12,6 +13,10 @@
     var active = document.activeElement;
     return active && region.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName) && active.value;
   }
+  document.addEventListener("submit", function (event) {
+    var question = event.target.dataset && event.target.dataset.confirm;
+    if (question && !window.confirm(question)) { event.preventDefault(); }
+  });
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-events]").forEach(function (region) {
       var version = region.dataset.version, waiting = false;
