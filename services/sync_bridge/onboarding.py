@@ -260,7 +260,8 @@ class Hub:
     async def restore_kafka(self) -> None:
         """Every topic the directory needs, made again if the broker lost it; with the hub's super user,
         each onboarded partner's user (from what the broker kept of its password) and every ACL too, so
-        a broker that lost its metadata serves every partner again. Without it, the topics the bridge
+        a broker that lost its metadata serves every partner again. Nothing is sent while every topic is
+        there (this runs at each consumer and relay start). Without it, the topics the bridge
         may make, and a warning for the others (the operator's to restore)."""
         partitions = self.settings.kafka_topic_partitions
         try:
@@ -270,6 +271,8 @@ class Hub:
         if kafka is None or not kafka.username:
             await ensure_topics(self.settings.kafka_access(), self.directory.topics(), partitions, skip_refused=True)
             return
+        if not set(self.directory.topics()) - set(await list_topics(kafka)):
+            return  # nothing lost: users and ACLs are as onboarding left them (and each ACL sent is a request)
         await ensure_topics(kafka, self.directory.topics(), partitions)
         async with self.sessions() as session:
             partners = list(await session.scalars(select(Partner).where(Partner.membership == "active")))
