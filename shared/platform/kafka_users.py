@@ -1,5 +1,5 @@
 """The hub's Kafka users, changed at run time: the bridge onboards a partner (a SCRAM-SHA-256 user and
-its password) and removes one (its credential and every ACL naming it) on Apache Kafka. aiokafka 0.14
+its password), locks one out (a password nobody holds) and deletes every ACL naming it, on Apache Kafka. aiokafka 0.14
 has no SCRAM credential requests, so they are defined here with its own protocol classes."""
 import base64
 import hashlib
@@ -179,15 +179,6 @@ async def set_scram_credential(admin: KafkaAccess, username: str, credential: Sc
     for user, code, message, _ in response.results:
         if code:
             _raise(code, f"setting the SCRAM-SHA-256 password of Kafka user {user!r}", message)
-
-
-async def delete_scram_user(admin: KafkaAccess, username: str) -> None:
-    """Removes the user's SCRAM-SHA-256 credential, so it can no longer log in; a user without one is
-    fine (removing a partner twice). A connection it already has stays up until it logs in again."""
-    response = await _send(admin, AlterUserScramCredentialsRequest([(username, SCRAM_SHA_256)], []))
-    for user, code, message, _ in response.results:
-        if code and code != RESOURCE_NOT_FOUND:
-            _raise(code, f"deleting the SCRAM-SHA-256 credential of Kafka user {user!r}", message)
 
 
 async def user_exists(admin: KafkaAccess, username: str) -> bool:

@@ -15,7 +15,7 @@ from shared.platform.kafka import (
     ensure_topics,
     list_topics,
 )
-from shared.platform.kafka_users import delete_acls_of, delete_scram_user, set_scram_password, user_exists
+from shared.platform.kafka_users import delete_acls_of, set_scram_password, user_exists
 from tests.harness import eventually, kafka_write
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -88,18 +88,6 @@ async def test_a_new_password_replaces_the_old_one_at_login(hub):
     await set_scram_password(hub, user, new.password)
     await eventually(lambda: logs_in(new))
     assert await refused(old)
-
-
-async def test_a_deleted_user_can_no_longer_log_in_and_deleting_it_again_is_fine(hub):
-    user = new_name("partner")
-    partner = hub.as_user(user, secrets.token_urlsafe(24))
-    await set_scram_password(hub, user, partner.password)
-    await eventually(lambda: logs_in(partner))
-
-    await delete_scram_user(hub, user)
-    await eventually(lambda: refused(partner))
-    assert not await user_exists(hub, user)
-    await delete_scram_user(hub, user)  # a partner removed twice, or never onboarded
 
 
 async def test_deleting_a_partners_acls_takes_back_its_grants_and_leaves_the_others(hub):
