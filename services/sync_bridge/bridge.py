@@ -7,7 +7,7 @@ from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge import links, mirroring, reconciliation
-from services.sync_bridge.directory import Directory
+from services.sync_bridge.directory import Directory, partner_of
 from services.sync_bridge.links import LinkEvent, send
 from services.sync_bridge.models import Link, LinkFacts
 from services.sync_bridge.onboarding import announce
@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 def sender_of(topic: str) -> str:
     """psa.<partner>.outbound -> <partner>. The topic, not the envelope, says who sent it."""
-    parts = topic.split(".")
-    if len(parts) != 3 or parts[0] != "psa" or parts[2] != "outbound":
+    partner = partner_of(topic)
+    if partner is None or not topic.endswith(".outbound"):
         raise Rejected(f"the bridge does not read topic {topic}")
-    return parts[1]
+    return partner
 
 
 class Bridge:

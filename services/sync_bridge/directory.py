@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.sync_bridge.models import Partner, PartnerKey
 from shared.platform.db import asyncpg_dsn, utcnow
 from shared.platform.kafka import inbound_topic, outbound_topic
-from shared.platform.signing import BadSignature, KeyRing
+from shared.platform.signing import KEY_ID_HEADER, BadSignature, KeyRing
 
 log = logging.getLogger(__name__)
 CHANNEL = "partners_changed"  # NOTIFYed by whoever changes the directory, in its transaction
@@ -76,7 +76,6 @@ class Directory:
         self._configured = configured  # id -> (role, name, key ring)
         self._box = box
         self.members: dict[str, Member] = {}
-        self.version = 0  # grows with each change of the onboarded partners (their latest change, in µs)
         # Keys the partner has signed with since this process started: the bridge answers in a new
         # key only once the partner uses it (or the old one's grace ends), so a partner still running
         # on its old bundle reads what the bridge sends meanwhile.
@@ -120,7 +119,6 @@ class Directory:
         before = self.topics()
         self.members = members
         self._load_configured()
-        self.version = max((int(p.changed_at.timestamp() * 1_000_000) for p in partners), default=0)
         if self.topics() != before:
             for listener in self._listeners:
                 listener()
@@ -207,7 +205,7 @@ class Directory:
                                f"{member.removed_at:%Y-%m-%d %H:%M:%S} UTC" if member.removed_at else
                                f"partner removed: {member.id} was removed from the hub")
         found = {name: data for name, data in (headers or ())}
-        kid = (found.get("signature-key-id") or b"").decode(errors="replace")
+        kid = (found.get(KEY_ID_HEADER) or b"").decode(errors="replace")
         retired = next((k for k in member.keys if k[0] == kid and k[2] is not None and k[2] <= utcnow()), None)
         if retired is not None:
             raise BadSignature(f"signed with key {kid!r} of {member.id}, retired {retired[2]:%Y-%m-%d %H:%M:%S} UTC "

@@ -141,7 +141,8 @@ async def _dead_letters(request, who, session, include_resolved: bool, outcome: 
 async def partners_page(request: Request, who: ViewerDep, done: str = ""):
     if denied := refused(request, who, Permission.PARTNERS):
         return denied
-    return await _partners(request, who, outcome=await _removed_outcome(request, done))
+    listed = await request.app.state.hub.list()
+    return await _partners(request, who, outcome=_removed_outcome(listed, done), listed=listed)
 
 
 @router.post("/partners")
@@ -180,15 +181,15 @@ async def change_partner(request: Request, partner_id: str, action: str, who: Ch
     return RedirectResponse(f"/partners?done={partner_id}", status_code=303)
 
 
-async def _removed_outcome(request: Request, partner_id: str) -> str | None:
+def _removed_outcome(listed: list, partner_id: str) -> str | None:
     """Read back from the directory, so that the message cannot be made up through the address."""
-    gone = next((p for p in await request.app.state.hub.list() if p.id == partner_id and p.status == "removed"), None)
+    gone = next((p for p in listed if p.id == partner_id and p.status == "removed"), None)
     return f"{gone.name} ({gone.id}) was removed: its open links ended and their other parties were told." if gone else None
 
 
 async def _partners(request, who, outcome: str | None = None, error: str | None = None, status_code: int = 200,
-                    onboarded=None, form: dict | None = None) -> HTMLResponse:
-    listed = await request.app.state.hub.list()
+                    onboarded=None, form: dict | None = None, listed: list | None = None) -> HTMLResponse:
+    listed = listed if listed is not None else await request.app.state.hub.list()
     bundle = onboarded.bundle.model_dump_json(indent=2) if onboarded is not None else None
     return render(request, who, "partners.html", status_code=status_code, partners=listed, outcome=outcome,
                   error=error, onboarded=onboarded, bundle=bundle, form=form or {})
