@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run partner test containers-test fuzz browser bench bench-idle bench-apply install clean lint
+.PHONY: run partner test containers-test fuzz browser asyncapi-tools bench bench-idle bench-apply install clean lint
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -52,6 +52,10 @@ browser:
 	    echo "installing Debian's chromium for the browser tests"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "the browser tests need Chromium at /usr/bin/chromium: install the 'chromium' package"; exit 1; fi; }
+
+# The AsyncAPI project's own parser (tools/asyncapi), installed by `npm ci` from its lock file; needs Node.js and npm.
+asyncapi-tools: $(STAMP)
+	$(PY) -m devstack.asyncapi --install
 
 bench: $(STAMP)
 	$(PY) -m tests.bench
