@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run partner test containers-test fuzz browser asyncapi-tools bench bench-idle bench-apply install clean lint
+.PHONY: run partner test containers-test fuzz browser asyncapi-tools contracts release bench bench-idle bench-apply install clean lint
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -26,7 +26,7 @@ partner: $(STAMP)
 # The whole suite on the broker of record (Apache Kafka where a JDK and Maven are), then the
 # broker-facing tests again on Tansu, the fallback, then deploy/ run for real in containers; the last
 # lines say what ran where.
-test: $(STAMP) browser
+test: $(STAMP) browser asyncapi-tools
 	@mkdir -p var/test-logs && rm -f var/test-logs/summary.txt
 	@$(PY) -m pytest --ignore=tests/containers $(PYTEST_ARGS); full=$$?; \
 	TEST_BROKER=tansu $(PY) -m pytest -m broker --ignore=tests/containers $(PYTEST_ARGS); fallback=$$?; \
@@ -56,6 +56,16 @@ browser:
 # The AsyncAPI project's own parser (tools/asyncapi), installed by `npm ci` from its lock file; needs Node.js and npm.
 asyncapi-tools: $(STAMP)
 	$(PY) -m devstack.asyncapi --install
+
+# docs/asyncapi.yaml written again from shared/contracts (commit it with the change that moved it), and
+# today's contracts checked against the last release's (SPEC section 11); `make test` does both too.
+contracts: $(STAMP)
+	$(PY) -m shared.contracts.asyncapi
+	$(PY) -m shared.contracts.compat
+
+# Cut a release: `make release VERSION=1.1.0` (docs/architecture.md, "Releases").
+release: $(STAMP)
+	$(PY) -m devstack.release "$(VERSION)"
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

@@ -199,7 +199,9 @@ SERVICES = {
 class ServiceProcess:
     """One service as an operator runs it: `python -m services.<name> serve`, configured by env."""
 
-    def __init__(self, name: str, env: dict[str, str]):
+    def __init__(self, name: str, env: dict[str, str], python: str = sys.executable, cwd: Path = ROOT):
+        # Another release's service: its own interpreter (venv) and source tree (tests/compat).
+        self.python, self.cwd = python, cwd
         self.name = name
         self.prefix = SERVICES[name]
         self.port = infra.free_port()
@@ -215,8 +217,8 @@ class ServiceProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", f"services.{self.name}", *args],
-            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+            [self.python, "-m", f"services.{self.name}", *args],
+            env=self.env, cwd=self.cwd, capture_output=True, text=True, timeout=120,
         )
 
     def migrate(self) -> None:
@@ -227,8 +229,8 @@ class ServiceProcess:
         LOGS.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}", "serve"],
-            env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            [self.python, "-m", f"services.{self.name}", "serve"],
+            env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -259,12 +261,12 @@ class ServiceProcess:
         )
 
 
-async def kafka_write(access: KafkaAccess, topic: str, value: bytes = b"{}", headers=None) -> None:
+async def kafka_write(access: KafkaAccess, topic: str, value: bytes = b"{}", headers=None, key: bytes = b"probe") -> None:
     """One record written as `access`'s user (a refusal raises, as the broker answered it)."""
     producer = make_producer(access)
     try:
         await asyncio.wait_for(producer.start(), 20)
-        await asyncio.wait_for(producer.send_and_wait(topic, value, key=b"probe", headers=headers), 20)
+        await asyncio.wait_for(producer.send_and_wait(topic, value, key=key, headers=headers), 20)
     finally:
         await producer.stop()
 
@@ -281,6 +283,38 @@ async def kafka_read(access: KafkaAccess, topic: str, group: str, timeout_ms: in
         return found
     finally:
         await consumer.stop()
+
+
+class PartnerServices:
+    """Partner services started from their onboarding bundles, each with its own database, as a partner's
+    company runs one (SPEC section 10); `python` and `cwd` run another release's (tests/compat)."""
+
+    def __init__(self, base_env: dict[str, str], postgres_admin_url: str, bundles: Path):
+        self.base_env, self.postgres_admin_url, self.bundles = base_env, postgres_admin_url, bundles
+        self.started: list[tuple[ServiceProcess, str]] = []
+
+    def start(self, bundle, python: str = sys.executable, cwd: Path = ROOT) -> ServiceProcess:
+        service = "insourcing_partner" if bundle.role == "insourcing" else "lead_partner"
+        prefix = "INSOURCING" if bundle.role == "insourcing" else "LEAD"
+        database = f"t{secrets.token_hex(4)}_{bundle.partner_id.replace('-', '_')}"
+        url = infra.create_databases(self.postgres_admin_url, [database])[database]
+        path = self.bundles / f"{bundle.partner_id}.json"
+        path.write_text(bundle.model_dump_json())
+        env = {k: v for k, v in self.base_env.items() if not k.startswith(f"{prefix}_")}
+        env |= {"PARTNER_BUNDLE_FILE": str(path), f"{prefix}_DATABASE_URL": url,
+                f"{prefix}_NOTIFY_EMAIL": f"desk@{bundle.partner_id}.example"}
+        proc = ServiceProcess(service, env, python, cwd)
+        proc.log_path = proc.log_path.with_name(f"{bundle.partner_id}.log")
+        self.started.append((proc, database))
+        proc.migrate()
+        proc.start()
+        proc.wait_ready()
+        return proc
+
+    def stop(self) -> None:
+        for proc, database in self.started:
+            proc.stop()
+            infra.drop_databases(self.postgres_admin_url, [database])
 
 
 def wait_for_directory(lead: ServiceProcess, partner_id: str, timeout: float = 30.0) -> None:

@@ -1,5 +1,6 @@
 """Composition root of the sync bridge."""
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from prometheus_client import Gauge
 
 from services.sync_bridge import pages
@@ -10,6 +11,7 @@ from services.sync_bridge.onboarding import Hub
 from services.sync_bridge.partners_api import router as partners_router
 from services.sync_bridge.reconciliation import Scheduler
 from services.sync_bridge.settings import BridgeSettings
+from shared.contracts.asyncapi import document as asyncapi_document
 from shared.platform.auth import Permission
 from shared.platform.runtime import ServiceSpec
 from shared.platform.runtime import create_app as create_service_app
@@ -63,6 +65,12 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
     # The operator's web UI (SPEC section 8): links, Reconcile now, dead letters.
     install_web_ui(app, WebUi("Sync bridge", [pages.TEMPLATES], settings.ui_secret), home="/links")
     app.include_router(pages.router)
+
+    @app.get("/asyncapi.json", tags=["contracts"], summary="The Kafka interface, as an AsyncAPI 3.0 document",
+             description="What a partner's service sends and receives (docs/asyncapi.yaml); needs no token.")
+    async def asyncapi() -> JSONResponse:
+        return JSONResponse(asyncapi_document())
+
     return app
 
 

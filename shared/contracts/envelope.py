@@ -1,7 +1,14 @@
 """Versioned message contracts. Every Kafka message is an Envelope whose payload is validated
-against the model registered for its (type, schema_version); anything else is refused loudly."""
+against the model registered for its (type, schema_version); anything else is refused loudly.
+
+Readers are tolerant (SPEC section 11): a field they do not know, in the envelope or anywhere in a
+payload, is ignored, so a partner one release ahead may add an optional field without a new
+`schema_version`. The signature is checked over the exact bytes before any of this runs, so nothing
+unauthenticated gets in by being ignored. Any other change is a new `schema_version`
+(docs/architecture.md, "Changing a message")."""
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -9,20 +16,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.platform.db import utcnow
 
+# The parties of the Kafka interface: a partner writes its outbound topic, the bridge its inbound one.
+LEAD, INSOURCING, BRIDGE = "lead", "insourcing", "bridge"
+
 
 class ContractError(ValueError):
     """A message this consumer does not understand: it is parked, never applied."""
 
 
-class Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Message(BaseModel):
+    """A part of a message: fields a reader does not know are ignored (tolerant reader)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Payload(Message):
     type: ClassVar[str]
     schema_version: ClassVar[int] = 1
+    # Where it travels (set by @outbound or @inbound): who writes it, and who reads it.
+    senders: ClassVar[tuple[str, ...]] = ()
+    receivers: ClassVar[tuple[str, ...]] = ()
+    # False while a new version is being introduced: readers accept it, producers do not send it yet.
+    sending: ClassVar[bool] = True
 
 
-class Envelope(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Envelope(Message):
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     type: str
     schema_version: int
@@ -48,7 +66,32 @@ def contract(cls: type[Payload]) -> type[Payload]:
     return cls
 
 
+def _routed(senders: tuple[str, ...], receivers: tuple[str, ...], sending: bool) -> Callable[[type[Payload]], type[Payload]]:
+    def register(cls: type[Payload]) -> type[Payload]:
+        cls.senders, cls.receivers, cls.sending = senders, receivers, sending
+        return contract(cls)
+
+    return register
+
+
+def outbound(*senders: str, sending: bool = True) -> Callable[[type[Payload]], type[Payload]]:
+    """A message the partners named write on their own outbound topic, for the bridge."""
+    return _routed(senders, (BRIDGE,), sending)
+
+
+def inbound(*receivers: str, sending: bool = True) -> Callable[[type[Payload]], type[Payload]]:
+    """A message the bridge writes on the inbound topic of the partners named."""
+    return _routed((BRIDGE,), receivers, sending)
+
+
+def contracts() -> list[type[Payload]]:
+    """Every message of the Kafka interface (test-only contracts have no route), by type and version."""
+    return sorted((c for c in _REGISTRY.values() if c.senders), key=lambda c: (c.type, c.schema_version))
+
+
 def envelope(payload: Payload, *, source: str, link_id: str | None) -> Envelope:
+    if not payload.sending:
+        raise RuntimeError(f"{payload.type} v{payload.schema_version} is read but not sent yet in this release")
     return Envelope(
         type=payload.type,
         schema_version=payload.schema_version,

@@ -3,18 +3,22 @@ on each partner's inbound topic. Every message of a link carries the link id as 
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from shared.contracts.envelope import Payload, contract
+from shared.contracts.envelope import INSOURCING, LEAD, Message, Payload, inbound, outbound
 from shared.contracts.limits import MAX_AMOUNT
+
+# What a note, time entry, charge or attachment holds: checked by each reader as that kind's API checks it.
+FIELDS = ("the item's fields, as its kind's schema says: NoteFields, TimeEntryFields, ChargeFields or"
+          " AttachmentFields (an attachment's bytes follow in `count` chunks, base64)")
 
 # Raw bytes per attachment chunk: base64 makes it ~4/3 larger, well under Kafka's 1 MiB.
 CHUNK_BYTES = 512 * 1024
 
 
-class Terms(BaseModel):
+class Terms(Message):
     # Finite numbers a price can hold: an hourly rate becomes the unit price of the partner's labor charge.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False)
     rate_type: Literal["hourly", "flat"]
     rate: float = Field(ge=0, lt=MAX_AMOUNT)
     authorized_hours: float | None = Field(None, gt=0, lt=MAX_AMOUNT)
@@ -24,8 +28,10 @@ class Terms(BaseModel):
 # --- partner -> bridge (on the partner's outbound topic) -----------------------------------------
 
 
-@contract
+@outbound(LEAD)
 class OutsourceRequested(Payload):
+    """Lead -> bridge: outsource this ticket to `insourcing_partner_id` (a new link)."""
+
     type = "outsource.requested"
     link_id: str
     lead_partner_name: str
@@ -38,22 +44,28 @@ class OutsourceRequested(Payload):
     terms: Terms | None
 
 
-@contract
+@outbound(LEAD)
 class OutsourceCanceled(Payload):
+    """Lead -> bridge: the lead withdrew its request before the insourcing partner accepted."""
+
     type = "outsource.canceled"
     link_id: str
 
 
-@contract
+@outbound(INSOURCING)
 class InsourceAccepted(Payload):
+    """Insourcing -> bridge: it took the work; its ticket now exists and synchronization starts."""
+
     type = "insource.accepted"
     link_id: str
     insourcing_ticket_id: str
     insourcing_ticket_number: str
 
 
-@contract
+@outbound(INSOURCING)
 class InsourceDeclined(Payload):
+    """Insourcing -> bridge: it will not take the work, and why."""
+
     type = "insource.declined"
     link_id: str
     reason: str
@@ -63,23 +75,29 @@ class ItemBody(Payload):
     link_id: str
     item_id: str
     kind: Literal["note", "time_entry", "charge", "attachment"]
-    fields: dict[str, Any]
+    fields: dict[str, Any] = Field(description=FIELDS)
     chunk_count: int = 0  # attachments: how many attachment.chunk messages follow
     version: int = Field(1, ge=1)  # the item's version on its creator's side; its receipt names it
 
 
-@contract
+@outbound(LEAD, INSOURCING)
 class ItemCreated(ItemBody):
+    """Partner -> bridge: a note, time entry, charge or attachment made on this side's linked ticket."""
+
     type = "item.created"
 
 
-@contract
+@outbound(LEAD, INSOURCING)
 class ItemUpdated(ItemBody):
+    """Partner -> bridge: a shared item was edited on this side; `version` grows with each edit."""
+
     type = "item.updated"
 
 
-@contract
+@outbound(LEAD, INSOURCING)
 class ItemDeleted(Payload):
+    """Partner -> bridge: a shared item was deleted on this side (its last version)."""
+
     type = "item.deleted"
     link_id: str
     item_id: str
@@ -87,8 +105,10 @@ class ItemDeleted(Payload):
     version: int = Field(1, ge=1)  # the deletion is the item's last version
 
 
-@contract
+@outbound(LEAD, INSOURCING)
 class AttachmentChunk(Payload):
+    """Partner -> bridge: one piece of an attachment's bytes (`index` of `count`), after its item.created."""
+
     type = "attachment.chunk"
     link_id: str
     item_id: str
@@ -100,7 +120,7 @@ class AttachmentChunk(Payload):
 # --- bridge -> partner (on the partner's inbound topic) ------------------------------------------
 
 
-@contract
+@inbound(INSOURCING)
 class WorkRequested(Payload):
     """To the insourcing partner: a lead partner asks it to take a ticket."""
 
@@ -115,27 +135,33 @@ class WorkRequested(Payload):
     terms: Terms | None
 
 
-@contract
+@inbound(INSOURCING)
 class WorkCanceled(Payload):
+    """Bridge -> the insourcing partner: the lead withdrew the work before it was accepted."""
+
     type = "link.canceled"
     link_id: str
 
 
-@contract
+@inbound(LEAD)
 class WorkAccepted(Payload):
+    """Bridge -> the lead: the insourcing partner accepted; its ticket number."""
+
     type = "link.accepted"
     link_id: str
     partner_ticket_number: str
 
 
-@contract
+@inbound(LEAD)
 class WorkDeclined(Payload):
+    """Bridge -> the lead: the insourcing partner (or the hub, for an unknown partner) declined, and why."""
+
     type = "link.declined"
     link_id: str
     reason: str
 
 
-@contract
+@inbound(LEAD, INSOURCING)
 class MirrorUpsert(Payload):
     """Create or update the mirror `mirror_id` of an item of the other ticket."""
 
@@ -143,7 +169,7 @@ class MirrorUpsert(Payload):
     link_id: str
     mirror_id: str
     kind: Literal["note", "time_entry", "charge", "attachment"]
-    fields: dict[str, Any]
+    fields: dict[str, Any] = Field(description=FIELDS)
     internal: bool = False
     chunk_count: int = 0
     # What the mirror mirrors: the original's version and content hash (reconciliation compares them).
@@ -151,8 +177,10 @@ class MirrorUpsert(Payload):
     source_hash: str = ""
 
 
-@contract
+@inbound(LEAD, INSOURCING)
 class MirrorChunk(Payload):
+    """Bridge -> partner: one piece of a mirrored attachment's bytes (`index` of `count`)."""
+
     type = "mirror.chunk"
     link_id: str
     mirror_id: str
@@ -161,8 +189,10 @@ class MirrorChunk(Payload):
     data: str
 
 
-@contract
+@inbound(LEAD, INSOURCING)
 class MirrorDelete(Payload):
+    """Bridge -> partner: the original of this mirror was deleted; delete the mirror."""
+
     type = "mirror.delete"
     link_id: str
     mirror_id: str
@@ -172,7 +202,7 @@ class MirrorDelete(Payload):
 # --- completion (SPEC section 3, last four rows) -------------------------------------------------
 
 
-@contract
+@outbound(INSOURCING)
 class InsourceCompletionRequested(Payload):
     """Insourcing -> bridge: "Notify Lead Partner > Insource Complete"."""
 
@@ -180,14 +210,16 @@ class InsourceCompletionRequested(Payload):
     link_id: str
 
 
-@contract
+@outbound(LEAD)
 class OutsourceRejected(Payload):
+    """Lead -> bridge: the lead rejected the Insource Complete, and why; synchronization resumes."""
+
     type = "outsource.rejected"
     link_id: str
     reason: str
 
 
-@contract
+@outbound(LEAD)
 class OutsourceCompleted(Payload):
     """Lead -> bridge: approved, or set Complete at any time (the results are the same)."""
 
@@ -196,7 +228,7 @@ class OutsourceCompleted(Payload):
     approved: bool
 
 
-@contract
+@outbound(LEAD, INSOURCING)
 class MirrorRefused(Payload):
     """Partner -> bridge: this side did not store the mirror: it arrived after this side suspended or
     ended synchronization, or its fields fail the checks this side's API makes."""
@@ -209,29 +241,35 @@ class MirrorRefused(Payload):
     source_version: int | None = Field(None, ge=1)
 
 
-@contract
+@inbound(LEAD)
 class WorkWaitingApproval(Payload):
+    """Bridge -> the lead: the insourcing partner asked for approval; synchronization is suspended."""
+
     type = "link.waiting_approval"
     link_id: str
     round: int = Field(1, ge=1)  # the how-manieth Insource Complete of the link (a resent one applies once)
 
 
-@contract
+@inbound(INSOURCING)
 class WorkRejected(Payload):
+    """Bridge -> the insourcing partner: the lead rejected its Insource Complete; synchronization resumes."""
+
     type = "link.rejected"
     link_id: str
     reason: str
     round: int = Field(1, ge=1)  # the Insource Complete it rejects
 
 
-@contract
+@inbound(INSOURCING)
 class WorkCompleted(Payload):
+    """Bridge -> the insourcing partner: the lead approved (or set Complete); the link has ended."""
+
     type = "link.completed"
     link_id: str
     approved: bool
 
 
-@contract
+@inbound(LEAD, INSOURCING)
 class ItemUnshared(Payload):
     """Bridge -> the item's creator: the item did not cross (synchronization was suspended or over)."""
 
@@ -244,7 +282,7 @@ class ItemUnshared(Payload):
 # --- delivery receipts and reconciliation (SPEC section 9) ---------------------------------------
 
 
-@contract
+@outbound(LEAD, INSOURCING)
 class MirrorApplied(Payload):
     """Partner -> bridge: this side committed the mirror of that version (or its deletion)."""
 
@@ -254,7 +292,7 @@ class MirrorApplied(Payload):
     source_version: int = Field(ge=1)
 
 
-@contract
+@inbound(LEAD, INSOURCING)
 class ItemDelivered(Payload):
     """Bridge -> the item's creator: the other side holds that version of the item."""
 
@@ -264,7 +302,7 @@ class ItemDelivered(Payload):
     version: int = Field(ge=1)
 
 
-@contract
+@inbound(LEAD, INSOURCING)
 class ItemRefused(Payload):
     """Bridge -> the item's creator: this version (an edit or the deletion) did not cross; the item
     stays shared and the other side keeps the version it had."""
@@ -276,7 +314,7 @@ class ItemRefused(Payload):
     reason: str
 
 
-@contract
+@outbound(LEAD, INSOURCING)
 class ReconcileRequested(Payload):
     """Partner -> bridge: something of this link is unconfirmed (or the broker lost data)."""
 
@@ -287,7 +325,7 @@ class ReconcileRequested(Payload):
     lost_since: datetime | None = None
 
 
-@contract
+@inbound(LEAD)
 class LinkUnknown(Payload):
     """Bridge -> partner: it asked about a link the bridge never heard of (its request was lost)."""
 
@@ -295,7 +333,7 @@ class LinkUnknown(Payload):
     link_id: str
 
 
-@contract
+@inbound(LEAD, INSOURCING)
 class ManifestRequested(Payload):
     """Bridge -> partner: describe what you hold of this link (answered after everything before it)."""
 
@@ -304,25 +342,22 @@ class ManifestRequested(Payload):
     round_id: str
 
 
-class ManifestItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ManifestItem(Message):
     item_id: str
     version: int
     hash: str
     delivery: str | None = None
 
 
-class ManifestMirror(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ManifestMirror(Message):
     mirror_id: str
     source_version: int
     source_hash: str
 
 
-class SideStatus(BaseModel):
+class SideStatus(Message):
     """A partner's own view of the link's workflow."""
 
-    model_config = ConfigDict(extra="forbid")
     known: bool = True  # False: this side has never heard of the link
     status: str | None = None  # its Outsource Status or Insource Status
     rounds: int = 0  # how many Insource Completes it has seen (lead) or asked for (insourcing)
@@ -332,8 +367,7 @@ class SideStatus(BaseModel):
     ticket_number: str | None = None
 
 
-class SideHealth(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SideHealth(Message):
     pending: int = 0
     delivered: int = 0
     refused: int = 0
@@ -345,7 +379,7 @@ class SideHealth(BaseModel):
 MANIFEST_PART = 2_000  # entries per manifest message, well under Kafka's 1 MiB
 
 
-@contract
+@outbound(LEAD, INSOURCING)
 class Manifest(Payload):
     """Partner -> bridge: one part of what this side holds of the link's shared set."""
 
@@ -360,7 +394,7 @@ class Manifest(Payload):
     mirrors: list[ManifestMirror] = Field(default_factory=list, max_length=MANIFEST_PART)
 
 
-@contract
+@inbound(LEAD, INSOURCING)
 class ResendRequested(Payload):
     """Bridge -> an item's creator: send these items again (the other side lacks them or holds an old version)."""
 
@@ -369,7 +403,7 @@ class ResendRequested(Payload):
     item_ids: list[str] = Field(max_length=MANIFEST_PART)
 
 
-@contract
+@inbound(LEAD, INSOURCING)
 class Reconciled(Payload):
     """Bridge -> both partners: a reconciliation of the link ended."""
 
@@ -383,7 +417,7 @@ class Reconciled(Payload):
 # --- the hub's partner directory (SPEC section 10) -----------------------------------------------
 
 
-@contract
+@inbound(LEAD, INSOURCING)
 class PartnerLeft(Payload):
     """Bridge -> the other party of an open link: the hub removed this link's other partner. The link
     is over: nothing crosses again, and the receiver's outsourcing (or received work) is Canceled."""
@@ -394,20 +428,19 @@ class PartnerLeft(Payload):
     partner_name: str
 
 
-class DirectoryEntry(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class DirectoryEntry(Message):
     id: str = Field(max_length=64)
     name: str = Field(max_length=200)
 
 
-@contract
+@outbound(LEAD)
 class DirectoryRequested(Payload):
     """Lead -> bridge: send me the insourcing partners I may outsource to (a lead asks at each start)."""
 
     type = "directory.requested"
 
 
-@contract
+@inbound(LEAD)
 class DirectoryChanged(Payload):
     """Bridge -> a lead partner: every active insourcing partner of the hub, whole, each time the
     directory changes or the lead asks. `version` only grows: a lead keeps the highest it has seen.

@@ -10,7 +10,6 @@ import httpx
 import pytest
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError, KafkaError, TopicAuthorizationFailedError
 
-from devstack import infra
 from shared.contracts.envelope import envelope
 from shared.contracts.messages import DirectoryRequested
 from shared.platform.bundle import Bundle
@@ -24,7 +23,7 @@ from shared.platform.kafka import (
 from shared.platform.signing import KeyRing
 from tests.conftest import KEY_GRACE_S
 from tests.e2e.flows import items, new_ticket, outsource_status, received
-from tests.harness import ServiceProcess, eventually, kafka_read, kafka_write, wait_for_directory
+from tests.harness import PartnerServices, eventually, kafka_read, kafka_write, wait_for_directory
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 LEAD, PARTNER = "lead-partner", "insourcing-partner"
@@ -65,30 +64,9 @@ async def parked_reason(bridge: httpx.AsyncClient, topic: str, after: int = 0) -
 @pytest.fixture(scope="session")
 def partner_services(base_env, infrastructure, tmp_path_factory):
     """Partner services started from their onboarding bundles, each with its own database, stopped at the end."""
-    started: list[tuple[ServiceProcess, str]] = []
-
-    def start(bundle: Bundle) -> ServiceProcess:
-        service = "insourcing_partner" if bundle.role == "insourcing" else "lead_partner"
-        prefix = "INSOURCING" if bundle.role == "insourcing" else "LEAD"
-        database = f"t{secrets.token_hex(4)}_{bundle.partner_id.replace('-', '_')}"
-        url = infra.create_databases(infrastructure.postgres_admin_url, [database])[database]
-        path = tmp_path_factory.mktemp("bundles") / f"{bundle.partner_id}.json"
-        path.write_text(bundle.model_dump_json())
-        env = {k: v for k, v in base_env.items() if not k.startswith(f"{prefix}_")}
-        env |= {"PARTNER_BUNDLE_FILE": str(path), f"{prefix}_DATABASE_URL": url,
-                f"{prefix}_NOTIFY_EMAIL": f"desk@{bundle.partner_id}.example"}
-        proc = ServiceProcess(service, env)
-        proc.log_path = proc.log_path.with_name(f"{bundle.partner_id}.log")
-        proc.migrate()
-        proc.start()
-        proc.wait_ready()
-        started.append((proc, database))
-        return proc
-
-    yield start
-    for proc, database in started:
-        proc.stop()
-        infra.drop_databases(infrastructure.postgres_admin_url, [database])
+    partners = PartnerServices(base_env, infrastructure.postgres_admin_url, tmp_path_factory.mktemp("bundles"))
+    yield partners.start
+    partners.stop()
 
 
 # --- the onboarding API ------------------------------------------------------------------------

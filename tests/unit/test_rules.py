@@ -5,6 +5,8 @@ import uuid
 import pytest
 
 from shared.contracts.envelope import ContractError, Payload, contract, envelope, parse
+from shared.contracts.messages import OutsourceRequested  # noqa: F401  (registers the contracts)
+from shared.domain.tickets.validation import InvalidItem, valid_fields
 from shared.domain.tickets.rules import ItemFacts, ItemKind, Lock, Origin, item_editable
 
 
@@ -51,6 +53,26 @@ def test_a_registered_contract_round_trips():
     env = envelope(Ping(text="hi"), source="lead-partner", link_id="L1")
     parsed_env, payload = parse(env.to_bytes())
     assert parsed_env.event_id == env.event_id and payload == Ping(text="hi")
+
+
+def test_a_reader_ignores_fields_it_does_not_know_in_the_envelope_and_at_every_depth_of_the_payload():
+    # A partner a release ahead added optional fields (SPEC section 11): the message is applied as it was.
+    raw = {"event_id": str(uuid.uuid4()), "type": "outsource.requested", "schema_version": 1, "source": "acme",
+           "link_id": "L1", "trace": {"id": 7},
+           "payload": {"link_id": "L1", "lead_partner_name": "Acme", "lead_ticket_id": "t", "lead_ticket_number": "T-1",
+                       "insourcing_partner_id": "globex", "title": "Hot", "description": "", "instructions": "",
+                       "terms": {"rate_type": "hourly", "rate": 90, "currency": "EUR"}, "priority": "high"}}
+    env, payload = parse(json.dumps(raw).encode())
+    assert env.link_id == "L1" and payload.title == "Hot"
+    assert payload.terms.model_dump() == {"rate_type": "hourly", "rate": 90, "authorized_hours": None,
+                                          "authorized_charge": None}
+    assert "priority" not in payload.model_dump() and "trace" not in env.model_dump()
+
+
+def test_item_fields_a_release_does_not_know_are_left_out_not_refused():
+    assert valid_fields("note", {"body": "Fan replaced", "mood": "calm"}) == {"title": "", "body": "Fan replaced"}
+    with pytest.raises(InvalidItem, match="body"):
+        valid_fields("note", {"mood": "calm"})
 
 
 @pytest.mark.parametrize(

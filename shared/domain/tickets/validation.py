@@ -33,11 +33,15 @@ def describe(exc: ValidationError) -> str:
 
 
 def valid_fields(kind: str, fields: Any) -> dict[str, Any]:
-    """The fields of an item of `kind`, as they are stored; InvalidItem when the API would refuse them."""
+    """The fields of an item of `kind`, as they are stored; InvalidItem when the API would refuse them.
+    A field this release does not know is left out, not refused (a tolerant reader, SPEC section 11):
+    a partner a release ahead may send one more optional field."""
     try:
         model = FIELD_MODELS[ItemKind(kind)]
     except ValueError:
         raise InvalidItem(f"there is no item kind {kind!r}"[:MAX_REASON]) from None
+    if isinstance(fields, dict):
+        fields = {name: value for name, value in fields.items() if name in model.model_fields}
     try:
         return stored_fields(model.model_validate(fields), exclude=set())
     except ValidationError as exc:
