@@ -1,6 +1,8 @@
 """Mixed versions, end to end (SPEC section 11): a partner built from the previous release (a git
 worktree of tests/compat/previous-release, its own virtualenv) works with today's bridge and today's
 other partner, in both roles: outsource, accept, notes both ways, Insource Complete, reject, approve."""
+import asyncio
+
 import httpx
 import pytest
 
@@ -63,8 +65,8 @@ async def seed_flow(lead: httpx.AsyncClient, insourcing: httpx.AsyncClient, part
 async def test_an_insourcing_partner_of_the_previous_release_works_with_todays_lead_and_bridge(
         bridge, lead, services, release_partners, previous):
     bundle = await onboard(bridge, "insourcing")
-    old: ServiceProcess = release_partners(bundle)
-    wait_for_directory(services["lead_partner"], bundle.partner_id)
+    old: ServiceProcess = await asyncio.to_thread(release_partners, bundle)
+    await asyncio.to_thread(wait_for_directory, services["lead_partner"], bundle.partner_id)
     async with old.client() as insourcing:
         await seed_flow(lead, insourcing, bundle.partner_id)
 
@@ -72,7 +74,7 @@ async def test_an_insourcing_partner_of_the_previous_release_works_with_todays_l
 async def test_a_lead_of_the_previous_release_works_with_todays_insourcing_partner_and_bridge(
         bridge, insourcing, services, release_partners, previous):
     bundle = await onboard(bridge, "lead")
-    old: ServiceProcess = release_partners(bundle)
-    wait_for_directory(old, "insourcing-partner")
+    old: ServiceProcess = await asyncio.to_thread(release_partners, bundle)
+    await asyncio.to_thread(wait_for_directory, old, "insourcing-partner")
     async with old.client() as lead:
         await seed_flow(lead, insourcing, "insourcing-partner")
