@@ -60,7 +60,7 @@ asyncapi-tools: $(STAMP)
 # docs/asyncapi.yaml written again from shared/contracts (commit it with the change that moved it), and
 # today's contracts checked against the last release's (SPEC section 11); `make test` does both too.
 contracts: $(STAMP)
-	$(PY) -m shared.contracts.asyncapi
+	$(PY) -m services.sync_bridge.asyncapi
 	$(PY) -m shared.contracts.compat
 
 # Cut a release: `make release VERSION=1.1.0` (docs/architecture.md, "Releases").

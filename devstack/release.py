@@ -49,7 +49,7 @@ def check(version: str) -> str:
     section = text.split(UNRELEASED, 1)[1].split("\n## ", 1)[0].strip() if UNRELEASED in text else ""
     if not section:
         raise ReleaseError(f"{CHANGELOG.name} has nothing under '{UNRELEASED}': say what this release changes")
-    contracts = subprocess.run([sys.executable, "-m", "shared.contracts.asyncapi", "--check"], cwd=ROOT)
+    contracts = subprocess.run([sys.executable, "-m", "services.sync_bridge.asyncapi", "--check"], cwd=ROOT)
     if contracts.returncode:
         raise ReleaseError("docs/asyncapi.yaml is not what the code generates")
     if PREVIOUS.exists():
@@ -63,7 +63,7 @@ def cut(version: str) -> str:
     check(version)
     PYPROJECT.write_text(re.sub(r'^version = "[^"]+"', f'version = "{version}"', PYPROJECT.read_text(), count=1,
                                 flags=re.M))
-    subprocess.run([sys.executable, "-m", "shared.contracts.asyncapi"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "services.sync_bridge.asyncapi"], cwd=ROOT, check=True)
     recorded = ROOT / "docs" / "contracts" / version
     recorded.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ROOT / "docs" / "asyncapi.yaml", recorded / "asyncapi.yaml")

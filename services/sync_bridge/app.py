@@ -11,7 +11,7 @@ from services.sync_bridge.onboarding import Hub
 from services.sync_bridge.partners_api import router as partners_router
 from services.sync_bridge.reconciliation import Scheduler
 from services.sync_bridge.settings import BridgeSettings
-from shared.contracts.asyncapi import document as asyncapi_document
+from services.sync_bridge.asyncapi import document as asyncapi_document
 from shared.platform.auth import Permission
 from shared.platform.runtime import ServiceSpec
 from shared.platform.runtime import create_app as create_service_app

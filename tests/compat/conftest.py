@@ -25,8 +25,9 @@ def release_partners(base_env, infrastructure, tmp_path_factory, previous: Relea
 def pytest_terminal_summary(terminalreporter):
     if _ran_against:
         release = _ran_against[0]
+        venv = f"its virtualenv built in {release.built_in_s:.0f} s" if release.built_in_s else "its virtualenv cached"
         line = (f"compat tests: partners of release {release.version} ({release.commit[:12]}, tests/compat/"
-                f"previous-release) against today's bridge and partners")
+                f"previous-release) against today's bridge and partners; {venv}")
         terminalreporter.write_line(line)
         LOGS.mkdir(parents=True, exist_ok=True)
         with open(LOGS / "summary.txt", "a") as out:

@@ -5,6 +5,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import httpx
 import yaml
 
 from devstack import asyncapi as parser
@@ -14,14 +15,14 @@ from services.lead_partner.outsourcing import LeadOutsourcing
 from services.lead_partner.settings import LeadSettings
 from services.sync_bridge.bridge import Bridge
 from services.sync_bridge.directory import Directory
-from shared.contracts.asyncapi import COMMITTED, document, message_id, to_yaml
+from services.sync_bridge.asyncapi import COMMITTED, document, message_id, to_yaml
 from shared.contracts.compat import breaking_changes, previous_release, recorded
 from shared.contracts.messages import DirectoryRequested, OutsourceRequested
 
 
 def test_the_committed_document_is_what_the_code_generates():
     assert COMMITTED.read_text() == to_yaml(document()), (
-        "docs/asyncapi.yaml differs from the contracts: run `python -m shared.contracts.asyncapi` and commit it")
+        "docs/asyncapi.yaml differs from the contracts: run `python -m services.sync_bridge.asyncapi` and commit it")
 
 
 def test_the_asyncapi_parser_accepts_the_committed_document():
@@ -76,3 +77,9 @@ def test_todays_contracts_keep_the_last_releases_services_working():
     assert breaking_changes(recorded(version), document()) == [], (
         f"a change breaks release {version}'s services: give the changed type a new schema_version")
 
+
+
+def test_the_bridge_serves_the_committed_document_to_anyone(services):
+    answer = httpx.get(f"{services['sync_bridge'].url}/asyncapi.json", timeout=10)  # no token: it is public
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    assert answer.json() == yaml.safe_load(COMMITTED.read_text())

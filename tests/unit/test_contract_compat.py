@@ -7,7 +7,7 @@ import pytest
 from pydantic import Field
 from pydantic.json_schema import models_json_schema
 
-from shared.contracts.asyncapi import document
+from services.sync_bridge.asyncapi import document
 from shared.contracts.compat import breaking_changes
 from shared.contracts.envelope import Message
 

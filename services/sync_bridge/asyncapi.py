@@ -1,9 +1,10 @@
-"""The Kafka interface as an AsyncAPI 3.0 document (SPEC section 11), generated from the contracts: the
+"""The hub's Kafka interface as an AsyncAPI 3.0 document (SPEC section 11), generated from the contracts
+(shared/contracts, and the item fields of shared/domain/tickets/schemas.py that travel in them): the
 two topics of a partner, every message type and schema_version with its JSON Schema, the key and the
 signature headers, and what each of the three services sends and receives. `docs/asyncapi.yaml` is this
 document committed; the bridge serves it at /asyncapi.json; `make test` fails when they differ.
 
-    python -m shared.contracts.asyncapi [--check]   # writes docs/asyncapi.yaml (--check: only compares)
+    python -m services.sync_bridge.asyncapi [--check]   # writes docs/asyncapi.yaml (--check: only compares)
 """
 import sys
 import tomllib
@@ -16,8 +17,8 @@ import yaml
 from pydantic.json_schema import models_json_schema
 
 from shared.contracts import messages  # noqa: F401  (registers every contract)
-from shared.domain.tickets.schemas import FIELD_MODELS
 from shared.contracts.envelope import BRIDGE, INSOURCING, LEAD, Envelope, Payload, contracts
+from shared.domain.tickets.schemas import FIELD_MODELS
 from shared.platform.signing import KEY_ID_HEADER, SIGNATURE_HEADER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,7 +205,7 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         if not COMMITTED.exists() or COMMITTED.read_text() != text:
             print(f"{COMMITTED.relative_to(ROOT)} differs from what the contracts generate: "
-                  "run `python -m shared.contracts.asyncapi` and commit it", file=sys.stderr)
+                  "run `python -m services.sync_bridge.asyncapi` and commit it", file=sys.stderr)
             return 1
         return 0
     COMMITTED.write_text(text)
