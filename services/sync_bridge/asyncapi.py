@@ -42,12 +42,28 @@ synchronized tickets). Each partner has two topics: it writes `psa.{partnerId}.o
 bridge reads, and reads `psa.{partnerId}.inbound`, which only the bridge writes. Its Kafka user (SASL/SCRAM
 over TLS) may do nothing else; it consumes in group `psa.{partnerId}`.
 
+A company joins when the hub's operator onboards it and hands it a bundle, once: a JSON object with
+`partner_id`, `partner_name`, `role` (`lead` or `insourcing`), `bootstrap_servers`, `ca_pem` (the hub's CA,
+PEM), `username` and `password` (its Kafka user, SASL/SCRAM-SHA-256 over TLS), `signing_key_id` and
+`signing_key` (the HMAC key it shares with the bridge), `outbound_topic`, `inbound_topic`, and after a
+key rotation `previous_signing_keys` ({key id: key}, still valid for a grace period).
+
 Every record:
 - has the link id as its key (UTF-8) when it belongs to a link, so that a link's messages stay in order;
-- has a JSON envelope as its value: `type` and `schema_version` name the payload's schema below;
-- carries the headers `signature-key-id` and `signature`: an HMAC-SHA256, in lowercase hex, over the
-  topic's name, a line feed (0x0A) and the value's exact bytes, with the partner's signing key (from its
-  onboarding bundle) named by the key id. A record that fails it is parked, never applied.
+  the envelope's `link_id` and the payload's `link_id` are the same id (the bridge refuses a message where
+  they differ);
+- has a JSON envelope (UTF-8) as its value: `type` and `schema_version` name the payload's schema below;
+  `event_id` is a new UUID for every message sent (a resend too), `occurred_at` an ISO 8601 time with its
+  zone, and `source` the writer's partner id (`bridge` for the bridge);
+- carries two headers, their values UTF-8: `signature-key-id`, the id of the key, and `signature`, the
+  HMAC-SHA256 in lowercase hex over the topic's name, a line feed (0x0A) and the value's exact bytes. The
+  key is the UTF-8 bytes of the bundle's `signing_key` as it is (no decoding); the bridge signs a partner's
+  inbound topic with the same key. A reader checks the signature before it parses anything; one that fails
+  (or names a key it does not hold) is parked, never applied.
+
+A partner's consumer group is `psa.{partnerId}`; a new group starts at the earliest offset. Ids the
+partner makes (`item_id`, its ticket id) are UUIDs; its ticket number is whatever its users know the ticket
+by (this implementation: `T` + date + sequence, e.g. `T20261207.0001`).
 
 Readers are tolerant: a field a reader does not know, in the envelope or a payload, is ignored. A field is
 only ever added as optional; any other change is a new `schema_version`, and a producer sends a new
@@ -107,7 +123,7 @@ def _envelope(model: type[Payload]) -> dict[str, Any]:
 def _message(model: type[Payload]) -> dict[str, Any]:
     routes = (f"written by {', '.join(SERVICE_NAMES[s] for s in model.senders)}; "
               f"read by {', '.join(SERVICE_NAMES[r] for r in model.receivers)}")
-    message = {
+    return {
         "name": model.type,
         "title": f"{model.type} (schema_version {model.schema_version})",
         "summary": _summary(model),
@@ -118,7 +134,6 @@ def _message(model: type[Payload]) -> dict[str, Any]:
         "payload": _envelope(model),
         "bindings": {"kafka": {"key": {"$ref": "#/components/schemas/LinkKey"}, "bindingVersion": "0.5.0"}},
     }
-    return message
 
 
 def _carried(moving: list[type[Payload]], service: str, action: str) -> list[type[Payload]]:
@@ -177,11 +192,23 @@ def document() -> dict[str, Any]:
         "info": {"title": "Partner ticket sync: the Kafka interface", "version": version(),
                  "description": DESCRIPTION},
         "defaultContentType": "application/json",
+        "servers": {"hub": {
+            "host": "{bootstrap}",
+            "protocol": "kafka-secure",
+            "description": "The hub's Kafka: TLS with the hub's CA, a SASL/SCRAM-SHA-256 user per partner.",
+            "variables": {"bootstrap": {"description": "`bootstrap_servers` of the partner's onboarding bundle"}},
+            "security": [{"$ref": "#/components/securitySchemes/partnerUser"}],
+        }},
         "channels": channels,
         "operations": operations,
         "components": {
             "messages": {message_id(m): _message(m) for m in models},
             "schemas": components,
+            "securitySchemes": {"partnerUser": {
+                "type": "scramSha256",
+                "description": "`username` and `password` of the partner's onboarding bundle; ACLs let the user "
+                               "write its outbound topic, read its inbound one, and consume in group psa.{partnerId}",
+            }},
             "parameters": {"partnerId": {
                 "description": "the partner's id on the hub (lowercase letters, digits and hyphens, 2-64)"}},
         },

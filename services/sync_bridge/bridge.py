@@ -72,8 +72,12 @@ class Bridge:
                 log.warning("bridge: %s", exc)
             return
         if link is None and isinstance(payload, ReconcileRequested):
-            # The link's first message never arrived: its sender is asked to send it again.
-            send(session, sender, LinkUnknown(link_id=link_id), link_id)
+            # The link's first message never arrived: a lead is asked to send it again; an insourcing
+            # partner has nothing to send (only a lead's request makes a link).
+            if member.may("lead"):
+                send(session, sender, LinkUnknown(link_id=link_id), link_id)
+            else:
+                log.warning("bridge: %s asked about link %s, which the bridge never heard of", sender, link_id)
             return
         if link is None:
             raise Rejected(f"unknown link {link_id}")

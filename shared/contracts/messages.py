@@ -8,12 +8,24 @@ from pydantic import ConfigDict, Field
 from shared.contracts.envelope import INSOURCING, LEAD, Message, Payload, inbound, outbound
 from shared.contracts.limits import MAX_AMOUNT
 
-# What a note, time entry, charge or attachment holds: checked by each reader as that kind's API checks it.
-FIELDS = ("the item's fields, as its kind's schema says: NoteFields, TimeEntryFields, ChargeFields or"
-          " AttachmentFields (an attachment's bytes follow in `count` chunks, base64)")
-
 # Raw bytes per attachment chunk: base64 makes it ~4/3 larger, well under Kafka's 1 MiB.
 CHUNK_BYTES = 512 * 1024
+
+# What a note, time entry, charge or attachment holds: checked by each reader as that kind's API checks it.
+FIELDS = ("the item's fields, as its kind's schema says: NoteFields, TimeEntryFields, ChargeFields or"
+          " AttachmentFields (an attachment's bytes follow in `chunk_count` chunk messages)")
+ITEM_ID = "the item's id on its creator's side, a UUID; the bridge knows the item by (link, item_id)"
+VERSION = ("the item's version on its creator's side: 1 when created, one more with each edit, and one more"
+           " for its deletion; the receipt (item.delivered, item.refused) names the version it confirms")
+CHUNK_COUNT = f"attachments: how many chunk messages carry its bytes ({CHUNK_BYTES} bytes each, the last fewer)"
+CHUNK_DATA = (f"base64 (RFC 4648, padded) of bytes [index * {CHUNK_BYTES}, (index + 1) * {CHUNK_BYTES}) of the"
+              " attachment; the whole must match the `size` and `sha256` of its AttachmentFields")
+MIRROR_ID = ("the bridge's id of this mirror, a UUID, the same for the item's whole life: the receiver stores"
+             " the mirror under it and names it in mirror.applied, mirror.refused and sync.manifest")
+HASH = ("SHA-256, lowercase hex, of the UTF-8 bytes of the JSON text {\"kind\": kind, \"fields\": fields} with"
+        " keys sorted, no whitespace (separators ',' and ':') and non-ASCII characters escaped as \\uXXXX"
+        " (Python's json.dumps(sort_keys=True, separators=(',', ':'))), `fields` as the item's last message sent them")
+
 
 
 class Terms(Message):
@@ -73,11 +85,11 @@ class InsourceDeclined(Payload):
 
 class ItemBody(Payload):
     link_id: str
-    item_id: str
+    item_id: str = Field(description=ITEM_ID)
     kind: Literal["note", "time_entry", "charge", "attachment"]
     fields: dict[str, Any] = Field(description=FIELDS)
-    chunk_count: int = 0  # attachments: how many attachment.chunk messages follow
-    version: int = Field(1, ge=1)  # the item's version on its creator's side; its receipt names it
+    chunk_count: int = Field(0, description=CHUNK_COUNT)
+    version: int = Field(1, ge=1, description=VERSION)
 
 
 @outbound(LEAD, INSOURCING)
@@ -100,21 +112,22 @@ class ItemDeleted(Payload):
 
     type = "item.deleted"
     link_id: str
-    item_id: str
+    item_id: str = Field(description=ITEM_ID)
     kind: Literal["note", "time_entry", "charge", "attachment"]
-    version: int = Field(1, ge=1)  # the deletion is the item's last version
+    version: int = Field(1, ge=1, description=VERSION)
 
 
 @outbound(LEAD, INSOURCING)
 class AttachmentChunk(Payload):
-    """Partner -> bridge: one piece of an attachment's bytes (`index` of `count`), after its item.created."""
+    """Partner -> bridge: one piece of an attachment's bytes (`index` of `count`), sent after the item's
+    item.created (or its resend), in order, with the same key."""
 
     type = "attachment.chunk"
     link_id: str
-    item_id: str
+    item_id: str = Field(description=ITEM_ID)
     index: int = Field(ge=0)
-    count: int = Field(ge=1)
-    data: str  # base64
+    count: int = Field(ge=1, description="the item message's chunk_count")
+    data: str = Field(description=CHUNK_DATA)
 
 
 # --- bridge -> partner (on the partner's inbound topic) ------------------------------------------
@@ -163,30 +176,37 @@ class WorkDeclined(Payload):
 
 @inbound(LEAD, INSOURCING)
 class MirrorUpsert(Payload):
-    """Create or update the mirror `mirror_id` of an item of the other ticket."""
+    """Bridge -> partner: create or update the mirror `mirror_id` of an item of the other ticket. Answer
+    mirror.applied once it is stored (an attachment: once all its chunks arrived and its sha256 matches),
+    or mirror.refused when this side does not store it (synchronization suspended or over here, or fields
+    this side's API would refuse). A source_version older than the one held is applied as a no-op."""
 
     type = "mirror.upsert"
     link_id: str
-    mirror_id: str
-    kind: Literal["note", "time_entry", "charge", "attachment"]
+    mirror_id: str = Field(description=MIRROR_ID)
+    kind: Literal["note", "time_entry", "charge", "attachment"] = Field(
+        description="a lead's time entry arrives at the insourcing partner as a note describing it")
     fields: dict[str, Any] = Field(description=FIELDS)
-    internal: bool = False
-    chunk_count: int = 0
+    internal: bool = Field(False, description="keep the mirror internal: the insourcing partner's notes reach the"
+                                              " lead as internal notes, never shown to the lead's customer")
+    chunk_count: int = Field(0, description=CHUNK_COUNT)
     # What the mirror mirrors: the original's version and content hash (reconciliation compares them).
-    source_version: int = Field(1, ge=1)
-    source_hash: str = ""
+    source_version: int = Field(1, ge=1, description="the original's version this mirror holds")
+    source_hash: str = Field("", description="the original's content hash (sync.manifest's `hash`), kept with the"
+                                             " mirror and answered in sync.manifest")
 
 
 @inbound(LEAD, INSOURCING)
 class MirrorChunk(Payload):
-    """Bridge -> partner: one piece of a mirrored attachment's bytes (`index` of `count`)."""
+    """Bridge -> partner: one piece of a mirrored attachment's bytes (`index` of `count`), after its
+    mirror.upsert, in order."""
 
     type = "mirror.chunk"
     link_id: str
-    mirror_id: str
+    mirror_id: str = Field(description=MIRROR_ID)
     index: int = Field(ge=0)
-    count: int = Field(ge=1)
-    data: str
+    count: int = Field(ge=1, description="the mirror.upsert's chunk_count")
+    data: str = Field(description=CHUNK_DATA)
 
 
 @inbound(LEAD, INSOURCING)
@@ -235,10 +255,13 @@ class MirrorRefused(Payload):
 
     type = "mirror.refused"
     link_id: str
-    mirror_id: str
+    mirror_id: str = Field(description=MIRROR_ID)
     reason: str = "the partner had already suspended or ended synchronization when it arrived"
     # Set when only an edit was refused: this version of the original; the mirror keeps the one before.
-    source_version: int | None = Field(None, ge=1)
+    source_version: int | None = Field(None, ge=1, description=(
+        "set when only an edit (or the deletion) was refused: the original's version refused, and the mirror"
+        " keeps the one before (the creator hears item.refused); null when the mirror was not stored at all"
+        " (the creator hears item.unshared)"))
 
 
 @inbound(LEAD)
@@ -316,18 +339,23 @@ class ItemRefused(Payload):
 
 @outbound(LEAD, INSOURCING)
 class ReconcileRequested(Payload):
-    """Partner -> bridge: something of this link is unconfirmed (or the broker lost data)."""
+    """Partner -> bridge: something of this link is unconfirmed (or the broker lost data): a partner sends it
+    when an item it sent or a change of the link has waited longer than a grace period for its receipt, or
+    when its inbound topic's offsets went back or skipped ahead. The bridge answers with a reconciliation
+    round (sync.manifest_requested), or, to a lead, sync.link_unknown."""
 
     type = "sync.reconcile_requested"
     link_id: str
-    reason: str
+    reason: str = Field(description="in words, for the operator")
     # When the partner saw the broker lose data: a round started before then may have lost its question.
-    lost_since: datetime | None = None
+    lost_since: datetime | None = Field(None, description="when this side saw the broker lose data: a round that"
+                                                          " started before then may have lost its question")
 
 
 @inbound(LEAD)
 class LinkUnknown(Payload):
-    """Bridge -> partner: it asked about a link the bridge never heard of (its request was lost)."""
+    """Bridge -> a lead: it asked about a link the bridge never heard of (its outsource.requested was lost):
+    send it again."""
 
     type = "sync.link_unknown"
     link_id: str
@@ -343,37 +371,45 @@ class ManifestRequested(Payload):
 
 
 class ManifestItem(Message):
-    item_id: str
-    version: int
-    hash: str
-    delivery: str | None = None
+    """An item this side created and shares on the link (not internal, not deleted)."""
+
+    item_id: str = Field(description=ITEM_ID)
+    version: int = Field(description="its latest version")
+    hash: str = Field(description=HASH)
+    delivery: str | None = Field(None, description="`pending` (sent, not confirmed), `delivered` or `refused`")
 
 
 class ManifestMirror(Message):
-    mirror_id: str
-    source_version: int
-    source_hash: str
+    """A mirror this side holds of the other side's item."""
+
+    mirror_id: str = Field(description=MIRROR_ID)
+    source_version: int = Field(description="the mirror.upsert's source_version it holds")
+    source_hash: str = Field(description="the mirror.upsert's source_hash it holds")
 
 
 class SideStatus(Message):
     """A partner's own view of the link's workflow."""
 
-    known: bool = True  # False: this side has never heard of the link
-    status: str | None = None  # its Outsource Status or Insource Status
-    rounds: int = 0  # how many Insource Completes it has seen (lead) or asked for (insourcing)
-    reason: str | None = None  # its last reject or decline reason
-    approved: bool | None = None  # lead, Complete: approved (True) or set Complete (False)
-    ticket_id: str | None = None  # insourcing: its ticket, once accepted
-    ticket_number: str | None = None
+    known: bool = Field(True, description="false: this side has never heard of the link")
+    status: str | None = Field(None, description="the lead's Outsource Status (Assigned, In Progress, Waiting"
+                               " Approval, Declined, Canceled, Complete) or the insourcing partner's Insource Status"
+                               " (Pending, In Progress, Waiting Approval, Declined, Canceled, Complete)")
+    rounds: int = Field(0, description="how many Insource Completes it has seen (lead) or asked for (insourcing)")
+    reason: str | None = Field(None, description="its last reject or decline reason")
+    approved: bool | None = Field(None, description="lead, Complete: approved (true) or set Complete (false)")
+    ticket_id: str | None = Field(None, description="insourcing: its ticket's id, once accepted")
+    ticket_number: str | None = Field(None, description="insourcing: its ticket's number, once accepted")
 
 
 class SideHealth(Message):
-    pending: int = 0
+    """This side's counts of its own shared items on the link, for the operator's view."""
+
+    pending: int = Field(0, description="items whose latest version is not confirmed yet")
     delivered: int = 0
     refused: int = 0
-    oldest_pending_at: str | None = None
-    last_sent_at: str | None = None
-    last_received_at: str | None = None
+    oldest_pending_at: str | None = Field(None, description="ISO 8601, UTC")
+    last_sent_at: str | None = Field(None, description="ISO 8601, UTC")
+    last_received_at: str | None = Field(None, description="ISO 8601, UTC")
 
 
 MANIFEST_PART = 2_000  # entries per manifest message, well under Kafka's 1 MiB
@@ -396,7 +432,9 @@ class Manifest(Payload):
 
 @inbound(LEAD, INSOURCING)
 class ResendRequested(Payload):
-    """Bridge -> an item's creator: send these items again (the other side lacks them or holds an old version)."""
+    """Bridge -> an item's creator: send these items again (the other side lacks them or holds an old
+    version): each as an item.created of its latest version with a new event_id (an attachment with all
+    its chunks), or its item.deleted when it was deleted; ids this side never shared are skipped."""
 
     type = "sync.resend_requested"
     link_id: str

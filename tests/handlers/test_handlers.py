@@ -28,6 +28,7 @@ from shared.contracts.messages import (
     OutsourceCanceled,
     OutsourceCompleted,
     OutsourceRejected,
+    ReconcileRequested,
     WorkAccepted,
     WorkCanceled,
     WorkCompleted,
@@ -78,6 +79,17 @@ async def test_bridge_refuses_a_link_to_a_partner_it_does_not_serve_and_a_second
     await from_partner(bridge, LEAD, stranger)
     assert await bridge.get(Link, stranger.link_id) is None
     assert await bridge.staged(stranger.link_id) == [(IN_LEAD, "link.declined")]
+
+
+async def test_bridge_asks_a_lead_to_resend_a_link_it_never_heard_of_and_tells_an_insourcing_partner_nothing(bridge):
+    # The lead's outsource.requested was lost: its reconciliation request is answered with link_unknown.
+    lost = str(uuid.uuid4())
+    await from_partner(bridge, LEAD, ReconcileRequested(link_id=lost, reason="waiting for a receipt"))
+    assert await bridge.staged(lost) == [(IN_LEAD, "sync.link_unknown")]
+    # An insourcing partner has nothing to resend (only a lead's request makes a link), nor a handler for it.
+    other = str(uuid.uuid4())
+    await from_partner(bridge, PARTNER, ReconcileRequested(link_id=other, reason="waiting for a receipt"))
+    assert await bridge.get(Link, other) is None and await bridge.staged(other) == []
 
 
 async def test_bridge_acceptance_activates_the_link_and_tells_the_lead(bridge):
