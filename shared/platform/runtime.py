@@ -15,6 +15,7 @@ from prometheus_client import Gauge
 from prometheus_client.core import GaugeMetricFamily
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
+from shared.platform.api_docs import install_api_docs
 from shared.platform.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
 from shared.platform.dead_letters import count_unresolved, dead_letter_router, prune
 from shared.platform.db import asyncpg_dsn, make_engine, make_sessionmaker
@@ -155,7 +156,11 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         title=spec.name.replace("_", " ").title(),
         lifespan=lifespan,
         description="Partner ticket outsourcing with synchronized tickets. Every /api call needs a bearer token.",
+        docs_url=None,  # served by install_api_docs from the service's own files, not from a CDN
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
+    install_api_docs(app)
     for router in (*spec.routers, dead_letter_router(spec.operator_permission)):
         app.include_router(router)
     app.state.spec = spec  # the command line replays dead letters with its handler and key rings

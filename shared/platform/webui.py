@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from markupsafe import escape
@@ -129,6 +129,11 @@ def install_web_ui(app, ui: WebUi, home: str) -> None:
     app.state.web_ui = ui
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     router = APIRouter(include_in_schema=False)
+
+    @router.get("/favicon.ico")
+    async def favicon():  # browsers ask for it whatever the page links
+        return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     @app.exception_handler(SignInNeeded)
     async def sign_in_needed(request: Request, exc: SignInNeeded):
