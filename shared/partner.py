@@ -69,7 +69,8 @@ class NotificationOut(BaseModel):
 
 class SyncHealthOut(BaseModel):
     link_id: str
-    link_state: str = Field(description="this side's Outsource Status or Insource Status of the link")
+    link_state: str = Field(description="the link's state as this side sees it: pending, active, suspended or terminated")
+    status: str = Field(description="this side's Outsource Status or Insource Status of the link")
     partner_id: str
     in_sync: bool = Field(description="nothing waits for a receipt and the last reconciliation found no difference")
     last_sent_at: datetime | None

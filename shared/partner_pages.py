@@ -5,6 +5,9 @@ a refusal is shown next to its form in words. The outsourcing panel of a ticket 
 own (services/*/pages.py)."""
 import asyncio
 import hashlib
+import re
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,15 +15,24 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
-from markupsafe import escape
+from markupsafe import Markup, escape
 from pydantic import ValidationError
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from shared.domain.tickets import service
 from shared.domain.tickets.endpoints import content_disposition
 from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import ItemKind, Origin, TicketStatus
-from shared.domain.tickets.schemas import CREATE_MODELS, MAX_ATTACHMENT_BYTES, UPDATE_MODELS, TicketCreate, stored_fields
+from shared.domain.tickets.schemas import (
+    CREATE_MODELS,
+    MAX_ATTACHMENT_BYTES,
+    MAX_TITLE,
+    UPDATE_MODELS,
+    TicketCreate,
+    TicketUpdate,
+    stored_fields,
+)
+from shared.platform import paging
 from shared.platform.auth import SessionDep
 from shared.platform.errors import DomainError, NotFound, TooLarge, size_in_words
 from shared.platform.webui import ChangeDep, ViewerDep, WebUi, page_headers, viewer
@@ -28,6 +40,7 @@ from shared.platform.webui import ChangeDep, ViewerDep, WebUi, page_headers, vie
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 KIND_NAMES = {"note": "Note", "time_entry": "Time entry", "charge": "Charge", "attachment": "Attachment"}
 CHECKBOXES = {"internal", "billable"}
+PAGE_ROWS = 100  # rows of a list page, then "Older" or "Next page"
 
 
 class PageError(Exception):
@@ -78,9 +91,10 @@ class PartnerPages:
             return RedirectResponse("/tickets", status_code=303)
 
         @router.get("/tickets")
-        async def tickets(request: Request, who: ViewerDep, session: SessionDep, q: str = "", status: str = ""):
+        async def tickets(request: Request, who: ViewerDep, session: SessionDep, q: str = "", status: str = "",
+                          cursor: str = ""):
             need(who, "tickets")
-            return await pages.ticket_list(request, who, session, q, status)
+            return await pages.ticket_list(request, who, session, q, status, cursor)
 
         @router.post("/tickets")
         async def new_ticket(request: Request, who: ChangeDep, session: SessionDep):
@@ -98,6 +112,17 @@ class PartnerPages:
             need(who, "tickets")
             return await pages.ticket_page(request, who, session, ticket_id)
 
+        @router.post("/tickets/{ticket_id}/status")
+        async def change_status(request: Request, ticket_id: str, who: ChangeDep, session: SessionDep):
+            need(who, "tickets")
+            form = await request.form()
+            try:
+                body = TicketUpdate.model_validate({"status": form.get("status")})
+            except ValidationError as exc:
+                raise PageError("status", _words(exc), 422) from exc
+            await service.update_ticket(session, ticket_id, body)
+            return RedirectResponse(f"/tickets/{ticket_id}", status_code=303)
+
         @router.get("/tickets/{ticket_id}/live")
         async def live(request: Request, ticket_id: str, who: ViewerDep, session: SessionDep):
             need(who, "tickets")
@@ -105,9 +130,11 @@ class PartnerPages:
             return ui(request).render(request, "ticket_live.html", **context)
 
         @router.get("/tickets/{ticket_id}/events")
-        async def events(request: Request, ticket_id: str, who: ViewerDep):
+        async def events(request: Request, ticket_id: str, who: ViewerDep, after: str = ""):
             need(who, "tickets")
-            return StreamingResponse(pages.versions(request, ticket_id), media_type="text/event-stream",
+            # Resumes after the version the page rendered, or (a reconnection) the last one it was sent.
+            last = request.headers.get("last-event-id") or after
+            return StreamingResponse(pages.versions(request, ticket_id, last[:64] or None), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
         @router.get("/tickets/{ticket_id}/attachments/{item_id}")
@@ -174,19 +201,16 @@ class PartnerPages:
 
     # --- the pages --------------------------------------------------------------------------------
 
-    async def ticket_list(self, request, who, session, q: str, status: str, error: str | None = None,
-                          status_code: int = 200) -> HTMLResponse:
-        query = select(Ticket).order_by(Ticket.created_at.desc()).limit(200)
-        if q:
-            like = f"%{q}%"
-            query = query.where(or_(Ticket.title.ilike(like), Ticket.number.ilike(like)))
-        if status:
-            query = query.where(Ticket.status == status)
-        rows = list((await session.scalars(query)).all())
+    async def ticket_list(self, request, who, session, q: str, status: str, cursor: str = "",
+                          error: str | None = None, status_code: int = 200) -> HTMLResponse:
+        q = q.replace("\x00", "")[:MAX_TITLE]
+        chosen = status if status in TicketStatus._value2member_map_ else None
+        rows, next_cursor = await service.list_tickets(
+            session, q, chosen, PAGE_ROWS, cursor if re.fullmatch(paging.CURSOR_PATTERN, cursor) else None)
         links = {t.id: await request.app.state.sync_policy.link_of(session, t) for t in rows}
         return ui(request).render(request, "tickets.html", status_code=status_code, who=who, nav=self.nav,
-                                  tickets=rows, links=links, q=q, status=status, statuses=[s.value for s in TicketStatus],
-                                  error=error, status_label=self.status_label)
+                                  tickets=rows, links=links, q=q, status=chosen or "", next_cursor=next_cursor,
+                                  statuses=[s.value for s in TicketStatus], error=error, status_label=self.status_label)
 
     async def context(self, request, who, session, ticket_id: str) -> dict[str, Any]:
         policy = request.app.state.sync_policy
@@ -197,7 +221,12 @@ class PartnerPages:
         health = await policy.sync.health(session, ticket_id)
         entries = [{"item": item, "kind": ItemKind(item.kind), "editable": policy.editable(item),
                     "badges": _badges(item, linked=link is not None)} for item in items]
-        return {"who": who, "ticket": ticket, "entries": entries, "link": link, "health": health,
+        # The insourcing partner's work so far: its own time entries there, their mirrors at the lead.
+        worker = Origin.PARTNER if self.link_field == "outsource" else Origin.LOCAL
+        hours = sum((Decimal(str(i.fields["hours"])) for i in items
+                     if i.kind == ItemKind.TIME_ENTRY and i.origin == worker and not i.internal), Decimal(0))
+        return {"who": who, "ticket": ticket, "entries": entries, "link": link, "health": health, "hours_logged": hours,
+                "statuses": [s.value for s in TicketStatus],
                 "status_label": self.status_label, "kind_names": KIND_NAMES, "version": await self.version(session, policy, ticket_id),
                 "panel": await self.panel(request, who, ticket, session)}
 
@@ -218,16 +247,17 @@ class PartnerPages:
         raw = f"{count}|{latest}|{ticket.updated_at}|{ticket.status}|{await policy.link_of(session, ticket)}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
-    async def versions(self, request: Request, ticket_id: str):
-        """Server-Sent Events: the page's version each time it changes (checked twice a second)."""
+    async def versions(self, request: Request, ticket_id: str, last: str | None = None):
+        """Server-Sent Events: the page's version each time it differs from `last` (checked twice a
+        second), each event's id its version, so that a reconnecting browser resumes where it was."""
         sessions, policy = request.app.state.sessions, request.app.state.sync_policy
-        last, quiet = None, 0
+        quiet = 0
         while not await request.is_disconnected():
             async with sessions() as session:
                 current = await self.version(session, policy, ticket_id)
             if current != last:
                 last, quiet = current, 0
-                yield f"data: {current}\n\n"
+                yield f"id: {current}\ndata: {current}\n\n"
             else:
                 quiet += 1
                 if quiet % 30 == 0:
@@ -248,12 +278,32 @@ def _badges(item: TicketItem, linked: bool) -> list[str]:
     return badges
 
 
+def when(value) -> Markup | str:
+    """A time as people read it, with its zone (UTC), and the exact instant for machines."""
+    if value is None:
+        return "never"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    value = value.astimezone(UTC)
+    return Markup(f'<time datetime="{value.isoformat()}">{value:%Y-%m-%d %H:%M} UTC</time>')
+
+
+def money(amount, currency: str | None = None) -> str:
+    """An amount with two places and its currency, e.g. 1,250.00 USD."""
+    try:
+        value = Decimal(str(amount))
+    except (InvalidOperation, ValueError):
+        return str(amount)
+    return f"{value:,.2f} {currency or 'USD'}"
+
+
 def ui(request: Request) -> WebUi:
     return request.app.state.web_ui
 
 
 def install_partner_pages(app, pages: PartnerPages, routers: list[APIRouter]) -> None:
     """The shared pages, the service's own, and refusals shown on the page they came from."""
+    app.state.web_ui.templates.filters.update(when=when, money=money)
     app.include_router(pages.router())
     for router in routers:
         app.include_router(router)

@@ -3,11 +3,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.contracts.messages import Terms
 from shared.domain.tickets.schemas import MAX_TEXT
 from shared.domain.workflow import InsourceStatus
+from shared.platform import paging
 from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.openapi import CONFLICT
 
@@ -31,6 +32,8 @@ class ReceivedWorkOut(BaseModel):
     ticket_id: str | None
     reason: str | None
     created_at: datetime
+    received_at: datetime = Field(description="when the lead partner's request arrived (the same as created_at)")
+    last_activity_at: datetime = Field(description="the latest change of the work, its ticket or any of its items")
 
 
 class DeclineBody(BaseModel):
@@ -38,7 +41,7 @@ class DeclineBody(BaseModel):
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)]
 
 
-def _out(row) -> dict:
+def _out(row, last_activity: datetime | None = None) -> dict:
     return {
         "link_id": row.link_id,
         "lead_partner": row.lead_partner_name,
@@ -52,14 +55,19 @@ def _out(row) -> dict:
         "ticket_id": row.ticket_id,
         "reason": row.reason,
         "created_at": row.created_at,
+        "received_at": row.created_at,
+        "last_activity_at": last_activity or row.updated_at or row.created_at,
     }
 
 
-@router.get("/received-work", response_model=list[ReceivedWorkOut],
-            summary="Received Work dashboard: work from lead partners, by Insource Status")
-async def received_work(session: SessionDep, status: Annotated[InsourceStatus | None, Query()] = None,
+@router.get("/received-work", response_model=paging.page_of(ReceivedWorkOut, "ReceivedWorkPage"),
+            summary="Received Work dashboard: work from lead partners, oldest first, a page at a time")
+async def received_work(session: SessionDep, status: Annotated[InsourceStatus | None, Query(
+                            description="only this Insource Status (Pending: what waits for this partner)")] = None,
+                        limit: paging.Limit = paging.PAGE_DEFAULT, cursor: paging.Cursor = None,
                         insourcing=Depends(_insourcing)):
-    return [_out(row) for row in await insourcing.received(session, status)]
+    rows, next_cursor = await insourcing.received(session, status, limit, cursor)
+    return {"items": [_out(row, last) for row, last in rows], "next_cursor": next_cursor}
 
 
 @router.post("/received-work/{link_id}/accept", responses=CONFLICT, response_model=ReceivedWorkOut,

@@ -1,10 +1,13 @@
 """The insourcing partner's own pages: the Received Work dashboard (Accept, Decline) and, on an
 insourced ticket, "Notify Lead Partner > Insource Complete"."""
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
 from shared.domain.workflow import InsourceStatus
-from shared.partner_pages import PageError, need, ui
+from shared.partner_pages import PAGE_ROWS, PageError, need, ui
+from shared.platform import paging
 from shared.platform.auth import SessionDep
 from shared.platform.errors import DomainError
 from shared.platform.webui import ChangeDep, ViewerDep
@@ -21,17 +24,20 @@ def _insourcing(request: Request):
     return request.app.state.insourcing
 
 
-async def _received_page(request: Request, who, session, status: str, error: str | None = None, status_code: int = 200):
+async def _received_page(request: Request, who, session, status: str, cursor: str = "", error: str | None = None,
+                         status_code: int = 200):
     chosen = InsourceStatus(status) if status in InsourceStatus._value2member_map_ else None
-    rows = await _insourcing(request).received(session, chosen)
+    rows, next_cursor = await _insourcing(request).received(
+        session, chosen, PAGE_ROWS, cursor if re.fullmatch(paging.CURSOR_PATTERN, cursor) else None)
     return ui(request).render(request, "received_work.html", status_code=status_code, who=who, nav=NAV, rows=rows,
-                              status=status, statuses=[s.value for s in InsourceStatus], error=error)
+                              status=chosen.value if chosen else "", next_cursor=next_cursor,
+                              statuses=[s.value for s in InsourceStatus], error=error)
 
 
 @router.get("/received-work")
-async def received_work(request: Request, who: ViewerDep, session: SessionDep, status: str = ""):
+async def received_work(request: Request, who: ViewerDep, session: SessionDep, status: str = "", cursor: str = ""):
     need(who, "outsourcing")
-    return await _received_page(request, who, session, status)
+    return await _received_page(request, who, session, status, cursor)
 
 
 @router.post("/received-work/{link_id}/{action}")
@@ -45,12 +51,12 @@ async def answer(request: Request, link_id: str, action: str, who: ChangeDep, se
         if action == "decline":
             reason = str(form.get("reason", "")).strip()
             if not reason:
-                return await _received_page(request, who, session, "", "a reason is required to decline", 422)
+                return await _received_page(request, who, session, "", error="a reason is required to decline", status_code=422)
             await _insourcing(request).decline(session, link_id, reason)
             return RedirectResponse("/received-work", status_code=303)
     except DomainError as exc:
-        return await _received_page(request, who, session, "", exc.detail, exc.status_code)
-    return await _received_page(request, who, session, "", f"unknown action {action!r}", 404)
+        return await _received_page(request, who, session, "", error=exc.detail, status_code=exc.status_code)
+    return await _received_page(request, who, session, "", error=f"unknown action {action!r}", status_code=404)
 
 
 @router.post("/tickets/{ticket_id}/insource/complete")

@@ -1,6 +1,9 @@
 """The insourcing partner's side: work received from lead partners, accepted or declined, and the
 insourced ticket that the link mirrors."""
-from sqlalchemy import select
+import json
+from datetime import datetime
+
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,10 +24,11 @@ from shared.contracts.messages import (
 )
 from shared.domain import workflow
 from shared.domain.partner_mirroring import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
-from shared.domain.tickets.models import Ticket
+from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import Lock
 from shared.domain.tickets.service import add_system_note, create_ticket, get_ticket, lock_ticket_of_link
 from shared.domain.workflow import InsourceStatus
+from shared.platform import paging
 from shared.platform.db import plain_sql
 from shared.platform.errors import Conflict, NotFound
 from shared.platform.kafka import outbound_topic
@@ -41,11 +45,12 @@ class ReceivedLinks:
     async def link_for_ticket(self, session: AsyncSession, ticket_id: str) -> LinkView | None:
         # Plain SQL: every mirror received and every note written asks (issue 11).
         row = await (await plain_sql(session)).fetchrow(
-            "SELECT link_id, status, lead_partner_id, lead_ticket_number FROM received_work WHERE ticket_id = $1",
-            ticket_id)
+            "SELECT link_id, status, lead_partner_id, lead_ticket_number, lead_partner_name, terms::text AS terms FROM received_work"
+            " WHERE ticket_id = $1", ticket_id)
         if row is None:
             return None
-        return LinkView(row["link_id"], InsourceStatus(row["status"]), row["lead_partner_id"], row["lead_ticket_number"])
+        return LinkView(row["link_id"], InsourceStatus(row["status"]), row["lead_partner_id"], row["lead_ticket_number"],
+                        row["lead_partner_name"], json.loads(row["terms"]) if row["terms"] else None)
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         return await lock_ticket_of_link(session, link_id, ReceivedWork.__tablename__)
@@ -94,11 +99,20 @@ class Insourcing:
             raise NotFound(f"no received work with link {link_id}")
         return row
 
-    async def received(self, session: AsyncSession, status: InsourceStatus | None) -> list[ReceivedWork]:
-        query = select(ReceivedWork).order_by(ReceivedWork.created_at)
+    async def received(self, session: AsyncSession, status: InsourceStatus | None, limit: int = paging.PAGE_MAX,
+                       cursor: str | None = None) -> tuple[list[tuple[ReceivedWork, datetime]], str | None]:
+        """A page of received work, oldest first, each with its last activity: the latest change of the
+        work, its ticket or any of the ticket's items."""
+        newest_item = (select(func.max(TicketItem.updated_at)).where(TicketItem.ticket_id == ReceivedWork.ticket_id)
+                       .scalar_subquery())
+        ticket_changed = select(Ticket.updated_at).where(Ticket.id == ReceivedWork.ticket_id).scalar_subquery()
+        last_activity = func.greatest(ReceivedWork.updated_at, ticket_changed, newest_item)
+        query = select(ReceivedWork, last_activity)
         if status:
             query = query.where(ReceivedWork.status == status)
-        return list((await session.scalars(query)).all())
+        query = paging.after(query, ReceivedWork.created_at, ReceivedWork.link_id, cursor, newest_first=False)
+        rows = [tuple(row) for row in (await session.execute(query.limit(limit + 1))).all()]
+        return paging.page(rows, limit, lambda row: row[0].created_at, lambda row: row[0].link_id)
 
     async def accept(self, session: AsyncSession, link_id: str) -> ReceivedWork:
         row = await self._locked(session, link_id)

@@ -3,11 +3,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.contracts.messages import Terms
 from shared.domain.tickets.schemas import MAX_TEXT
 from shared.domain.workflow import OutsourceStatus
+from shared.platform import paging
 from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.openapi import CONFLICT
 
@@ -47,6 +48,7 @@ class OutsourcingOut(BaseModel):
 class OutsourcedWorkOut(OutsourcingOut):
     ticket_number: str
     title: str
+    last_activity_at: datetime = Field(description="the latest change of the outsourcing, its ticket or any of its items")
 
 
 def _out(row) -> dict:
@@ -75,14 +77,15 @@ async def cancel(ticket_id: str, session: SessionDep, outsourcing=Depends(_outso
     return _out(row)
 
 
-@router.get("/outsourced-work", response_model=list[OutsourcedWorkOut],
-            summary="Outsource Management dashboard: outsourced tickets, by Outsource Status")
-async def outsourced_work(session: SessionDep, status: Annotated[OutsourceStatus | None, Query()] = None,
+@router.get("/outsourced-work", response_model=paging.page_of(OutsourcedWorkOut, "OutsourcedWorkPage"),
+            summary="Outsource Management dashboard: outsourced tickets, oldest first, a page at a time")
+async def outsourced_work(session: SessionDep, status: Annotated[OutsourceStatus | None, Query(
+                              description="only this Outsource Status (Waiting Approval: what waits for the lead)")] = None,
+                          limit: paging.Limit = paging.PAGE_DEFAULT, cursor: paging.Cursor = None,
                           outsourcing=Depends(_outsourcing)):
-    return [
-        {**_out(row), "ticket_number": ticket.number, "title": ticket.title}
-        for row, ticket in await outsourcing.dashboard(session, status)
-    ]
+    rows, next_cursor = await outsourcing.dashboard(session, status, limit, cursor)
+    return {"items": [{**_out(row), "ticket_number": ticket.number, "title": ticket.title, "last_activity_at": last}
+                      for row, ticket, last in rows], "next_cursor": next_cursor}
 
 
 class RejectBody(BaseModel):

@@ -1,9 +1,11 @@
 """The lead partner's side of outsourcing: send a ticket to a partner of the hub's directory, cancel,
 follow what the partner answers, and keep the ticket's link for mirroring."""
+import json
 import uuid
+from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_partner import wording
@@ -39,6 +41,7 @@ from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import ItemKind, Origin
 from shared.domain.tickets.service import add_system_note, get_ticket, lock_ticket_of_link
 from shared.domain.workflow import OutsourceStatus
+from shared.platform import paging
 from shared.platform.db import plain_sql
 from shared.platform.errors import Conflict
 from shared.platform.inbox import Rejected
@@ -58,11 +61,12 @@ class Outsourcings:
     async def link_for_ticket(self, session: AsyncSession, ticket_id: str) -> LinkView | None:
         # Plain SQL: every note written and every mirror received asks (issue 11).
         row = await (await plain_sql(session)).fetchrow(
-            "SELECT link_id, status, partner_id, partner_ticket_number FROM outsourcings WHERE ticket_id = $1"
-            " ORDER BY created_at DESC LIMIT 1", ticket_id)
+            "SELECT link_id, status, partner_id, partner_ticket_number, partner_name, terms::text AS terms FROM outsourcings"
+            " WHERE ticket_id = $1 ORDER BY created_at DESC LIMIT 1", ticket_id)
         if row is None:
             return None
-        return LinkView(row["link_id"], OutsourceStatus(row["status"]), row["partner_id"], row["partner_ticket_number"])
+        return LinkView(row["link_id"], OutsourceStatus(row["status"]), row["partner_id"], row["partner_ticket_number"],
+                        row["partner_name"], json.loads(row["terms"]) if row["terms"] else None)
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         return await lock_ticket_of_link(session, link_id, Outsourcing.__tablename__)
@@ -106,6 +110,10 @@ class LeadOutsourcing:
         await self.bus.dispatch(session, payload)
         await self.sync.received(session, payload)
 
+    def _priced(self, terms: Terms) -> Terms:
+        """The terms in the lead's currency unless the caller named one."""
+        return terms if "currency" in terms.model_fields_set else terms.model_copy(update={"currency": self.settings.currency})
+
     async def _current(self, session: AsyncSession, ticket_id: str) -> tuple[Ticket, Outsourcing]:
         ticket = await get_ticket(session, ticket_id, for_update=True)
         row = await self.links.latest(session, ticket_id)
@@ -129,7 +137,7 @@ class LeadOutsourcing:
             partner_name=partner.name,
             status=workflow.OUTSOURCED,
             instructions=instructions,
-            terms=terms.model_dump() if terms else None,
+            terms=self._priced(terms).model_dump() if terms else None,
         )
         session.add(row)
         await session.flush()
@@ -213,11 +221,18 @@ class LeadOutsourcing:
             )
         return hours
 
-    async def dashboard(self, session: AsyncSession, status: OutsourceStatus | None) -> list[tuple[Outsourcing, Ticket]]:
-        query = select(Outsourcing, Ticket).join(Ticket, Ticket.id == Outsourcing.ticket_id).order_by(Outsourcing.created_at)
+    async def dashboard(self, session: AsyncSession, status: OutsourceStatus | None, limit: int = paging.PAGE_MAX,
+                        cursor: str | None = None) -> tuple[list[tuple[Outsourcing, Ticket, datetime]], str | None]:
+        """A page of outsourcings, oldest first, each with its ticket and its last activity: the latest
+        change of the outsourcing, the ticket or any of its items."""
+        newest_item = select(func.max(TicketItem.updated_at)).where(TicketItem.ticket_id == Ticket.id).scalar_subquery()
+        last_activity = func.greatest(Outsourcing.updated_at, Ticket.updated_at, newest_item)
+        query = select(Outsourcing, Ticket, last_activity).join(Ticket, Ticket.id == Outsourcing.ticket_id)
         if status:
             query = query.where(Outsourcing.status == status)
-        return [tuple(row) for row in (await session.execute(query)).all()]
+        query = paging.after(query, Outsourcing.created_at, Outsourcing.link_id, cursor, newest_first=False)
+        rows = [tuple(row) for row in (await session.execute(query.limit(limit + 1))).all()]
+        return paging.page(rows, limit, lambda row: row[0].created_at, lambda row: row[0].link_id)
 
     # --- what the bridge tells the lead (one handler per message) --------------------------------
 

@@ -1,5 +1,6 @@
 """The lead partner's own pages: the outsourcing panel of a ticket (Outsource, Cancel outsourcing,
 Approve, Reject, Complete) and the Outsourced Work dashboard."""
+import re
 from decimal import Decimal, InvalidOperation
 
 from fastapi import APIRouter, Request
@@ -8,7 +9,8 @@ from pydantic import ValidationError
 
 from shared.contracts.messages import Terms
 from shared.domain.workflow import OutsourceStatus
-from shared.partner_pages import PageError, need, ui
+from shared.partner_pages import PAGE_ROWS, PageError, need, ui
+from shared.platform import paging
 from shared.platform.auth import SessionDep
 from shared.platform.errors import DomainError
 from shared.platform.webui import ChangeDep, ViewerDep
@@ -18,7 +20,9 @@ router = APIRouter(include_in_schema=False)
 
 
 async def panel(request: Request, who, ticket, session) -> dict:
-    return {"template": "lead_panel.html", "partners": await _outsourcing(request).directory.partners(session)}
+    outsourcing = _outsourcing(request)
+    return {"template": "lead_panel.html", "partners": await outsourcing.directory.partners(session),
+            "currency": outsourcing.settings.currency}
 
 
 def _outsourcing(request: Request):
@@ -73,9 +77,11 @@ async def decide(request: Request, ticket_id: str, action: str, who: ChangeDep, 
 
 
 @router.get("/outsourced-work")
-async def outsourced_work(request: Request, who: ViewerDep, session: SessionDep, status: str = ""):
+async def outsourced_work(request: Request, who: ViewerDep, session: SessionDep, status: str = "", cursor: str = ""):
     need(who, "outsourcing")
     chosen = OutsourceStatus(status) if status in OutsourceStatus._value2member_map_ else None
-    rows = await _outsourcing(request).dashboard(session, chosen)
-    return ui(request).render(request, "outsourced_work.html", who=who, nav=NAV, rows=rows, status=status,
+    rows, next_cursor = await _outsourcing(request).dashboard(
+        session, chosen, PAGE_ROWS, cursor if re.fullmatch(paging.CURSOR_PATTERN, cursor) else None)
+    return ui(request).render(request, "outsourced_work.html", who=who, nav=NAV, rows=rows,
+                              status=chosen.value if chosen else "", next_cursor=next_cursor,
                               statuses=[s.value for s in OutsourceStatus])

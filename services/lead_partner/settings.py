@@ -1,5 +1,6 @@
 """Configuration of the lead partner service, from LEAD_* variables (and the shared KAFKA_*, SMTP_*).
 The insourcing partners it may outsource to are not configured: they come from the hub's directory."""
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.partner import PartnerSettings
@@ -14,3 +15,4 @@ class LeadSettings(PartnerSettings):
     notify_email: str = "service-desk@lead-partner.example"
     partner_id: str = "lead-partner"
     partner_name: str = "Lead Partner"
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the terms it outsources with")

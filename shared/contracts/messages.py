@@ -35,6 +35,8 @@ class Terms(Message):
     rate: float = Field(ge=0, lt=MAX_AMOUNT)
     authorized_hours: float | None = Field(None, gt=0, lt=MAX_AMOUNT)
     authorized_charge: float | None = Field(None, ge=0, lt=MAX_AMOUNT)
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the rate and the charges"
+                                                                 " (the lead's LEAD_CURRENCY; USD when absent)")
 
 
 # --- partner -> bridge (on the partner's outbound topic) -----------------------------------------

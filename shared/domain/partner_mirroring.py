@@ -43,13 +43,17 @@ class LinkView:
     status: OutsourceStatus | InsourceStatus
     partner_id: str
     partner_ticket_number: str | None
+    partner_name: str | None = None
+    terms: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
             "status": self.status.value,
             "link_id": self.link_id,
             "partner_id": self.partner_id,
+            "partner_name": self.partner_name or self.partner_id,
             "partner_ticket_number": self.partner_ticket_number,
+            "terms": self.terms,
         }
 
 

@@ -34,6 +34,7 @@ from shared.contracts.messages import (
     ResendRequested,
     SideHealth,
 )
+from shared.domain import workflow
 from shared.domain.tickets.models import AttachmentContent, TicketItem
 from shared.domain.tickets.rules import Delivery, ItemKind, Origin, content_hash
 from shared.platform.db import Base, plain_sql, utcnow
@@ -341,7 +342,8 @@ class PartnerSync:
         in_sync = counts.pending == 0 and (row is None or row.in_sync is not False)
         return {
             "link_id": link.link_id,
-            "link_state": link.status.value,
+            "link_state": workflow.link_state_of(link.status).value,
+            "status": link.status.value,
             "partner_id": link.partner_id,
             "in_sync": in_sync,
             "last_sent_at": row.last_sent_at if row else None,

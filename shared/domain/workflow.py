@@ -147,5 +147,16 @@ def synchronizing(status: OutsourceStatus | InsourceStatus | None) -> bool:
     return status is not None and status.value == "In Progress"
 
 
+def link_state_of(status: OutsourceStatus | InsourceStatus) -> LinkState:
+    """The link's state as one side's status of it implies (SPEC section 9, a partner's sync view)."""
+    if status.value in ("Assigned", "Pending"):
+        return L.PENDING
+    if status.value == "In Progress":
+        return L.ACTIVE
+    if status.value == "Waiting Approval":
+        return L.SUSPENDED
+    return L.TERMINATED
+
+
 def link_crosses(state: LinkState) -> bool:
     return state == L.ACTIVE

@@ -54,7 +54,7 @@ async def test_work_the_bridge_of_the_next_release_sends_is_received_by_todays_p
                          lead_ticket_number="T-9001", title="Badge reader offline", description="Lobby door",
                          instructions="Bring a spare reader", terms=Terms(rate_type="hourly", rate=95))
     value, event_id = next_release(work, source="bridge", link_id=link_id,
-                                   payload={"sla_hours": 4}, payload__terms={"currency": "EUR"})
+                                   payload={"sla_hours": 4}, payload__terms={"discount_code": "SPRING"})
     topic = inbound_topic(PARTNER)
     await kafka_write(infrastructure.kafka_admin, topic, value, signatures.sign(topic, value), key=link_id.encode())
 

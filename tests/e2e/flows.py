@@ -12,11 +12,25 @@ async def new_ticket(client: httpx.AsyncClient, title: str = "Server room too ho
     return answer.json()
 
 
+async def every(client: httpx.AsyncClient, path: str, **params) -> list[dict]:
+    """Every row of a paged list (`{items, next_cursor}`), page after page; a partner of release 1.0.0
+    (tests/compat) answers its dashboards as one plain list."""
+    found, cursor = [], None
+    while True:
+        answer = await client.get(path, params={**params, "limit": 500, **({"cursor": cursor} if cursor else {})})
+        assert answer.status_code == 200, answer.text
+        if isinstance(page := answer.json(), list):
+            return page
+        found += page["items"]
+        if (cursor := page["next_cursor"]) is None:
+            return found
+
+
 async def received(insourcing: httpx.AsyncClient, link_id: str, status: str | None = None, timeout: float = 15.0) -> dict:
     """Waits until the insourcing partner has the work (in `status`, when given) and returns it."""
 
     async def check():
-        work = (await insourcing.get("/api/received-work")).json()
+        work = await every(insourcing, "/api/received-work")
         found = next((w for w in work if w["link_id"] == link_id), None)
         return found if found and (status is None or found["insource_status"] == status) else None
 

@@ -8,6 +8,7 @@ import pytest
 from tests.conftest import INSOURCING_EMAIL, LEAD_EMAIL
 from tests.e2e.flows import (
     arrived,
+    every,
     insource_status,
     items,
     linked_tickets,
@@ -46,9 +47,9 @@ def labelled(label: str):
 async def test_insource_complete_moves_both_sides_to_waiting_approval_and_emails_the_lead(lead, insourcing, bridge, mailbox):
     lead_ticket, insourced, link_id = await waiting_approval(lead, insourcing)
     assert (await insourcing.get(f"/api/tickets/{insourced['id']}")).json()["insource"]["status"] == "Waiting Approval"
-    received = (await insourcing.get("/api/received-work", params={"status": "Waiting Approval"})).json()
+    received = await every(insourcing, "/api/received-work", status="Waiting Approval")
     assert link_id in [w["link_id"] for w in received]
-    outsourced = (await lead.get("/api/outsourced-work", params={"status": "Waiting Approval"})).json()
+    outsourced = await every(lead, "/api/outsourced-work", status="Waiting Approval")
     assert link_id in [w["link_id"] for w in outsourced]
     assert (await bridge.get(f"/api/links/{link_id}")).json()["state"] == "suspended"
     [email] = await mail(mailbox, LEAD_EMAIL, f"Approval requested: {lead_ticket['number']}")
@@ -369,7 +370,7 @@ async def test_the_partners_hours_are_charged_once_per_outsourcing(lead, insourc
 
 
 async def _pending(insourcing, link_id):
-    work = (await insourcing.get("/api/received-work", params={"status": "Pending"})).json()
+    work = await every(insourcing, "/api/received-work", status="Pending")
     return any(w["link_id"] == link_id for w in work)
 
 

@@ -18,7 +18,7 @@ from shared.platform.db import make_engine, make_sessionmaker
 from shared.platform.inbox import MAX_KEPT_BYTES, DeadLetter, InboxConsumer
 from shared.platform.kafka import inbound_topic, make_producer, outbound_topic
 from shared.platform.signing import KeyRing, Signatures
-from tests.e2e.flows import received
+from tests.e2e.flows import every, received
 from tests.harness import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -171,7 +171,7 @@ async def test_a_replay_whose_signature_still_fails_leaves_it_parked(insourcing,
     assert answer["resolved_at"] is None and answer["resolved_by"] is None
     still = await listed(insourcing, letter["id"])
     assert still["resolved_at"] is None and still["reason"] == letter["reason"]
-    work = (await insourcing.get("/api/received-work")).json()
+    work = await every(insourcing, "/api/received-work")
     assert link_id not in [w["link_id"] for w in work]
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from tests.e2e.flows import (
     PARTNER,
+    every,
     items,
     linked_tickets,
     new_ticket,
@@ -31,15 +32,16 @@ async def test_an_outsourced_ticket_is_assigned_and_reaches_the_partner_as_pendi
     assert sent["status"] == "Assigned"
     outsource_field = (await lead.get(f"/api/tickets/{ticket['id']}")).json()["outsource"]
     assert outsource_field == {"status": "Assigned", "link_id": sent["link_id"], "partner_id": PARTNER,
-                               "partner_ticket_number": None}
+                               "partner_name": "Insourcing Partner", "partner_ticket_number": None,
+                               "terms": {**TERMS, "authorized_hours": 6.0, "authorized_charge": 600.0, "currency": "USD"}}
     work = await received(insourcing, sent["link_id"], "Pending")
     assert work["lead_partner"] == "Lead Partner" and work["lead_ticket_number"] == ticket["number"]
     assert (work["title"], work["instructions"]) == ("Firewall upgrade", "Weekend only")
-    assert work["terms"] == {**TERMS, "authorized_hours": 6.0, "authorized_charge": 600.0}
+    assert work["terms"] == {**TERMS, "authorized_hours": 6.0, "authorized_charge": 600.0, "currency": "USD"}
     assert work["ticket_id"] is None
-    assigned = (await lead.get("/api/outsourced-work", params={"status": "Assigned"})).json()
+    assigned = await every(lead, "/api/outsourced-work", status="Assigned")
     assert ticket["number"] in [w["ticket_number"] for w in assigned]
-    pending = (await insourcing.get("/api/received-work", params={"status": "Pending"})).json()
+    pending = await every(insourcing, "/api/received-work", status="Pending")
     assert sent["link_id"] in [w["link_id"] for w in pending]
 
 
@@ -47,7 +49,8 @@ async def test_accepting_creates_the_insourced_ticket_and_both_sides_show_in_pro
     lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing, title="Mail down", description="Since 9:00")
     assert (insourced["title"], insourced["description"]) == ("Mail down", "Since 9:00")
     assert insourced["insource"] == {"status": "In Progress", "link_id": link_id, "partner_id": "lead-partner",
-                                     "partner_ticket_number": lead_ticket["number"]}
+                                     "partner_name": "Lead Partner", "partner_ticket_number": lead_ticket["number"],
+                                     "terms": None}
     notes = await items(insourcing, insourced["id"], "notes")
     assert any(lead_ticket["number"] in n["body"] and "Please look today" in n["body"] for n in notes)
     lead_view = (await lead.get(f"/api/tickets/{lead_ticket['id']}")).json()
@@ -56,7 +59,7 @@ async def test_accepting_creates_the_insourced_ticket_and_both_sides_show_in_pro
     link = (await bridge.get(f"/api/links/{link_id}")).json()
     assert link["state"] == "active" and link["lead_ticket_id"] == lead_ticket["id"]
     assert link["insourcing_ticket_id"] == insourced["id"]
-    in_progress = (await lead.get("/api/outsourced-work", params={"status": "In Progress"})).json()
+    in_progress = await every(lead, "/api/outsourced-work", status="In Progress")
     assert link_id in [w["link_id"] for w in in_progress]
 
 
@@ -148,7 +151,7 @@ async def test_unknown_received_work_is_404(insourcing):
 
 async def test_the_bridge_lists_links_and_their_state(lead, insourcing, bridge):
     _, _, link_id = await linked_tickets(lead, insourcing)
-    links = (await bridge.get("/api/links", params={"state": "active"})).json()
+    links = (await bridge.get("/api/links", params={"state": "active"})).json()["items"]  # newest first
     assert link_id in [l["id"] for l in links]
     assert (await bridge.get("/api/links/nope")).status_code == 404
     assert (await eventually(lambda: _link(bridge, link_id)))["last_event_at"] is not None

@@ -151,11 +151,11 @@ async def test_a_note_is_pending_then_delivered_and_each_side_sees_its_health(le
     assert (await lead.delete(f"/api/tickets/{lead_ticket['id']}/notes/{note['id']}")).status_code == 204
     await eventually(lambda: _none_left(insourcing, insourced["id"], "Replaced both fans"))
     seen = await in_sync(lead, lead_ticket["id"], timeout=15)
-    assert seen["link_id"] == link_id and seen["link_state"] == "In Progress" and seen["partner_id"] == PARTNER
+    assert seen["link_id"] == link_id and seen["link_state"] == "active" and seen["status"] == "In Progress" and seen["partner_id"] == PARTNER
     assert seen["delivered"] == 1 and seen["refused"] == 0 and seen["oldest_pending_at"] is None
     assert seen["last_sent_at"] and seen["last_received_at"]
     other = await in_sync(insourcing, insourced["id"], timeout=15)
-    assert other["link_state"] == "In Progress" and other["partner_id"] == LEAD and other["delivered"] == 1
+    assert other["link_state"] == "active" and other["status"] == "In Progress" and other["partner_id"] == LEAD and other["delivered"] == 1
 
     unlinked = (await lead.post("/api/tickets", json={"title": "never outsourced"})).json()
     answer = await lead.get(f"/api/tickets/{unlinked['id']}/sync")

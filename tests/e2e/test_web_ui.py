@@ -23,9 +23,12 @@ async def browser():
         await browser.close()
 
 
-async def signed_in(browser, service) -> Page:
+async def signed_in(browser, service, answer_confirms: bool = True) -> Page:
     context = await browser.new_context(base_url=service.url, viewport={"width": 1280, "height": 900})
     page = await context.new_page()
+    # Every action that cannot be undone asks first; the flows here answer yes (test_agent_pages.py says no too).
+    if answer_confirms:
+        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()) if dialog.type == "confirm" else None)
     await page.goto("/")
     await expect(page).to_have_url(f"{service.url}/signin?next=/tickets")
     await page.get_by_label("API token").fill(service.token)
@@ -67,7 +70,7 @@ async def test_the_whole_seed_flow_through_both_uis(browser, services):
     await lead.get_by_label("Partner").select_option(label="Insourcing Partner")
     await lead.get_by_label("Instructions").fill("Please look today")
     await lead.get_by_label("Rate type").select_option("hourly")
-    await lead.get_by_label("Rate", exact=True).fill("95")
+    await lead.get_by_label("Rate (USD)").fill("95")
     await lead.get_by_label("Authorized hours").fill("4")
     await lead.get_by_role("button", name="Send to partner").click()
     await expect(status_of(lead)).to_have_text("Assigned")

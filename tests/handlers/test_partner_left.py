@@ -93,7 +93,7 @@ async def test_lead_partner_left_the_partners_items_stay_read_only_and_the_leads
     assert (shared.delivery_status, shared.delivery_reason) == ("refused", "Insourcing Partner left the hub before confirming it")
     async with lead.sessions() as session:
         health = await lead.service.sync.health(session, ticket_id)
-    assert (health["link_state"], health["pending"]) == ("Canceled", 0)
+    assert (health["link_state"], health["status"], health["pending"]) == ("terminated", "Canceled", 0)
 
 
 async def test_lead_partner_left_while_waiting_approval_gives_the_lead_its_locked_items_back(lead):

@@ -218,7 +218,8 @@ async def _lists(lead: httpx.AsyncClient, partner_id: str) -> bool:
 
 
 async def _received(client: httpx.AsyncClient, link_id: str) -> dict | None:
-    return next((w for w in (await client.get("/api/received-work")).json() if w["link_id"] == link_id), None)
+    return next((w for w in (await client.get("/api/received-work", params={"limit": 500})).json()["items"]
+                 if w["link_id"] == link_id), None)
 
 
 def _postmaster(data_dir: Path) -> psutil.Process:

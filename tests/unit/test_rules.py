@@ -61,11 +61,11 @@ def test_a_reader_ignores_fields_it_does_not_know_in_the_envelope_and_at_every_d
            "link_id": "L1", "trace": {"id": 7},
            "payload": {"link_id": "L1", "lead_partner_name": "Acme", "lead_ticket_id": "t", "lead_ticket_number": "T-1",
                        "insourcing_partner_id": "globex", "title": "Hot", "description": "", "instructions": "",
-                       "terms": {"rate_type": "hourly", "rate": 90, "currency": "EUR"}, "priority": "high"}}
+                       "terms": {"rate_type": "hourly", "rate": 90, "discount_code": "SPRING"}, "priority": "high"}}
     env, payload = parse(json.dumps(raw).encode())
     assert env.link_id == "L1" and payload.title == "Hot"
     assert payload.terms.model_dump() == {"rate_type": "hourly", "rate": 90, "authorized_hours": None,
-                                          "authorized_charge": None}
+                                          "authorized_charge": None, "currency": "USD"}
     assert "priority" not in payload.model_dump() and "trace" not in env.model_dump()
 
 

@@ -9,11 +9,12 @@ from pydantic import BaseModel, ValidationError, create_model
 
 from shared.domain.tickets import service
 from shared.domain.tickets.models import Ticket, TicketItem
-from shared.domain.tickets.rules import ItemKind
+from shared.domain.tickets.rules import ItemKind, TicketStatus
 from shared.domain.tickets.schemas import (
     CREATE_MODELS,
     CURSOR_PATTERN,
     MAX_ATTACHMENT_BYTES,
+    MAX_TITLE,
     OUT_MODELS,
     PAGE_DEFAULT,
     PAGE_MAX,
@@ -25,6 +26,7 @@ from shared.domain.tickets.schemas import (
     TicketUpdate,
     stored_fields,
 )
+from shared.platform import paging
 from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.errors import TooLarge, size_in_words
 from shared.platform.openapi import CONFLICT
@@ -75,6 +77,20 @@ def ticket_router(link_field: str) -> APIRouter:
         out[link_field] = await policy.link_of(session, ticket)
         return out
 
+    @router.get("", response_model=paging.page_of(TicketWithLink, f"Ticket{link_field.title()}Page"),
+                summary="List tickets, newest first, a page at a time")
+    async def list_tickets(
+        session: SessionDep,
+        policy: PolicyDep,
+        q: Annotated[str, Query(max_length=MAX_TITLE, pattern=r"^[^\x00]*$",
+                                description="a ticket number (or its start), or words of the title")] = "",
+        status: Annotated[TicketStatus | None, Query(description="only tickets of this status")] = None,
+        limit: paging.Limit = PAGE_DEFAULT,
+        cursor: paging.Cursor = None,
+    ):
+        rows, next_cursor = await service.list_tickets(session, q, status, limit, cursor)
+        return {"items": [await ticket_out(session, policy, ticket) for ticket in rows], "next_cursor": next_cursor}
+
     @router.post("", status_code=201, response_model=TicketWithLink, summary="Create a ticket")
     async def create_ticket(body: TicketCreate, session: SessionDep, policy: PolicyDep):
         ticket = await service.create_ticket(session, body.title, body.description)
@@ -87,11 +103,7 @@ def ticket_router(link_field: str) -> APIRouter:
 
     @router.patch("/{ticket_id}", response_model=TicketWithLink, summary="Edit a ticket's title, description or status")
     async def update_ticket(ticket_id: str, body: TicketUpdate, session: SessionDep, policy: PolicyDep):
-        ticket = await service.get_ticket(session, ticket_id, for_update=True)
-        for name, value in body.model_dump(exclude_unset=True, exclude_none=True).items():
-            setattr(ticket, name, value)
-        await session.flush()  # server-made values for the answer; the request commits in SessionDep
-        return await ticket_out(session, policy, ticket)
+        return await ticket_out(session, policy, await service.update_ticket(session, ticket_id, body))
 
     for kind in ItemKind:
         _item_routes(router, kind)

@@ -13,6 +13,7 @@ from shared.contracts.limits import (
     MAX_TEXT,
     MAX_TITLE,
 )
+from shared.contracts.messages import Terms
 from shared.domain.tickets.rules import ItemKind, TicketStatus
 
 
@@ -78,7 +79,9 @@ class PartnerLinkOut(BaseModel):
     status: str
     link_id: str
     partner_id: str
+    partner_name: str = Field(description="the other partner's name, as the hub's directory gave it")
     partner_ticket_number: str | None
+    terms: Terms | None = Field(None, description="what the lead pays: rate, authorized hours, currency")
 
 
 class TicketOut(BaseModel):

@@ -5,7 +5,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import event, select
+from sqlalchemy import and_, event, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter, new_id
 from shared.domain.tickets.rules import ItemKind, Lock, Origin
 from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES, AttachmentFields, stored_fields
+from shared.platform import paging
 from shared.platform.db import UnitOfWork, plain_sql
 from shared.platform.errors import Conflict, NotFound, TooLarge, size_in_words
 
@@ -45,6 +46,34 @@ async def create_ticket(session: AsyncSession, title: str, description: str = ""
     session.add(ticket)
     await session.flush()
     return ticket
+
+
+async def list_tickets(session: AsyncSession, q: str, status: str | None, limit: int,
+                       cursor: str | None) -> tuple[list[Ticket], str | None]:
+    """A page of tickets, newest first: `q` matches a ticket number from its start, or every word of it
+    in the title; `status` one Ticket Status."""
+    query = select(Ticket)
+    if words := q.split():
+        in_title = and_(*(Ticket.title.ilike(f"%{_like(word)}%", escape="\\") for word in words))
+        query = query.where(or_(Ticket.number.ilike(f"{_like(q.strip())}%", escape="\\"), in_title))
+    if status:
+        query = query.where(Ticket.status == status)
+    query = paging.after(query, Ticket.created_at, Ticket.id, cursor, newest_first=True).limit(limit + 1)
+    return paging.page(list((await session.scalars(query)).all()), limit, lambda t: t.created_at, lambda t: t.id)
+
+
+async def update_ticket(session: AsyncSession, ticket_id: str, changes) -> Ticket:
+    """A ticket's title, description or status changed (the fields `changes` sets)."""
+    ticket = await get_ticket(session, ticket_id, for_update=True)
+    for name, value in changes.model_dump(exclude_unset=True, exclude_none=True).items():
+        setattr(ticket, name, value)
+    await session.flush()  # server-made values for the answer
+    return ticket
+
+
+def _like(text: str) -> str:
+    """`text` matched as it is: LIKE's wildcards escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def get_ticket(session: AsyncSession, ticket_id: str, *, for_update: bool = False) -> Ticket:

@@ -1,14 +1,10 @@
 // The service's own script (the Content-Security-Policy allows no other): live updates of an open
 // ticket page through Server-Sent Events: when the page's version changes, its live region is
-// fetched again (the forms outside it keep what is being typed); and a form with data-confirm asks
+// fetched again (the forms outside it keep what is being typed), from the version the page rendered on,
+// so nothing that lands meanwhile is missed; and a form with data-confirm asks
 // before it is sent (an inline handler would be refused by the same policy).
 (function () {
   "use strict";
-  function refresh(region) {
-    fetch(region.dataset.live, {credentials: "same-origin", headers: {"Accept": "text/html"}})
-      .then(function (r) { return r.ok ? r.text() : null; })
-      .then(function (html) { if (html !== null) { region.innerHTML = html; } });
-  }
   function typingIn(region) {
     var active = document.activeElement;
     return active && region.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName) && active.value;
@@ -17,19 +13,38 @@
     var question = event.target.dataset && event.target.dataset.confirm;
     if (question && !window.confirm(question)) { event.preventDefault(); }
   });
-  document.addEventListener("DOMContentLoaded", function () {
-    document.querySelectorAll("[data-events]").forEach(function (region) {
-      var version = region.dataset.version, waiting = false;
-      var source = new EventSource(region.dataset.events);
-      source.onmessage = function (event) {
-        if (event.data === version) { return; }
-        version = event.data;
-        // What someone is typing in the region is not thrown away: the refresh waits until they leave it.
-        if (typingIn(region)) { waiting = true; } else { refresh(region); }
-      };
-      region.addEventListener("focusout", function () {
-        setTimeout(function () { if (waiting && !typingIn(region)) { waiting = false; refresh(region); } }, 0);
-      });
+  // One live region: `wanted` is the newest version the stream announced, `shown` the version the region
+  // holds (each rendering names its own). One fetch at a time, fetched again until they agree, so a
+  // change that lands while the page loads, or while an older fetch is on its way, is never missed.
+  function follow(region) {
+    var shown = region.dataset.version, wanted = shown, fetching = false, waiting = false;
+    function refresh() {
+      if (fetching) { return; }
+      if (typingIn(region)) { waiting = true; return; }
+      fetching = true;
+      fetch(region.dataset.live, {credentials: "same-origin", headers: {"Accept": "text/html"}})
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) {
+          fetching = false;
+          if (html === null) { return; }
+          region.innerHTML = html;
+          var marker = region.querySelector("[data-rendered-version]");
+          shown = marker ? marker.dataset.renderedVersion : wanted;
+          if (shown !== wanted) { refresh(); }
+        }, function () { fetching = false; });
+    }
+    // The stream starts after the version this page rendered: a change since then is sent at once.
+    var source = new EventSource(region.dataset.events + "?after=" + encodeURIComponent(shown));
+    source.onmessage = function (event) {
+      wanted = event.data;
+      if (wanted !== shown) { refresh(); }
+    };
+    // What someone is typing in the region is not thrown away: the refresh waits until they leave it.
+    region.addEventListener("focusout", function () {
+      setTimeout(function () { if (waiting && !typingIn(region)) { waiting = false; refresh(); } }, 0);
     });
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-events]").forEach(follow);
   });
 })();

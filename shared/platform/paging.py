@@ -1,0 +1,50 @@
+"""Pages of a list ordered by creation (SPEC section 5): `{items, next_cursor}`, `?limit=` up to 500,
+`?cursor=` the `next_cursor` of the page before. The cursor names the last row of that page by its
+creation time and id, so a row written meanwhile neither repeats nor hides one."""
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Query
+from pydantic import BaseModel, Field, create_model
+from sqlalchemy import Select, and_, or_
+
+PAGE_DEFAULT = 100
+PAGE_MAX = 500
+# Opaque to clients: microseconds since the epoch, then the row's id.
+CURSOR_PATTERN = r"^[0-9]{1,20}_[A-Za-z0-9-]{1,64}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Limit = Annotated[int, Query(ge=1, le=PAGE_MAX, description="rows per page")]
+Cursor = Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the page before")]
+
+
+def page_of(out_model: type[BaseModel], name: str) -> type[BaseModel]:
+    """`{items, next_cursor}` of `out_model`: `next_cursor` is null on the last page."""
+    return create_model(
+        name,
+        items=(list[out_model], ...),
+        next_cursor=(str | None, Field(description="pass as `cursor` for the next page; null on the last page")),
+    )
+
+
+def after(query: Select, created, key, cursor: str | None, newest_first: bool) -> Select:
+    """`query` ordered by (created, key), from the row after `cursor`."""
+    order = (created.desc(), key.desc()) if newest_first else (created.asc(), key.asc())
+    query = query.order_by(*order)
+    if cursor:
+        micros, _, last = cursor.partition("_")
+        at = _EPOCH + timedelta(microseconds=int(micros))
+        beyond = (created < at) if newest_first else (created > at)
+        same = and_(created == at, key < last if newest_first else key > last)
+        query = query.where(or_(beyond, same))
+    return query
+
+
+def page(rows: list[Any], limit: int, created_of, key_of) -> tuple[list[Any], str | None]:
+    """The rows of one page (the query asked for limit + 1) and the cursor of the next, if any."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    last = rows[-1]
+    micros = (created_of(last) - _EPOCH) // timedelta(microseconds=1)
+    return rows, f"{micros}_{key_of(last)}"
