@@ -205,8 +205,13 @@ async def write_notes(source, pairs, count: int, label: str, writers: int = 16) 
 
 async def sustained_rate(source, bridge, pairs, link_ids, meter_parts) -> tuple[float, float, str]:
     async def mirrored() -> int:
-        links = (await bridge.get("/api/links", params={"state": "active"})).json()
-        return sum(l["mirrored_to_insourcing"] for l in links if l["id"] in link_ids)
+        count, cursor = 0, None
+        while True:  # every active link, a page at a time
+            params = {"state": "active", "limit": 500} | ({"cursor": cursor} if cursor else {})
+            page = (await bridge.get("/api/links", params=params)).json()
+            count += sum(l["mirrored_to_insourcing"] for l in page["items"] if l["id"] in link_ids)
+            if (cursor := page["next_cursor"]) is None:
+                return count
 
     start_count = await mirrored()
     meter = CpuMeter(meter_parts)

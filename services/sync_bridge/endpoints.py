@@ -1,34 +1,57 @@
 """The bridge's HTTP API: the link registry, behind the bridge token."""
+from collections.abc import Callable
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import Integer, func, select
+from sqlalchemy import ColumnElement, Integer, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sync_bridge.models import ItemMirror, Link, Repair
 from services.sync_bridge.reconciliation import start_round
+from shared.domain.workflow import LinkState
+from shared.platform import paging
 from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.errors import NotFound
 from shared.platform.inbox import InboxConsumer
 
 router = api_router("/api", ["bridge"], Permission.LINKS)
+MAX_QUERY = 100  # longer than any ticket number or link id an operator would paste
 
 
 class LinkOut(BaseModel):
     id: str
     state: str
     lead_partner_id: str
+    lead_partner_name: str = Field(description="as the hub's partner directory names it (its id if the directory does not)")
     lead_ticket_id: str
+    lead_ticket_number: str | None = Field(description="the number the lead's users know its ticket by")
     insourcing_partner_id: str
+    insourcing_partner_name: str = Field(description="as the hub's partner directory names it (its id if the directory does not)")
     insourcing_ticket_id: str | None
+    insourcing_ticket_number: str | None = Field(description="the insourcing partner's ticket number, once it accepted")
     mirrored_to_lead: int = Field(description="the insourcing partner's items that have a mirror on the lead ticket")
     mirrored_to_insourcing: int = Field(description="the lead partner's items that have a mirror on the insourcing ticket")
     created_at: datetime
     last_event_at: datetime | None
 
 
-async def with_counts(session: AsyncSession, links: list[Link]) -> list[LinkOut]:
+PartnerNames = Callable[[str], str]
+
+
+def partner_names(request: Request) -> PartnerNames:
+    """A partner's name as the hub's directory holds it (a removed partner keeps its name there), or its id."""
+    directory = getattr(request.app.state, "directory", None)
+
+    def name(partner_id: str) -> str:
+        member = directory.get(partner_id) if directory is not None else None
+        return member.name if member is not None else partner_id
+
+    return name
+
+
+async def with_counts(session: AsyncSession, links: list[Link], names: PartnerNames) -> list[LinkOut]:
     """Counted when asked rather than kept on the link: mirroring stays one row lighter per item."""
     counts = {}
     if links:
@@ -40,7 +63,10 @@ async def with_counts(session: AsyncSession, links: list[Link]) -> list[LinkOut]
         counts = {(link_id, source): n for link_id, source, n in rows}
     return [
         LinkOut(
-            **{name: getattr(link, name) for name in LinkOut.model_fields if not name.startswith("mirrored_to_")},
+            **{name: getattr(link, name) for name in LinkOut.model_fields
+               if not name.startswith("mirrored_to_") and not name.endswith("_partner_name")},
+            lead_partner_name=names(link.lead_partner_id),
+            insourcing_partner_name=names(link.insourcing_partner_id),
             mirrored_to_insourcing=counts.get((link.id, link.lead_partner_id), 0),
             mirrored_to_lead=counts.get((link.id, link.insourcing_partner_id), 0),
         )
@@ -48,20 +74,54 @@ async def with_counts(session: AsyncSession, links: list[Link]) -> list[LinkOut]
     ]
 
 
-@router.get("/links", response_model=list[LinkOut], summary="All links, newest first")
-async def list_links(session: SessionDep, state: str | None = None):
-    query = select(Link).order_by(Link.created_at.desc())
-    if state:
-        query = query.where(Link.state == state)
-    return await with_counts(session, list((await session.scalars(query)).all()))
+def _like(text: str) -> str:
+    """`text` matched as it is: LIKE's wildcards escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _matching(pattern: str) -> ColumnElement[bool]:
+    return or_(*(column.ilike(pattern, escape="\\")
+                 for column in (Link.lead_ticket_number, Link.insourcing_ticket_number, Link.id)))
+
+
+async def find_links(session: AsyncSession, state: str | None, q: str, limit: int,
+                     cursor: str | None) -> tuple[list[Link], str | None]:
+    """A page of links, newest first (the API and the Links page). `q` is either side's ticket number
+    or the link id, case aside: whole, it finds the links that have it (T20261207.0001 does not also
+    find T20261207.00010); otherwise the links with a number or id that starts so."""
+    where = [Link.state == state] if state else []
+    if "\x00" in q:  # no number or id holds one (and PostgreSQL text cannot)
+        return [], None
+    if q := q.strip():
+        whole = _matching(_like(q))
+        has_whole = await session.scalar(select(exists().where(*where, whole)))
+        where.append(whole if has_whole else _matching(f"{_like(q)}%"))
+    query = paging.after(select(Link).where(*where), Link.created_at, Link.id, cursor, newest_first=True)
+    return paging.page(list((await session.scalars(query.limit(limit + 1))).all()), limit,
+                       lambda link: link.created_at, lambda link: link.id)
+
+
+@router.get("/links", response_model=paging.page_of(LinkOut, "LinkPage"),
+            summary="The links, newest first, a page at a time")
+async def list_links(
+    request: Request,
+    session: SessionDep,
+    state: Annotated[LinkState | None, Query(description="only links in this state")] = None,
+    q: Annotated[str, Query(max_length=MAX_QUERY, description="either side's ticket number, or the link id, whole "
+                                                               "or its start (case does not matter)")] = "",
+    limit: paging.Limit = paging.PAGE_DEFAULT,
+    cursor: paging.Cursor = None,
+):
+    links, next_cursor = await find_links(session, state, q, limit, cursor)
+    return {"items": await with_counts(session, links, partner_names(request)), "next_cursor": next_cursor}
 
 
 @router.get("/links/{link_id}", response_model=LinkOut, summary="One link")
-async def read_link(link_id: str, session: SessionDep):
+async def read_link(request: Request, link_id: str, session: SessionDep):
     link = await session.get(Link, link_id)
     if link is None:
         raise NotFound(f"link {link_id} not found")
-    [out] = await with_counts(session, [link])
+    [out] = await with_counts(session, [link], partner_names(request))
     return out
 
 

@@ -93,7 +93,8 @@ async def requested(session: AsyncSession, sender: str, link: Link | None, paylo
         instructions=payload.instructions, terms=payload.terms,
     )
     session.add(Link(id=payload.link_id, state=workflow.REQUESTED, lead_partner_id=sender,
-                     lead_ticket_id=payload.lead_ticket_id, insourcing_partner_id=target, last_event_at=utcnow(),
+                     lead_ticket_id=payload.lead_ticket_id, lead_ticket_number=payload.lead_ticket_number,
+                     insourcing_partner_id=target, last_event_at=utcnow(),
                      request=request.model_dump(mode="json")))
     send(session, target, request, payload.link_id)
 

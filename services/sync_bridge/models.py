@@ -19,19 +19,24 @@ class Link(Base):
         Index("ix_links_state", "state"),
         # The scheduler looks only at links with a round under way or due: idle links cost nothing.
         Index("ix_links_reconciling", "id", postgresql_where=text("reconcile_due OR round_id IS NOT NULL")),
+        # The link list's order and its cursor (GET /api/links, the Links page): newest first, a page at a time.
+        Index("ix_links_created", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))  # pending | active | suspended | terminated
     lead_partner_id: Mapped[str] = mapped_column(String(100))
     lead_ticket_id: Mapped[str] = mapped_column(String(36))
+    # The numbers the partners' users know the tickets by, which the operator searches for. Text: the
+    # contract sets no length, and a long number must not fail the event that brings it.
+    lead_ticket_number: Mapped[str | None] = mapped_column(Text)
     insourcing_partner_id: Mapped[str] = mapped_column(String(100))
     insourcing_ticket_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # What the bridge decided, kept so that reconciliation can tell a side that missed it again.
     request: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # the work request, as the partner gets it
-    insourcing_ticket_number: Mapped[str | None] = mapped_column(String(32))
+    insourcing_ticket_number: Mapped[str | None] = mapped_column(Text)
     rounds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # Insource Completes applied
     outcome: Mapped[str | None] = mapped_column(String(16))  # canceled | declined | completed
     approved: Mapped[bool | None] = mapped_column(Boolean)

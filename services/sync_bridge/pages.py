@@ -1,26 +1,29 @@
-"""The bridge operator's pages (SPEC section 8): the links with their state and health, Reconcile now,
-the partner directory (SPEC section 10: onboard, rotate, remove) and the dead letters with Replay and Discard. Each page calls the same functions as the JSON API
+"""The bridge operator's pages (SPEC section 8): the links with their partners, ticket numbers, state and
+health (found by ticket number), Reconcile now, the partner directory (SPEC section 10: onboard, rotate,
+remove) and the dead letters with Replay and Discard. Each page calls the same functions as the JSON API
 (services/sync_bridge/endpoints.py, shared/platform/dead_letters.py), so the same rules hold; a
 refusal is shown on the page in words."""
+import re
 from pathlib import Path
-
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 from sqlalchemy import select
 
 from services.sync_bridge import endpoints
 from services.sync_bridge.models import ItemMirror, Link
 from services.sync_bridge.onboarding import PartnerIn
-from shared.platform import dead_letters
+from shared.platform import dead_letters, paging
 from shared.platform.auth import Permission, SessionDep
 from shared.platform.errors import DomainError, NotFound
 from shared.platform.inbox import DeadLetter
 from shared.platform.webui import ChangeDep, Viewer, ViewerDep, WebUi
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+# The bridge's own styles, loaded by its pages beside the shared app.css.
+STYLES = Path(__file__).resolve().parent / "static" / "bridge.css"
 NAV = [("/links", "Links"), ("/partners", "Partners"), ("/dead-letters", "Dead letters")]
 LINK_STATES = ["pending", "active", "suspended", "terminated"]
 MAX_ROWS = 200
@@ -49,19 +52,27 @@ async def home():
     return RedirectResponse("/links", status_code=303)
 
 
+@router.get("/bridge.css")
+async def styles():
+    return FileResponse(STYLES, media_type="text/css", headers={"Cache-Control": "no-cache"})
+
+
 @router.get("/links")
-async def links(request: Request, who: ViewerDep, session: SessionDep, state: str = ""):
+async def links(request: Request, who: ViewerDep, session: SessionDep, state: str = "", q: str = "",
+                cursor: str = ""):
     if denied := refused(request, who):
         return denied
-    query = select(Link).order_by(Link.created_at.desc()).limit(MAX_ROWS)
-    if state in LINK_STATES:
-        query = query.where(Link.state == state)
-    else:
-        state = ""
-    rows = list((await session.scalars(query)).all())
+    state = state if state in LINK_STATES else ""
+    q = q.strip()[:endpoints.MAX_QUERY]
+    # A cursor the page did not make (edited by hand) starts again from the newest.
+    after = cursor if re.fullmatch(paging.CURSOR_PATTERN, cursor) else None
+    rows, next_cursor = await endpoints.find_links(session, state or None, q, paging.PAGE_DEFAULT, after)
     backlog = await endpoints.backlog_of(session, getattr(request.app.state, "consumer", None))
-    return render(request, who, "links.html", links=rows, state=state, states=LINK_STATES, max_rows=MAX_ROWS,
-                  backlog=backlog)
+    waiting = {link.id: link for link in await session.scalars(
+        select(Link).where(Link.id.in_([entry.link_id for entry in backlog.links])))} if backlog.links else {}
+    return render(request, who, "links.html", links=rows, state=state, states=LINK_STATES, q=q,
+                  paged=after is not None, next_cursor=next_cursor, backlog=backlog, waiting=waiting,
+                  partner_name=endpoints.partner_names(request))
 
 
 @router.get("/links/{link_id}")
@@ -77,7 +88,7 @@ async def link_page(request: Request, link_id: str, who: ViewerDep, session: Ses
         select(ItemMirror).where(ItemMirror.link_id == link_id).order_by(ItemMirror.created_at, ItemMirror.source_item_id)
         .limit(MAX_ROWS * 5))).all())
     return render(request, who, "link.html", link=link, health=health, mirrors=mirrors,
-                  started=reconcile == "started")
+                  started=reconcile == "started", partner_name=endpoints.partner_names(request))
 
 
 @router.post("/links/{link_id}/reconcile")

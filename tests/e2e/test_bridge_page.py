@@ -1,5 +1,6 @@
-"""The bridge operator's pages in a real browser (SPEC section 8): the links with their state and
-health, Reconcile now, the dead letters with Replay and Discard, and sign-in with the bridge's own token."""
+"""The bridge operator's pages in a real browser (SPEC section 8): the links with their partners' names,
+both ticket numbers, state and health, found by ticket number; Reconcile now; the dead letters with Replay
+and Discard (asked first); sign-in with the bridge's own token; and GET /api/links a page at a time."""
 import re
 import uuid
 from contextlib import asynccontextmanager
@@ -37,9 +38,16 @@ async def sign_in(page, url: str, token: str) -> None:
     await page.get_by_role("button", name="Sign in").click()
 
 
+async def partner_names(bridge) -> dict[str, str]:
+    """The names the hub's directory gives the partners, as its operator onboarded them."""
+    return {p["id"]: p["name"] for p in (await bridge.get("/api/partners")).json()}
+
+
 async def test_links_page_shows_a_link_its_mirrors_and_reconciles_it(services, lead, insourcing, bridge):
     url, token = services["sync_bridge"].url, services["sync_bridge"].token
     lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
+    names = await partner_names(bridge)
+    lead_name, insourcing_name = names["lead-partner"], names["insourcing-partner"]
     note = await lead.post(f"/api/tickets/{lead_ticket['id']}/notes", json={"body": "seen from the bridge page"})
     assert note.status_code == 201, note.text
     await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "seen from the bridge page")
@@ -50,29 +58,89 @@ async def test_links_page_shows_a_link_its_mirrors_and_reconciles_it(services, l
         await expect(page.get_by_role("heading", name="Links")).to_be_visible()
         row = page.locator(f"#link-{link_id}")
         await expect(row).to_contain_text("active")
-        await expect(row).to_contain_text(lead_ticket["id"])
-        await expect(row).to_contain_text(insourced["id"])
+        # People's words: both partners by name and both tickets by the numbers their users know.
+        for shown in (lead_ticket["number"], insourced["number"], lead_name, insourcing_name):
+            await expect(row).to_contain_text(shown)
+        # Created and last activity, each with its zone.
+        await expect(row.locator("time")).to_have_count(2)
+        for time in await row.locator("time").all():
+            await expect(time).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"))
+        # On a laptop every column is in sight, none behind a sideways scroll.
+        await page.set_viewport_size({"width": 1280, "height": 800})
+        table = page.locator(".table-wrap", has=page.get_by_role("table", name="Links"))
+        assert await table.evaluate("e => e.scrollWidth <= e.clientWidth")
         SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / "bridge-links.png"), full_page=True)
 
+        # On a phone the table wraps between words only: a ticket number, a time of day or a heading is
+        # never cut in two (each is drawn on one line).
+        await page.set_viewport_size({"width": 390, "height": 800})
+        for whole in [*await row.locator(".number").all(), *await row.locator("time .nowrap").all(),
+                      page.get_by_role("columnheader", name="Repairs")]:
+            assert await whole.evaluate("e => e.getClientRects().length") == 1, await whole.text_content()
+        await page.set_viewport_size({"width": 1280, "height": 800})
+
         # The state filter: a terminated-only list does not show the active link; active does.
         await page.get_by_label("State").select_option("terminated")
-        await page.get_by_role("button", name="Filter").click()
+        await page.get_by_role("button", name="Find").click()
         await expect(page).to_have_url(re.compile(r"state=terminated"))
         await expect(row).to_have_count(0)
         await page.get_by_label("State").select_option("active")
-        await page.get_by_role("button", name="Filter").click()
+        await page.get_by_role("button", name="Find").click()
+        await expect(row).to_be_visible()
+
+        # Found by the lead's ticket number: that link, and no link whose lead ticket is another. (The
+        # insourcing partner numbers its tickets alike, so its ticket of the same number may show too.)
+        await page.get_by_label("State").select_option("")
+        await page.get_by_label("Ticket number or link id").fill(lead_ticket["number"])
+        await page.get_by_role("button", name="Find").click()
+        await expect(page).to_have_url(re.compile(r"q=" + re.escape(lead_ticket["number"])))
+        await expect(row).to_be_visible()
+        found = page.get_by_role("table", name="Links").locator("tbody tr")
+        lead_numbers = [await r.locator("td").nth(1).locator(".number").text_content() for r in await found.all()]
+        assert lead_numbers.count(lead_ticket["number"]) == 1, lead_numbers
+        for other in await found.all():
+            await expect(other).to_contain_text(lead_ticket["number"])
+        await expect(page.get_by_role("status")).to_contain_text(f"found for {lead_ticket['number']}")
+        # By the insourcing partner's number, by the start of the link id; nothing for a number no one has.
+        for q in (insourced["number"], link_id[:8]):
+            await page.get_by_label("Ticket number or link id").fill(q)
+            await page.get_by_role("button", name="Find").click()
+            await expect(row).to_be_visible()
+        await page.get_by_label("Ticket number or link id").fill("no-such-number")
+        await page.get_by_role("button", name="Find").click()
+        await expect(page.get_by_role("table", name="Links")).to_contain_text("No links with a ticket number or id matching no-such-number")
+        await page.get_by_role("link", name="Show all links").click()
         await expect(row).to_be_visible()
 
         # The detail: the note's mirror, both sides' health, and Reconcile now.
-        await row.get_by_role("link", name=link_id).click()
+        await row.get_by_role("link", name=f"Link {link_id}").click()
         await expect(page.get_by_role("heading", name=f"Link {link_id}")).to_be_visible()
+        await expect(page.locator("#link-summary")).to_have_text(re.compile(
+            rf"{re.escape(lead_ticket['number'])} of {re.escape(lead_name)}, outsourced to\s+"
+            rf"{re.escape(insourcing_name)} as {re.escape(insourced['number'])}"))
         mirrors = page.get_by_role("table", name="Mirrors")
         mirror_row = mirrors.locator("tr", has_text=note.json()["id"])
-        await expect(mirror_row).to_contain_text("lead-partner")
+        await expect(mirror_row).to_contain_text(lead_name)
         await expect(mirror_row).to_contain_text("note")
-        await expect(page.get_by_role("region", name="Lead side")).to_contain_text(lead_ticket["id"])
-        await expect(page.get_by_role("region", name="Insourcing side")).to_contain_text(insourced["id"])
+        lead_side = page.get_by_role("region", name="Lead side")
+        insourcing_side = page.get_by_role("region", name="Insourcing side")
+        await expect(lead_side.get_by_role("heading")).to_have_text(f"Lead side: {lead_name}")
+        await expect(insourcing_side.get_by_role("heading")).to_have_text(f"Insourcing side: {insourcing_name}")
+        for side, ticket in ((lead_side, lead_ticket), (insourcing_side, insourced)):
+            await expect(side).to_contain_text(ticket["number"])
+            await expect(side).to_contain_text(ticket["id"])
+        # Nothing was refused: the count says so quietly, not in red; what is red is a problem.
+        zero = insourcing_side.locator(".badge", has_text="0 refused")
+        await expect(zero).to_be_visible()
+        bad = await page.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--bad').trim()")
+        red = await page.evaluate(f"(() => {{ const e = document.createElement('b'); e.style.color = '{bad}'; "
+                                  "document.body.append(e); const c = getComputedStyle(e).color; e.remove(); return c; })()")
+        for badge in await page.locator(".badge", has_text=re.compile(r"^0 ")).all():
+            assert await badge.evaluate("e => getComputedStyle(e).color") != red, await badge.text_content()
+        await expect(page.locator(".badge.refused")).to_have_count(0)
+        await expect(page.locator("main")).to_contain_text("UTC")
+        await page.screenshot(path=str(SHOTS / "bridge-link.png"), full_page=True)
 
         before = (await bridge.get(f"/api/links/{link_id}/health")).json()["last_reconciled_at"]
         await page.get_by_role("button", name="Reconcile now").click()
@@ -132,10 +200,22 @@ async def test_dead_letters_are_discarded_and_replayed_from_the_page(services, b
         await stale.goto(f"{url}/dead-letters")
         await expect(stale.locator(f"#letter-{discarded}")).to_be_visible()
 
+        # Discarding asks first: dismissed, the letter stays unresolved; accepted, it is discarded.
+        asked = answer_dialogs(page, [False, True])
         await row.get_by_role("button", name="Discard").click()
+        await eventually(lambda: _asked(asked, 1), timeout=10)
+        assert asked[0].startswith(f"Discard dead letter {discarded}?") and "cannot be undone" in asked[0], asked
+        await page.reload()
+        await expect(page.locator(f"#letter-{discarded}")).to_be_visible()
+        still = (await bridge.get("/api/dead-letters")).json()
+        assert [d["resolved_at"] for d in still if d["id"] == discarded] == [None]
+
+        await page.locator(f"#letter-{discarded}").get_by_role("button", name="Discard").click()
         await expect(page.get_by_role("status")).to_have_text(f"Dead letter {discarded}: discarded")
         await expect(page.locator(f"#letter-{discarded}")).to_have_count(0)
+        assert len(asked) == 2
 
+        answer_dialogs(stale, [True])
         await stale.locator(f"#letter-{discarded}").get_by_role("button", name="Discard").click()
         await expect(stale.get_by_role("alert")).to_contain_text(f"dead letter {discarded} is resolved already")
         await expect(stale.locator("body")).not_to_contain_text('{"detail"')
@@ -200,25 +280,90 @@ async def test_partners_page_onboards_shows_the_bundle_once_and_removes(services
         secret = shown.split('"signing_key": "')[1].split('"')[0]
         assert secret not in await page.content()
 
-        # Removing asks first: declined, nothing happens; accepted, the partner is removed.
-        asked = []
-
-        async def answer(dialog):
-            asked.append(dialog.message)
-            await (dialog.dismiss() if len(asked) == 1 else dialog.accept())
-
-        page.on("dialog", answer)
-        await page.get_by_role("button", name=f"Remove {partner_id}").click()
+        # Rotating asks first (the partner's Kafka password changes at once): dismissed, nothing changes
+        # and no bundle is shown; accepted, the new bundle is shown once.
+        asked = answer_dialogs(page, [False, True, False, True])
+        await page.get_by_role("button", name=f"Rotate the keys of {partner_id}").click()
         await eventually(lambda: _asked(asked, 1), timeout=10)
+        assert asked[0].startswith("Rotate the keys of Page Co?"), asked
+        await page.goto(f"{url}/partners")
+        await expect(page.get_by_label("Bundle (JSON)")).to_have_count(0)
+        await page.get_by_role("button", name=f"Rotate the keys of {partner_id}").click()
+        await expect(page.get_by_role("status")).to_contain_text(f"{partner_id} has a new password and signing key")
+        # The second key: the dismissed rotation made none.
+        assert '"signing_key_id": "k2"' in await page.get_by_label("Bundle (JSON)").input_value()
+
+        # Removing asks first: declined, nothing happens; accepted, the partner is removed.
+        await page.goto(f"{url}/partners")
+        await page.get_by_role("button", name=f"Remove {partner_id}").click()
+        await eventually(lambda: _asked(asked, 3), timeout=10)
         await page.goto(f"{url}/partners")
         await expect(page.locator(f"#partner-{partner_id}")).to_contain_text("active")
         await page.get_by_role("button", name=f"Remove {partner_id}").click()
         await expect(page.get_by_role("status")).to_contain_text(f"Page Co ({partner_id}) was removed")
-        assert "Remove Page Co?" in asked[0] and len(asked) == 2
+        assert "Remove Page Co?" in asked[2] and len(asked) == 4
         await expect(page.locator(f"#partner-{partner_id}")).to_contain_text("removed")
     listed = (await bridge.get("/api/partners")).json()
     assert [p["status"] for p in listed if p["id"] == partner_id] == ["removed"]
 
 
+def answer_dialogs(page, replies: list[bool]) -> list[str]:
+    """Answers the page's confirmations in turn (True: OK, False: Cancel); returns what they asked."""
+    asked = []
+
+    async def answer(dialog):
+        asked.append(dialog.message)
+        await (dialog.accept() if replies[len(asked) - 1] else dialog.dismiss())
+
+    page.on("dialog", answer)
+    return asked
+
+
 async def _asked(asked: list, count: int) -> bool:
     return len(asked) >= count
+
+
+async def test_the_link_list_comes_a_page_at_a_time_and_finds_a_link_by_either_ticket_number(lead, insourcing, bridge):
+    """GET /api/links pages like every list ({items, next_cursor}, ?limit=, ?cursor=), newest first,
+    each entry with both partners' names and both ticket numbers; `q` finds a link by either number or its id."""
+    older_ticket, older_insourced, older = await linked_tickets(lead, insourcing)
+    newer_ticket, newer_insourced, newer = await linked_tickets(lead, insourcing)
+    names = await partner_names(bridge)
+
+    first = (await bridge.get("/api/links", params={"limit": 1})).json()
+    assert [link["id"] for link in first["items"]] == [newer] and first["next_cursor"]
+    second = (await bridge.get("/api/links", params={"limit": 1, "cursor": first["next_cursor"]})).json()
+    assert [link["id"] for link in second["items"]] == [older]
+    entry = second["items"][0]
+    assert (entry["lead_partner_name"], entry["lead_ticket_number"], entry["insourcing_partner_name"],
+            entry["insourcing_ticket_number"]) == (names["lead-partner"], older_ticket["number"],
+                                                  names["insourcing-partner"], older_insourced["number"])
+
+    # Every link once, page after page, whatever the page size.
+    seen, cursor = [], None
+    while True:
+        page = (await bridge.get("/api/links", params={"limit": 2} | ({"cursor": cursor} if cursor else {}))).json()
+        assert len(page["items"]) <= 2
+        seen += [link["id"] for link in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert len(seen) == len(set(seen)) and {older, newer} <= set(seen)
+    assert seen == [link["id"] for link in (await bridge.get("/api/links", params={"limit": 500})).json()["items"]]
+
+    async def found(q: str, **params) -> list[dict]:
+        answer = await bridge.get("/api/links", params={"q": q, "limit": 500, **params})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["items"]
+
+    # The lead's number: that link, and no other link with that lead ticket number.
+    by_lead = await found(older_ticket["number"])
+    assert [link["id"] for link in by_lead if link["lead_ticket_number"] == older_ticket["number"]] == [older]
+    assert all(older_ticket["number"] in (link["lead_ticket_number"], link["insourcing_ticket_number"]) for link in by_lead)
+    assert older in [link["id"] for link in await found(older_insourced["number"])]
+    assert [link["id"] for link in await found(older)] == [older]
+    assert [link["id"] for link in await found(older[:13].upper())] == [older]  # the start of its id, case aside
+    assert newer in [link["id"] for link in await found(newer_ticket["number"][:-2])]  # the start of a number
+    assert await found("no-such-number") == [] and await found(older, state="terminated") == []
+    assert await found("T%") == []  # a wildcard is a character like any other
+    for refused in ({"limit": 501}, {"limit": 0}, {"cursor": "not a cursor"}, {"q": "x" * 101}):
+        assert (await bridge.get("/api/links", params=refused)).status_code == 422, refused
