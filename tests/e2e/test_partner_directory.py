@@ -22,7 +22,7 @@ from shared.platform.kafka import (
 )
 from shared.platform.signing import KeyRing
 from tests.conftest import KEY_GRACE_S
-from tests.e2e.flows import items, new_ticket, outsource_status, received
+from tests.e2e.flows import every, items, new_ticket, outsource_status, received
 from tests.harness import PartnerServices, eventually, kafka_read, kafka_write, wait_for_directory
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -169,8 +169,8 @@ async def test_a_lead_outsources_to_two_insourcing_partners_each_on_its_own_link
             assert answer.status_code == 201, answer.text
             await eventually(lambda t=ticket, n=note: _has_note(lead, t["id"], n), timeout=20)
         # Neither insourcing partner sees the other's work.
-        assert [w["link_id"] for w in (await globex.get("/api/received-work")).json()] == [links[bundle.partner_id][1]]
-        theirs = [w["link_id"] for w in (await insourcing.get("/api/received-work")).json()]
+        assert [w["link_id"] for w in await every(globex, "/api/received-work")] == [links[bundle.partner_id][1]]
+        theirs = [w["link_id"] for w in await every(insourcing, "/api/received-work")]
         assert links[PARTNER][1] in theirs and links[bundle.partner_id][1] not in theirs
 
 
