@@ -23,7 +23,9 @@ class Bridge:
                                timeout=60, **kwargs)
         if answer.status_code >= 400:
             detail = answer.json().get("detail") if "json" in answer.headers.get("content-type", "") else answer.text
-            raise SystemExit(f"the bridge at {self.url} refused {method} {path}: {answer.status_code} {detail}")
+            hint = ("; the broker keeps topics from an older var/ of make run: `make clean` starts afresh"
+                    if answer.status_code == 409 and "already has topics" in str(detail) else "")
+            raise SystemExit(f"the bridge at {self.url} refused {method} {path}: {answer.status_code} {detail}{hint}")
         return answer
 
     def partners(self) -> list[dict]:

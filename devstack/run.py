@@ -324,6 +324,7 @@ class Stack:
         lines.append("Open a URL in a browser and sign in with its token (field \"API token\"). Or the API:")
         lines.append(f"  curl -H 'Authorization: Bearer {self.env['LEAD_API_TOKEN']}' -H 'Content-Type: application/json' "
                      f"-d '{json.dumps({'title': 'Printer offline'})}' http://127.0.0.1:{self.env['LEAD_PORT']}/api/tickets")
+        lines.append("The whole workflow through the API, step by step: bash docs/tour.sh")
         lines.append("Another partner company beside these: make partner ROLE=insourcing ID=globex NAME=Globex PORT=8012")
         lines.append("Ctrl-C stops everything.")
         print("\n".join(lines), flush=True)

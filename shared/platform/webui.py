@@ -20,7 +20,6 @@ from sqlalchemy import select
 from shared.platform.auth import ApiToken, SessionDep, hash_token
 
 HERE = Path(__file__).resolve().parent
-COOKIE = "session"
 SESSION_SECONDS = 12 * 3600  # a working day; signing in again after that
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -51,6 +50,9 @@ class WebUi:
 
     def __init__(self, title: str, template_dirs: list[Path], secret: str | None):
         self.title = title
+        # Browsers keep cookies per host, not per port: each service's own name, so that signing in to
+        # one service on a host does not sign its user out of another on the same host.
+        self.cookie = "session-" + ("".join(c if c.isalnum() else "-" for c in title.lower()).strip("-") or "ui")
         # Without a configured secret sessions last until the process restarts (replicas need one).
         self.secret = (secret or secrets.token_urlsafe(32)).encode()
         self.templates = Environment(
@@ -101,7 +103,7 @@ def ui_of(request: Request) -> WebUi:
 async def viewer(request: Request, session: SessionDep) -> Viewer:
     """The signed-in user, or SignInNeeded. A revoked token ends its sessions at once."""
     ui = ui_of(request)
-    digest = ui.digest_from(request.cookies.get(COOKIE))
+    digest = ui.digest_from(request.cookies.get(ui.cookie))
     if digest is None:
         raise SignInNeeded()
     row = await session.scalar(select(ApiToken).where(ApiToken.token_sha256 == digest, ApiToken.revoked_at.is_(None)))
@@ -159,14 +161,14 @@ def install_web_ui(app, ui: WebUi, home: str) -> None:
             return ui.render(request, "signin.html", status_code=401, next=_local(next, home),
                              error="That API token is not valid here (unknown, revoked, or for another service).")
         answer = RedirectResponse(_local(next, home), status_code=303)
-        answer.set_cookie(COOKIE, ui.cookie_for(digest), max_age=SESSION_SECONDS, httponly=True, samesite="strict",
+        answer.set_cookie(ui.cookie, ui.cookie_for(digest), max_age=SESSION_SECONDS, httponly=True, samesite="strict",
                           secure=request.url.scheme == "https", path="/")
         return answer
 
     @router.post("/signout")
     async def signout(who: ChangeDep):
         answer = RedirectResponse("/signin", status_code=303)
-        answer.delete_cookie(COOKIE, path="/")
+        answer.delete_cookie(ui.cookie, path="/")
         return answer
 
     app.include_router(router)

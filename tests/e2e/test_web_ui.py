@@ -140,7 +140,7 @@ async def test_sign_in_refuses_a_bad_token_and_sign_out_ends_the_session(browser
     await expect(page.get_by_role("alert")).to_contain_text("not valid")
     await page.get_by_label("API token").fill(services["lead_partner"].token)
     await page.get_by_role("button", name="Sign in").click()
-    cookie = next(c for c in await context.cookies() if c["name"] == "session")
+    cookie = next(c for c in await context.cookies() if c["name"] == "session-lead-partner")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     answer = await page.request.get("/tickets")
     assert "default-src 'self'" in answer.headers["content-security-policy"]
@@ -148,6 +148,23 @@ async def test_sign_in_refuses_a_bad_token_and_sign_out_ends_the_session(browser
     await expect(page.get_by_label("API token")).to_be_visible()
     await page.goto("/tickets")
     await expect(page).to_have_url(f"{services['lead_partner'].url}/signin?next=/tickets")
+
+
+async def test_one_browser_stays_signed_in_to_every_service_on_the_same_host(browser, services):
+    # Cookies are kept per host, not per port: each service names its own, so signing in to one does
+    # not sign its user out of another (make run serves all three on 127.0.0.1).
+    context = await browser.new_context()
+    page = await context.new_page()
+    for name in ("lead_partner", "insourcing_partner", "sync_bridge"):
+        service = services[name]
+        await page.goto(f"{service.url}/signin")
+        await page.get_by_label("API token").fill(service.token)
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    for name in ("lead_partner", "insourcing_partner"):
+        await page.goto(f"{services[name].url}/tickets")
+        await expect(page.get_by_role("heading", name="Tickets")).to_be_visible()
+    await context.close()
 
 
 async def test_a_form_posted_without_the_pages_csrf_token_is_refused(browser, services):
