@@ -5,7 +5,6 @@ a refusal is shown next to its form in words. The outsourcing panel of a ticket 
 own (services/*/pages.py)."""
 import asyncio
 import hashlib
-import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from collections.abc import Awaitable, Callable
@@ -206,7 +205,7 @@ class PartnerPages:
         q = q.replace("\x00", "")[:MAX_TITLE]
         chosen = status if status in TicketStatus._value2member_map_ else None
         rows, next_cursor = await service.list_tickets(
-            session, q, chosen, PAGE_ROWS, cursor if re.fullmatch(paging.CURSOR_PATTERN, cursor) else None)
+            session, q, chosen, PAGE_ROWS, paging.cursor_or_none(cursor))
         links = {t.id: await request.app.state.sync_policy.link_of(session, t) for t in rows}
         return ui(request).render(request, "tickets.html", status_code=status_code, who=who, nav=self.nav,
                                   tickets=rows, links=links, q=q, status=chosen or "", next_cursor=next_cursor,

@@ -61,7 +61,7 @@ def _out(row, last_activity: datetime | None = None) -> dict:
 
 
 @router.get("/received-work", response_model=paging.page_of(ReceivedWorkOut, "ReceivedWorkPage"),
-            summary="Received Work dashboard: work from lead partners, oldest first, a page at a time")
+            summary="Received Work dashboard: work from lead partners, newest first, a page at a time")
 async def received_work(session: SessionDep, status: Annotated[InsourceStatus | None, Query(
                             description="only this Insource Status (Pending: what waits for this partner)")] = None,
                         limit: paging.Limit = paging.PAGE_DEFAULT, cursor: paging.Cursor = None,

@@ -1,7 +1,5 @@
 """The insourcing partner's own pages: the Received Work dashboard (Accept, Decline) and, on an
 insourced ticket, "Notify Lead Partner > Insource Complete"."""
-import re
-
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
@@ -28,7 +26,7 @@ async def _received_page(request: Request, who, session, status: str, cursor: st
                          status_code: int = 200):
     chosen = InsourceStatus(status) if status in InsourceStatus._value2member_map_ else None
     rows, next_cursor = await _insourcing(request).received(
-        session, chosen, PAGE_ROWS, cursor if re.fullmatch(paging.CURSOR_PATTERN, cursor) else None)
+        session, chosen, PAGE_ROWS, paging.cursor_or_none(cursor))
     return ui(request).render(request, "received_work.html", status_code=status_code, who=who, nav=NAV, rows=rows,
                               status=chosen.value if chosen else "", next_cursor=next_cursor,
                               statuses=[s.value for s in InsourceStatus], error=error)

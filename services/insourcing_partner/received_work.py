@@ -101,7 +101,7 @@ class Insourcing:
 
     async def received(self, session: AsyncSession, status: InsourceStatus | None, limit: int = paging.PAGE_MAX,
                        cursor: str | None = None) -> tuple[list[tuple[ReceivedWork, datetime]], str | None]:
-        """A page of received work, oldest first, each with its last activity: the latest change of the
+        """A page of received work, newest first, each with its last activity: the latest change of the
         work, its ticket or any of the ticket's items."""
         newest_item = (select(func.max(TicketItem.updated_at)).where(TicketItem.ticket_id == ReceivedWork.ticket_id)
                        .scalar_subquery())
@@ -110,7 +110,7 @@ class Insourcing:
         query = select(ReceivedWork, last_activity)
         if status:
             query = query.where(ReceivedWork.status == status)
-        query = paging.after(query, ReceivedWork.created_at, ReceivedWork.link_id, cursor, newest_first=False)
+        query = paging.after(query, ReceivedWork.created_at, ReceivedWork.link_id, cursor, newest_first=True)
         rows = [tuple(row) for row in (await session.execute(query.limit(limit + 1))).all()]
         return paging.page(rows, limit, lambda row: row[0].created_at, lambda row: row[0].link_id)
 

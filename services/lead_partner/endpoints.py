@@ -78,7 +78,7 @@ async def cancel(ticket_id: str, session: SessionDep, outsourcing=Depends(_outso
 
 
 @router.get("/outsourced-work", response_model=paging.page_of(OutsourcedWorkOut, "OutsourcedWorkPage"),
-            summary="Outsource Management dashboard: outsourced tickets, oldest first, a page at a time")
+            summary="Outsource Management dashboard: outsourced tickets, newest first, a page at a time")
 async def outsourced_work(session: SessionDep, status: Annotated[OutsourceStatus | None, Query(
                               description="only this Outsource Status (Waiting Approval: what waits for the lead)")] = None,
                           limit: paging.Limit = paging.PAGE_DEFAULT, cursor: paging.Cursor = None,

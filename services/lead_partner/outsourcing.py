@@ -223,14 +223,14 @@ class LeadOutsourcing:
 
     async def dashboard(self, session: AsyncSession, status: OutsourceStatus | None, limit: int = paging.PAGE_MAX,
                         cursor: str | None = None) -> tuple[list[tuple[Outsourcing, Ticket, datetime]], str | None]:
-        """A page of outsourcings, oldest first, each with its ticket and its last activity: the latest
+        """A page of outsourcings, newest first, each with its ticket and its last activity: the latest
         change of the outsourcing, the ticket or any of its items."""
         newest_item = select(func.max(TicketItem.updated_at)).where(TicketItem.ticket_id == Ticket.id).scalar_subquery()
         last_activity = func.greatest(Outsourcing.updated_at, Ticket.updated_at, newest_item)
         query = select(Outsourcing, Ticket, last_activity).join(Ticket, Ticket.id == Outsourcing.ticket_id)
         if status:
             query = query.where(Outsourcing.status == status)
-        query = paging.after(query, Outsourcing.created_at, Outsourcing.link_id, cursor, newest_first=False)
+        query = paging.after(query, Outsourcing.created_at, Outsourcing.link_id, cursor, newest_first=True)
         rows = [tuple(row) for row in (await session.execute(query.limit(limit + 1))).all()]
         return paging.page(rows, limit, lambda row: row[0].created_at, lambda row: row[0].link_id)
 

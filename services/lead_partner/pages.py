@@ -1,6 +1,5 @@
 """The lead partner's own pages: the outsourcing panel of a ticket (Outsource, Cancel outsourcing,
 Approve, Reject, Complete) and the Outsourced Work dashboard."""
-import re
 from decimal import Decimal, InvalidOperation
 
 from fastapi import APIRouter, Request
@@ -81,7 +80,7 @@ async def outsourced_work(request: Request, who: ViewerDep, session: SessionDep,
     need(who, "outsourcing")
     chosen = OutsourceStatus(status) if status in OutsourceStatus._value2member_map_ else None
     rows, next_cursor = await _outsourcing(request).dashboard(
-        session, chosen, PAGE_ROWS, cursor if re.fullmatch(paging.CURSOR_PATTERN, cursor) else None)
+        session, chosen, PAGE_ROWS, paging.cursor_or_none(cursor))
     return ui(request).render(request, "outsourced_work.html", who=who, nav=NAV, rows=rows,
                               status=chosen.value if chosen else "", next_cursor=next_cursor,
                               statuses=[s.value for s in OutsourceStatus])

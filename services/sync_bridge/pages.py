@@ -3,7 +3,6 @@ health (found by ticket number), Reconcile now, the partner directory (SPEC sect
 remove) and the dead letters with Replay and Discard. Each page calls the same functions as the JSON API
 (services/sync_bridge/endpoints.py, shared/platform/dead_letters.py), so the same rules hold; a
 refusal is shown on the page in words."""
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -65,7 +64,7 @@ async def links(request: Request, who: ViewerDep, session: SessionDep, state: st
     state = state if state in LINK_STATES else ""
     q = q.strip()[:endpoints.MAX_QUERY]
     # A cursor the page did not make (edited by hand) starts again from the newest.
-    after = cursor if re.fullmatch(paging.CURSOR_PATTERN, cursor) else None
+    after = paging.cursor_or_none(cursor)
     rows, next_cursor = await endpoints.find_links(session, state or None, q, paging.PAGE_DEFAULT, after)
     backlog = await endpoints.backlog_of(session, getattr(request.app.state, "consumer", None))
     waiting = {link.id: link for link in await session.scalars(

@@ -1,11 +1,12 @@
 """Pages of a list ordered by creation (SPEC section 5): `{items, next_cursor}`, `?limit=` up to 500,
 `?cursor=` the `next_cursor` of the page before. The cursor names the last row of that page by its
 creation time and id, so a row written meanwhile neither repeats nor hides one."""
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import BaseModel, Field, create_model
+from pydantic import AfterValidator, BaseModel, Field, create_model
 from sqlalchemy import Select, and_, or_
 
 PAGE_DEFAULT = 100
@@ -14,8 +15,27 @@ PAGE_MAX = 500
 CURSOR_PATTERN = r"^[0-9]{1,20}_[A-Za-z0-9-]{1,64}$"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+_LATEST = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
+def _a_time(cursor: str | None) -> str | None:
+    """A cursor whose time a date can hold (a made-up one may name the year 20000): else a 422."""
+    if cursor is not None and int(cursor.partition("_")[0]) > _LATEST:
+        raise ValueError("not a cursor this list gave: pass `next_cursor` as it was")
+    return cursor
+
+
+def cursor_or_none(text: str) -> str | None:
+    """A page's `?cursor=` as a web page takes it: a cursor this list gave, or none (the first page)."""
+    try:
+        return _a_time(text) if re.fullmatch(CURSOR_PATTERN, text) else None
+    except ValueError:
+        return None
+
+
 Limit = Annotated[int, Query(ge=1, le=PAGE_MAX, description="rows per page")]
-Cursor = Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the page before")]
+Cursor = Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the page before"),
+                   AfterValidator(_a_time)]
 
 
 def page_of(out_model: type[BaseModel], name: str) -> type[BaseModel]:

@@ -10,7 +10,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.e2e.flows import arrived, linked_tickets, new_ticket, outsource, received
-from tests.e2e.test_web_ui import LIVE, browser, signed_in  # noqa: F401  (browser: the fixture)
+from tests.e2e.test_web_ui import LIVE, signed_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TERMS = {"rate_type": "hourly", "rate": 95, "authorized_hours": 6}

@@ -7,8 +7,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import pytest_asyncio
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
 from tests.harness import LOGS
 
@@ -21,15 +20,6 @@ TITLE = {"lead_partner": "Lead Partner", "insourcing_partner": "Insourcing Partn
 RECORD_VIOLATIONS = """window.__refused = [];
 document.addEventListener("securitypolicyviolation",
     e => window.__refused.push(e.violatedDirective + " " + (e.blockedURI || "inline")));"""
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def browser():
-    async with async_playwright() as p:
-        # Debian's Chromium; `playwright install` cannot download here and is never called.
-        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
-        yield browser
-        await browser.close()
 
 
 class Offline:

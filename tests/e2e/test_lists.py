@@ -63,3 +63,11 @@ async def test_the_sync_view_names_the_links_state_and_the_sides_status_apart(le
     # The ticket answers the partner's name and the terms with the link.
     ticket = (await lead.get(f"/api/tickets/{lead_ticket['id']}")).json()
     assert ticket["outsource"]["partner_name"] == "Insourcing Partner" and ticket["outsource"]["terms"] is None
+
+
+async def test_a_cursor_no_list_gave_is_a_422_that_says_so_on_every_paged_list(lead, insourcing, bridge):
+    made_up = {"cursor": "595812551987865184_1t6H0tF"}  # the year 20850: found by the fuzzing
+    for client, path in ((lead, "/api/tickets"), (lead, "/api/outsourced-work"), (insourcing, "/api/received-work"),
+                         (bridge, "/api/links")):
+        answer = await client.get(path, params=made_up)
+        assert answer.status_code == 422 and "not a cursor this list gave" in answer.text, (path, answer.text)

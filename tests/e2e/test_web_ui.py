@@ -4,23 +4,13 @@ CSRF refusal, escaping, and refusals shown in words. Screenshots go to var/test-
 import asyncio
 
 import pytest
-import pytest_asyncio
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
 from tests.harness import LOGS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 SHOTS = LOGS / "screenshots"
 LIVE = 5_000  # ms: "within about a second", with room for a slow machine
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="session")
-async def browser():
-    async with async_playwright() as p:
-        # Debian's Chromium; `playwright install` cannot download here and is never called.
-        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
-        yield browser
-        await browser.close()
 
 
 async def signed_in(browser, service, answer_confirms: bool = True) -> Page:

@@ -15,6 +15,7 @@ import pytest
 from tests.harness import LOGS, ROOT, ServiceProcess
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "3"))  # per operation and phase
+STATEFUL_SCENARIOS = 25
 SEED = os.environ.get("FUZZ_SEED", "1127")
 # Every check schemathesis has, less three. ensure_resource_availability reads a 404 after a create as
 # a lost resource, but GET /api/tickets/{ticket_id}/sync answers 404 for a ticket never linked (SPEC
@@ -48,9 +49,14 @@ class FuzzRun:
             phases, checks = "examples,coverage,fuzzing,stateful", WITH_TOKEN_CHECKS
         else:
             phases, checks = "fuzzing", WITHOUT_TOKEN_CHECKS
+        # EXAMPLES per operation and phase; the stateful phase walks more scenarios than that (it costs
+        # a second), so that with every operation the API has, some reach a new ticket's items.
+        config = folder / "schemathesis.toml"
+        config.write_text(f"generation.max-examples = {EXAMPLES}\n\n[phases.stateful]\n"
+                          f"generation.max-examples = {max(EXAMPLES, STATEFUL_SCENARIOS)}\n")
         command = [
-            sys.executable, "-m", "schemathesis.cli", "run", f"{service.url}/openapi.json",
-            "--phases", phases, "--checks", ",".join(checks), "--max-examples", str(EXAMPLES), "--seed", SEED,
+            sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{service.url}/openapi.json",
+            "--phases", phases, "--checks", ",".join(checks), "--seed", SEED,
             "--generation-database", "none", "--request-timeout", "30", "--no-color",
             "--report", "ndjson", "--report-ndjson-path", str(events_path),
         ]
