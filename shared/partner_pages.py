@@ -288,12 +288,12 @@ def when(value) -> Markup | str:
 
 
 def money(amount, currency: str | None = None) -> str:
-    """An amount with two places and its currency, e.g. 1,250.00 USD."""
+    """An amount with two places and its currency, e.g. 1,250.00 USD (none when the lead stated none)."""
     try:
         value = Decimal(str(amount))
     except (InvalidOperation, ValueError):
         return str(amount)
-    return f"{value:,.2f} {currency or 'USD'}"
+    return f"{value:,.2f} {currency}" if currency else f"{value:,.2f}"
 
 
 def ui(request: Request) -> WebUi:

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.contracts.messages import Terms
+from shared.domain.money import TermsOut
 from shared.domain.tickets.schemas import MAX_TEXT
 from shared.domain.workflow import InsourceStatus
 from shared.platform import paging
@@ -27,7 +27,7 @@ class ReceivedWorkOut(BaseModel):
     title: str
     description: str
     instructions: str
-    terms: Terms | None
+    terms: TermsOut | None
     insource_status: InsourceStatus
     ticket_id: str | None
     reason: str | None

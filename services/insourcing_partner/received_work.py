@@ -21,12 +21,14 @@ from shared.contracts.messages import (
     WorkCompleted,
     WorkRejected,
     WorkRequested,
+    WorkRequestedV2,
 )
 from shared.domain import workflow
 from shared.domain.partner_mirroring import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
 from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import Lock
 from shared.domain.tickets.service import add_system_note, create_ticket, get_ticket, lock_ticket_of_link
+from shared.domain.money import TermsOut
 from shared.domain.workflow import InsourceStatus
 from shared.platform import paging
 from shared.platform.db import plain_sql
@@ -81,6 +83,7 @@ class Insourcing:
         # What the bridge tells the insourcing partner, and who handles each message.
         self.bus = MessageBus("insourcing partner", {
             WorkRequested: self.on_requested,
+            WorkRequestedV2: self.on_requested,  # read from this release, sent from the next
             WorkCanceled: self.on_canceled,
             WorkRejected: self.on_rejected,
             WorkCompleted: self.on_completed,
@@ -171,7 +174,7 @@ class Insourcing:
                 title=payload.title,
                 description=payload.description,
                 instructions=payload.instructions,
-                terms=payload.terms.model_dump() if payload.terms else None,
+                terms=TermsOut.stored(payload.terms.model_dump()) if payload.terms else None,
                 status=workflow.RECEIVED,
             )
             .on_conflict_do_nothing()

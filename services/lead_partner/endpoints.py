@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.contracts.messages import Terms
+from shared.domain.money import TermsIn, TermsOut
 from shared.domain.tickets.schemas import MAX_TEXT
 from shared.domain.workflow import OutsourceStatus
 from shared.platform import paging
@@ -28,7 +28,7 @@ class OutsourceBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     partner_id: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     instructions: Annotated[str, StringConstraints(max_length=MAX_TEXT)] = ""
-    terms: Terms | None = None
+    terms: TermsIn | None = None
 
 
 class OutsourcingOut(BaseModel):
@@ -39,7 +39,7 @@ class OutsourcingOut(BaseModel):
     partner_name: str
     partner_ticket_number: str | None
     instructions: str
-    terms: Terms | None
+    terms: TermsOut | None
     reason: str | None
     created_at: datetime
     updated_at: datetime

@@ -22,7 +22,6 @@ from shared.contracts.messages import (
     OutsourceRequested,
     PartnerLeft,
     SideStatus,
-    Terms,
     WorkAccepted,
     WorkDeclined,
     WorkWaitingApproval,
@@ -40,6 +39,7 @@ from shared.domain.partner_mirroring import (
 from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import ItemKind, Origin
 from shared.domain.tickets.service import add_system_note, get_ticket, lock_ticket_of_link
+from shared.domain.money import TermsIn, TermsOut, on_the_wire
 from shared.domain.workflow import OutsourceStatus
 from shared.platform import paging
 from shared.platform.db import plain_sql
@@ -110,9 +110,9 @@ class LeadOutsourcing:
         await self.bus.dispatch(session, payload)
         await self.sync.received(session, payload)
 
-    def _priced(self, terms: Terms) -> Terms:
-        """The terms in the lead's currency unless the caller named one."""
-        return terms if "currency" in terms.model_fields_set else terms.model_copy(update={"currency": self.settings.currency})
+    def _priced(self, terms: TermsIn) -> dict:
+        """The terms as stored: amounts as two-place strings, in the lead's currency unless the caller named one."""
+        return TermsOut.stored({**terms.model_dump(), "currency": terms.currency or self.settings.currency})
 
     async def _current(self, session: AsyncSession, ticket_id: str) -> tuple[Ticket, Outsourcing]:
         ticket = await get_ticket(session, ticket_id, for_update=True)
@@ -124,7 +124,7 @@ class LeadOutsourcing:
     # --- what the lead's users do (API) ----------------------------------------------------------
 
     async def outsource(
-        self, session: AsyncSession, ticket_id: str, partner_id: str, instructions: str, terms: Terms | None
+        self, session: AsyncSession, ticket_id: str, partner_id: str, instructions: str, terms: TermsIn | None
     ) -> Outsourcing:
         ticket = await get_ticket(session, ticket_id, for_update=True)
         partner = await self.directory.partner(session, partner_id)
@@ -137,7 +137,7 @@ class LeadOutsourcing:
             partner_name=partner.name,
             status=workflow.OUTSOURCED,
             instructions=instructions,
-            terms=self._priced(terms).model_dump() if terms else None,
+            terms=self._priced(terms) if terms else None,
         )
         session.add(row)
         await session.flush()
@@ -155,7 +155,7 @@ class LeadOutsourcing:
             title=ticket.title,
             description=ticket.description,
             instructions=row.instructions,
-            terms=Terms.model_validate(row.terms) if row.terms else None,
+            terms=on_the_wire(row.terms),
         )
 
     async def cancel(self, session: AsyncSession, ticket_id: str) -> Outsourcing:

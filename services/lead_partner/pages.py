@@ -1,12 +1,10 @@
 """The lead partner's own pages: the outsourcing panel of a ticket (Outsource, Cancel outsourcing,
 Approve, Reject, Complete) and the Outsourced Work dashboard."""
-from decimal import Decimal, InvalidOperation
-
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
-from shared.contracts.messages import Terms
+from shared.domain.money import TermsIn
 from shared.domain.workflow import OutsourceStatus
 from shared.partner_pages import PAGE_ROWS, PageError, need, ui
 from shared.platform import paging
@@ -28,13 +26,6 @@ def _outsourcing(request: Request):
     return request.app.state.outsourcing
 
 
-def _number(text: str | None) -> float | None:
-    try:
-        return float(Decimal(text)) if text else None
-    except InvalidOperation:
-        raise PageError("panel", f"{text!r} is not a number", 422) from None
-
-
 @router.post("/tickets/{ticket_id}/outsource")
 async def outsource(request: Request, ticket_id: str, who: ChangeDep, session: SessionDep):
     need(who, "outsourcing")
@@ -42,8 +33,8 @@ async def outsource(request: Request, ticket_id: str, who: ChangeDep, session: S
     terms = None
     try:
         if form.get("rate_type"):
-            terms = Terms(rate_type=form["rate_type"], rate=_number(form.get("rate")) or 0,
-                          authorized_hours=_number(form.get("authorized_hours")))
+            terms = TermsIn.model_validate({"rate_type": form["rate_type"], "rate": form.get("rate") or "0",
+                                            "authorized_hours": form.get("authorized_hours") or None})
         await _outsourcing(request).outsource(session, ticket_id, str(form.get("partner_id", "")),
                                               str(form.get("instructions", "")), terms)
     except ValidationError as exc:

@@ -26,6 +26,7 @@ from shared.contracts.messages import (
     WorkWaitingApproval,
 )
 from shared.domain import workflow
+from shared.domain.money import on_the_wire
 from shared.platform.db import utcnow
 from shared.platform.inbox import Rejected
 from shared.platform.messagebus import Ignored
@@ -90,7 +91,7 @@ async def requested(session: AsyncSession, sender: str, link: Link | None, paylo
         # The name the hub knows the lead by, not the one it gives itself: leads are strangers to each other.
         link_id=payload.link_id, lead_partner_id=sender, lead_partner_name=lead.name,
         lead_ticket_number=payload.lead_ticket_number, title=payload.title, description=payload.description,
-        instructions=payload.instructions, terms=payload.terms,
+        instructions=payload.instructions, terms=on_the_wire(payload.terms.model_dump() if payload.terms else None),
     )
     session.add(Link(id=payload.link_id, state=workflow.REQUESTED, lead_partner_id=sender,
                      lead_ticket_id=payload.lead_ticket_id, lead_ticket_number=payload.lead_ticket_number,

@@ -35,8 +35,21 @@ class Terms(Message):
     rate: float = Field(ge=0, lt=MAX_AMOUNT)
     authorized_hours: float | None = Field(None, gt=0, lt=MAX_AMOUNT)
     authorized_charge: float | None = Field(None, ge=0, lt=MAX_AMOUNT)
-    currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the rate and the charges"
-                                                                 " (the lead's LEAD_CURRENCY; USD when absent)")
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the rate and the"
+                                 " charges (the lead's LEAD_CURRENCY); absent from a lead of release 1.0.0: not stated")
+
+
+AMOUNT = Field(pattern=r"^[0-9]{1,10}\.[0-9]{2}$", description="a decimal with two places, as a string")
+
+
+class TermsV2(Message):
+    """The terms of message version 2: every amount a decimal string with two places, never a float."""
+
+    rate_type: Literal["hourly", "flat"]
+    rate: str = AMOUNT
+    authorized_hours: str | None = Field(None, pattern=r"^[0-9]{1,10}\.[0-9]{2}$")
+    authorized_charge: str | None = Field(None, pattern=r"^[0-9]{1,10}\.[0-9]{2}$")
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="ISO 4217 (absent: not stated)")
 
 
 # --- partner -> bridge (on the partner's outbound topic) -----------------------------------------
@@ -56,6 +69,16 @@ class OutsourceRequested(Payload):
     description: str
     instructions: str
     terms: Terms | None
+
+
+@outbound(LEAD, sending=False)
+class OutsourceRequestedV2(OutsourceRequested):
+    """Lead -> bridge: as version 1, the terms' amounts exact (decimal strings with two places, SPEC section
+    12). Read from this release on; leads send it from the next one (docs/architecture.md, "Changing a
+    message")."""
+
+    schema_version = 2
+    terms: TermsV2 | None
 
 
 @outbound(LEAD)
@@ -148,6 +171,15 @@ class WorkRequested(Payload):
     description: str
     instructions: str
     terms: Terms | None
+
+
+@inbound(INSOURCING, sending=False)
+class WorkRequestedV2(WorkRequested):
+    """Bridge -> the insourcing partner: as version 1, the terms' amounts exact (decimal strings with two
+    places). Read from this release on; the bridge sends it from the next one."""
+
+    schema_version = 2
+    terms: TermsV2 | None
 
 
 @inbound(INSOURCING)

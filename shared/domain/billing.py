@@ -40,7 +40,7 @@ def statement(terms: Mapping[str, Any] | None, items: Iterable[BilledItem], vers
     flat rate, the time entries listed at 0. Non-billable items at 0. Without terms, labor is unpriced."""
     terms = terms or {}
     rate_type, rate = terms.get("rate_type"), _decimal(terms.get("rate"))
-    currency = terms.get("currency") or "USD"
+    currency = terms.get("currency")
     billed = [i for i in items if i.shared and i.delivered and not i.internal]
     lines: list[dict[str, Any]] = []
     if rate_type == "flat":
@@ -73,8 +73,9 @@ def statement(terms: Mapping[str, Any] | None, items: Iterable[BilledItem], vers
         warnings.append(f"{money(hours_logged)} h logged, over the {money(_decimal(terms['authorized_hours']))} h"
                         " authorized")
     if terms.get("authorized_charge") is not None and total > _decimal(terms["authorized_charge"]):
-        warnings.append(f"the total {money(total)} {currency} is over the {money(_decimal(terms['authorized_charge']))}"
-                        f" {currency} authorized")
+        unit = f" {currency}" if currency else ""
+        warnings.append(f"the total {money(total)}{unit} is over the {money(_decimal(terms['authorized_charge']))}{unit}"
+                        " authorized")
     return {"version": version, "currency": currency, "rate_type": rate_type, "rate": money(rate), "lines": lines,
             "totals": {"labor": money(labor), "charges": money(charges), "total": money(total),
                        "hours": money(hours_logged)},

@@ -1,6 +1,7 @@
 """Pages of a list ordered by creation (SPEC section 5): `{items, next_cursor}`, `?limit=` up to 500,
 `?cursor=` the `next_cursor` of the page before. The cursor names the last row of that page by its
 creation time and id, so a row written meanwhile neither repeats nor hides one."""
+import base64
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -11,16 +12,25 @@ from sqlalchemy import Select, and_, or_
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 500
-# Opaque to clients: microseconds since the epoch, then the row's id.
-CURSOR_PATTERN = r"^[0-9]{1,20}_[A-Za-z0-9-]{1,64}$"
+# Opaque to clients: microseconds since the epoch, then the row's id in base64url (a link id is whatever
+# the lead's company made it, not always a UUID).
+CURSOR_PATTERN = r"^[0-9]{1,20}_[A-Za-z0-9_-]{1,200}$"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _LATEST = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
 def _a_time(cursor: str | None) -> str | None:
-    """A cursor whose time a date can hold (a made-up one may name the year 20000): else a 422."""
-    if cursor is not None and int(cursor.partition("_")[0]) > _LATEST:
+    """A cursor whose time a date can hold (a made-up one may name the year 20000) and whose key decodes:
+    else a 422."""
+    if cursor is None:
+        return None
+    micros, _, encoded = cursor.partition("_")
+    try:
+        _decoded(encoded)
+    except ValueError:
+        raise ValueError("not a cursor this list gave: pass `next_cursor` as it was") from None
+    if int(micros) > _LATEST:
         raise ValueError("not a cursor this list gave: pass `next_cursor` as it was")
     return cursor
 
@@ -52,8 +62,8 @@ def after(query: Select, created, key, cursor: str | None, newest_first: bool) -
     order = (created.desc(), key.desc()) if newest_first else (created.asc(), key.asc())
     query = query.order_by(*order)
     if cursor:
-        micros, _, last = cursor.partition("_")
-        at = _EPOCH + timedelta(microseconds=int(micros))
+        micros, _, encoded = cursor.partition("_")
+        at, last = _EPOCH + timedelta(microseconds=int(micros)), _decoded(encoded)
         beyond = (created < at) if newest_first else (created > at)
         same = and_(created == at, key < last if newest_first else key > last)
         query = query.where(or_(beyond, same))
@@ -67,4 +77,8 @@ def page(rows: list[Any], limit: int, created_of, key_of) -> tuple[list[Any], st
     rows = rows[:limit]
     last = rows[-1]
     micros = (created_of(last) - _EPOCH) // timedelta(microseconds=1)
-    return rows, f"{micros}_{key_of(last)}"
+    return rows, f"{micros}_{base64.urlsafe_b64encode(str(key_of(last)).encode()).decode().rstrip('=')}"
+
+
+def _decoded(encoded: str) -> str:
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode(errors="replace")

@@ -52,7 +52,10 @@ class WebUi:
         self.title = title
         # Browsers keep cookies per host, not per port: each service's own name, so that signing in to
         # one service on a host does not sign its user out of another on the same host.
-        self.cookie = "session-" + ("".join(c if c.isalnum() else "-" for c in title.lower()).strip("-") or "ui")
+        # The name is ASCII whatever the title (a cookie's name must be), with the title's hash: two partners
+        # whose names read alike do not share one.
+        slug = "".join(c if c.isascii() and c.isalnum() else "-" for c in title.lower()).strip("-")[:40]
+        self.cookie = f"session-{slug or 'ui'}-{hashlib.sha256(title.encode()).hexdigest()[:8]}"
         # Without a configured secret sessions last until the process restarts (replicas need one).
         self.secret = (secret or secrets.token_urlsafe(32)).encode()
         self.templates = Environment(

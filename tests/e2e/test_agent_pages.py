@@ -46,7 +46,7 @@ async def test_the_price_is_shown_before_accepting_and_on_both_ticket_pages_with
     await partner.goto("/received-work")
     await partner.get_by_role("link", name="Waiting for me (Pending)").click()
     row = partner.locator(f"#work-{link_id}")
-    await expect(row.get_by_test_id("work-terms")).to_contain_text("95.00 USD per hour, 6.0 h authorized")
+    await expect(row.get_by_test_id("work-terms")).to_contain_text("95.00 USD per hour, 6.00 h authorized")
     await expect(row.get_by_test_id("work-description")).to_have_text("Rack 3, after 18:00")
     await expect(row.locator("td").nth(1)).to_contain_text("Bring a spare")
     await expect(row.locator("time").first).to_have_text(UTC_TIME)

@@ -16,7 +16,10 @@ from tests.harness import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-TERMS = {"rate_type": "hourly", "rate": 95.0, "authorized_hours": 6, "authorized_charge": 600}
+TERMS = {"rate_type": "hourly", "rate": 95.0, "authorized_hours": 6, "authorized_charge": "600"}
+# Money as both partners answer it (SPEC section 12): decimal strings with two places, and a currency.
+AS_STORED = {"rate_type": "hourly", "rate": "95.00", "authorized_hours": "6.00", "authorized_charge": "600.00",
+             "currency": "USD"}
 
 
 async def test_the_lead_can_outsource_to_the_insourcing_partner_out_of_the_box(lead):
@@ -33,11 +36,11 @@ async def test_an_outsourced_ticket_is_assigned_and_reaches_the_partner_as_pendi
     outsource_field = (await lead.get(f"/api/tickets/{ticket['id']}")).json()["outsource"]
     assert outsource_field == {"status": "Assigned", "link_id": sent["link_id"], "partner_id": PARTNER,
                                "partner_name": "Insourcing Partner", "partner_ticket_number": None,
-                               "terms": {**TERMS, "authorized_hours": 6.0, "authorized_charge": 600.0, "currency": "USD"}}
+                               "terms": AS_STORED}
     work = await received(insourcing, sent["link_id"], "Pending")
     assert work["lead_partner"] == "Lead Partner" and work["lead_ticket_number"] == ticket["number"]
     assert (work["title"], work["instructions"]) == ("Firewall upgrade", "Weekend only")
-    assert work["terms"] == {**TERMS, "authorized_hours": 6.0, "authorized_charge": 600.0, "currency": "USD"}
+    assert work["terms"] == AS_STORED  # exact, to the cent, on both sides
     assert work["ticket_id"] is None
     assigned = await every(lead, "/api/outsourced-work", status="Assigned")
     assert ticket["number"] in [w["ticket_number"] for w in assigned]
@@ -131,7 +134,16 @@ async def test_outsourcing_to_an_unknown_partner_or_with_bad_terms_is_refused(le
     bad_terms = await lead.post(f"/api/tickets/{ticket['id']}/outsource",
                                 json={"partner_id": PARTNER, "terms": {"rate_type": "daily", "rate": 5}})
     assert bad_terms.status_code == 422 and "rate_type" in bad_terms.json()["detail"]
+    for terms, named in (({"rate_type": "hourly", "rate": "95.001"}, "no more than 2 decimal places"),
+                         ({"rate_type": "hourly", "rate": "95", "currency": "XYZ"}, "not an ISO 4217 currency"),
+                         ({"rate_type": "flat", "rate": "-5"}, "greater than or equal to 0")):
+        answer = await lead.post(f"/api/tickets/{ticket['id']}/outsource", json={"partner_id": PARTNER, "terms": terms})
+        assert answer.status_code == 422 and named in answer.text, answer.text
     assert (await lead.get(f"/api/tickets/{ticket['id']}")).json()["outsource"] is None
+    # A currency the lead names is kept; the money stays exact.
+    sent = await outsource(lead, ticket["id"], terms={"rate_type": "flat", "rate": "1250.10", "currency": "EUR"})
+    assert sent["terms"] == {"rate_type": "flat", "rate": "1250.10", "authorized_hours": None,
+                             "authorized_charge": None, "currency": "EUR"}
 
 
 async def test_the_workflow_calls_need_the_outsourcing_permission(services, lead):

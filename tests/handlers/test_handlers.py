@@ -13,6 +13,7 @@ from sqlalchemy import select
 from services.insourcing_partner.models import ReceivedWork
 from services.lead_partner.models import Outsourcing
 from services.sync_bridge.models import ItemMirror, Link
+from shared.contracts.envelope import Envelope, envelope
 from shared.contracts.messages import (
     AttachmentChunk,
     InsourceAccepted,
@@ -28,13 +29,16 @@ from shared.contracts.messages import (
     OutsourceCanceled,
     OutsourceCompleted,
     OutsourceRejected,
+    OutsourceRequestedV2,
     ReconcileRequested,
+    TermsV2,
     WorkAccepted,
     WorkCanceled,
     WorkCompleted,
     WorkDeclined,
     WorkRejected,
     WorkRequested,
+    WorkRequestedV2,
     WorkWaitingApproval,
 )
 from shared.domain.tickets.models import AttachmentContent, TicketItem
@@ -423,3 +427,37 @@ async def test_bridge_forwards_the_chunks_of_an_attachment_whose_first_part_cros
                                                      data=""))
     assert (await bridge.staged(link_id))[-1] == (IN_PARTNER, "mirror.chunk")
     assert len(await bridge.staged(link_id)) == 4
+
+
+# --- exact money, version 2 of the work request (SPEC sections 11 and 12) -------------------------------
+
+async def _as_next_release(side, payload, source: str, topic: str) -> None:
+    """A version this release reads but does not send yet, as the next release's service writes it."""
+    env = Envelope(type=payload.type, schema_version=payload.schema_version, source=source,
+                   link_id=payload.link_id, payload=payload.model_dump(mode="json"))
+    async with side.sessions() as session, session.begin():
+        await side.handle(session, env, payload, topic)
+
+
+async def test_version_2_of_a_work_request_is_read_and_its_exact_money_kept_and_not_sent_yet(bridge, insourcing):
+    exact = TermsV2(rate_type="hourly", rate="1250.10", authorized_hours="6.25", currency="EUR")
+    with pytest.raises(RuntimeError, match="read but not sent yet"):
+        envelope(WorkRequestedV2(**_work(str(uuid.uuid4())), terms=exact), source="bridge", link_id=None)
+    # The bridge reads a lead's version 2 and passes it on as version 1, which every partner reads today.
+    link_id = str(uuid.uuid4())
+    v2 = OutsourceRequestedV2(**{**requested(link_id).model_dump(), "terms": exact.model_dump()})
+    await _as_next_release(bridge, v2, LEAD, "psa.lead-partner.outbound")
+    passed_on = await bridge.last_staged(link_id)
+    assert isinstance(passed_on, WorkRequested) and passed_on.schema_version == 1
+    assert (passed_on.terms.rate, passed_on.terms.authorized_hours, passed_on.terms.currency) == (1250.1, 6.25, "EUR")
+    # A partner reads version 2 and keeps the amounts exact, as it answers them.
+    other = str(uuid.uuid4())
+    await _as_next_release(insourcing, WorkRequestedV2(**_work(other), terms=exact), "bridge", IN_PARTNER)
+    work = await insourcing.get(ReceivedWork, other)
+    assert work.terms == {"rate_type": "hourly", "rate": "1250.10", "authorized_hours": "6.25",
+                          "authorized_charge": None, "currency": "EUR"}
+
+
+def _work(link_id: str) -> dict:
+    return {"link_id": link_id, "lead_partner_id": LEAD, "lead_partner_name": "Lead Co", "lead_ticket_number": "T-9",
+            "title": "Switch", "description": "", "instructions": ""}

@@ -17,7 +17,7 @@ from services.sync_bridge.bridge import Bridge
 from services.sync_bridge.directory import Directory
 from services.sync_bridge.asyncapi import COMMITTED, document, message_id, to_yaml
 from shared.contracts.compat import breaking_changes, previous_release, recorded
-from shared.contracts.messages import DirectoryRequested, OutsourceRequested
+from shared.contracts.messages import DirectoryRequested, OutsourceRequested, OutsourceRequestedV2
 
 
 def test_the_committed_document_is_what_the_code_generates():
@@ -60,7 +60,8 @@ def test_what_the_document_says_each_service_reads_is_what_it_handles():
     assert _read_by("leadReceives") == _ids(lead.bus.handlers)
     assert _read_by("insourcingReceives") == _ids(insourcing.bus.handlers)
     # The bridge answers these two before its bus: a lead's first message of a link, and of no link.
-    assert _read_by("bridgeReceives") == _ids(bridge.bus.handlers) | _ids([OutsourceRequested, DirectoryRequested])
+    assert _read_by("bridgeReceives") == _ids(bridge.bus.handlers) | _ids(
+        [OutsourceRequested, OutsourceRequestedV2, DirectoryRequested])
 
 
 def test_every_message_has_a_summary_and_every_payload_schema_is_in_the_document():

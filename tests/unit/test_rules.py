@@ -65,7 +65,7 @@ def test_a_reader_ignores_fields_it_does_not_know_in_the_envelope_and_at_every_d
     env, payload = parse(json.dumps(raw).encode())
     assert env.link_id == "L1" and payload.title == "Hot"
     assert payload.terms.model_dump() == {"rate_type": "hourly", "rate": 90, "authorized_hours": None,
-                                          "authorized_charge": None, "currency": "USD"}
+                                          "authorized_charge": None, "currency": None}
     assert "priority" not in payload.model_dump() and "trace" not in env.model_dump()
 
 

@@ -13,7 +13,7 @@ from shared.contracts.limits import (
     MAX_TEXT,
     MAX_TITLE,
 )
-from shared.contracts.messages import Terms
+from shared.domain.money import TermsOut
 from shared.domain.tickets.rules import ItemKind, TicketStatus
 
 
@@ -81,7 +81,7 @@ class PartnerLinkOut(BaseModel):
     partner_id: str
     partner_name: str = Field(description="the other partner's name, as the hub's directory gave it")
     partner_ticket_number: str | None
-    terms: Terms | None = Field(None, description="what the lead pays: rate, authorized hours, currency")
+    terms: TermsOut | None = Field(None, description="what the lead pays: rate, authorized hours, currency")
 
 
 class TicketOut(BaseModel):
