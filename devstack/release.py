@@ -45,6 +45,10 @@ def check(version: str) -> str:
             raise ReleaseError(f"{version} is not after the last release, {last}")
     if git("status", "--porcelain"):
         raise ReleaseError("the working tree has changes: commit or stash them first")
+    if git("tag", "--list", f"v{version}"):
+        raise ReleaseError(f"the tag v{version} exists already")
+    if not subprocess.run(["git", "config", "user.email"], cwd=ROOT, capture_output=True, text=True).stdout.strip():
+        raise ReleaseError("git has no user.email here: set one (git config user.email ...) to commit the release")
     text = CHANGELOG.read_text() if CHANGELOG.exists() else ""
     section = text.split(UNRELEASED, 1)[1].split("\n## ", 1)[0].strip() if UNRELEASED in text else ""
     if not section:
@@ -61,16 +65,16 @@ def check(version: str) -> str:
 
 def cut(version: str) -> str:
     check(version)
-    PYPROJECT.write_text(re.sub(r'^version = "[^"]+"', f'version = "{version}"', PYPROJECT.read_text(), count=1,
-                                flags=re.M))
-    subprocess.run([sys.executable, "-m", "services.sync_bridge.asyncapi"], cwd=ROOT, check=True)
     recorded = ROOT / "docs" / "contracts" / version
-    recorded.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ROOT / "docs" / "asyncapi.yaml", recorded / "asyncapi.yaml")
-    CHANGELOG.write_text(CHANGELOG.read_text().replace(
-        UNRELEASED, f"{UNRELEASED}\n\n## {version} ({date.today().isoformat()})", 1))
-    git("add", str(PYPROJECT), str(CHANGELOG), "docs/asyncapi.yaml", str(recorded))
-    git("commit", "-q", "-m", f"Release {version}")
+    try:
+        _record(version, recorded)
+        git("commit", "-q", "-m", f"Release {version}")
+    except (subprocess.CalledProcessError, OSError) as exc:
+        # Nothing half-made stays: the files go back to the last commit, the recorded contracts away.
+        subprocess.run(["git", "reset", "-q", "HEAD", "--", "."], cwd=ROOT)
+        subprocess.run(["git", "checkout", "--", str(PYPROJECT), str(CHANGELOG), "docs/asyncapi.yaml"], cwd=ROOT)
+        shutil.rmtree(recorded, ignore_errors=True)
+        raise ReleaseError(f"{exc}: {getattr(exc, 'stderr', '') or ''}".strip()) from exc
     commit = git("rev-parse", "HEAD")
     git("tag", f"v{version}", commit)
     PREVIOUS.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +82,19 @@ def cut(version: str) -> str:
     git("add", str(PREVIOUS))
     git("commit", "-q", "-m", f"tests/compat/previous-release: {version}, the release the compat tests run against")
     return commit
+
+
+def _record(version: str, recorded: Path) -> None:
+    """The release's files: its version, its document recorded, its CHANGELOG section dated; staged."""
+    PYPROJECT.write_text(re.sub(r'^version = "[^"]+"', f'version = "{version}"', PYPROJECT.read_text(), count=1,
+                                flags=re.M))
+    subprocess.run([sys.executable, "-m", "services.sync_bridge.asyncapi"], cwd=ROOT, check=True,
+                   capture_output=True, text=True)
+    recorded.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "docs" / "asyncapi.yaml", recorded / "asyncapi.yaml")
+    CHANGELOG.write_text(CHANGELOG.read_text().replace(
+        UNRELEASED, f"{UNRELEASED}\n\n## {version} ({date.today().isoformat()})", 1))
+    git("add", str(PYPROJECT), str(CHANGELOG), "docs/asyncapi.yaml", str(recorded))
 
 
 def main() -> int:

@@ -44,13 +44,17 @@ class _Schemas:
         return schema if isinstance(schema, dict) else {}
 
     def branches(self, schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """The schema split by the JSON type each part accepts ("any" for no constraint)."""
+        """The schema split by the JSON type each part accepts ("any" for no constraint); of a union of
+        several named objects, each by its name ("object Terms"), so that each is compared with its own."""
         schema = self.resolve(schema)
         parts = schema.get("anyOf") or schema.get("oneOf")
         if parts:
             found: dict[str, dict[str, Any]] = {}
+            objects = [p for p in parts if "object" in self.branches(p)]
             for part in parts:
-                found |= self.branches(part)
+                for kind, branch in self.branches(part).items():
+                    named = kind == "object" and len(objects) > 1 and isinstance(part, dict) and "$ref" in part
+                    found[f"object {part['$ref'].rsplit('/', 1)[-1]}" if named else kind] = branch
             return found
         if "const" in schema or "enum" in schema:
             values = [schema["const"]] if "const" in schema else schema["enum"]
@@ -77,11 +81,18 @@ def schema_changes(old: Any, new: Any, old_doc: dict, new_doc: dict, where: str 
     return _compare(old, new, _Schemas(old_doc), _Schemas(new_doc), where, set())
 
 
-def _compare(old: Any, new: Any, olds: _Schemas, news: _Schemas, where: str, seen: set) -> list[str]:
-    key = (where, id(olds.resolve(old)), id(news.resolve(new)))
-    if key in seen:  # a recursive schema
+def _compare(old: Any, new: Any, olds: _Schemas, news: _Schemas, where: str, within: set) -> list[str]:
+    key = (id(olds.resolve(old)), id(news.resolve(new)))
+    if key in within:  # a recursive schema, already being compared further up
         return []
-    seen.add(key)
+    within.add(key)
+    try:
+        return _compare_parts(old, new, olds, news, where, within)
+    finally:
+        within.discard(key)
+
+
+def _compare_parts(old: Any, new: Any, olds: _Schemas, news: _Schemas, where: str, seen: set) -> list[str]:
     at = where or "the payload"
     old_parts, new_parts = olds.branches(old), news.branches(new)
     problems = [f"{at}: narrowed type, no longer accepts {kind}" for kind in old_parts

@@ -149,3 +149,38 @@ def test_todays_document_is_compatible_with_itself_and_a_real_change_is_caught()
     changed_doc["components"]["schemas"]["NoteFields"]["required"].append("title")
     assert breaking_changes(today, changed_doc) == [
         "insource.declined.v1: payload.reason: removed field", "NoteFields: title: became required"]
+
+
+def test_a_recursive_model_is_compared_without_end():
+    class Node(Message):
+        name: str
+        children: list["Node"] = []
+
+    class NodeAfter(Message):
+        name: str
+        children: list["NodeAfter"] = []
+        weight: int
+
+    assert breaking_changes(doc(("x.v1", Node)), doc(("x.v1", Node))) == []
+    assert breaking_changes(doc(("x.v1", Node)), doc(("x.v1", NodeAfter))) == [
+        "x.v1: payload.weight: new required field"]
+
+
+def test_each_object_of_a_union_is_compared_with_its_own():
+    def price(drop_hours: bool) -> type[Message]:
+        class Hourly(Message):
+            rate: float
+            if not drop_hours:
+                hours: float
+
+        class Flat(Message):
+            amount: float
+
+        class Price(Message):
+            price: Hourly | Flat
+
+        return Price
+
+    assert breaking_changes(doc(("x.v1", price(False))), doc(("x.v1", price(False)))) == []
+    assert breaking_changes(doc(("x.v1", price(False))), doc(("x.v1", price(True)))) == [
+        "x.v1: payload.price.hours: removed field"]
