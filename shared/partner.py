@@ -1,13 +1,14 @@
 """What both partner services are made of: their settings, their ticket API and their messaging."""
 
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fastapi import APIRouter, Request
 from prometheus_client import Gauge
 from pydantic import BaseModel, Field, model_validator
 
 from shared.domain.tickets.endpoints import ticket_router
+from shared.domain import statements
 from shared.domain.partner_sync import SyncWatch
 from shared.partner_pages import TEMPLATES, PartnerPages, install_partner_pages
 from shared.domain.tickets.schemas import MAX_ATTACHMENT_BYTES
@@ -93,6 +94,26 @@ async def sync_health(ticket_id: str, request: Request, session: SessionDep):
     if health is None:
         raise NotFound(f"ticket {ticket_id} was never linked to a partner: it has no synchronization")
     return health
+
+
+class StatementOut(BaseModel):
+    link_id: str
+    version: int = Field(description="1 at the first Insource Complete, one more at each after a reject")
+    sha256: str = Field(description="of the statement's canonical JSON (sorted keys, no whitespace, UTF-8): the same on"
+                                    " both sides")
+    statement: dict[str, Any] = Field(description="lines, totals, warnings, currency; every amount a decimal string")
+    frozen_at: datetime
+
+
+@sync_router.get("/{ticket_id}/statement", response_model=StatementOut,
+                 summary="The statement the insourcing partner asked approval of (SPEC section 12): the same on both sides")
+async def statement(ticket_id: str, request: Request, session: SessionDep):
+    await get_ticket(session, ticket_id)
+    link = await request.app.state.sync_policy.links.link_for_ticket(session, ticket_id)
+    frozen = await statements.latest(session, link.link_id) if link else None
+    if frozen is None:
+        raise NotFound(f"ticket {ticket_id} has no statement: none was frozen by an Insource Complete yet")
+    return frozen.as_json()
 
 
 notifications_router = api_router("/api", ["notifications"], Permission.OUTSOURCING)

@@ -18,6 +18,7 @@ from markupsafe import Markup, escape
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
+from shared.domain import statements
 from shared.domain.tickets import service
 from shared.domain.tickets.endpoints import content_disposition
 from shared.domain.tickets.models import Ticket, TicketItem
@@ -213,6 +214,10 @@ class PartnerPages:
 
     async def context(self, request, who, session, ticket_id: str) -> dict[str, Any]:
         policy = request.app.state.sync_policy
+        # The version first: each statement below sees what has committed by then (read committed), so
+        # the page is at least as new as the version it names, and the stream that starts after that
+        # version sends anything newer. Read last, a note committed meanwhile would be named and not shown.
+        version = await self.version(session, policy, ticket_id)
         ticket = await service.get_ticket(session, ticket_id)
         items = list((await session.scalars(
             select(TicketItem).where(TicketItem.ticket_id == ticket_id).order_by(TicketItem.seq))).all())
@@ -224,9 +229,11 @@ class PartnerPages:
         worker = Origin.PARTNER if self.link_field == "outsource" else Origin.LOCAL
         hours = sum((Decimal(str(i.fields["hours"])) for i in items
                      if i.kind == ItemKind.TIME_ENTRY and i.origin == worker and not i.internal), Decimal(0))
+        frozen = await statements.latest(session, link["link_id"]) if link else None
         return {"who": who, "ticket": ticket, "entries": entries, "link": link, "health": health, "hours_logged": hours,
+                "statement": frozen,
                 "statuses": [s.value for s in TicketStatus],
-                "status_label": self.status_label, "kind_names": KIND_NAMES, "version": await self.version(session, policy, ticket_id),
+                "status_label": self.status_label, "kind_names": KIND_NAMES, "version": version,
                 "panel": await self.panel(request, who, ticket, session)}
 
     async def ticket_page(self, request, who, session, ticket_id: str, errors: dict[str, str] | None = None,

@@ -23,7 +23,7 @@ from shared.contracts.messages import (
     WorkRequested,
     WorkRequestedV2,
 )
-from shared.domain import workflow
+from shared.domain import statements, workflow
 from shared.domain.partner_mirroring import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
 from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import Lock
@@ -148,7 +148,8 @@ class Insourcing:
         row.status = workflow.insource("insource complete", row.status)
         row.rounds += 1
         await lock_items(session, ticket.id, Lock.SUSPENSION)
-        await self._emit(session, InsourceCompletionRequested(link_id=row.link_id), row.link_id)
+        frozen = await statements.freeze(session, row.link_id, ticket.id, row.terms, row.rounds)
+        await self._emit(session, InsourceCompletionRequested(link_id=row.link_id, statement=frozen.body), row.link_id)
         await add_system_note(session, ticket.id, *wording.insource_complete(row.lead_partner_name))
         return row
 

@@ -26,7 +26,7 @@ from shared.contracts.messages import (
     WorkDeclined,
     WorkWaitingApproval,
 )
-from shared.domain import workflow
+from shared.domain import statements, workflow
 from shared.domain.partner_mirroring import (
     MIRROR_MESSAGES,
     LinkView,
@@ -250,6 +250,8 @@ class LeadOutsourcing:
             raise Ignored(f"Insource Complete {payload.round} of link {row.link_id} was already applied")
         row.status = workflow.outsource("link.waiting_approval", row.status)
         row.rounds = payload.round
+        if payload.statement is not None:
+            await statements.keep(session, row.link_id, payload.statement)
         await lock_shared_items(session, ticket.id)
         await add_system_note(session, ticket.id, *wording.waiting_approval_note(row.partner_name))
         notify(session, "approval.requested", self.settings.notify_email,

@@ -130,8 +130,9 @@ async def completion_requested(session: AsyncSession, event: LinkEvent) -> None:
     event.require(from_lead=False)
     move(event)
     event.link.rounds += 1
-    send(session, event.other_partner, WorkWaitingApproval(link_id=event.link.id, round=event.link.rounds),
-         event.link.id)
+    payload: InsourceCompletionRequested = event.payload
+    send(session, event.other_partner, WorkWaitingApproval(link_id=event.link.id, round=event.link.rounds,
+                                                           statement=payload.statement), event.link.id)
 
 
 async def rejected(session: AsyncSession, event: LinkEvent) -> None:

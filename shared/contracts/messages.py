@@ -262,6 +262,11 @@ class InsourceCompletionRequested(Payload):
 
     type = "insource.completion_requested"
     link_id: str
+    # SPEC section 12: the statement frozen with this Insource Complete (absent from a release-1.0.0 partner).
+    statement: dict[str, Any] | None = Field(None, description=(
+        "the statement this Insource Complete asks approval of: version, currency, lines, totals, warnings,"
+        " every amount a decimal string; its SHA-256 is that of its canonical JSON (sorted keys, no"
+        " whitespace, UTF-8)"))
 
 
 @outbound(LEAD)
@@ -305,6 +310,11 @@ class WorkWaitingApproval(Payload):
     type = "link.waiting_approval"
     link_id: str
     round: int = Field(1, ge=1)  # the how-manieth Insource Complete of the link (a resent one applies once)
+    # SPEC section 12: the statement frozen with this Insource Complete (absent from a release-1.0.0 partner).
+    statement: dict[str, Any] | None = Field(None, description=(
+        "the statement this Insource Complete asks approval of: version, currency, lines, totals, warnings,"
+        " every amount a decimal string; its SHA-256 is that of its canonical JSON (sorted keys, no"
+        " whitespace, UTF-8)"))
 
 
 @inbound(INSOURCING)

@@ -4,6 +4,7 @@ in both partners. A service's models module adds its own tables; its Alembic env
 with the result, and tests/integration/test_schema.py checks the migrations build exactly that."""
 from shared.domain.partner_mirroring import IncomingAttachment, IncomingChunk
 from shared.domain.partner_sync import ItemDeletion, LinkSync
+from shared.domain.statements import Statement
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter
 from shared.platform.auth import ApiToken
 from shared.platform.db import service_metadata
@@ -18,7 +19,7 @@ PARTNER_TABLES = [
     *PLATFORM_TABLES,
     Ticket.__table__, TicketNumberCounter.__table__, TicketItem.__table__, AttachmentContent.__table__,
     IncomingAttachment.__table__, IncomingChunk.__table__, Notification.__table__,
-    ItemDeletion.__table__, LinkSync.__table__,
+    ItemDeletion.__table__, LinkSync.__table__, Statement.__table__,
 ]
 
 __all__ = ["PARTNER_TABLES", "PLATFORM_TABLES", "service_metadata"]
