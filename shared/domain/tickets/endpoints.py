@@ -16,8 +16,6 @@ from shared.domain.tickets.schemas import (
     MAX_ATTACHMENT_BYTES,
     MAX_TITLE,
     OUT_MODELS,
-    PAGE_DEFAULT,
-    PAGE_MAX,
     UPDATE_MODELS,
     PartnerLinkOut,
     page_model,
@@ -85,7 +83,7 @@ def ticket_router(link_field: str) -> APIRouter:
         q: Annotated[str, Query(max_length=MAX_TITLE, pattern=r"^[^\x00]*$",
                                 description="a ticket number (or its start), or words of the title")] = "",
         status: Annotated[TicketStatus | None, Query(description="only tickets of this status")] = None,
-        limit: paging.Limit = PAGE_DEFAULT,
+        limit: paging.Limit = paging.PAGE_DEFAULT,
         cursor: paging.Cursor = None,
     ):
         rows, next_cursor = await service.list_tickets(session, q, status, limit, cursor)
@@ -170,7 +168,7 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
         ticket_id: str,
         session: SessionDep,
         policy: PolicyDep,
-        limit: Annotated[int, Query(ge=1, le=PAGE_MAX, description="items per page")] = PAGE_DEFAULT,
+        limit: Annotated[int, Query(ge=1, le=paging.PAGE_MAX, description="items per page")] = paging.PAGE_DEFAULT,
         cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the page before")] = None,
     ):
         page, more = await service.list_items(session, ticket_id, kind, limit, int(cursor) if cursor else None)

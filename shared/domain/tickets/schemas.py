@@ -3,7 +3,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
 from shared.contracts.limits import (
     AMOUNT_DECIMALS,
@@ -15,6 +15,7 @@ from shared.contracts.limits import (
 )
 from shared.domain.money import TermsOut
 from shared.domain.tickets.rules import ItemKind, TicketStatus
+from shared.platform.paging import page_of
 
 
 def _storable(text: str) -> str:
@@ -223,19 +224,13 @@ class AttachmentOut(ItemOut):
 
 # --- paging (SPEC section 5): oldest first, a page at a time ---------------------------------------
 
-PAGE_DEFAULT = 100
-PAGE_MAX = 500
-# A cursor is opaque to clients: it names the last item of the page before.
+# A cursor of items is opaque to clients: it names the last item of the page before (its creation order).
 CURSOR_PATTERN = r"^[0-9]{1,18}$"
 
 
 def page_model(out_model: type[ItemOut]) -> type[BaseModel]:
-    """`{items, next_cursor}` of one kind: `next_cursor` is null on the last page."""
-    return create_model(
-        f"{out_model.__name__.removesuffix('Out')}Page",
-        items=(list[out_model], ...),
-        next_cursor=(str | None, Field(description="pass as `cursor` for the next page; null on the last page")),
-    )
+    """`{items, next_cursor}` of one kind, as every list of the product pages."""
+    return page_of(out_model, f"{out_model.__name__.removesuffix('Out')}Page")
 
 
 FIELD_MODELS: dict[ItemKind, type[Strict]] = {
