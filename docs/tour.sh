@@ -109,6 +109,10 @@ has_note() {  # has_note URL TOKEN TICKET BODY: the ticket shows a note with thi
   SEEN=$(get "$1/api/tickets/$3/notes?limit=500" "$2" "sum(1 for n in items if n['body'] == '$4')") || exit 1
   [ "$SEEN" -ge 1 ]
 }
+invoiced() {  # the lead's statement of the ticket carries invoice $1
+  SEEN=$(get "$LEAD_URL/api/tickets/$TICKET/statement" "$LP" 'd["invoice_number"]') || exit 1
+  [ "$SEEN" = "$1" ]
+}
 link_state() {  # the bridge's link is in state $1
   SEEN=$(get "$BRIDGE_URL/api/links/$LINK" "$SB" 'd["state"]') || exit 1
   [ "$SEEN" = "$1" ]
@@ -166,10 +170,19 @@ say "insourcing: Insource Complete again"
 wait_for "the lead to see Waiting Approval again" outsource_status "Waiting Approval"
 say "lead: Outsource Status Waiting Approval"
 
-api POST "$LEAD_URL/api/tickets/$TICKET/outsource/approve" "$LP" >/dev/null
-say "lead: approved it"
+STATEMENT=$(api GET "$LEAD_URL/api/tickets/$TICKET/statement" "$LP")
+SHA=$(json 'd["sha256"]' <<<"$STATEMENT")
+say "lead: statement version $(json 'd["version"]' <<<"$STATEMENT"), total $(json 'd["statement"]["totals"]["total"]' <<<"$STATEMENT") (SHA-256 ${SHA:0:12})"
+api POST "$LEAD_URL/api/tickets/$TICKET/outsource/approve" "$LP" "{\"statement_sha256\": \"$SHA\"}" >/dev/null
+say "lead: approved it, and that statement"
 wait_for "the lead to see Complete" outsource_status Complete
 wait_for "the insourcing partner to see Complete" insource_status Complete
+
+INVOICE="INV-$(date +%Y%m%d%H%M%S)"
+api POST "$INSOURCING_URL/api/received-work/$LINK/invoice" "$IP" "{\"invoice_number\": \"$INVOICE\"}" >/dev/null
+say "insourcing: invoiced that statement as $INVOICE"
+wait_for "the lead to see invoice $INVOICE" invoiced "$INVOICE"
+say "lead: sees invoice $INVOICE"
 if [ -n "$SB" ]; then
   wait_for "the bridge's link to end" link_state terminated
   say "done: Complete on both sides, the bridge's link terminated"

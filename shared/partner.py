@@ -1,7 +1,7 @@
 """What both partner services are made of: their settings, their ticket API and their messaging."""
 
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from fastapi import APIRouter, Request
 from prometheus_client import Gauge
@@ -103,16 +103,23 @@ class StatementOut(BaseModel):
                                     " both sides")
     statement: dict[str, Any] = Field(description="lines, totals, warnings, currency; every amount a decimal string")
     frozen_at: datetime
+    settled: Literal["approved", "completed"] | None = Field(description=(
+        "the link ended with this statement: approved by the lead, or completed (the lead's Complete at any"
+        " time froze it from what had crossed); null while it waits"))
+    settled_at: datetime | None
+    invoice_number: str | None = Field(description="the insourcing partner's invoice for it, once invoiced")
+    invoiced_at: datetime | None
 
 
 @sync_router.get("/{ticket_id}/statement", response_model=StatementOut,
-                 summary="The statement the insourcing partner asked approval of (SPEC section 12): the same on both sides")
+                 summary="The statement of the ticket's link (SPEC section 12): the one waiting for approval, or the one"
+                         " the link ended with; the same statement and SHA-256 on both sides")
 async def statement(ticket_id: str, request: Request, session: SessionDep):
     await get_ticket(session, ticket_id)
     link = await request.app.state.sync_policy.links.link_for_ticket(session, ticket_id)
-    frozen = await statements.latest(session, link.link_id) if link else None
+    frozen = await statements.current(session, link.link_id) if link else None
     if frozen is None:
-        raise NotFound(f"ticket {ticket_id} has no statement: none was frozen by an Insource Complete yet")
+        raise NotFound(f"ticket {ticket_id} has no statement: none was frozen by an Insource Complete or a Complete yet")
     return frozen.as_json()
 
 

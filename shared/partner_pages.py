@@ -229,7 +229,7 @@ class PartnerPages:
         worker = Origin.PARTNER if self.link_field == "outsource" else Origin.LOCAL
         hours = sum((Decimal(str(i.fields["hours"])) for i in items
                      if i.kind == ItemKind.TIME_ENTRY and i.origin == worker and not i.internal), Decimal(0))
-        frozen = await statements.latest(session, link["link_id"]) if link else None
+        frozen = await statements.current(session, link["link_id"]) if link else None
         return {"who": who, "ticket": ticket, "entries": entries, "link": link, "health": health, "hours_logged": hours,
                 "statement": frozen,
                 "statuses": [s.value for s in TicketStatus],

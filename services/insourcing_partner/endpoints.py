@@ -86,6 +86,33 @@ async def decline(link_id: str, body: DeclineBody, session: SessionDep, insourci
     return _out(row)
 
 
+class InvoiceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    invoice_number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
+                                                     pattern=r"^[^\x00-\x1f\x7f]+$")] = Field(
+        description="this partner's own invoice number (1 to 64 printable characters); the lead sees it")
+
+
+class InvoicedOut(BaseModel):
+    link_id: str
+    statement_version: int
+    statement_sha256: str
+    total: str = Field(description="the statement's total, a decimal string with two places")
+    currency: str | None
+    invoice_number: str
+    invoiced_at: datetime
+
+
+@router.post("/received-work/{link_id}/invoice", responses=CONFLICT, response_model=InvoicedOut,
+             summary="Mark the statement the work ended with invoiced (SPEC section 12): the lead sees the number."
+                     " The same number again answers the same; another number is 409")
+async def invoice(link_id: str, body: InvoiceBody, session: SessionDep, insourcing=Depends(_insourcing)):
+    ending = await insourcing.invoice(session, link_id, body.invoice_number)
+    return {"link_id": link_id, "statement_version": ending.version, "statement_sha256": ending.sha256,
+            "total": ending.body["totals"]["total"], "currency": ending.body.get("currency"),
+            "invoice_number": ending.invoice_number, "invoiced_at": ending.invoiced_at}
+
+
 insource_router = api_router("/api", ["received work"], Permission.TICKETS)
 
 

@@ -1,6 +1,7 @@
 """The insourcing partner's side: work received from lead partners, accepted or declined, and the
 insourced ticket that the link mirrors."""
 import json
+import logging
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -15,6 +16,7 @@ from shared.contracts.messages import (
     InsourceAccepted,
     InsourceCompletionRequested,
     InsourceDeclined,
+    InsourceInvoiced,
     PartnerLeft,
     SideStatus,
     WorkCanceled,
@@ -31,11 +33,14 @@ from shared.domain.tickets.service import add_system_note, create_ticket, get_ti
 from shared.domain.money import TermsOut
 from shared.domain.workflow import InsourceStatus
 from shared.platform import paging
-from shared.platform.db import plain_sql
+from shared.platform.db import plain_sql, utcnow
 from shared.platform.errors import Conflict, NotFound
 from shared.platform.kafka import outbound_topic
+from shared.platform.inbox import Rejected
 from shared.platform.messagebus import Ignored, MessageBus
 from shared.platform.notifications import notify
+
+log = logging.getLogger(__name__)
 
 
 class ReceivedLinks:
@@ -216,11 +221,56 @@ class Insourcing:
         if ticket is None:
             return  # never accepted here: the bridge ends only accepted links this way
         row.status = workflow.insource("link.completed", row.status)
+        await self._settle(session, row, ticket, payload)
         await lock_items(session, ticket.id, Lock.COMPLETION)
         await add_system_note(session, ticket.id, *wording.complete_note(row.lead_partner_name, payload.approved))
         notify(session, "insource.complete", self.settings.notify_email,
                *wording.complete_mail(row.lead_partner_name, ticket.number, ticket.title, row.lead_ticket_number,
                                       payload.approved), ticket.id)
+
+    async def _settle(self, session: AsyncSession, row: ReceivedWork, ticket: Ticket, payload: WorkCompleted) -> None:
+        """The statement the link ended with: the lead's own when its Complete froze one, the one the lead
+        approved, or (a release-1.0.0 lead names none) the one waiting, else one frozen now."""
+        if payload.statement is not None:
+            ending = await statements.keep(session, row.link_id, payload.statement, authoritative=True)
+        elif payload.statement_version is not None:
+            ending = await statements.of_version(session, row.link_id, payload.statement_version)
+        else:
+            ending = await statements.latest(session, row.link_id)
+            if ending is None or ending.version != row.rounds or not payload.approved:
+                ending = await statements.freeze(session, row.link_id, ticket.id, row.terms,
+                                                 (ending.version if ending else 0) + 1)
+        if ending is None:
+            raise Rejected(f"the lead approved statement version {payload.statement_version} of link {row.link_id},"
+                           " which this partner never froze")
+        if payload.statement_sha256 is not None and ending.sha256 != payload.statement_sha256:
+            log.warning("link %s ended with statement version %s: the lead's SHA-256 %s differs from this side's %s",
+                        row.link_id, ending.version, payload.statement_sha256, ending.sha256)
+        statements.settle(ending, statements.APPROVED if payload.approved else statements.COMPLETED)
+
+    async def invoice(self, session: AsyncSession, link_id: str, invoice_number: str) -> statements.Statement:
+        """Mark the statement the link ended with invoiced, and tell the lead. The same number again is
+        answered as before; another number for an invoiced statement is a conflict."""
+        row = await self._locked(session, link_id)
+        ending = await statements.settled(session, link_id)
+        if ending is None and row.status == InsourceStatus.COMPLETE:
+            raise Conflict(f"work {link_id} ended before statements were kept: there is no statement to invoice")
+        if ending is None:
+            raise Conflict(f"work {link_id} is {row.status}: only work the lead approved or completed can be invoiced")
+        ending = await statements.of_version(session, link_id, ending.version)  # locked
+        if ending.invoice_number == invoice_number:
+            return ending
+        if ending.invoice_number is not None:
+            raise Conflict(f"statement version {ending.version} of work {link_id} was invoiced already, as"
+                           f" {ending.invoice_number}")
+        ending.invoice_number, ending.invoiced_at = invoice_number, utcnow()
+        await self._emit(session, InsourceInvoiced(
+            link_id=link_id, statement_version=ending.version, statement_sha256=ending.sha256,
+            invoice_number=invoice_number, statement=ending.body), link_id)
+        if row.ticket_id:
+            await add_system_note(session, row.ticket_id, *wording.invoiced_note(
+                row.lead_partner_name, invoice_number, ending.body["totals"]["total"], ending.body.get("currency")))
+        return ending
 
     async def on_partner_left(self, session: AsyncSession, payload: PartnerLeft) -> None:
         """The hub removed the lead partner: the work is Canceled and, as after a completion, everything

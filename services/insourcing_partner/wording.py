@@ -71,3 +71,8 @@ def partner_left_mail(lead_partner_name: str, lead_partner_id: str, lead_ticket:
     return f"Work canceled ({lead_partner_name} left the hub): {lead_ticket} {title}", (
         f"{lead_partner_name} ({lead_partner_id}) left the hub, so their request for ticket {lead_ticket} "
         f"({title}) is Canceled and nothing synchronizes any more. The ticket status itself is unchanged.")
+
+
+def invoiced_note(lead_partner_name: str, invoice_number: str, total: str, currency: str | None) -> tuple[str, str]:
+    amount = f"{total} {currency}" if currency else total
+    return "Invoiced", f"Invoice {invoice_number} sent to {lead_partner_name} for this work: {amount}."

@@ -101,16 +101,28 @@ async def reject(ticket_id: str, body: RejectBody, session: SessionDep, outsourc
     return _out(row)
 
 
+class ApproveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    statement_sha256: Annotated[str | None, Field(
+        pattern=r"^[0-9a-fA-F]{64}$", description=(
+            "the SHA-256 of the statement approved, as GET /api/tickets/{ticket_id}/statement answers it: required"
+            " when the partner's Insource Complete carried a statement (a partner of release 1.0.0 sends none);"
+            " a superseded or unknown one is 409 naming the current version"))] = None
+
+
 @router.post("/tickets/{ticket_id}/outsource/approve", responses=CONFLICT, response_model=OutsourcingOut,
-             summary="Approve the partner's work: the outsourcing is Complete and the link ends")
-async def approve(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
-    row = await outsourcing.finish(session, ticket_id, "approve")
+             summary="Approve the partner's work and the statement it asked approval of: the outsourcing is Complete"
+                     " and the link ends")
+async def approve(ticket_id: str, session: SessionDep, body: ApproveBody | None = None,
+                  outsourcing=Depends(_outsourcing)):
+    row = await outsourcing.finish(session, ticket_id, "approve", body.statement_sha256 if body else None)
     await session.flush()  # server-made values for the answer; the request commits in SessionDep
     return _out(row)
 
 
 @router.post("/tickets/{ticket_id}/outsource/complete", responses=CONFLICT, response_model=OutsourcingOut,
-             summary="Set the Outsource Status to Complete at any time: the same results as approve")
+             summary="Set the Outsource Status to Complete at any time: the same results as approve, with a statement"
+                     " frozen of the partner's time entries and charges that had crossed by then")
 async def complete(ticket_id: str, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.finish(session, ticket_id, "complete")
     await session.flush()  # server-made values for the answer; the request commits in SessionDep

@@ -24,6 +24,7 @@ from shared.contracts.messages import (
     SideStatus,
     WorkAccepted,
     WorkDeclined,
+    WorkInvoiced,
     WorkWaitingApproval,
 )
 from shared.domain import statements, workflow
@@ -42,7 +43,7 @@ from shared.domain.tickets.service import add_system_note, get_ticket, lock_tick
 from shared.domain.money import TermsIn, TermsOut, on_the_wire
 from shared.domain.workflow import OutsourceStatus
 from shared.platform import paging
-from shared.platform.db import plain_sql
+from shared.platform.db import plain_sql, utcnow
 from shared.platform.errors import Conflict
 from shared.platform.inbox import Rejected
 from shared.platform.kafka import outbound_topic
@@ -99,6 +100,7 @@ class LeadOutsourcing:
             WorkAccepted: self.on_accepted,
             WorkDeclined: self.on_declined,
             WorkWaitingApproval: self.on_waiting_approval,
+            WorkInvoiced: self.on_invoiced,
             PartnerLeft: self.on_partner_left,
             LinkUnknown: self.on_link_unknown,
             DirectoryChanged: self.directory.on_changed,  # of no link
@@ -174,22 +176,44 @@ class LeadOutsourcing:
         await add_system_note(session, ticket.id, *wording.rejected(row.partner_name, reason))
         return row
 
-    async def finish(self, session: AsyncSession, ticket_id: str, action: str) -> Outsourcing:
-        """Approve (from Waiting Approval) or Complete at any time: the results are the same."""
+    async def finish(self, session: AsyncSession, ticket_id: str, action: str,
+                     statement_sha256: str | None = None) -> Outsourcing:
+        """Approve (from Waiting Approval, naming the statement approved) or Complete at any time (which
+        freezes a statement of what had crossed by then): otherwise the results are the same."""
         ticket, row = await self._current(session, ticket_id)
         row.status = workflow.outsource(action, row.status)
+        approved = action == "approve"
+        ending = await self._statement_ended_with(session, ticket, row, approved, statement_sha256)
         hours = await self._partner_hours_charge(session, ticket, row)  # before this link's items are released
         await unlock_suspended(session, ticket.id)  # the lead's own items are its own again; edits stay local
         await release_partner_items(session, ticket.id)
-        approved = action == "approve"
         row.approved = approved
-        await self._emit(session, OutsourceCompleted(link_id=row.link_id, approved=approved), row.link_id)
+        await self._emit(session, OutsourceCompleted(
+            link_id=row.link_id, approved=approved, statement_version=ending.version if ending else None,
+            statement_sha256=ending.sha256 if ending else None, statement=None if approved else ending.body,
+        ), row.link_id)
         await add_system_note(
             session, ticket.id, *wording.complete_note(row.partner_name, row.partner_ticket_number, approved, hours))
         notify(session, "outsourcing.complete", self.settings.notify_email,
                *wording.complete_mail(ticket.number, ticket.title, row.partner_name, row.partner_ticket_number,
                                       approved, hours), ticket.id)
         return row
+
+    async def _statement_ended_with(self, session: AsyncSession, ticket: Ticket, row: Outsourcing, approved: bool,
+                                    statement_sha256: str | None) -> statements.Statement | None:
+        """The statement the link ends with, settled: the one waiting, when the approval names it; or one
+        the lead freezes itself at Complete from the partner's items that had crossed."""
+        held = await statements.all_of(session, row.link_id)
+        waiting = held[-1] if held and held[-1].version == row.rounds and row.rounds else None
+        if approved:
+            ending = statements.approvable(waiting, statement_sha256, held[:-1])
+            if ending is not None:
+                statements.settle(ending, statements.APPROVED)
+            return ending
+        version = (held[-1].version if held else 0) + 1
+        ending = await statements.freeze(session, row.link_id, ticket.id, row.terms, version, crossed=True)
+        statements.settle(ending, statements.COMPLETED)
+        return ending
 
     async def _partner_hours_charge(self, session: AsyncSession, ticket: Ticket, row: Outsourcing) -> Decimal:
         """The partner's time entries, summed into one non-billable charge on the lead ticket."""
@@ -305,3 +329,19 @@ class LeadOutsourcing:
         notify(session, "partner.left", self.settings.notify_email,
                *wording.partner_left_mail(ticket.number, ticket.title, payload.partner_name, payload.partner_id,
                                           row.partner_ticket_number), ticket.id)
+
+    async def on_invoiced(self, session: AsyncSession, payload: WorkInvoiced) -> None:
+        """The partner invoiced the statement the link ended with: the lead sees the number beside it."""
+        ticket, row = await self._linked(session, payload.link_id)
+        held = await statements.of_version(session, row.link_id, payload.statement_version)
+        if held is None and payload.statement is not None and payload.statement.get("version") == payload.statement_version:
+            held = await statements.keep(session, row.link_id, payload.statement)  # the copy it never received
+            statements.settle(held, statements.APPROVED if row.approved else statements.COMPLETED)
+        if held is None or held.sha256 != payload.statement_sha256:
+            raise Rejected(f"the invoice names statement version {payload.statement_version}"
+                           f" (SHA-256 {payload.statement_sha256}), which is not the one this lead holds")
+        if held.invoice_number == payload.invoice_number:
+            raise Ignored(f"invoice {payload.invoice_number} of link {row.link_id} was already recorded")
+        held.invoice_number, held.invoiced_at = payload.invoice_number, utcnow()
+        await add_system_note(session, ticket.id, *wording.invoiced_note(
+            row.partner_name, payload.invoice_number, held.body["totals"]["total"], held.body.get("currency")))

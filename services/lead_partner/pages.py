@@ -57,7 +57,9 @@ async def decide(request: Request, ticket_id: str, action: str, who: ChangeDep, 
             if not reason:
                 raise PageError("panel", "a reason is required to reject: the partner receives it", 422)
             await outsourcing.reject(session, ticket_id, reason)
-        elif action in ("approve", "complete"):
+        elif action == "approve":
+            await outsourcing.finish(session, ticket_id, action, str(form.get("statement_sha256") or "") or None)
+        elif action == "complete":
             await outsourcing.finish(session, ticket_id, action)
         else:
             raise PageError("panel", f"unknown action {action!r}", 404)

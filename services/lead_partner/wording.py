@@ -97,3 +97,8 @@ def partner_left_mail(number: str, title: str, partner_name: str, partner_id: st
     return f"Outsourcing canceled: {number} {title}", (
         f"{partner_name} ({partner_id}) left the hub, so the outsourcing of ticket {number} ({title}){theirs} "
         "is Canceled and nothing synchronizes any more. You may outsource the ticket again to another partner.")
+
+
+def invoiced_note(partner_name: str, invoice_number: str, total: str, currency: str | None) -> tuple[str, str]:
+    amount = f"{total} {currency}" if currency else total
+    return "Invoiced", f"{partner_name} invoiced this work: invoice {invoice_number}, {amount}."

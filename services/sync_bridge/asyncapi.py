@@ -128,11 +128,14 @@ def _message(model: type[Payload]) -> dict[str, Any]:
         "title": f"{model.type} (schema_version {model.schema_version})",
         "summary": _summary(model),
         "description": routes + ("" if model.sending else
-                                 ". Read but not sent yet: producers switch to it in the next release."),
+                                 ". Read but not sent yet: producers switch to it in the next release.")
+                              + (". Informs only: sent from the release that adds it; a reader of an older release"
+                                 " parks it as unknown and loses only what it tells." if model.informs_only else ""),
         "contentType": "application/json",
         "headers": {"$ref": "#/components/schemas/SignatureHeaders"},
         "payload": _envelope(model),
         "bindings": {"kafka": {"key": {"$ref": "#/components/schemas/LinkKey"}, "bindingVersion": "0.5.0"}},
+        **({"x-informs-only": True} if model.informs_only else {}),
     }
 
 

@@ -13,6 +13,7 @@ from shared.contracts.messages import (
     InsourceAccepted,
     InsourceCompletionRequested,
     InsourceDeclined,
+    InsourceInvoiced,
     OutsourceCanceled,
     OutsourceCompleted,
     OutsourceRejected,
@@ -21,6 +22,7 @@ from shared.contracts.messages import (
     WorkCanceled,
     WorkCompleted,
     WorkDeclined,
+    WorkInvoiced,
     WorkRejected,
     WorkRequested,
     WorkWaitingApproval,
@@ -149,7 +151,18 @@ async def completed(session: AsyncSession, event: LinkEvent) -> None:
     payload: OutsourceCompleted = event.payload
     move(event)
     event.link.outcome, event.link.approved = "completed", payload.approved
-    send(session, event.other_partner, WorkCompleted(link_id=event.link.id, approved=payload.approved), event.link.id)
+    send(session, event.other_partner,
+         WorkCompleted(link_id=event.link.id, approved=payload.approved, statement_version=payload.statement_version,
+                       statement_sha256=payload.statement_sha256, statement=payload.statement), event.link.id)
+
+
+async def invoiced(session: AsyncSession, event: LinkEvent) -> None:
+    """The partner invoiced the statement the link ended with: the lead hears it (the link stays ended)."""
+    event.require(from_lead=False)
+    payload: InsourceInvoiced = event.payload
+    if event.link.outcome != "completed":
+        raise Rejected(f"link {event.link.id} did not complete (it is {event.link.state}): there is nothing to invoice")
+    send(session, event.other_partner, WorkInvoiced(**payload.model_dump()), event.link.id)
 
 
 HANDLERS = {
@@ -159,4 +172,5 @@ HANDLERS = {
     InsourceCompletionRequested: completion_requested,
     OutsourceRejected: rejected,
     OutsourceCompleted: completed,
+    InsourceInvoiced: invoiced,
 }

@@ -38,6 +38,10 @@ class Payload(Message):
     receivers: ClassVar[tuple[str, ...]] = ()
     # False while a new version is being introduced: readers accept it, producers do not send it yet.
     sending: ClassVar[bool] = True
+    # A new type that only tells of a feature (SPEC section 11): a reader of the last release, which does
+    # not know it, loses that feature alone (it parks the message with its reason; the rest flows), so
+    # it is sent from the release that adds it. A type a reader must act on follows the two steps.
+    informs_only: ClassVar[bool] = False
 
 
 class Envelope(Message):

@@ -255,6 +255,15 @@ class MirrorDelete(Payload):
 
 # --- completion (SPEC section 3, last four rows) -------------------------------------------------
 
+STATEMENT = ("the statement this Insource Complete asks approval of: version, currency, lines, totals, warnings,"
+             " every amount a decimal string; its SHA-256 is that of its canonical JSON (sorted keys, no"
+             " whitespace, UTF-8)")
+SETTLED_VERSION = "the version of the statement the link ended with (absent from a release-1.0.0 lead)"
+SETTLED_SHA256 = "the SHA-256 of that statement's canonical JSON: the one the lead approved"
+SETTLED_BODY = ("set when the lead's Complete at any time froze the statement itself, from what had crossed by"
+                " then: the statement, as in insource.completion_requested")
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
 
 @outbound(INSOURCING)
 class InsourceCompletionRequested(Payload):
@@ -263,10 +272,7 @@ class InsourceCompletionRequested(Payload):
     type = "insource.completion_requested"
     link_id: str
     # SPEC section 12: the statement frozen with this Insource Complete (absent from a release-1.0.0 partner).
-    statement: dict[str, Any] | None = Field(None, description=(
-        "the statement this Insource Complete asks approval of: version, currency, lines, totals, warnings,"
-        " every amount a decimal string; its SHA-256 is that of its canonical JSON (sorted keys, no"
-        " whitespace, UTF-8)"))
+    statement: dict[str, Any] | None = Field(None, description=STATEMENT)
 
 
 @outbound(LEAD)
@@ -285,6 +291,10 @@ class OutsourceCompleted(Payload):
     type = "outsource.completed"
     link_id: str
     approved: bool
+    # SPEC section 12: which statement the link ended with.
+    statement_version: int | None = Field(None, ge=1, description=SETTLED_VERSION)
+    statement_sha256: str | None = Field(None, pattern=SHA256_HEX, description=SETTLED_SHA256)
+    statement: dict[str, Any] | None = Field(None, description=SETTLED_BODY)
 
 
 @outbound(LEAD, INSOURCING)
@@ -311,10 +321,7 @@ class WorkWaitingApproval(Payload):
     link_id: str
     round: int = Field(1, ge=1)  # the how-manieth Insource Complete of the link (a resent one applies once)
     # SPEC section 12: the statement frozen with this Insource Complete (absent from a release-1.0.0 partner).
-    statement: dict[str, Any] | None = Field(None, description=(
-        "the statement this Insource Complete asks approval of: version, currency, lines, totals, warnings,"
-        " every amount a decimal string; its SHA-256 is that of its canonical JSON (sorted keys, no"
-        " whitespace, UTF-8)"))
+    statement: dict[str, Any] | None = Field(None, description=STATEMENT)
 
 
 @inbound(INSOURCING)
@@ -334,6 +341,45 @@ class WorkCompleted(Payload):
     type = "link.completed"
     link_id: str
     approved: bool
+    # SPEC section 12: which statement the link ended with.
+    statement_version: int | None = Field(None, ge=1, description=SETTLED_VERSION)
+    statement_sha256: str | None = Field(None, pattern=SHA256_HEX, description=SETTLED_SHA256)
+    statement: dict[str, Any] | None = Field(None, description=SETTLED_BODY)
+
+
+# --- billing (SPEC section 12) --------------------------------------------------------------------
+
+INVOICE_NUMBER = "the insourcing partner's own invoice number, as it wrote it (1 to 64 characters)"
+
+
+@outbound(INSOURCING)
+class InsourceInvoiced(Payload):
+    """Insourcing -> bridge: the partner invoiced the lead for the statement the link ended with."""
+
+    type = "insource.invoiced"
+    informs_only = True  # a lead of release 1.0.0 parks it and shows no invoice; the rest flows
+    link_id: str
+    statement_version: int = Field(ge=1, description="the version of the statement invoiced")
+    statement_sha256: str = Field(pattern=SHA256_HEX, description="the SHA-256 of the statement invoiced")
+    invoice_number: str = Field(min_length=1, max_length=64, description=INVOICE_NUMBER)
+    statement: dict[str, Any] | None = Field(None, description=(
+        "the statement invoiced, for a lead that never received it (its copy is kept as it came and hashed"
+        " again)"))
+
+
+@inbound(LEAD)
+class WorkInvoiced(Payload):
+    """Bridge -> the lead: the partner invoiced the statement the link ended with."""
+
+    type = "link.invoiced"
+    informs_only = True  # a lead of release 1.0.0 parks it and shows no invoice; the rest flows
+    link_id: str
+    statement_version: int = Field(ge=1, description="the version of the statement invoiced")
+    statement_sha256: str = Field(pattern=SHA256_HEX, description="the SHA-256 of the statement invoiced")
+    invoice_number: str = Field(min_length=1, max_length=64, description=INVOICE_NUMBER)
+    statement: dict[str, Any] | None = Field(None, description=(
+        "the statement invoiced, for a lead that never received it (its copy is kept as it came and hashed"
+        " again)"))
 
 
 @inbound(LEAD, INSOURCING)

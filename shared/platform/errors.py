@@ -19,6 +19,12 @@ class Conflict(DomainError):
     status_code = 409
 
 
+class Unprocessable(DomainError):
+    """A request well formed but missing what the current state requires (the message names it)."""
+
+    status_code = 422
+
+
 class Unavailable(DomainError):
     """Something this call needs is not there (the hub's Kafka refused, a setting is missing)."""
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from shared.platform.bundle import Bundle
-from tests.e2e.flows import arrived, insource_status, new_ticket, outsource_status, received
+from tests.e2e.flows import approve, arrived, insource_status, new_ticket, outsource_status, received
 from tests.e2e.test_partner_directory import fresh_id
 from tests.harness import ServiceProcess, wait_for_directory
 
@@ -56,7 +56,7 @@ async def seed_flow(lead: httpx.AsyncClient, insourcing: httpx.AsyncClient, part
     again = await insourcing.post(f"/api/tickets/{insourced_id}/insource/complete")
     assert again.status_code == 200, again.text
     await outsource_status(lead, ticket["id"], "Waiting Approval", timeout=30)
-    approved = await lead.post(f"/api/tickets/{ticket['id']}/outsource/approve")
+    approved = await approve(lead, ticket["id"])
     assert approved.status_code == 200, approved.text
     await insource_status(insourcing, insourced_id, "Complete")
     assert (await lead.get(f"/api/tickets/{ticket['id']}")).json()["outsource"]["status"] == "Complete"

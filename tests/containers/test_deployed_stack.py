@@ -8,7 +8,7 @@ import pytest
 from devstack import containers, deploy_env, infra
 from tests.containers.deployment import FIRST, HUB_KAFKA_HOST, LEAD, SECOND, Project
 from tests.containers.steps import add, delivered, linked, note
-from tests.e2e.flows import arrived, items, outsource_status
+from tests.e2e.flows import approve, arrived, items, outsource_status
 from tests.harness import eventually
 
 pytestmark = pytest.mark.containers
@@ -84,7 +84,7 @@ async def test_the_seed_flow_runs_between_a_lead_and_an_insourcing_partner_deplo
     assert completed.status_code == 200, completed.text
     waiting = await outsource_status(lead, lead_ticket["id"], "Waiting Approval", timeout=60)
     assert waiting["outsource"]["partner_id"] == FIRST
-    approved = await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/approve")
+    approved = await approve(lead, lead_ticket["id"])
     assert approved.status_code == 200, approved.text
     await outsource_status(lead, lead_ticket["id"], "Complete", timeout=60)
 

@@ -107,6 +107,13 @@ async def waiting_approval(lead, insourcing) -> tuple[dict, dict, str]:
     return lead_ticket, insourced, link_id
 
 
+async def approve(lead, ticket_id: str) -> httpx.Response:
+    """The lead approves the statement it holds (as its page does), or the work alone when the partner sent none."""
+    statement = await lead.get(f"/api/tickets/{ticket_id}/statement")
+    body = {"statement_sha256": statement.json()["sha256"]} if statement.status_code == 200 else None
+    return await lead.post(f"/api/tickets/{ticket_id}/outsource/approve", json=body)
+
+
 async def mail(mailbox, address: str, subject_contains: str, count: int = 1) -> list[dict]:
     async def check():
         found = mailbox.to(address, subject_contains)

@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import INSOURCING_EMAIL, LEAD_EMAIL
 from tests.e2e.flows import (
+    approve,
     arrived,
     every,
     insource_status,
@@ -164,7 +165,8 @@ async def finished(request, lead, insourcing):
     if request.param != "complete from In Progress":
         await insourcing.post(f"/api/tickets/{insourced['id']}/insource/complete")
         await outsource_status(lead, lead_ticket["id"], "Waiting Approval")
-    answer = await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/{action}")
+    answer = await (approve(lead, lead_ticket["id"]) if action == "approve"
+                    else lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/{action}"))
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "Complete"
     await insource_status(insourcing, insourced["id"], "Complete")
@@ -278,10 +280,9 @@ async def test_a_lead_item_sent_before_the_lead_heard_of_insource_complete_does_
 async def test_racing_decisions_have_exactly_one_winner(lead, insourcing, first, second):
     lead_ticket, insourced, _ = await waiting_approval(lead, insourcing)
     url = f"/api/tickets/{lead_ticket['id']}/outsource/"
-    answers = await asyncio.gather(
-        lead.post(url + first, json={"reason": "race"} if first == "reject" else None),
-        lead.post(url + second, json={"reason": "race"} if second == "reject" else None),
-    )
+    sha = (await lead.get(f"/api/tickets/{lead_ticket['id']}/statement")).json()["sha256"]
+    bodies = {"reject": {"reason": "race"}, "approve": {"statement_sha256": sha}, "complete": None}
+    answers = await asyncio.gather(lead.post(url + first, json=bodies[first]), lead.post(url + second, json=bodies[second]))
     codes = sorted(a.status_code for a in answers)
     assert codes == [200, 409], [a.text for a in answers]
     loser = next(a for a in answers if a.status_code == 409)

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from devstack import infra, kafka_broker
 from shared.platform.db import make_engine
 from shared.platform.kafka import inbound_topic, list_topics, outbound_topic
-from tests.e2e.flows import arrived, items, linked_tickets, outsource_status, received, waiting_approval
+from tests.e2e.flows import approve, arrived, items, linked_tickets, outsource_status, received, waiting_approval
 from tests.e2e.test_partner_directory import access_of, onboard
 from tests.e2e.test_resilience import write_notes
 from tests.harness import LOGS, eventually
@@ -223,7 +223,7 @@ async def test_an_approval_lost_with_its_topic_still_ends_both_sides_complete(le
     bridge = services["sync_bridge"]
     bridge.kill(signal.SIGKILL)
     try:
-        approved = await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/approve")
+        approved = await approve(lead, lead_ticket["id"])
         assert approved.status_code == 200
         await asyncio.sleep(2.0)  # published to the lead's topic, which the bridge will never read
         await delete_topics(infrastructure, [outbound_topic(LEAD)])

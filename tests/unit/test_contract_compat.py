@@ -140,6 +140,31 @@ def test_a_change_under_a_new_schema_version_is_allowed_once_readers_know_it():
     assert breaking_changes(doc(("x.v1", Note), ("x.v2", NoteV2), sent=("x.v2",)), doc(("x.v2", NoteV2))) == []
 
 
+def test_a_new_type_that_informs_only_is_sent_at_once_and_no_other_change_is():
+    class Invoiced(Message):
+        link_id: str
+        invoice_number: str
+
+    before = doc(("x.v1", Note))
+    added = doc(("x.v1", Note), ("y.v1", Invoiced))
+    assert breaking_changes(before, added) == [
+        "y.v1: sent, but bridgeReceives of the last release does not read it yet (send it from the next "
+        "release; mark it read-only in this one)"]
+    added["components"]["messages"]["y.v1"]["x-informs-only"] = True
+    assert breaking_changes(before, added) == []
+    # Informs only is a promise about a new type: a new version of a known one still takes two steps.
+    class NoteV2(Message):
+        link_id: str
+        text: str
+
+    second = doc(("x.v1", Note), ("x.v2", NoteV2))
+    second["components"]["messages"]["x.v2"]["x-informs-only"] = True
+    assert breaking_changes(doc(("x.v1", Note), ("x.v2", NoteV2), sent=("x.v1",)), second) == []
+    assert breaking_changes(before, second) == [
+        "x.v2: sent, but bridgeReceives of the last release does not read it yet (send it from the next "
+        "release; mark it read-only in this one)"]
+
+
 def test_todays_document_is_compatible_with_itself_and_a_real_change_is_caught():
     today = document()
     assert breaking_changes(today, copy.deepcopy(today)) == []
