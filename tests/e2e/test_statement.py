@@ -69,6 +69,66 @@ async def test_insource_complete_freezes_one_statement_both_sides_hold_and_a_rej
     assert second["totals"]["total"] == "372.48"
     assert second["warnings"] == ["3.50 h logged, over the 3.00 h authorized"]
 
+    # The lead approves by hash: the version its agent read before the reject is superseded.
+    approve = f"/api/tickets/{lead_ticket['id']}/outsource/approve"
+    stale = await lead.post(approve, json={"statement_sha256": hashlib.sha256(_canonical(first)).hexdigest()})
+    assert stale.status_code == 409 and "the current one is version 2" in stale.json()["detail"], stale.text
+    blind = await lead.post(approve, json={})
+    assert blind.status_code == 422 and "statement_sha256 is required" in blind.json()["detail"]
+    current = (await lead.get(f"/api/tickets/{lead_ticket['id']}/statement")).json()["sha256"]
+    assert (await lead.post(approve, json={"statement_sha256": current})).status_code == 200
+    await eventually(lambda: _insource_status(insourcing, insourced_id, "Complete"))
+
+    # Settled alike, and after completion nothing changes it: not a time entry logged afterwards.
+    await log_local(insourcing, insourced_id, "time-entries", hours="5.00", **work)
+    for client, ticket_id in ((lead, lead_ticket["id"]), (insourcing, insourced_id)):
+        held = (await client.get(f"/api/tickets/{ticket_id}/statement")).json()
+        assert (held["version"], held["sha256"], held["settled"]) == (2, current, "approved")
+
+    # The partner invoices exactly that statement; the lead sees the number.
+    invoiced = await insourcing.post(f"/api/received-work/{link_id}/invoice", json={"invoice_number": " INV-2026-001 "})
+    assert invoiced.status_code == 200, invoiced.text
+    assert (invoiced.json()["invoice_number"], invoiced.json()["total"], invoiced.json()["statement_sha256"]) == \
+        ("INV-2026-001", "372.48", current)
+
+    async def lead_sees_invoice():
+        held = (await lead.get(f"/api/tickets/{lead_ticket['id']}/statement")).json()
+        return held["invoice_number"] == "INV-2026-001" and held["sha256"] == current
+
+    await eventually(lead_sees_invoice, timeout=30)
+
+
+async def test_the_leads_complete_at_any_time_freezes_what_had_crossed_and_both_sides_end_with_it(lead, insourcing):
+    lead_ticket = await new_ticket(lead, "Rack the new switch")
+    link_id = (await outsource(lead, lead_ticket["id"], terms=TERMS))["link_id"]
+    await received(insourcing, link_id, "Pending")
+    insourced_id = (await insourcing.post(f"/api/received-work/{link_id}/accept")).json()["ticket_id"]
+    await outsource_status(lead, lead_ticket["id"], "In Progress")
+    await log(insourcing, insourced_id, "time-entries", hours="1.25", resource="Ana", date_worked="2026-12-07",
+              summary="Racked and patched")
+    completed = await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/complete")
+    assert completed.status_code == 200, completed.text
+    ours = (await lead.get(f"/api/tickets/{lead_ticket['id']}/statement")).json()
+    assert (ours["version"], ours["settled"], ours["statement"]["totals"]["total"]) == (1, "completed", "118.75")
+
+    async def partner_holds_it():
+        theirs = await insourcing.get(f"/api/tickets/{insourced_id}/statement")
+        return theirs.status_code == 200 and theirs.json()["settled"] == "completed" and theirs.json()
+
+    theirs = await eventually(partner_holds_it, timeout=30)
+    assert (theirs["sha256"], theirs["statement"]) == (ours["sha256"], ours["statement"])
+
+
+def _canonical(statement: dict) -> bytes:
+    return json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def log_local(insourcing, ticket_id: str, kind: str, **fields) -> dict:
+    """An item written after the link ended: it stays on this side."""
+    answer = await insourcing.post(f"/api/tickets/{ticket_id}/{kind}", json=fields)
+    assert answer.status_code == 201 and answer.json()["shared"] is False, answer.text
+    return answer.json()
+
 
 async def _insource_status(insourcing, ticket_id: str, status: str) -> bool:
     return (await insourcing.get(f"/api/tickets/{ticket_id}")).json()["insource"]["status"] == status
