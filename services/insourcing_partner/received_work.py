@@ -70,8 +70,10 @@ class ReceivedLinks:
         if row is None:
             return SideStatus(known=False)
         number = await session.scalar(select(Ticket.number).where(Ticket.id == row.ticket_id)) if row.ticket_id else None
+        held = await statements.current(session, link_id)
         return SideStatus(status=row.status, rounds=row.rounds, reason=row.reason, ticket_id=row.ticket_id,
-                          ticket_number=number)
+                          ticket_number=number, keeps_statements=True, statement_version=held and held.version,
+                          statement_sha256=held and held.sha256)
 
     async def open_links(self, session: AsyncSession) -> list[str]:
         finished = [s.value for s in workflow.FINISHED_INSOURCE]

@@ -79,8 +79,10 @@ class Outsourcings:
         row = await session.get(Outsourcing, link_id)
         if row is None:
             return SideStatus(known=False)
+        held = await statements.current(session, link_id)
         return SideStatus(status=row.status, rounds=row.rounds, reason=row.reason, approved=row.approved,
-                          ticket_id=row.ticket_id)
+                          ticket_id=row.ticket_id, keeps_statements=True, statement_version=held and held.version,
+                          statement_sha256=held and held.sha256)
 
     async def open_links(self, session: AsyncSession) -> list[str]:
         finished = [s.value for s in workflow.FINISHED_OUTSOURCE]
@@ -270,6 +272,11 @@ class LeadOutsourcing:
 
     async def on_waiting_approval(self, session: AsyncSession, payload: WorkWaitingApproval) -> None:
         ticket, row = await self._linked(session, payload.link_id)
+        if payload.round == row.rounds and payload.statement and row.status == OutsourceStatus.WAITING_APPROVAL:
+            # Sent again by reconciliation: this side lacked the statement the request came with.
+            if await statements.of_version(session, row.link_id, payload.statement.get("version", 0)) is None:
+                await statements.keep(session, row.link_id, payload.statement)
+                return
         if payload.round <= row.rounds:
             raise Ignored(f"Insource Complete {payload.round} of link {row.link_id} was already applied")
         row.status = workflow.outsource("link.waiting_approval", row.status)

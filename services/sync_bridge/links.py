@@ -133,6 +133,7 @@ async def completion_requested(session: AsyncSession, event: LinkEvent) -> None:
     move(event)
     event.link.rounds += 1
     payload: InsourceCompletionRequested = event.payload
+    event.link.statement = payload.statement
     send(session, event.other_partner, WorkWaitingApproval(link_id=event.link.id, round=event.link.rounds,
                                                            statement=payload.statement), event.link.id)
 

@@ -36,6 +36,8 @@ class Link(Base):
     last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # What the bridge decided, kept so that reconciliation can tell a side that missed it again.
     request: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # the work request, as the partner gets it
+    # The statement of the latest Insource Complete, as the lead got it (null from a release-1.0.0 partner).
+    statement: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     insourcing_ticket_number: Mapped[str | None] = mapped_column(Text)
     rounds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # Insource Completes applied
     outcome: Mapped[str | None] = mapped_column(String(16))  # canceled | declined | completed

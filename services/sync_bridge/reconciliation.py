@@ -115,7 +115,13 @@ def missed_events(link: Link, lead: SideStatus, ins: SideStatus) -> list[tuple[s
         out.append((link.lead_partner_id,
                     WorkAccepted(link_id=link.id, partner_ticket_number=link.insourcing_ticket_number or "")))
     if state == L.SUSPENDED and lead_open and lead.rounds < link.rounds:
-        out.append((link.lead_partner_id, WorkWaitingApproval(link_id=link.id, round=link.rounds)))
+        out.append((link.lead_partner_id, WorkWaitingApproval(link_id=link.id, round=link.rounds,
+                                                              statement=link.statement)))
+    elif (state == L.SUSPENDED and lead.status == O.WAITING_APPROVAL and lead.rounds == link.rounds
+          and lead.keeps_statements and link.statement and lead.statement_version != link.statement.get("version")):
+        # The lead lacks the statement waiting for its approval (a message lost with it, or resent without).
+        out.append((link.lead_partner_id, WorkWaitingApproval(link_id=link.id, round=link.rounds,
+                                                              statement=link.statement)))
     if state == L.ACTIVE and link.rounds and ins.status == I.WAITING_APPROVAL and ins.rounds == link.rounds:
         out.append((link.insourcing_partner_id,
                     WorkRejected(link_id=link.id, reason=link.reason or "", round=link.rounds)))

@@ -489,6 +489,11 @@ class SideStatus(Message):
     approved: bool | None = Field(None, description="lead, Complete: approved (true) or set Complete (false)")
     ticket_id: str | None = Field(None, description="insourcing: its ticket's id, once accepted")
     ticket_number: str | None = Field(None, description="insourcing: its ticket's number, once accepted")
+    keeps_statements: bool = Field(False, description="it keeps statements (from the release after 1.0.0 on)")
+    statement_version: int | None = Field(None, description=(
+        "the version of the statement it holds: the one waiting for approval or the one the link ended with"
+        " (SPEC section 12); null when it holds none"))
+    statement_sha256: str | None = Field(None, description="the SHA-256 of that statement")
 
 
 class SideHealth(Message):

@@ -8,11 +8,13 @@ import pytest
 
 from services.lead_partner.models import Outsourcing
 from services.sync_bridge.models import Link
+from services.sync_bridge.reconciliation import missed_events
 from shared.contracts.messages import (
     InsourceCompletionRequested,
     InsourceInvoiced,
     MirrorUpsert,
     OutsourceCompleted,
+    SideStatus,
     WorkAccepted,
     WorkCompleted,
     WorkInvoiced,
@@ -168,3 +170,27 @@ async def test_bridge_passes_an_invoice_to_the_lead_of_a_completed_link_only(bri
     assert isinstance(passed, WorkInvoiced) and passed.invoice_number == "INV-3"
     with pytest.raises(Rejected, match="may not send insource.invoiced"):
         await from_partner(bridge, LEAD, invoice)
+
+
+# --- reconciliation: a lead that lacks the statement waiting for its approval gets it again ---------
+
+async def test_reconciliation_sends_the_waiting_statement_again_to_a_lead_that_lacks_it(bridge, lead):
+    body = statement_of(1, "2.00")
+    link_id = await active_link(bridge)
+    await from_partner(bridge, PARTNER, InsourceCompletionRequested(link_id=link_id, statement=body))
+    link = await bridge.get(Link, link_id)
+    partner = SideStatus(status="Waiting Approval", rounds=1, keeps_statements=True, statement_version=1,
+                         statement_sha256=billing.sha256(body))
+    lacking = SideStatus(status="Waiting Approval", rounds=1, keeps_statements=True)
+    [(to, resent)] = missed_events(link, lacking, partner)
+    assert (to, resent.round, resent.statement) == (LEAD, 1, body)
+    holding = lacking.model_copy(update={"statement_version": 1, "statement_sha256": billing.sha256(body)})
+    assert missed_events(link, holding, partner) == []
+    older_release = SideStatus(status="Waiting Approval", rounds=1)  # a lead of 1.0.0 keeps no statement
+    assert missed_events(link, older_release, partner) == []
+
+    # The lead keeps the statement of the round it already applied, and nothing else changes.
+    ticket_id, lead_link = await waiting_on_lead(lead, None)
+    await lead.receive(WorkWaitingApproval(link_id=lead_link, round=1, statement=body))
+    assert [(s.version, s.sha256) for s in await held_on(lead, lead_link)] == [(1, billing.sha256(body))]
+    await lead.call(lead.service.finish, ticket_id, "approve", billing.sha256(body))
