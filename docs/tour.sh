@@ -98,11 +98,11 @@ received_status() {  # the link is in the insourcing partner's Received Work, in
   done
   [ "$SEEN" = "$1" ]
 }
-delivered() {  # delivered URL TOKEN TICKET NOTE: the creator's note has its receipt from the other side
-  SEEN=$(get "$1/api/tickets/$3/notes?limit=500" "$2" "next(((n['delivery'] or {}).get('status', 'none') + ' '
+delivered() {  # delivered URL TOKEN TICKET ITEM [KIND]: the creator's item (a note) has its receipt from the other side
+  SEEN=$(get "$1/api/tickets/$3/${5:-notes}?limit=500" "$2" "next(((n['delivery'] or {}).get('status', 'none') + ' '
     + ((n['delivery'] or {}).get('reason') or '') for n in items if n['id'] == '$4'), 'missing')") || exit 1
   SEEN=${SEEN% }
-  case $SEEN in refused*) fail "the note was refused: ${SEEN#refused }" ;; esac
+  case $SEEN in refused*) fail "the ${5:-note} was refused: ${SEEN#refused }" ;; esac
   [ "$SEEN" = delivered ]
 }
 has_note() {  # has_note URL TOKEN TICKET BODY: the ticket shows a note with this body
@@ -128,7 +128,7 @@ TICKET=$(json 'd["id"]' <<<"$answer")
 say "lead: created ticket $(json 'd["number"]' <<<"$answer") \"Printer offline\""
 
 answer=$(api POST "$LEAD_URL/api/tickets/$TICKET/outsource" "$LP" \
-  "{\"partner_id\":\"$PARTNER\",\"instructions\":\"On site Monday\",\"terms\":{\"rate_type\":\"hourly\",\"rate\":95,\"authorized_hours\":6}}")
+  "{\"partner_id\":\"$PARTNER\",\"instructions\":\"On site Monday\",\"terms\":{\"rate_type\":\"hourly\",\"rate\":\"95.00\",\"currency\":\"USD\",\"authorized_hours\":\"6\"}}")
 LINK=$(json 'd["link_id"]' <<<"$answer")
 say "lead: outsourced it to $PARTNER (Outsource Status $(json 'd["status"]' <<<"$answer"))"
 
@@ -155,6 +155,12 @@ wait_for "the insourcing partner's note to reach the lead" delivered "$INSOURCIN
 wait_for "the insourcing partner's note on the lead's ticket" has_note "$LEAD_URL" "$LP" "$TICKET" "Fuser replaced, test page prints"
 say "insourcing -> lead: note delivered"
 
+answer=$(api POST "$INSOURCING_URL/api/tickets/$INSOURCED/time-entries" "$IP" \
+  '{"resource":"Ana","date_worked":"2026-12-07","hours":"1.50","summary":"Replaced the fuser"}')
+entry=$(json 'd["id"]' <<<"$answer")
+wait_for "the insourcing partner's time entry to reach the lead" delivered "$INSOURCING_URL" "$IP" "$INSOURCED" "$entry" time-entries
+say "insourcing: logged 1.50 h, delivered to the lead (the statement bills only what the lead has)"
+
 api POST "$INSOURCING_URL/api/tickets/$INSOURCED/insource/complete" "$IP" >/dev/null
 say "insourcing: Notify Lead Partner > Insource Complete"
 wait_for "the lead to see Waiting Approval" outsource_status "Waiting Approval"
@@ -172,7 +178,7 @@ say "lead: Outsource Status Waiting Approval"
 
 STATEMENT=$(api GET "$LEAD_URL/api/tickets/$TICKET/statement" "$LP")
 SHA=$(json 'd["sha256"]' <<<"$STATEMENT")
-say "lead: statement version $(json 'd["version"]' <<<"$STATEMENT"), total $(json 'd["statement"]["totals"]["total"]' <<<"$STATEMENT") (SHA-256 ${SHA:0:12})"
+say "lead: statement version $(json 'd["version"]' <<<"$STATEMENT"), total $(json 'd["statement"]["totals"]["total"] + " " + d["statement"]["currency"]' <<<"$STATEMENT") (SHA-256 ${SHA:0:12})"
 api POST "$LEAD_URL/api/tickets/$TICKET/outsource/approve" "$LP" "{\"statement_sha256\": \"$SHA\"}" >/dev/null
 say "lead: approved it, and that statement"
 wait_for "the lead to see Complete" outsource_status Complete

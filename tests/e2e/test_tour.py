@@ -15,10 +15,11 @@ TOUR = ROOT / "docs" / "tour.sh"
 STEPS = [
     "ready:", "lead: created ticket", "lead: outsourced it to insourcing-partner (Outsource Status Assigned)",
     "insourcing: sees it in Received Work as Pending", "insourcing: accepted it", "lead: Outsource Status In Progress",
-    "lead -> insourcing: note delivered", "insourcing -> lead: note delivered",
+    "lead -> insourcing: note delivered", "insourcing -> lead: note delivered", "insourcing: logged 1.50 h",
     "insourcing: Notify Lead Partner > Insource Complete", "lead: Outsource Status Waiting Approval",
     "lead: rejected it", "insourcing: Insource Status In Progress again", "insourcing: Insource Complete again",
-    "lead: Outsource Status Waiting Approval", "lead: approved it",
+    "lead: Outsource Status Waiting Approval", "lead: statement version 2, total 142.50 USD",
+    "lead: approved it, and that statement", "insourcing: invoiced that statement as INV-", "lead: sees invoice INV-",
     "done: Complete on both sides, the bridge's link terminated", "see it:",
 ]
 
