@@ -1,7 +1,7 @@
 """Composition root of the insourcing partner service."""
 from fastapi import FastAPI
 
-from services.insourcing_partner import pages
+from services.insourcing_partner import billing, pages
 from services.insourcing_partner.endpoints import insource_router, router
 from services.insourcing_partner.received_work import Insourcing
 from services.insourcing_partner.settings import InsourcingSettings
@@ -16,10 +16,10 @@ def create_app(settings: InsourcingSettings | None = None) -> FastAPI:
         "insourcing_partner",
         settings,
         link_field="insource",
-        routers=[router, insource_router],
+        routers=[router, insource_router, billing.router],
         handler=insourcing.handle,
         policy=insourcing.mirroring,
         pages=PartnerPages("insource", pages.panel, pages.NAV),
-        page_routers=[pages.router],
+        page_routers=[pages.router, billing.pages],
         state={"insourcing": insourcing},
     )

@@ -10,7 +10,7 @@ from shared.platform.auth import SessionDep
 from shared.platform.errors import DomainError
 from shared.platform.webui import ChangeDep, ViewerDep
 
-NAV = [("/tickets", "Tickets"), ("/received-work", "Received Work")]
+NAV = [("/tickets", "Tickets"), ("/received-work", "Received Work"), ("/billing", "Billing")]
 router = APIRouter(include_in_schema=False)
 
 

@@ -12,7 +12,7 @@ from shared.platform.auth import SessionDep
 from shared.platform.errors import DomainError
 from shared.platform.webui import ChangeDep, ViewerDep
 
-NAV = [("/tickets", "Tickets"), ("/outsourced-work", "Outsourced Work")]
+NAV = [("/tickets", "Tickets"), ("/outsourced-work", "Outsourced Work"), ("/billing", "Billing")]
 router = APIRouter(include_in_schema=False)
 
 
