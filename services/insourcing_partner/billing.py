@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Literal
 
 from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Numeric, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +19,8 @@ from shared.domain.tickets.models import Ticket
 from shared.partner_pages import PAGE_ROWS, need, ui
 from shared.platform import csv_export, paging
 from shared.platform.auth import Permission, SessionDep, api_router
-from shared.platform.webui import ViewerDep
+from shared.platform.errors import DomainError
+from shared.platform.webui import ChangeDep, ViewerDep
 
 router = api_router("/api/billing", ["billing"], Permission.OUTSOURCING)
 pages = APIRouter(include_in_schema=False)
@@ -120,9 +122,15 @@ async def receivables_list(session: SessionDep, limit: paging.Limit = paging.PAG
 @pages.get("/billing")
 async def billing_page(request: Request, who: ViewerDep, session: SessionDep, cursor: str = ""):
     need(who, "outsourcing")
+    return await _page(request, who, session, cursor)
+
+
+async def _page(request: Request, who, session: AsyncSession, cursor: str = "", error: str | None = None,
+                status_code: int = 200):
     rows, next_cursor = await receivables(session, PAGE_ROWS, paging.cursor_or_none(cursor))
     return ui(request).render(
-        request, "billing.html", who=who, nav=NAV, rows=rows, totals=await totals(session), next_cursor=next_cursor,
+        request, "billing.html", status_code=status_code, who=who, nav=NAV, rows=rows, totals=await totals(session),
+        next_cursor=next_cursor, error=error, may_invoice=True,
         heading="Billing: receivables", intro="Work the lead partner approved or completed, not invoiced yet.",
         partner_label="Lead partner", partner_field="lead_partner", their_ticket_label="Lead ticket",
         their_ticket_field="lead_ticket_number", invoices=False, filters=[], chosen="", query="")
@@ -133,3 +141,18 @@ async def billing_csv(who: ViewerDep, session: SessionDep):
     """The page's Export CSV: the API's CSV, with the page's session (the API takes bearer tokens only)."""
     need(who, "outsourcing")
     return _export((await receivables(session, None))[0])
+
+
+@pages.post("/billing/{link_id}/invoice")
+async def invoice_from_page(request: Request, link_id: str, who: ChangeDep, session: SessionDep):
+    """The row's Mark invoiced: the same rules as POST /api/received-work/{link_id}/invoice."""
+    need(who, "outsourcing")
+    number = str((await request.form()).get("invoice_number", "")).strip()
+    if not number or len(number) > 64 or any(ord(c) < 32 or ord(c) == 127 for c in number):
+        return await _page(request, who, session, error="an invoice number is 1 to 64 printable characters",
+                           status_code=422)
+    try:
+        await request.app.state.insourcing.invoice(session, link_id, number)
+    except DomainError as exc:
+        return await _page(request, who, session, error=exc.detail, status_code=exc.status_code)
+    return RedirectResponse("/billing", status_code=303)
