@@ -352,34 +352,32 @@ class WorkCompleted(Payload):
 INVOICE_NUMBER = "the insourcing partner's own invoice number, as it wrote it (1 to 64 characters)"
 
 
+class _Invoice(Payload):
+    """What both messages of an invoice carry (a base of the two contracts, not one itself)."""
+
+    link_id: str
+    statement_version: int = Field(ge=1, description="the version of the statement invoiced")
+    statement_sha256: str = Field(pattern=SHA256_HEX, description="the SHA-256 of the statement invoiced")
+    invoice_number: str = Field(min_length=1, max_length=64, description=INVOICE_NUMBER)
+    statement: dict[str, Any] | None = Field(None, description=(
+        "the statement invoiced, for a lead that never received it (its copy is kept as it came and hashed"
+        " again)"))
+
+
 @outbound(INSOURCING)
-class InsourceInvoiced(Payload):
+class InsourceInvoiced(_Invoice):
     """Insourcing -> bridge: the partner invoiced the lead for the statement the link ended with."""
 
     type = "insource.invoiced"
     informs_only = True  # a lead of release 1.0.0 parks it and shows no invoice; the rest flows
-    link_id: str
-    statement_version: int = Field(ge=1, description="the version of the statement invoiced")
-    statement_sha256: str = Field(pattern=SHA256_HEX, description="the SHA-256 of the statement invoiced")
-    invoice_number: str = Field(min_length=1, max_length=64, description=INVOICE_NUMBER)
-    statement: dict[str, Any] | None = Field(None, description=(
-        "the statement invoiced, for a lead that never received it (its copy is kept as it came and hashed"
-        " again)"))
 
 
 @inbound(LEAD)
-class WorkInvoiced(Payload):
+class WorkInvoiced(_Invoice):
     """Bridge -> the lead: the partner invoiced the statement the link ended with."""
 
     type = "link.invoiced"
     informs_only = True  # a lead of release 1.0.0 parks it and shows no invoice; the rest flows
-    link_id: str
-    statement_version: int = Field(ge=1, description="the version of the statement invoiced")
-    statement_sha256: str = Field(pattern=SHA256_HEX, description="the SHA-256 of the statement invoiced")
-    invoice_number: str = Field(min_length=1, max_length=64, description=INVOICE_NUMBER)
-    statement: dict[str, Any] | None = Field(None, description=(
-        "the statement invoiced, for a lead that never received it (its copy is kept as it came and hashed"
-        " again)"))
 
 
 @inbound(LEAD, INSOURCING)
