@@ -131,19 +131,32 @@ class DeadLetter(Base):
 
 
 class StreamPosition(Base):
-    """How far this service has read each partition: a fetch that starts elsewhere means the broker
-    lost data (a topic recreated, committed offsets gone, records expired unread)."""
+    """How far this service has read each partition, for telling a replay from a loss (issue 28). The
+    next offset after what was applied moves in the transaction that applies (or parks) the records,
+    so a database crash cannot leave it behind; the offset last committed to Kafka is saved after
+    that commit. A fetch resumes between the two after any crash or rebalance (a replay, which the
+    inbox makes harmless); one that starts after what was applied, or before what Kafka had
+    committed, means the broker lost data (a topic recreated, committed offsets gone, records
+    expired unread)."""
 
     __tablename__ = "stream_positions"
 
     topic: Mapped[str] = mapped_column(String(255), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
-    next_offset: Mapped[int] = mapped_column(BigInteger)
+    next_offset: Mapped[int] = mapped_column(BigInteger)  # after the last record applied or parked
+    committed_offset: Mapped[int | None] = mapped_column(BigInteger)  # the last offset committed to Kafka
 
 
-# Records the ids of a batch's messages (one statement, whatever their number; one prepared
-# statement for every batch size) and answers those that were not recorded before.
-_RECORD_MANY = ("INSERT INTO inbox (event_id, type) SELECT * FROM unnest($1::varchar[], $2::varchar[])"
+# Records the ids of a batch's messages and answers those that were not recorded before; in the same
+# statement (one round trip, one prepared statement for every batch size), moves the positions of the
+# partitions they came from past them, never back (records of one partition may apply out of offset
+# order, each link in its own).
+_MOVE_POSITIONS = ("INSERT INTO stream_positions (topic, partition, next_offset)"
+                   " SELECT * FROM unnest($1::varchar[], $2::int[], $3::bigint[])"
+                   " ON CONFLICT (topic, partition)"
+                   " DO UPDATE SET next_offset = GREATEST(stream_positions.next_offset, excluded.next_offset)")
+_RECORD_MANY = (f"WITH moved AS ({_MOVE_POSITIONS})"
+                " INSERT INTO inbox (event_id, type) SELECT * FROM unnest($4::varchar[], $5::varchar[])"
                 " ON CONFLICT DO NOTHING RETURNING event_id")
 
 # (session, envelope, payload, topic it came from): the topic is the sender's identity, the
@@ -235,6 +248,8 @@ class InboxConsumer:
         self._on_data_loss = on_data_loss
         self._expected: dict[TopicPartition, int | None] = {}  # the next offset each partition should deliver
         self._fresh: set[TopicPartition] = set()  # assigned since the loop last looked
+        # Resuming partitions (their first poll not checked yet): the offset Kafka last committed there.
+        self._resuming: dict[TopicPartition, int | None] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.applied_total = 0
         self.duplicates_total = 0
@@ -338,8 +353,10 @@ class InboxConsumer:
             # after, a poll's records never showed as waiting, however long they took to apply).
             self._note_lag(consumer)
             rebalances = self.rebalances
-            for tp, records in batches.items():
-                self._check_continuity(tp, records[0].offset)
+            lost = {tp: records[0].offset for tp, records in batches.items()
+                    if not self._check_continuity(tp, records[0].offset)}
+            if lost:
+                await self._rebase(lost)  # the positions start again where the partition now is
             for records in in_turns(batches):
                 await self.handle_batch(records)
                 if self.rebalances != rebalances:
@@ -365,7 +382,7 @@ class InboxConsumer:
                         # offset committed again made the same loss show twice.
                         consumer.seek(tp, highwater)
                         self._expected[tp] = done[tp] = highwater
-                        await self._save_positions({tp: highwater})
+                        await self._rebase({tp: highwater})
             self._note_lag(consumer)
             # Only partitions still assigned: committing one a rebalance took away (its topic
             # deleted, say) is retried by aiokafka until the commit's bound.
@@ -419,7 +436,7 @@ class InboxConsumer:
             # joins: 11 s without reading after a Tansu restart.
             log.warning("%s: offsets not committed, the group rebalanced (%s); carrying on", self._name, exc.__cause__ or exc)
             return
-        await self._save_positions(done)
+        await self._save_committed(done)
 
     def partitions_assigned(self, assigned) -> None:
         """Noted only: nothing may wait on the broker inside a rebalance (a call to the coordinator
@@ -427,19 +444,22 @@ class InboxConsumer:
         self._fresh.update(assigned)
 
     async def _take_fresh(self) -> None:
-        """Newly assigned partitions resume from how far this service had read them (saved after each
-        commit): a first record elsewhere, or a partition ending before it, is a loss."""
+        """Newly assigned partitions resume between what Kafka had committed and what this service had
+        applied: a first record outside that, or a partition ending before it, is a loss."""
         if not self._fresh:
             return
         saved = await self._load_positions()
         for tp in self._fresh:
-            self._expected[tp] = saved.get(tp)
+            applied, committed = saved.get(tp, (None, None))
+            self._expected[tp] = applied
+            self._resuming[tp] = committed
         self._fresh.clear()
 
     def partitions_revoked(self, revoked) -> None:
         self.rebalances += 1
         for tp in revoked:
             self._expected.pop(tp, None)
+            self._resuming.pop(tp, None)
             self.lag.pop(tp, None)
             self._waiting_since.pop(tp, None)
             self.held.pop(tp, None)  # whoever has it next reads it from the last commit, at the record
@@ -476,11 +496,28 @@ class InboxConsumer:
                              f"{now - since:.0f}s while {self.lag.get(tp, 0)} records wait there")
         return found
 
-    def _check_continuity(self, tp: TopicPartition, first: int) -> None:
+    def _check_continuity(self, tp: TopicPartition, first: int) -> bool:
+        """Whether the partition's first record of a poll is where it should be. Resuming (after a start,
+        a rebalance or a crash), anywhere from the last Kafka commit to just after what was applied is a
+        replay; reading on, only the next offset is."""
         expected = self._expected.get(tp)
-        if expected is not None and first != expected:
+        if expected is None:
+            self._resuming.pop(tp, None)
+            return True
+        if tp in self._resuming:
+            floor = self._resuming.pop(tp)
+            # No commit noted yet: it may have been refused, and Kafka resumes from the start.
+            floor = 0 if floor is None else min(floor, expected)
+            if floor <= first <= expected:
+                return True
+            how = "went back before the last commit" if first < floor else "skipped ahead"
+            self._lost(tp, f"the next record is at offset {first}, expected {floor}..{expected} (offsets {how})")
+            return False
+        if first != expected:
             how = "went back" if first < expected else "skipped ahead"
             self._lost(tp, f"the next record is at offset {first}, expected {expected} (offsets {how})")
+            return False
+        return True
 
     def _lost(self, tp: TopicPartition, detail: str) -> None:
         self.data_losses_total += 1
@@ -488,18 +525,32 @@ class InboxConsumer:
         if self._on_data_loss is not None:
             self._on_data_loss(f"{tp.topic}[{tp.partition}]")
 
-    async def _load_positions(self) -> dict[TopicPartition, int]:
+    async def _load_positions(self) -> dict[TopicPartition, tuple[int, int | None]]:
+        """Per partition: the next offset after what was applied, and the offset last committed to Kafka."""
         async with self._sessions() as session:
-            rows = await session.execute(select(StreamPosition.topic, StreamPosition.partition, StreamPosition.next_offset))
-            return {TopicPartition(topic, partition): offset for topic, partition, offset in rows}
+            rows = await session.execute(select(StreamPosition.topic, StreamPosition.partition, StreamPosition.next_offset,
+                                                StreamPosition.committed_offset))
+            return {TopicPartition(topic, partition): (applied, committed) for topic, partition, applied, committed in rows}
 
-    async def _save_positions(self, done: dict[TopicPartition, int]) -> None:
+    async def _save_committed(self, done: dict[TopicPartition, int]) -> None:
+        """The offsets Kafka has just committed. Lost in a crash, they are only older than Kafka's:
+        the replay check then allows a little more, and reports no false loss."""
         async with self._sessions() as session, session.begin():
             await (await plain_sql(session)).execute(
-                "INSERT INTO stream_positions (topic, partition, next_offset)"
-                " SELECT * FROM unnest($1::varchar[], $2::int[], $3::bigint[])"
-                " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                "INSERT INTO stream_positions (topic, partition, next_offset, committed_offset)"
+                " SELECT t, p, o, o FROM unnest($1::varchar[], $2::int[], $3::bigint[]) AS c(t, p, o)"
+                " ON CONFLICT (topic, partition) DO UPDATE SET committed_offset = excluded.committed_offset",
                 [tp.topic for tp in done], [tp.partition for tp in done], list(done.values()))
+
+    async def _rebase(self, at: dict[TopicPartition, int]) -> None:
+        """After a loss, both offsets start again where the partition now is."""
+        async with self._sessions() as session, session.begin():
+            await (await plain_sql(session)).execute(
+                "INSERT INTO stream_positions (topic, partition, next_offset, committed_offset)"
+                " SELECT t, p, o, o FROM unnest($1::varchar[], $2::int[], $3::bigint[]) AS c(t, p, o)"
+                " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,"
+                " committed_offset = excluded.committed_offset",
+                [tp.topic for tp in at], [tp.partition for tp in at], list(at.values()))
 
     async def handle_batch(self, records: list[ConsumerRecord]) -> None:
         """Records from one poll, each link's in order. Those that verify and parse are applied
@@ -528,7 +579,7 @@ class InboxConsumer:
             if self._behind_held(record):
                 continue
             try:
-                await self._apply_retrying(env, payload, record.topic)
+                await self._apply_retrying(env, payload, record.topic, record)
             except Parked as exc:
                 await self._park_or_hold(record, exc.env, exc.reason)
 
@@ -539,7 +590,8 @@ class InboxConsumer:
     async def _apply_together(self, ready: list[tuple[ConsumerRecord, Envelope, Payload]]) -> None:
         async with self._sessions() as session, session.begin():
             first_time = {row["event_id"] for row in await (await plain_sql(session)).fetch(
-                _RECORD_MANY, [str(env.event_id) for _, env, _ in ready], [env.type for _, env, _ in ready])}
+                _RECORD_MANY, *positions_after(record for record, _, _ in ready),
+                [str(env.event_id) for _, env, _ in ready], [env.type for _, env, _ in ready])}
             applied = 0
             for record, env, payload in ready:
                 event_id = str(env.event_id)
@@ -557,7 +609,7 @@ class InboxConsumer:
 
     async def handle(self, record: ConsumerRecord) -> None:
         try:
-            await self._verify_and_apply(record.topic, record.headers, record.value)
+            await self._verify_and_apply(record.topic, record.headers, record.value, record)
         except Parked as exc:
             await self._park_or_hold(record, exc.env, exc.reason)
 
@@ -587,16 +639,19 @@ class InboxConsumer:
         except Exception as exc:
             raise Parked(f"unreadable message: {exc!r}") from exc
 
-    async def _verify_and_apply(self, topic: str, headers, value: bytes | None) -> bool:
-        """The one path of a message, live or replayed: True when applied, False when the inbox had it."""
+    async def _verify_and_apply(self, topic: str, headers, value: bytes | None,
+                                record: ConsumerRecord | None = None) -> bool:
+        """The one path of a message, live (`record`, whose position moves with it) or replayed:
+        True when applied, False when the inbox had it."""
         env, payload = self._verified(topic, headers, value)
-        return await self._apply_retrying(env, payload, topic)
+        return await self._apply_retrying(env, payload, topic, record)
 
-    async def _apply_retrying(self, env: Envelope, payload: Payload, topic: str) -> bool:
+    async def _apply_retrying(self, env: Envelope, payload: Payload, topic: str,
+                              record: ConsumerRecord | None = None) -> bool:
         """A verified message applied in a transaction of its own, tried again on a passing failure."""
         for attempt in itertools.count(1):
             try:
-                return await self._apply(env, payload, topic)
+                return await self._apply(env, payload, topic, record)
             except Rejected as exc:
                 raise Parked(f"rejected: {exc}", env) from exc
             except Exception as exc:
@@ -609,9 +664,10 @@ class InboxConsumer:
                     raise Parked(f"failed {attempt} times: {exc!r}", env) from exc
                 await asyncio.sleep(0.2 * attempt)
 
-    async def _apply(self, env: Envelope, payload: Payload, topic: str) -> bool:
+    async def _apply(self, env: Envelope, payload: Payload, topic: str, record: ConsumerRecord | None = None) -> bool:
         async with self._sessions() as session, session.begin():
-            first_time = await (await plain_sql(session)).fetchval(_RECORD_MANY, [str(env.event_id)], [env.type])
+            first_time = await (await plain_sql(session)).fetchval(
+                _RECORD_MANY, *positions_after([record] if record else []), [str(env.event_id)], [env.type])
             if first_time is None:
                 self.duplicates_total += 1
                 log.info("%s: %s %s already applied; skipped", self._name, env.type, env.event_id)
@@ -648,6 +704,7 @@ class InboxConsumer:
                     # A redelivered record is parked once.
                     letter_id = await session.scalar(
                         insert(DeadLetter).values(**row).on_conflict_do_nothing().returning(DeadLetter.id))
+                    await (await plain_sql(session)).execute(_MOVE_POSITIONS, *positions_after([record]))
                 break
             except Exception as exc:
                 if attempt == PARK_ATTEMPTS:
@@ -661,6 +718,15 @@ class InboxConsumer:
         self.parked_total += 1
         log.error("%s: parked message %s[%d]@%d as dead letter %d: %s", self._name, record.topic, record.partition,
                   record.offset, letter_id, row["reason"])
+
+
+def positions_after(records) -> tuple[list[str], list[int], list[int]]:
+    """The next offset after these records, per partition, as the three arrays _MOVE_POSITIONS takes."""
+    after: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        after[key] = max(after.get(key, 0), record.offset + 1)
+    return [t for t, _ in after], [p for _, p in after], list(after.values())
 
 
 def dead_letter_row(record: ConsumerRecord, env: Envelope | None, reason: str) -> dict[str, Any]:

@@ -300,6 +300,42 @@ async def test_a_commit_refused_by_a_rebalance_keeps_the_consumer_and_applies_ev
     assert await rig.tickets_titled("after-the-refused-commit") == 1
 
 
+async def test_a_database_crash_between_the_kafka_commit_and_its_note_is_no_loss(rig):
+    """Issue 28: the offsets reached Kafka, then the database went away before the service noted them.
+    The records' own transactions had moved the position, so the consumer that follows resumes where
+    Kafka says and reports no loss (the old single position, noted after the commit, made the next
+    fetch look like a jump ahead, and every open link was reconciled)."""
+    inbox = rig.consumer()
+    note = inbox._save_committed
+    notes = []
+
+    async def database_gone_at_the_second_note(done):
+        notes.append(done)
+        if len(notes) == 2:
+            raise ConnectionResetError("the database went away after Kafka committed the offsets")
+        await note(done)
+
+    async def send(prefix: str) -> list:
+        sent = [envelope(OpenTicket(title=f"{prefix}-{n}"), source="test", link_id=f"link-c{n}") for n in range(4)]
+        for env in sent:
+            await rig.send([env.to_bytes()], key=env.link_id.encode())
+        return sent
+
+    inbox._save_committed = database_gone_at_the_second_note
+    rig.spawn(inbox.run())
+    first = await send("noted")
+    await eventually(lambda: _at_least(inbox, "applied_total", 4))
+    await eventually(lambda: _true(len(notes) >= 1))
+    second = await send("committed-not-noted")
+    await eventually(lambda: _at_least(inbox, "applied_total", 8))
+    await eventually(lambda: _at_least(inbox, "restarts_total", 1))  # the crash replaced the consumer
+    third = await send("after-the-crash")
+    await eventually(lambda: _at_least(inbox, "applied_total", 12))
+    assert len(notes) >= 2 and inbox.data_losses_total == 0
+    for env in first + second + third:
+        assert await rig.tickets_titled(env.payload["title"]) == 1
+
+
 async def test_a_poison_message_is_parked_and_the_next_one_is_still_applied(rig):
     good = envelope(OpenTicket(title="after-the-poison"), source="test", link_id="link-3")
     unknown = envelope(OpenTicket(title="x"), source="test", link_id="link-3").model_copy(update={"type": "test.nope"})

@@ -53,3 +53,44 @@ def test_a_partition_that_shows_a_loss_again_lost_more_and_dates_a_new_loss(cloc
     assert loss.seen("t[1]") == T0 + timedelta(seconds=5)
     clock(6)
     assert loss.seen("t[0]") == T0 + timedelta(seconds=5)  # part of that new loss
+
+
+def resuming(applied: int | None, committed: int | None) -> inbox.InboxConsumer:
+    """A consumer given a partition back (a start, a rebalance, a crash) with these saved positions."""
+    consumer = inbox.InboxConsumer(None, None, None, name="test", signatures=None)
+    consumer._expected[TP], consumer._resuming[TP] = applied, committed
+    return consumer
+
+
+TP = inbox.TopicPartition("psa.lead-partner.outbound", 0)
+
+
+@pytest.mark.parametrize("first", [197, 199, 201])
+def test_resuming_anywhere_from_the_last_commit_to_after_what_was_applied_is_a_replay_not_a_loss(first):
+    """Kafka committed 197; the database had applied up to 201 when it crashed (or the commit to 201
+    went through and the note of it did not): the fetch resumes at 197 or 201, and either is a replay."""
+    consumer = resuming(applied=201, committed=197)
+    assert consumer._check_continuity(TP, first) is True
+    assert consumer.data_losses_total == 0
+    assert TP not in consumer._resuming  # reading on, only the next offset is right
+
+
+@pytest.mark.parametrize("first, how", [(205, "skipped ahead"), (3, "went back before the last commit")])
+def test_resuming_after_what_was_applied_or_before_the_last_commit_is_a_loss(first, how, caplog):
+    consumer = resuming(applied=201, committed=197)
+    assert consumer._check_continuity(TP, first) is False
+    assert consumer.data_losses_total == 1
+    assert how in caplog.text and "expected 197..201" in caplog.text
+
+
+def test_reading_on_a_partition_a_jump_either_way_is_a_loss():
+    consumer = resuming(applied=201, committed=197)
+    consumer._resuming.clear()  # not resuming: the previous poll set where it goes on
+    assert consumer._check_continuity(TP, 201) is True
+    assert consumer._check_continuity(TP, 199) is False and consumer.data_losses_total == 1
+
+
+def test_without_a_commit_noted_only_what_was_applied_bounds_the_replay():
+    """A first commit refused (the group rebalanced): Kafka resumes from the partition's start."""
+    assert resuming(applied=201, committed=None)._check_continuity(TP, 0) is True
+    assert resuming(applied=201, committed=None)._check_continuity(TP, 202) is False
