@@ -230,8 +230,13 @@ class PartnerPages:
         hours = sum((Decimal(str(i.fields["hours"])) for i in items
                      if i.kind == ItemKind.TIME_ENTRY and i.origin == worker and not i.internal), Decimal(0))
         frozen = await statements.current(session, link["link_id"]) if link else None
+        # What Approve approves: the statement of the Insource Complete waiting, never an older one.
+        awaiting = None
+        if frozen is not None and frozen.settled is None and link["status"] == "Waiting Approval":
+            rounds = (await policy.links.side_status(session, link["link_id"])).rounds
+            awaiting = frozen if frozen.version == rounds else None
         return {"who": who, "ticket": ticket, "entries": entries, "link": link, "health": health, "hours_logged": hours,
-                "statement": frozen,
+                "statement": frozen, "awaiting": awaiting,
                 "statuses": [s.value for s in TicketStatus],
                 "status_label": self.status_label, "kind_names": KIND_NAMES, "version": version,
                 "panel": await self.panel(request, who, ticket, session)}

@@ -25,7 +25,7 @@ from shared.contracts.messages import (
     WorkRequested,
     WorkRequestedV2,
 )
-from shared.domain import statements, workflow
+from shared.domain import billing, statements, workflow
 from shared.domain.partner_mirroring import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
 from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import Lock
@@ -36,7 +36,6 @@ from shared.platform import paging
 from shared.platform.db import plain_sql, utcnow
 from shared.platform.errors import Conflict, NotFound
 from shared.platform.kafka import outbound_topic
-from shared.platform.inbox import Rejected
 from shared.platform.messagebus import Ignored, MessageBus
 from shared.platform.notifications import notify
 
@@ -231,29 +230,38 @@ class Insourcing:
                                       payload.approved), ticket.id)
 
     async def _settle(self, session: AsyncSession, row: ReceivedWork, ticket: Ticket, payload: WorkCompleted) -> None:
-        """The statement the link ended with: the lead's own when its Complete froze one, the one the lead
-        approved, or (a release-1.0.0 lead names none) the one waiting, else one frozen now."""
+        """The statement the link ended with: the lead's own when its Complete froze one (checked: one its
+        lines and the terms could not make is refused, and this side's is settled instead), the one the
+        lead approved, or (a release-1.0.0 lead names none) the one waiting, else one frozen now."""
+        ending = None
         if payload.statement is not None:
-            ending = await statements.keep(session, row.link_id, payload.statement, authoritative=True)
+            try:
+                body = billing.checked(payload.statement, version=payload.statement_version, terms=row.terms)
+                ending = await statements.keep(session, row.link_id, body, authoritative=True)
+            except billing.BadStatement as exc:
+                await self._disagree(session, row, ticket, f"the lead's statement was refused: {exc}")
         elif payload.statement_version is not None:
             ending = await statements.of_version(session, row.link_id, payload.statement_version)
-        else:
+        if ending is None:
             ending = await statements.latest(session, row.link_id)
             if ending is None or ending.version != row.rounds or not payload.approved:
                 ending = await statements.freeze(session, row.link_id, ticket.id, row.terms,
                                                  (ending.version if ending else 0) + 1)
-        if ending is None:
-            raise Rejected(f"the lead approved statement version {payload.statement_version} of link {row.link_id},"
-                           " which this partner never froze")
         if payload.statement_sha256 is not None and ending.sha256 != payload.statement_sha256:
-            log.warning("link %s ended with statement version %s: the lead's SHA-256 %s differs from this side's %s",
-                        row.link_id, ending.version, payload.statement_sha256, ending.sha256)
+            await self._disagree(session, row, ticket, f"the lead named statement version {payload.statement_version}"
+                                 f" with SHA-256 {payload.statement_sha256[:12]}, this side holds version"
+                                 f" {ending.version} with {ending.sha256[:12]}")
         statements.settle(ending, statements.APPROVED if payload.approved else statements.COMPLETED)
+
+    async def _disagree(self, session: AsyncSession, row: ReceivedWork, ticket: Ticket, what: str) -> None:
+        """The two sides do not hold the same statement at completion: loudly, on the ticket and in the log."""
+        log.warning("link %s ended with statements that differ: %s", row.link_id, what)
+        await add_system_note(session, ticket.id, *wording.statements_differ(row.lead_partner_name, what))
 
     async def invoice(self, session: AsyncSession, link_id: str, invoice_number: str) -> statements.Statement:
         """Mark the statement the link ended with invoiced, and tell the lead. The same number again is
         answered as before; another number for an invoiced statement is a conflict."""
-        row = await self._locked(session, link_id)
+        row, _ = await self._locked_with_ticket(session, link_id)  # the ticket first, as every writer
         ending = await statements.settled(session, link_id)
         if ending is None and row.status == InsourceStatus.COMPLETE:
             raise Conflict(f"work {link_id} ended before statements were kept: there is no statement to invoice")

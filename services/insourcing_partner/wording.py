@@ -76,3 +76,9 @@ def partner_left_mail(lead_partner_name: str, lead_partner_id: str, lead_ticket:
 def invoiced_note(lead_partner_name: str, invoice_number: str, total: str, currency: str | None) -> tuple[str, str]:
     amount = f"{total} {currency}" if currency else total
     return "Invoiced", f"Invoice {invoice_number} sent to {lead_partner_name} for this work: {amount}."
+
+
+def statements_differ(lead_partner_name: str, what: str) -> tuple[str, str]:
+    return "Statements differ", (
+        f"The work with {lead_partner_name} ended, but the two sides do not hold the same statement: {what}."
+        " Settle the difference with the lead partner before invoicing.")

@@ -1,6 +1,7 @@
 """The lead partner's side of outsourcing: send a ticket to a partner of the hub's directory, cancel,
 follow what the partner answers, and keep the ticket's link for mirroring."""
 import json
+import logging
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -27,7 +28,7 @@ from shared.contracts.messages import (
     WorkInvoiced,
     WorkWaitingApproval,
 )
-from shared.domain import statements, workflow
+from shared.domain import billing, statements, workflow
 from shared.domain.partner_mirroring import (
     MIRROR_MESSAGES,
     LinkView,
@@ -49,6 +50,8 @@ from shared.platform.inbox import Rejected
 from shared.platform.kafka import outbound_topic
 from shared.platform.messagebus import Ignored, MessageBus
 from shared.platform.notifications import notify
+
+log = logging.getLogger(__name__)
 
 
 class Outsourcings:
@@ -80,9 +83,10 @@ class Outsourcings:
         if row is None:
             return SideStatus(known=False)
         held = await statements.current(session, link_id)
+        frozen_here = held is not None and held.settled == statements.COMPLETED
         return SideStatus(status=row.status, rounds=row.rounds, reason=row.reason, approved=row.approved,
                           ticket_id=row.ticket_id, keeps_statements=True, statement_version=held and held.version,
-                          statement_sha256=held and held.sha256)
+                          statement_sha256=held and held.sha256, statement=held.body if frozen_here else None)
 
     async def open_links(self, session: AsyncSession) -> list[str]:
         finished = [s.value for s in workflow.FINISHED_OUTSOURCE]
@@ -208,7 +212,7 @@ class LeadOutsourcing:
         held = await statements.all_of(session, row.link_id)
         waiting = held[-1] if held and held[-1].version == row.rounds and row.rounds else None
         if approved:
-            ending = statements.approvable(waiting, statement_sha256, held[:-1])
+            ending = statements.approvable(waiting, statement_sha256, held, row.rounds)
             if ending is not None:
                 statements.settle(ending, statements.APPROVED)
             return ending
@@ -274,20 +278,32 @@ class LeadOutsourcing:
         ticket, row = await self._linked(session, payload.link_id)
         if payload.round == row.rounds and payload.statement and row.status == OutsourceStatus.WAITING_APPROVAL:
             # Sent again by reconciliation: this side lacked the statement the request came with.
-            if await statements.of_version(session, row.link_id, payload.statement.get("version", 0)) is None:
-                await statements.keep(session, row.link_id, payload.statement)
+            if await statements.of_version(session, row.link_id, payload.round) is None:
+                await self._keep_waiting(session, ticket, row, payload)
                 return
         if payload.round <= row.rounds:
             raise Ignored(f"Insource Complete {payload.round} of link {row.link_id} was already applied")
         row.status = workflow.outsource("link.waiting_approval", row.status)
         row.rounds = payload.round
         if payload.statement is not None:
-            await statements.keep(session, row.link_id, payload.statement)
+            await self._keep_waiting(session, ticket, row, payload)
         await lock_shared_items(session, ticket.id)
         await add_system_note(session, ticket.id, *wording.waiting_approval_note(row.partner_name))
         notify(session, "approval.requested", self.settings.notify_email,
                *wording.waiting_approval_mail(ticket.number, ticket.title, row.partner_name, row.partner_ticket_number),
                ticket.id)
+
+    async def _keep_waiting(self, session: AsyncSession, ticket: Ticket, row: Outsourcing,
+                            payload: WorkWaitingApproval) -> None:
+        """The statement an Insource Complete asks approval of, checked first: a statement its terms and
+        its own lines could not have made is not kept, and the ticket says why (Complete stays possible)."""
+        try:
+            body = billing.checked(payload.statement, version=payload.round, terms=row.terms)
+        except billing.BadStatement as exc:
+            log.warning("link %s: the statement of Insource Complete %d was refused: %s", row.link_id, payload.round, exc)
+            await add_system_note(session, ticket.id, *wording.statement_refused(row.partner_name, str(exc)))
+            return
+        await statements.keep(session, row.link_id, body)
 
     async def on_accepted(self, session: AsyncSession, payload: WorkAccepted) -> None:
         ticket, row = await self._linked(session, payload.link_id)
@@ -338,17 +354,30 @@ class LeadOutsourcing:
                                           row.partner_ticket_number), ticket.id)
 
     async def on_invoiced(self, session: AsyncSession, payload: WorkInvoiced) -> None:
-        """The partner invoiced the statement the link ended with: the lead sees the number beside it."""
+        """The partner invoiced the statement the link ended with: the lead sees the number beside it.
+        Only that statement: the one settled here, or (none settled: a completion that reached this lead
+        before it kept statements) the one the invoice carries, checked."""
         ticket, row = await self._linked(session, payload.link_id)
-        held = await statements.of_version(session, row.link_id, payload.statement_version)
-        if held is None and payload.statement is not None and payload.statement.get("version") == payload.statement_version:
-            held = await statements.keep(session, row.link_id, payload.statement)  # the copy it never received
-            statements.settle(held, statements.APPROVED if row.approved else statements.COMPLETED)
-        if held is None or held.sha256 != payload.statement_sha256:
+        if row.status != OutsourceStatus.COMPLETE:
+            raise Rejected(f"outsourcing {row.link_id} is {row.status}: there is nothing to invoice yet")
+        held = await statements.settled(session, row.link_id)
+        if held is None and payload.statement is not None:
+            try:
+                body = billing.checked(payload.statement, version=payload.statement_version, terms=row.terms)
+            except billing.BadStatement as exc:
+                raise Rejected(f"the invoice's statement is refused: {exc}") from exc
+            if await statements.of_version(session, row.link_id, payload.statement_version) is None:
+                held = await statements.keep(session, row.link_id, body)  # the copy it never received
+                statements.settle(held, statements.APPROVED if row.approved else statements.COMPLETED)
+        if held is None or (held.version, held.sha256) != (payload.statement_version, payload.statement_sha256):
             raise Rejected(f"the invoice names statement version {payload.statement_version}"
-                           f" (SHA-256 {payload.statement_sha256}), which is not the one this lead holds")
+                           f" (SHA-256 {payload.statement_sha256}), which is not the one this outsourcing ended with")
+        held = await statements.of_version(session, row.link_id, held.version)  # locked
         if held.invoice_number == payload.invoice_number:
             raise Ignored(f"invoice {payload.invoice_number} of link {row.link_id} was already recorded")
+        if held.invoice_number is not None:
+            raise Rejected(f"statement version {held.version} of link {row.link_id} was invoiced already, as"
+                           f" {held.invoice_number}")
         held.invoice_number, held.invoiced_at = payload.invoice_number, utcnow()
         await add_system_note(session, ticket.id, *wording.invoiced_note(
             row.partner_name, payload.invoice_number, held.body["totals"]["total"], held.body.get("currency")))

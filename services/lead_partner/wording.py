@@ -102,3 +102,9 @@ def partner_left_mail(number: str, title: str, partner_name: str, partner_id: st
 def invoiced_note(partner_name: str, invoice_number: str, total: str, currency: str | None) -> tuple[str, str]:
     amount = f"{total} {currency}" if currency else total
     return "Invoiced", f"{partner_name} invoiced this work: invoice {invoice_number}, {amount}."
+
+
+def statement_refused(partner_name: str, reason: str) -> tuple[str, str]:
+    return "Statement refused", (
+        f"The statement {partner_name} sent with its Insource Complete was not kept: {reason}. Approve waits for a"
+        " statement this side can read; Complete freezes one of what has crossed.")

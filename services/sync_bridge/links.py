@@ -57,6 +57,9 @@ class LinkEvent:
             raise Rejected(f"{self.sender} may not send {self.payload.type} on this link")
 
 
+SETTLED = {"statement_version", "statement_sha256", "statement"}  # what a completion says of the statement
+
+
 def send(session: AsyncSession, partner_id: str, payload: Payload, link_id: str) -> None:
     """Stage a message to a partner, on its inbound topic."""
     Publisher(inbound_topic(partner_id), "bridge").emit(session, payload, link_id)
@@ -152,9 +155,9 @@ async def completed(session: AsyncSession, event: LinkEvent) -> None:
     payload: OutsourceCompleted = event.payload
     move(event)
     event.link.outcome, event.link.approved = "completed", payload.approved
+    event.link.completion = payload.model_dump(include=SETTLED, exclude_none=True) or None
     send(session, event.other_partner,
-         WorkCompleted(link_id=event.link.id, approved=payload.approved, statement_version=payload.statement_version,
-                       statement_sha256=payload.statement_sha256, statement=payload.statement), event.link.id)
+         WorkCompleted(link_id=event.link.id, approved=payload.approved, **(event.link.completion or {})), event.link.id)
 
 
 async def invoiced(session: AsyncSession, event: LinkEvent) -> None:

@@ -38,6 +38,9 @@ class Link(Base):
     request: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # the work request, as the partner gets it
     # The statement of the latest Insource Complete, as the lead got it (null from a release-1.0.0 partner).
     statement: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The statement the link ended with, as outsource.completed named it (version, SHA-256 and, when the
+    # lead's Complete froze it, the statement): a link.completed sent again carries it too.
+    completion: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     insourcing_ticket_number: Mapped[str | None] = mapped_column(Text)
     rounds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # Insource Completes applied
     outcome: Mapped[str | None] = mapped_column(String(16))  # canceled | declined | completed

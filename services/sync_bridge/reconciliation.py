@@ -84,7 +84,8 @@ def missed_decision(link: Link, lead: SideStatus, ins: SideStatus) -> Payload | 
     """The first partner decision the bridge never read (its message was lost), as that message."""
     state = L(link.state)
     if lead.status == O.COMPLETE and state in (L.ACTIVE, L.SUSPENDED):
-        return OutsourceCompleted(link_id=link.id, approved=bool(lead.approved))
+        return OutsourceCompleted(link_id=link.id, approved=bool(lead.approved), statement_version=lead.statement_version,
+                                  statement_sha256=lead.statement_sha256, statement=lead.statement)
     if lead.status == O.CANCELED and state == L.PENDING:
         return OutsourceCanceled(link_id=link.id)
     if ins.known and state == L.PENDING:
@@ -126,7 +127,8 @@ def missed_events(link: Link, lead: SideStatus, ins: SideStatus) -> list[tuple[s
         out.append((link.insourcing_partner_id,
                     WorkRejected(link_id=link.id, reason=link.reason or "", round=link.rounds)))
     if link.outcome == "completed" and ins_open and ins.ticket_id:
-        out.append((link.insourcing_partner_id, WorkCompleted(link_id=link.id, approved=bool(link.approved))))
+        out.append((link.insourcing_partner_id, WorkCompleted(link_id=link.id, approved=bool(link.approved),
+                                                              **(link.completion or {}))))
     return out
 
 

@@ -492,6 +492,9 @@ class SideStatus(Message):
         "the version of the statement it holds: the one waiting for approval or the one the link ended with"
         " (SPEC section 12); null when it holds none"))
     statement_sha256: str | None = Field(None, description="the SHA-256 of that statement")
+    statement: dict[str, Any] | None = Field(None, description=(
+        "lead, Complete: the statement its Complete froze itself (from what had crossed), for a completion"
+        " the bridge never read; null otherwise"))
 
 
 class SideHealth(Message):

@@ -89,3 +89,56 @@ def canonical(statement_: Mapping[str, Any]) -> bytes:
 
 def sha256(statement_: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(statement_)).hexdigest()
+
+
+class BadStatement(ValueError):
+    """A statement received from the other side that is not one this function could have made."""
+
+
+def _amount(value: Any, where: str) -> Decimal:
+    if not isinstance(value, str):
+        raise BadStatement(f"{where} is not a decimal string")
+    try:
+        amount = Decimal(value)
+    except Exception:
+        raise BadStatement(f"{where} is not a decimal: {value[:40]!r}") from None
+    if not amount.is_finite() or money(amount) != value:
+        raise BadStatement(f"{where} is not an amount with two places: {value[:40]!r}")
+    return amount
+
+
+def checked(body: Any, *, version: int | None = None, terms: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A statement received from the other company, checked before it is stored: its shape, every
+    amount two places, the totals the sums of its lines, the version the one expected and, when
+    this side has the terms, their currency and rate. BadStatement names what is wrong."""
+    if not isinstance(body, dict):
+        raise BadStatement("the statement is not an object")
+    got = body.get("version")
+    if not isinstance(got, int) or isinstance(got, bool) or got < 1:
+        raise BadStatement("the statement has no version (a whole number from 1)")
+    if version is not None and got != version:
+        raise BadStatement(f"the statement is version {got}, expected version {version}")
+    lines, totals = body.get("lines"), body.get("totals")
+    if not isinstance(lines, list) or not all(isinstance(line, dict) for line in lines):
+        raise BadStatement("the statement's lines are not a list of objects")
+    if not isinstance(totals, dict) or not isinstance(body.get("warnings", []), list):
+        raise BadStatement("the statement has no totals (or its warnings are not a list)")
+    labor = sum((_amount(line.get("amount"), f"line {n} amount") for n, line in enumerate(lines, 1)
+                 if line.get("kind") != "charge"), ZERO)
+    charges = sum((_amount(line.get("amount"), f"line {n} amount") for n, line in enumerate(lines, 1)
+                   if line.get("kind") == "charge"), ZERO)
+    for name, expected in (("labor", labor), ("charges", charges), ("total", labor + charges)):
+        if _amount(totals.get(name), f"totals.{name}") != expected:
+            raise BadStatement(f"totals.{name} is {totals.get(name)}, but its lines make {money(expected)}")
+    _amount(totals.get("hours", "0.00"), "totals.hours")
+    currency = body.get("currency")
+    if currency is not None and not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha()):
+        raise BadStatement("the statement's currency is not an ISO 4217 code")
+    if terms:
+        if terms.get("currency") and currency != terms["currency"]:
+            raise BadStatement(f"the statement is in {currency}, the terms in {terms['currency']}")
+        if terms.get("rate_type") and body.get("rate_type") != terms["rate_type"]:
+            raise BadStatement(f"the statement is {body.get('rate_type')}, the terms {terms['rate_type']}")
+        if terms.get("rate") is not None and _amount(body.get("rate"), "rate") != _decimal(terms["rate"]):
+            raise BadStatement(f"the statement's rate is {body.get('rate')}, the terms' {money(_decimal(terms['rate']))}")
+    return body

@@ -25,7 +25,11 @@ class Statement(Base):
 
     __tablename__ = "statements"
     # The reports: settled statements, newest first.
-    __table_args__ = (Index("ix_statements_settled", "settled_at", "link_id", postgresql_where=text("settled IS NOT NULL")),)
+    __table_args__ = (
+        Index("ix_statements_settled", "settled_at", "link_id", postgresql_where=text("settled IS NOT NULL")),
+        # A link ends with one statement: never two settled (the reports would count it twice).
+        Index("ux_statements_one_settled", "link_id", unique=True, postgresql_where=text("settled IS NOT NULL")),
+    )
 
     link_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -87,10 +91,14 @@ async def of_version(session: AsyncSession, link_id: str, version: int) -> State
     return await session.get(Statement, (link_id, version), with_for_update=True)
 
 
-def approvable(current: Statement | None, sha256: str | None, superseded: list[Statement]) -> Statement | None:
+def approvable(current: Statement | None, sha256: str | None, held: list[Statement], round_: int) -> Statement | None:
     """The statement an approval names, checked against the one waiting: required when one waits, and
     only that one (a superseded or unknown hash is a conflict naming the current version)."""
     if current is None:
+        if held:  # this partner sends statements: the one of this Insource Complete has not arrived (or was refused)
+            raise Conflict(f"this lead does not hold the statement of Insource Complete {round_} yet (the latest it holds"
+                           f" is version {held[-1].version}): reconciliation sends it again; or set Complete, which"
+                           " freezes a statement of what has crossed")
         if sha256 is not None:
             raise Conflict("there is no statement to approve: the partner's Insource Complete carried none"
                            " (its release predates statements); approve without statement_sha256")
@@ -100,7 +108,7 @@ def approvable(current: Statement | None, sha256: str | None, superseded: list[S
         raise Unprocessable(f"statement_sha256 is required: approve the statement you read, the current one is {named}")
     if sha256.lower() == current.sha256:
         return current
-    old = next((s for s in superseded if s.sha256 == sha256.lower()), None)
+    old = next((s for s in held if s.sha256 == sha256.lower()), None)
     if old is not None:
         raise Conflict(f"statement version {old.version} was superseded: the current one is {named}")
     raise Conflict(f"no statement of this link has SHA-256 {sha256}: the current one is {named}")

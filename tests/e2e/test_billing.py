@@ -101,6 +101,7 @@ def parsed(answer, name: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(answer.text, newline="")))
 
 
+@pytest.mark.broker  # also on Tansu
 async def test_receivables_list_approved_work_until_invoiced_then_the_lead_sees_the_invoice_in_its_payables(
         lead, insourcing):
     work = await approved_work(lead, insourcing, unique("Billing: replace the UPS batteries"))
@@ -160,6 +161,7 @@ async def test_work_not_complete_cannot_be_invoiced_and_is_not_receivable(lead, 
     assert in_row((await report(lead, "/api/billing/payables"))[0], link_id) is None
 
 
+@pytest.mark.broker  # also on Tansu
 async def test_both_lists_export_every_row_as_csv_and_text_a_spreadsheet_would_run_starts_with_a_quote(
         lead, insourcing):
     title = unique('=HYPERLINK("http://attacker.invalid","Billing")')

@@ -9,7 +9,7 @@ import pytest
 from tests.e2e.flows import every, new_ticket, outsource, outsource_status, received
 from tests.harness import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.broker]  # also run on Tansu
 TERMS = {"rate_type": "hourly", "rate": "95.00", "authorized_hours": "3", "currency": "EUR"}
 
 

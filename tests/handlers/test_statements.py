@@ -8,7 +8,7 @@ import pytest
 
 from services.lead_partner.models import Outsourcing
 from services.sync_bridge.models import Link
-from services.sync_bridge.reconciliation import missed_events
+from services.sync_bridge.reconciliation import missed_decision, missed_events
 from shared.contracts.messages import (
     InsourceCompletionRequested,
     InsourceInvoiced,
@@ -23,7 +23,17 @@ from shared.contracts.messages import (
 from shared.domain import billing, statements
 from shared.platform.errors import Conflict, Unprocessable
 from shared.platform.inbox import Rejected
-from tests.handlers.sides import IN_LEAD, LEAD, PARTNER, Side, accepted_work, active_link, from_partner, outsourced
+from tests.handlers.sides import (
+    IN_LEAD,
+    LEAD,
+    PARTNER,
+    Side,
+    accepted_work,
+    active_link,
+    from_partner,
+    items_on,
+    outsourced,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TERMS = {"rate_type": "hourly", "rate": "95.00", "currency": "EUR"}
@@ -103,7 +113,7 @@ async def test_lead_records_the_invoice_of_the_statement_it_holds_and_refuses_an
     body = statement_of(1, "3.00")
     ticket_id, link_id = await waiting_on_lead(lead, body)
     await lead.call(lead.service.finish, ticket_id, "approve", billing.sha256(body))
-    with pytest.raises(Rejected, match="not the one this lead holds"):
+    with pytest.raises(Rejected, match="not the one this outsourcing ended with"):
         await lead.receive(WorkInvoiced(link_id=link_id, statement_version=1, statement_sha256="b" * 64,
                                         invoice_number="INV-9"))
     await lead.receive(WorkInvoiced(link_id=link_id, statement_version=1, statement_sha256=billing.sha256(body),
@@ -194,3 +204,71 @@ async def test_reconciliation_sends_the_waiting_statement_again_to_a_lead_that_l
     await lead.receive(WorkWaitingApproval(link_id=lead_link, round=1, statement=body))
     assert [(s.version, s.sha256) for s in await held_on(lead, lead_link)] == [(1, billing.sha256(body))]
     await lead.call(lead.service.finish, ticket_id, "approve", billing.sha256(body))
+
+
+# --- what the other company sends is checked, and reconciliation carries the statement ---------------
+
+def forged(body: dict, **totals) -> dict:
+    """A statement whose totals its lines do not make."""
+    return {**body, "totals": {**body["totals"], **totals}}
+
+
+async def test_lead_refuses_a_statement_its_lines_or_terms_could_not_make_and_approve_waits_for_one(lead):
+    body = statement_of(1, "2.00")
+    ticket_id, link_id = await waiting_on_lead(lead, forged(body, total="0.01"))
+    assert await held_on(lead, link_id) == []
+    notes = [i.fields["body"] for i in await items_on(lead, ticket_id) if i.fields.get("title") == "Statement refused"]
+    assert "totals.total is 0.01, but its lines make 190.00" in notes[0]
+    # A partner that sends statements and whose latest did not arrive: approve waits, naming why.
+    second_ticket, second_link = await waiting_on_lead(lead, statement_of(1, "1.00"), forged(body, total="9.99"))
+    with pytest.raises(Conflict, match="does not hold the statement of Insource Complete 2 yet"):
+        await lead.call(lead.service.finish, second_ticket, "approve", None)
+    for wrong in ({**body, "version": 0}, {**body, "currency": "USD"}, {**body, "rate": "1.00"}, "not a statement"):
+        with pytest.raises(billing.BadStatement):
+            billing.checked(wrong, version=1, terms=TERMS)
+
+
+async def test_lead_records_an_invoice_only_for_the_statement_the_outsourcing_ended_with(lead):
+    body = statement_of(1, "3.00")
+    ticket_id, link_id = await waiting_on_lead(lead, body)
+    invoice = WorkInvoiced(link_id=link_id, statement_version=1, statement_sha256=billing.sha256(body),
+                           invoice_number="INV-7")
+    with pytest.raises(Rejected, match="nothing to invoice yet"):
+        await lead.receive(invoice)
+    await lead.call(lead.service.finish, ticket_id, "approve", billing.sha256(body))
+    other = statement_of(2, "30.00")  # a second statement offered with an invoice: never settled beside the first
+    with pytest.raises(Rejected, match="not the one this outsourcing ended with"):
+        await lead.receive(WorkInvoiced(link_id=link_id, statement_version=2, statement_sha256=billing.sha256(other),
+                                        invoice_number="INV-7", statement=other))
+    await lead.receive(invoice)
+    with pytest.raises(Rejected, match="invoiced already, as INV-7"):
+        await lead.receive(invoice.model_copy(update={"invoice_number": "INV-8"}))
+    assert [(s.version, s.settled, s.invoice_number) for s in await held_on(lead, link_id)] == [(1, "approved", "INV-7")]
+
+
+async def test_insourcing_refuses_a_lead_statement_whose_totals_its_lines_do_not_make_and_says_the_sides_differ(insourcing):
+    link_id, ticket_id = await accepted_work(insourcing)
+    bad = forged(statement_of(1, "4.00"), total="1.00")
+    await insourcing.receive(WorkCompleted(link_id=link_id, approved=False, statement_version=1,
+                                           statement_sha256=billing.sha256(bad), statement=bad))
+    [ended] = await held_on(insourcing, link_id)
+    assert ended.settled == "completed" and ended.body != bad  # its own, frozen now
+    titles = [i.fields.get("title") for i in await items_on(insourcing, ticket_id)]
+    assert "Statements differ" in titles
+
+
+async def test_reconciliation_sends_a_lost_completion_with_the_statement_the_lead_froze(bridge):
+    link_id = await active_link(bridge)
+    leads = statement_of(1, "1.25")
+    lead_side = SideStatus(status="Complete", rounds=0, approved=False, keeps_statements=True, statement_version=1,
+                           statement_sha256=billing.sha256(leads), statement=leads)
+    partner_side = SideStatus(status="In Progress", rounds=0, keeps_statements=True, ticket_id="t")
+    decision = missed_decision(await bridge.get(Link, link_id), lead_side, partner_side)
+    assert (decision.statement_version, decision.statement_sha256, decision.statement) == \
+        (1, billing.sha256(leads), leads)
+    await from_partner(bridge, LEAD, decision)  # as reconciliation applies it
+    passed = await bridge.last_staged(link_id)
+    assert isinstance(passed, WorkCompleted) and passed.statement == leads
+    # The partner never got that link.completed either: the one sent again carries the statement too.
+    [(_, again)] = missed_events(await bridge.get(Link, link_id), lead_side, partner_side)
+    assert isinstance(again, WorkCompleted) and (again.statement_version, again.statement) == (1, leads)

@@ -20,9 +20,13 @@ def upgrade() -> None:
     # The reports: settled statements, newest first.
     op.create_index("ix_statements_settled", "statements", ["settled_at", "link_id"],
                     postgresql_where=sa.text("settled IS NOT NULL"))
+    # A link ends with one statement: never two settled (the reports would count it twice).
+    op.create_index("ux_statements_one_settled", "statements", ["link_id"], unique=True,
+                    postgresql_where=sa.text("settled IS NOT NULL"))
 
 
 def downgrade() -> None:
+    op.drop_index("ux_statements_one_settled", "statements")
     op.drop_index("ix_statements_settled", "statements")
     for column in ("invoiced_at", "invoice_number", "settled_at", "settled"):
         op.drop_column("statements", column)
