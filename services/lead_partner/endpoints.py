@@ -10,6 +10,7 @@ from shared.domain.tickets.schemas import MAX_TEXT
 from shared.domain.workflow import OutsourceStatus
 from shared.platform import paging
 from shared.platform.auth import Permission, SessionDep, api_router
+from shared.platform.idempotency import idempotent
 from shared.platform.openapi import CONFLICT
 
 router = api_router("/api", ["outsourcing"], Permission.OUTSOURCING)
@@ -63,6 +64,7 @@ async def partners(session: SessionDep, outsourcing=Depends(_outsourcing)):
 
 @router.post("/tickets/{ticket_id}/outsource", responses=CONFLICT, status_code=202, response_model=OutsourcingOut,
              summary="Outsource a ticket to an insourcing partner")
+@idempotent(status_code=202, response_model=OutsourcingOut)
 async def outsource(ticket_id: str, body: OutsourceBody, session: SessionDep, outsourcing=Depends(_outsourcing)):
     row = await outsourcing.outsource(session, ticket_id, body.partner_id, body.instructions, body.terms)
     await session.flush()  # server-made values for the answer; the request commits in SessionDep

@@ -8,6 +8,7 @@ from shared.domain.statements import Statement
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter
 from shared.platform.auth import ApiToken
 from shared.platform.db import service_metadata
+from shared.platform.idempotency import IdempotencyKey
 from shared.platform.inbox import DeadLetter, InboxRecord, StreamPosition
 from shared.platform.notifications import Notification
 from shared.platform.outbox import OutboxMessage
@@ -19,7 +20,7 @@ PARTNER_TABLES = [
     *PLATFORM_TABLES,
     Ticket.__table__, TicketNumberCounter.__table__, TicketItem.__table__, AttachmentContent.__table__,
     IncomingAttachment.__table__, IncomingChunk.__table__, Notification.__table__,
-    ItemDeletion.__table__, LinkSync.__table__, Statement.__table__,
+    ItemDeletion.__table__, LinkSync.__table__, Statement.__table__, IdempotencyKey.__table__,
 ]
 
 __all__ = ["PARTNER_TABLES", "PLATFORM_TABLES", "service_metadata"]

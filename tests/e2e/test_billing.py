@@ -3,6 +3,7 @@ the lead approved and it has not invoiced yet, with totals per lead partner and 
 its invoice crosses Kafka and the lead's payables show it; both lists export every row as CSV with
 formula text quoted; both UIs have a Billing page with an Export CSV that works with the page's
 session; a ticket page prints as a clean statement."""
+import asyncio
 import csv
 import io
 import uuid
@@ -57,17 +58,22 @@ async def approved_work(lead, insourcing, title: str) -> dict:
 
 
 async def report(client, path: str, **params) -> tuple[list[dict], list[dict]]:
-    """Every row of a billing list, page after page, and its totals (the same on every page)."""
-    rows, cursor, totals = [], None, None
-    while True:
-        answer = await client.get(path, params={**params, "limit": 2, **({"cursor": cursor} if cursor else {})})
-        assert answer.status_code == 200, answer.text
-        page = answer.json()
-        rows += page["items"]
-        assert totals is None or page["totals"] == totals
-        totals = page["totals"]
-        if (cursor := page["next_cursor"]) is None:
-            return rows, totals
+    """Every row of a billing list, page after page, and its totals (the same on every page: read again
+    from the first page when an invoice crossing meanwhile changed them)."""
+    for _ in range(10):
+        rows, cursor, totals = [], None, None
+        while True:
+            answer = await client.get(path, params={**params, "limit": 2, **({"cursor": cursor} if cursor else {})})
+            assert answer.status_code == 200, answer.text
+            page = answer.json()
+            if totals is not None and page["totals"] != totals:
+                break  # changed while paging: again, from the start
+            rows += page["items"]
+            totals = page["totals"]
+            if (cursor := page["next_cursor"]) is None:
+                return rows, totals
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the totals of {path} kept changing while it was read")
 
 
 def sums(rows: list[dict], partner_id: str, *amounts: str) -> dict[tuple, list]:

@@ -25,6 +25,7 @@ from shared.domain.tickets.schemas import (
     stored_fields,
 )
 from shared.platform import paging
+from shared.platform.idempotency import idempotent
 from shared.platform.auth import Permission, SessionDep, api_router
 from shared.platform.errors import TooLarge, size_in_words
 from shared.platform.openapi import CONFLICT
@@ -90,6 +91,7 @@ def ticket_router(link_field: str) -> APIRouter:
         return {"items": [await ticket_out(session, policy, ticket) for ticket in rows], "next_cursor": next_cursor}
 
     @router.post("", status_code=201, response_model=TicketWithLink, summary="Create a ticket")
+    @idempotent(status_code=201, response_model=TicketWithLink)
     async def create_ticket(body: TicketCreate, session: SessionDep, policy: PolicyDep):
         ticket = await service.create_ticket(session, body.title, body.description)
         await session.flush()  # server-made values for the answer; the request commits in SessionDep
@@ -128,6 +130,7 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
     if kind == ItemKind.ATTACHMENT:
 
         @router.post(path, status_code=201, response_model=out_model, summary="Upload an attachment")
+        @idempotent(status_code=201, response_model=out_model)
         async def upload(
             ticket_id: str,
             session: SessionDep,
@@ -160,7 +163,8 @@ def _item_routes(router: APIRouter, kind: ItemKind) -> None:
             return item_out(policy, item)
 
         create.__annotations__["body"] = create_model
-        router.post(path, status_code=201, response_model=out_model, summary=f"Add a {noun}")(create)
+        router.post(path, status_code=201, response_model=out_model, summary=f"Add a {noun}")(
+            idempotent(status_code=201, response_model=out_model)(create))
 
     update_model = UPDATE_MODELS[kind]
 

@@ -1,0 +1,80 @@
+"""Idempotency-Key (issue 28): a create cut off by the network can be sent again. The same key and the
+same request answer the first result and write nothing more, even sent at the same moment; the same key
+with another request is 422; without a key every POST writes, as before."""
+import asyncio
+import uuid
+
+import pytest
+
+from tests.e2e.flows import items, new_ticket
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def key() -> dict:
+    return {"Idempotency-Key": str(uuid.uuid4())}
+
+
+async def test_a_note_sent_again_with_its_key_is_written_once_and_answered_as_the_first_time(lead):
+    ticket = await new_ticket(lead, "Idempotent notes")
+    headers = key()
+    first = await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "sent twice"}, headers=headers)
+    again = await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "sent twice"}, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201), again.text
+    assert again.json() == first.json() and again.headers.get("idempotency-replayed") == "true"
+    assert "idempotency-replayed" not in first.headers
+    assert [n["body"] for n in await items(lead, ticket["id"], "notes") if n["origin"] == "local"] == ["sent twice"]
+
+    other = await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "another note"}, headers=headers)
+    assert other.status_code == 422 and "was used with another request" in other.json()["detail"]
+    elsewhere = await new_ticket(lead, "Idempotent notes, another ticket")
+    moved = await lead.post(f"/api/tickets/{elsewhere['id']}/notes", json={"body": "sent twice"}, headers=headers)
+    assert moved.status_code == 422
+    bad = await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "x"}, headers={"Idempotency-Key": "a b"})
+    assert bad.status_code == 422  # a key is printable ASCII without spaces
+
+    # Without a key, every POST writes, as before.
+    for _ in range(2):
+        assert (await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "no key"})).status_code == 201
+    assert len([n for n in await items(lead, ticket["id"], "notes") if n["body"] == "no key"]) == 2
+
+
+async def test_duplicates_sent_at_the_same_moment_write_one_ticket_and_all_answer_it(insourcing):
+    headers, title = key(), f"Concurrent create {uuid.uuid4().hex[:8]}"
+    answers = await asyncio.gather(*(insourcing.post("/api/tickets", json={"title": title}, headers=headers)
+                                     for _ in range(6)))
+    assert {a.status_code for a in answers} == {201}, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert sum(a.headers.get("idempotency-replayed") == "true" for a in answers) == 5
+    found = (await insourcing.get("/api/tickets", params={"q": title})).json()["items"]
+    assert len(found) == 1
+
+
+async def test_an_attachment_and_an_outsourcing_sent_again_are_written_once(lead):
+    ticket = await new_ticket(lead, "Idempotent upload and outsourcing")
+    headers = key()
+    upload = {"file": ("scan.txt", b"the same bytes", "text/plain")}
+    first = await lead.post(f"/api/tickets/{ticket['id']}/attachments", files=upload, headers=headers)
+    again = await lead.post(f"/api/tickets/{ticket['id']}/attachments", files=upload, headers=headers)
+    assert first.status_code == 201 and again.json()["id"] == first.json()["id"]
+    changed = await lead.post(f"/api/tickets/{ticket['id']}/attachments",
+                              files={"file": ("scan.txt", b"other bytes", "text/plain")}, headers=headers)
+    assert changed.status_code == 422
+    assert len(await items(lead, ticket["id"], "attachments")) == 1
+
+    headers = key()
+    body = {"partner_id": "insourcing-partner", "instructions": "once"}
+    outsourced = [await lead.post(f"/api/tickets/{ticket['id']}/outsource", json=body, headers=headers) for _ in range(2)]
+    assert [o.status_code for o in outsourced] == [202, 202]
+    assert outsourced[0].json()["link_id"] == outsourced[1].json()["link_id"]
+    # Without the key, the second would have been refused: the ticket is outsourced already.
+    assert (await lead.post(f"/api/tickets/{ticket['id']}/outsource", json=body)).status_code == 409
+
+
+async def test_the_key_is_in_the_openapi_document_of_every_create(lead):
+    paths = (await lead.get("/openapi.json")).json()["paths"]
+    for path in ("/api/tickets", "/api/tickets/{ticket_id}/notes", "/api/tickets/{ticket_id}/attachments",
+                 "/api/tickets/{ticket_id}/outsource"):
+        header = [p for p in paths[path]["post"]["parameters"] if p["in"] == "header"]
+        assert [p["name"] for p in header] == ["Idempotency-Key"], path
+        assert "24 hours" in header[0]["description"]
