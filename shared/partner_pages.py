@@ -32,7 +32,7 @@ from shared.domain.tickets.schemas import (
     TicketUpdate,
     stored_fields,
 )
-from shared.platform import paging
+from shared.platform import idempotency, paging
 from shared.platform.auth import SessionDep
 from shared.platform.errors import DomainError, NotFound, TooLarge, size_in_words
 from shared.platform.webui import ChangeDep, ViewerDep, WebUi, page_headers, viewer
@@ -104,7 +104,10 @@ class PartnerPages:
                 body = TicketCreate.model_validate(form_fields(form, {"title", "description"}))
             except ValidationError as exc:
                 return await pages.ticket_list(request, who, session, "", "", error=_words(exc), status_code=422)
+            if (before := await idempotency.page_claim(session, who.name, request.url.path, form)) is not None:
+                return RedirectResponse(before, status_code=303)
             ticket = await service.create_ticket(session, body.title, body.description)
+            await idempotency.page_answered(session, who.name, form, f"/tickets/{ticket.id}")
             return RedirectResponse(f"/tickets/{ticket.id}", status_code=303)
 
         @router.get("/tickets/{ticket_id}")
@@ -150,7 +153,10 @@ class PartnerPages:
             need(who, "tickets")
             form = await request.form()
             policy = request.app.state.sync_policy
+            here = f"/tickets/{ticket_id}#timeline"
             try:
+                if await idempotency.page_claim(session, who.name, request.url.path, form) is not None:
+                    return RedirectResponse(here, status_code=303)  # sent twice: written once
                 if kind == ItemKind.ATTACHMENT:
                     upload = form.get("file")
                     if not isinstance(upload, UploadFile) or not upload.filename:
@@ -169,7 +175,8 @@ class PartnerPages:
                 raise PageError(kind, _words(exc), 422) from exc
             except DomainError as exc:
                 raise PageError(kind, exc.detail, exc.status_code) from exc
-            return RedirectResponse(f"/tickets/{ticket_id}#timeline", status_code=303)
+            await idempotency.page_answered(session, who.name, form, here)
+            return RedirectResponse(here, status_code=303)
 
         @router.post("/tickets/{ticket_id}/items/{kind}/{item_id}/edit")
         async def edit_item(request: Request, ticket_id: str, kind: ItemKind, item_id: str, who: ChangeDep,
@@ -315,6 +322,7 @@ def ui(request: Request) -> WebUi:
 def install_partner_pages(app, pages: PartnerPages, routers: list[APIRouter]) -> None:
     """The shared pages, the service's own, and refusals shown on the page they came from."""
     app.state.web_ui.templates.filters.update(when=when, money=money)
+    app.state.web_ui.templates.globals["new_key"] = idempotency.new_key
     app.include_router(pages.router())
     for router in routers:
         app.include_router(router)

@@ -8,6 +8,8 @@ import hashlib
 import inspect
 import json
 import random
+import re
+import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -129,3 +131,42 @@ def idempotent(*, status_code: int, response_model: type[BaseModel]):
         return wrapper
 
     return decorate
+
+
+FORM_FIELD = "idempotency_key"  # what a page's form sends the key as (a new one each time the form is drawn)
+
+
+def new_key() -> str:
+    return str(uuid.uuid4())
+
+
+async def _form_fingerprint(path: str, form) -> str:
+    parts = [path]
+    for name, value in sorted(form.multi_items(), key=lambda item: item[0]):
+        if name in ("csrf", FORM_FIELD):
+            continue
+        if isinstance(value, UploadFile):
+            content = await value.read()
+            await value.seek(0)
+            value = f"{value.filename}:{value.content_type}:{hashlib.sha256(content).hexdigest()}"
+        parts.append(f"{name}={value}")
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+async def page_claim(session: AsyncSession, who: str, path: str, form) -> str | None:
+    """A page form sent again (a second click, a resubmission): where the first one led; None the first
+    time (the caller writes, then `page_answered`). The same key with another form is 422."""
+    key = form.get(FORM_FIELD)
+    if not isinstance(key, str) or not re.fullmatch(KEY_PATTERN, key):
+        return None
+    try:
+        await claim(session, f"page:{who}", key, await _form_fingerprint(path, form))
+    except Claimed as first:
+        return first.answer.decode()
+    return None
+
+
+async def page_answered(session: AsyncSession, who: str, form, location: str) -> None:
+    key = form.get(FORM_FIELD)
+    if isinstance(key, str) and re.fullmatch(KEY_PATTERN, key):
+        await answered(session, f"page:{who}", key, 303, location.encode())

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from tests.e2e.flows import items, new_ticket
+from tests.e2e.test_web_ui import signed_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -78,3 +79,23 @@ async def test_the_key_is_in_the_openapi_document_of_every_create(lead):
         header = [p for p in paths[path]["post"]["parameters"] if p["in"] == "header"]
         assert [p["name"] for p in header] == ["Idempotency-Key"], path
         assert "24 hours" in header[0]["description"]
+
+
+async def test_a_page_form_sent_twice_writes_once_and_each_drawing_of_the_form_has_its_own_key(browser, services, lead):
+    ticket = await new_ticket(lead, "Sent twice from the page")
+    page = await signed_in(browser, services["lead_partner"])
+    await page.goto(f"{services['lead_partner'].url}/tickets/{ticket['id']}")
+    form = page.locator("form[action$='/items/note']")
+    first_key = await form.locator("input[name=idempotency_key]").input_value()
+    await form.get_by_label("Body").fill("clicked twice")
+    # A second click, or the browser resending the form: the same form data, key included, twice.
+    statuses = await page.evaluate("""async () => {
+        const form = document.querySelector("form[action$='/items/note']");
+        const data = new FormData(form);
+        const sent = [await fetch(form.action, {method: "POST", body: data}), await fetch(form.action, {method: "POST", body: data})];
+        return sent.map(answer => answer.status);
+    }""")
+    assert statuses == [200, 200]  # each redirected to the ticket page
+    assert [n["body"] for n in await items(lead, ticket["id"], "notes") if n["body"] == "clicked twice"] == ["clicked twice"]
+    await page.reload()
+    assert await form.locator("input[name=idempotency_key]").input_value() != first_key
