@@ -8,6 +8,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.domain.schema import PLATFORM_TABLES, service_metadata
+from shared.platform.idempotency import IdempotencyKey
 from shared.platform.db import Base
 
 
@@ -167,5 +168,5 @@ class DirectoryVersion(Base):
 # What the bridge's migrations must build (tests/integration/test_schema.py).
 metadata = service_metadata(
     *PLATFORM_TABLES, Link.__table__, ItemMirror.__table__, ManifestPart.__table__, Repair.__table__,
-    Partner.__table__, PartnerKey.__table__, DirectoryVersion.__table__,
+    Partner.__table__, PartnerKey.__table__, DirectoryVersion.__table__, IdempotencyKey.__table__,
 )

@@ -117,7 +117,7 @@ class Hub:
                               "partner: set BRIDGE_KAFKA_ADMIN_USERNAME and BRIDGE_KAFKA_ADMIN_PASSWORD")
         return access
 
-    def _require_box(self) -> MultiFernet:
+    def require_box(self) -> MultiFernet:
         if self.box is None:
             raise Unavailable("BRIDGE_SECRET_KEY is not set: the bridge keeps partners' signing keys encrypted "
                               "with it (see docs/configuration.md)")
@@ -133,7 +133,7 @@ class Hub:
         return configured + [_out(p) for p in sorted(rows, key=lambda p: p.created_at)]
 
     async def add(self, new: PartnerIn) -> Onboarded:
-        box = self._require_box()
+        box = self.require_box()
         kafka = self._kafka()
         ca_pem = self._ca_pem()  # read before anything is made: the bundle is shown once
         if new.id in self.directory.members and self.directory.members[new.id].configured:
@@ -187,7 +187,7 @@ class Hub:
     async def rotate(self, partner_id: str) -> Onboarded:
         """One transaction around it all, the partner's row locked: two rotations (a double click) or a
         rotation and a removal take turns, and the password in Kafka is the one the bundle shows."""
-        box = self._require_box()
+        box = self.require_box()
         kafka = self._kafka()
         ca_pem = self._ca_pem()
         password, key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)

@@ -3,25 +3,58 @@ line (`python -m services.sync_bridge partners add|list|rotate|remove`), both th
 services/sync_bridge/onboarding.py."""
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Header, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import delete
 
 from services.sync_bridge.onboarding import Hub, Onboarded, PartnerIn, PartnerOut
+from shared.platform import idempotency
 from shared.platform.auth import Permission, api_router
-from shared.platform.errors import DomainError
+from shared.platform.errors import Conflict, DomainError
+from shared.platform.idempotency import IdempotencyKey
 from shared.platform.openapi import CONFLICT
 
 router = api_router("/api", ["partners"], Permission.PARTNERS)
 
 
 @router.post("/partners", status_code=201, response_model=Onboarded, responses=CONFLICT,
-             summary="Onboard a partner: its Kafka user, topics, ACLs and signing key; the bundle is shown this once")
-async def add_partner(new: PartnerIn, request: Request):
-    return await request.app.state.hub.add(new)
+             summary="Onboard a partner: its Kafka user, topics, ACLs and signing key; the bundle is shown this once"
+                     " (and again only to the same request with the same Idempotency-Key)")
+async def add_partner(new: PartnerIn, request: Request, key: Annotated[str | None, Header(
+        alias=idempotency.HEADER, pattern=idempotency.KEY_PATTERN, description=idempotency.DESCRIPTION + (
+            " Onboarding is several steps (the database, then Kafka): while the first request with the key is"
+            " still at them, the same key is 409; the answer kept is encrypted like the signing keys."))] = None):
+    hub: Hub = request.app.state.hub
+    if key is None:
+        return await hub.add(new)
+    scope = f"token:{request.state.token_name}"
+    digest = hashlib.sha256(json.dumps([request.url.path, new.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()
+    box = hub.require_box()
+    async with hub.sessions() as session, session.begin():
+        try:
+            await idempotency.claim(session, scope, key, digest)
+        except idempotency.Claimed as first:
+            if first.answer is None:
+                raise Conflict(f"the request with this {idempotency.HEADER} is still onboarding {new.id!r}, or its"
+                               " process ended before it finished: GET /api/partners shows where it stands") from None
+            return JSONResponse(json.loads(box.decrypt(first.answer)), status_code=201,
+                                headers={idempotency.REPLAYED: "true"})
+    try:
+        onboarded = await hub.add(new)
+    except BaseException:
+        async with hub.sessions() as session, session.begin():  # nothing was made: the key may be used again
+            await session.execute(delete(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key))
+        raise
+    async with hub.sessions() as session, session.begin():
+        await idempotency.answered(session, scope, key, 201, box.encrypt(onboarded.model_dump_json().encode()))
+    return onboarded
 
 
 @router.get("/partners", response_model=list[PartnerOut], summary="The hub's partners (never a secret)")

@@ -4,8 +4,10 @@ with another request is 422; without a key every POST writes, as before."""
 import asyncio
 import uuid
 
+import asyncpg
 import pytest
 
+from shared.platform.db import asyncpg_dsn
 from tests.e2e.flows import items, new_ticket
 from tests.e2e.test_web_ui import signed_in
 
@@ -99,3 +101,24 @@ async def test_a_page_form_sent_twice_writes_once_and_each_drawing_of_the_form_h
     assert [n["body"] for n in await items(lead, ticket["id"], "notes") if n["body"] == "clicked twice"] == ["clicked twice"]
     await page.reload()
     assert await form.locator("input[name=idempotency_key]").input_value() != first_key
+
+
+async def test_an_onboarding_sent_again_with_its_key_answers_the_same_bundle_kept_encrypted(bridge, databases):
+    pid, headers = f"retry-{uuid.uuid4().hex[:6]}", key()
+    body = {"id": pid, "name": "Retry Co", "role": "insourcing"}
+    first = await bridge.post("/api/partners", json=body, headers=headers)
+    again = await bridge.post("/api/partners", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201), again.text
+    assert again.json() == first.json() and again.headers.get("idempotency-replayed") == "true"
+    # Without the key the same request is refused: onboarded once.
+    assert (await bridge.post("/api/partners", json=body)).status_code == 409
+    other = await bridge.post("/api/partners", json={**body, "name": "Another Co"}, headers=headers)
+    assert other.status_code == 422
+    # The answer kept holds the partner's secrets: encrypted at rest.
+    conn = await asyncpg.connect(asyncpg_dsn(databases["sync_bridge"]))
+    try:
+        kept = await conn.fetchval("SELECT answer FROM idempotency_keys WHERE key = $1", headers["Idempotency-Key"])
+    finally:
+        await conn.close()
+    assert kept and first.json()["bundle"]["password"].encode() not in kept
+    assert first.json()["bundle"]["signing_key"].encode() not in kept
