@@ -26,11 +26,15 @@ class CommonSettings(BaseSettings):
     smtp_host: str = Field("127.0.0.1", validation_alias="SMTP_HOST")
     smtp_port: int = Field(8025, validation_alias="SMTP_PORT")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
-    # Database connections each replica keeps open: at least the requests it serves at once plus
-    # its consumer, relay and watch. Up to 10 more are opened when busy, but each is closed again
-    # after its use, and a new PostgreSQL connection costs the server milliseconds of CPU (issue 11:
-    # at 10, 16 concurrent writers made half the database's CPU per note out of reconnecting).
-    database_pool_size: int = Field(20, ge=1, validation_alias="DATABASE_POOL_SIZE")
+    # The connection budget (issue 28; docs/operations.md, "Database connections"): a replica opens at
+    # most DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW + 3 (its relay's, its token watch's and, on the
+    # bridge, its directory watch's own). The pool's are kept open; the overflow's are closed after each
+    # use, and a new PostgreSQL connection costs the server milliseconds of CPU (issue 11: at 10 kept
+    # and 20 overflowing, 16 concurrent writers made half the database's CPU per note out of
+    # reconnecting), so the overflow is kept small. 10 + 2 + 3 = 15: six replicas (three services, two
+    # each) and an operator fit in PostgreSQL's default max_connections of 100.
+    database_pool_size: int = Field(10, ge=1, validation_alias="DATABASE_POOL_SIZE")
+    database_max_overflow: int = Field(2, ge=0, validation_alias="DATABASE_MAX_OVERFLOW")
     # How often unconfirmed links are reconciled (SPEC section 9).
     reconcile_interval_s: float = Field(30.0, gt=0, validation_alias="RECONCILE_INTERVAL_S")
     # Dead-letter retention: resolved ones older than this many days, and the oldest resolved ones

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import MetaData, make_url
+from sqlalchemy import MetaData, event, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session
@@ -26,11 +26,37 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, pool_size: int = 10, max_overflow: int = 2) -> AsyncEngine:
     # No pre-ping: it costs a round trip per transaction. After a database restart the first use of
     # a dead connection fails (a 503, or a consumer retry) and the pool then replaces them all.
     # Overflow connections are closed as they come back: the pool size is what a replica keeps.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=10)
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+    PoolUse.watch(engine)
+    return engine
+
+
+class PoolUse:
+    """How many of the pool's connections are in use now, and the most at once since the start: what a
+    replica really needs of its budget (`/metrics`, `make bench`)."""
+
+    def __init__(self) -> None:
+        self.in_use = 0
+        self.peak = 0
+
+    @classmethod
+    def watch(cls, engine: AsyncEngine) -> "PoolUse":
+        use = engine.sync_engine.pool_use = cls()
+
+        def checked_out(*_):
+            use.in_use += 1
+            use.peak = max(use.peak, use.in_use)
+
+        def checked_in(*_):
+            use.in_use = max(0, use.in_use - 1)
+
+        event.listen(engine.sync_engine.pool, "checkout", checked_out)
+        event.listen(engine.sync_engine.pool, "checkin", checked_in)
+        return use
 
 
 class UnitOfWork(Session):

@@ -69,7 +69,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+        engine = make_engine(settings.database_url, pool_size=settings.database_pool_size,
+                             max_overflow=settings.database_max_overflow)
         sessions = make_sessionmaker(engine)
         app.state.engine = engine
         app.state.sessions = sessions
@@ -177,6 +178,11 @@ def create_app(spec: ServiceSpec) -> FastAPI:
 
 def _install_messaging_metrics(app: FastAPI, relay: OutboxRelay, consumer: InboxConsumer) -> None:
     registry = app.state.metrics_registry
+    pool = app.state.engine.sync_engine.pool_use
+    Gauge("db_pool_connections_in_use", "connections of the database pool in use now", registry=registry
+          ).set_function(lambda: pool.in_use)
+    Gauge("db_pool_connections_peak", "the most connections of the database pool in use at once since the start "
+          "(of DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW)", registry=registry).set_function(lambda: pool.peak)
     Gauge("outbox_published_total", "events published by this replica", registry=registry).set_function(
         lambda: relay.published_total
     )
