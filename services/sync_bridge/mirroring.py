@@ -254,10 +254,17 @@ async def applied(session: AsyncSession, event: LinkEvent) -> None:
     """A receipt: the other side committed the mirror; its creator is told which version arrived."""
     payload: MirrorApplied = event.payload
     link = event.link
-    # Every item's receipt passes here: one plain statement (issue 11).
-    mapping = await (await plain_sql(session)).fetchrow(
-        "SELECT source_partner_id, source_item_id FROM item_mirrors WHERE link_id = $1 AND mirror_id = $2",
-        link.id, payload.mirror_id)
+    # Every item's receipt passes here: one plain statement (issue 11). During a round, the receipt is
+    # noted as passed on after its questions: in flight for that round, not lost (issue 28).
+    db = await plain_sql(session)
+    if link.round_id is None:
+        mapping = await db.fetchrow(
+            "SELECT source_partner_id, source_item_id FROM item_mirrors WHERE link_id = $1 AND mirror_id = $2",
+            link.id, payload.mirror_id)
+    else:
+        mapping = await db.fetchrow(
+            "UPDATE item_mirrors SET receipt_in_round = $3 WHERE link_id = $1 AND mirror_id = $2"
+            " RETURNING source_partner_id, source_item_id", link.id, payload.mirror_id, link.round_id)
     if mapping is None or mapping["source_partner_id"] == event.sender:
         raise Rejected(f"{event.sender} holds no mirror {payload.mirror_id} on link {link.id}")
     send(session, mapping["source_partner_id"], ItemDelivered(

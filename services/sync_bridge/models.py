@@ -92,6 +92,9 @@ class ItemMirror(Base):
     # The reconciliation round under way when the bridge last passed the item on (its first version,
     # an edit, a deletion, a chunk): after that round's questions, so its answers cannot show it yet.
     forwarded_in_round: Mapped[str | None] = mapped_column(String(36))
+    # The round under way when the bridge last passed the mirror's receipt (item.delivered) to the item's
+    # creator: after that round's questions, so the creator's answer cannot show it yet (issue 28).
+    receipt_in_round: Mapped[str | None] = mapped_column(String(36))
 
     def target_partner_id(self, link: "Link | LinkFacts") -> str:
         return link.insourcing_partner_id if self.source_partner_id == link.lead_partner_id else link.lead_partner_id

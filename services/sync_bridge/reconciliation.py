@@ -246,6 +246,14 @@ def _in_flight(mapping: ItemMirror | None, link: Link) -> bool:
     return mapping is not None and link.round_id is not None and mapping.forwarded_in_round == link.round_id
 
 
+def _receipt_in_flight(mapping: ItemMirror, link: Link) -> bool:
+    """The bridge passed the mirror's receipt to the item's creator after this round's questions: the
+    creator answered before it could apply it (both travel on its inbound topic, in order), which is no
+    lost receipt. One passed on before the questions and still not applied was lost. Under a steady
+    stream of writes, 41 % of the notes had their receipt "repaired" though none was lost (issue 28)."""
+    return link.round_id is not None and mapping.receipt_in_round == link.round_id
+
+
 async def _items(session: AsyncSession, link: Link, source: SideView, target: SideView) -> list[str]:
     """The source's shared items against the target's mirrors of them."""
     crossing = workflow.link_crosses(L(link.state))
@@ -259,7 +267,7 @@ async def _items(session: AsyncSession, link: Link, source: SideView, target: Si
             continue
         mirror = held.get(mapping.mirror_id) if mapping else None
         if mirror is not None and (mirror.source_version, mirror.source_hash) == (item.version, item.hash):
-            if item.delivery != "delivered":
+            if item.delivery != "delivered" and not _receipt_in_flight(mapping, link):
                 send(session, source.partner_id, ItemDelivered(link_id=link.id, item_id=item.item_id,
                                                                version=item.version), link.id)
                 repairs.append(f"sent the lost receipt of item {item.item_id} to {source.partner_id}")

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from services.sync_bridge.models import ItemMirror, Link
 from services.sync_bridge.reconciliation import start_round
 from shared.contracts.envelope import parse
-from shared.contracts.messages import Manifest, ManifestItem, ManifestMirror, SideHealth, SideStatus
+from shared.contracts.messages import Manifest, ManifestItem, ManifestMirror, MirrorApplied, SideHealth, SideStatus
 from shared.platform.outbox import OutboxMessage
 from shared.domain.tickets.rules import content_hash
 from tests.handlers.sides import LEAD, PARTNER, active_link, from_partner, note
@@ -117,3 +117,24 @@ async def test_a_round_that_backed_off_starts_over_at_once_when_the_partner_answ
     await from_partner(bridge, PARTNER, Manifest(link_id=link_id, round_id=waiting, part=0, parts=1,
                                                  side=SideStatus(status="In Progress"), health=SideHealth()))
     assert (await bridge.get(Link, link_id)).round_id == link.round_id
+
+
+async def test_a_receipt_passed_on_after_the_rounds_questions_is_in_flight_and_one_before_them_lost(bridge):
+    """Issue 28: the partner holds the mirror, the lead's answer still says pending: its receipt was
+    passed on after the round's questions (in flight, nothing to repair), or before them (lost: sent again)."""
+    link_id = await active_link(bridge)
+    early, late = str(uuid.uuid4()), str(uuid.uuid4())
+    for item_id in (early, late):
+        await from_partner(bridge, LEAD, note(link_id, item_id, item_id))
+    mirrors = {item_id: (await bridge.get(ItemMirror, (link_id, item_id))).mirror_id for item_id in (early, late)}
+    await from_partner(bridge, PARTNER, MirrorApplied(link_id=link_id, mirror_id=mirrors[early], source_version=1))
+    round_id = await begin_round(bridge, link_id)
+    await from_partner(bridge, PARTNER, MirrorApplied(link_id=link_id, mirror_id=mirrors[late], source_version=1))
+    held = [ManifestMirror(mirror_id=mirrors[i], source_version=1, source_hash=content_hash("note", {"title": "", "body": i}))
+            for i in (early, late)]
+    await answer(bridge, link_id, round_id, [shared_note(early, early), shared_note(late, late)], held)
+
+    link = await bridge.get(Link, link_id)
+    assert link.repairs == 1  # the early one: its receipt was passed on before the questions
+    delivered = [m.item_id for m in await staged(bridge, link_id, "item.delivered")]
+    assert delivered == [early, late, early]  # each passed on once; the early one sent again
