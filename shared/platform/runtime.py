@@ -190,6 +190,9 @@ def _install_messaging_metrics(app: FastAPI, relay: OutboxRelay, consumer: Inbox
         lambda: int(relay.is_leader)
     )
     Gauge("inbox_applied_total", "events applied", registry=registry).set_function(lambda: consumer.applied_total)
+    Gauge("inbox_broker_data_losses_total", "times a partition showed the broker lost data (a fetch outside what "
+          "was applied and committed, or a partition ending before it); never a replay", registry=registry
+          ).set_function(lambda: consumer.data_losses_total)
     Gauge("inbox_duplicates_total", "redelivered events skipped", registry=registry).set_function(
         lambda: consumer.duplicates_total
     )
