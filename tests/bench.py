@@ -31,6 +31,8 @@ BACKLOG = int(os.environ.get("BENCH_BACKLOG", 20_000))
 BACKLOG_LINKS = 100
 HOT_BACKLOG = int(os.environ.get("BENCH_HOT_BACKLOG", 400))
 BIG_TICKET = 100_000
+IDLE_S = float(os.environ.get("BENCH_IDLE_SECONDS", 60))  # resident memory again after this long idle
+POOL = int(os.environ.get("DATABASE_POOL_SIZE", 10)) + int(os.environ.get("DATABASE_MAX_OVERFLOW", 2))
 
 
 def summary(name: str, seconds: list[float]) -> str:
@@ -338,6 +340,32 @@ async def big_ticket_pages(client, database_url: str) -> list[float]:
             return out
 
 
+def resident(procs: dict[str, ServiceProcess]) -> str:
+    return ", ".join(f"{name} {psutil.Process(p.proc.pid).memory_info().rss / 2**20:.0f} MB" for name, p in procs.items())
+
+
+async def gauge(client: httpx.AsyncClient, name: str) -> float:
+    found = [line.split()[-1] for line in (await client.get("/metrics")).text.splitlines() if line.startswith(name + " ")]
+    return float(found[0]) if found else float("nan")
+
+
+async def quiet_figures(lead, insourcing, bridge, lead_database: str) -> str:
+    """Quiet when healthy (issue 28): what reconciliation repaired over every note of the run (nothing
+    was lost: the target is 0), losses reported, and the most database connections each pool needed."""
+    engine = make_engine(lead_database, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            notes = await conn.scalar(text("SELECT count(*) FROM ticket_items WHERE kind = 'note' AND origin = 'local'"))
+    finally:
+        await engine.dispose()
+    repairs = await gauge(bridge, "sync_repairs_total")
+    losses = [await gauge(c, "inbox_broker_data_losses_total") for c in (lead, insourcing, bridge)]
+    peaks = [await gauge(c, "db_pool_connections_peak") for c in (lead, insourcing, bridge)]
+    return (f"reconciliation: {repairs:.0f} repairs over {notes:,} notes ({1000 * repairs / max(notes, 1):.2f} per 1,000;"
+            f" target 0), broker losses reported {sum(losses):.0f}; pool connections at most"
+            f" {', '.join(f'{n:.0f}' for n in peaks)} of {POOL} (lead, insourcing, bridge)")
+
+
 async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str, databases: dict[str, str],
               meter_parts: dict[str, int]) -> None:
     lead_database = databases["lead_partner"]
@@ -396,9 +424,10 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         lines.append(f"backlog: {BACKLOG} notes over {len(pairs)} links written at {written:.0f}/s with the bridge "
                      f"stopped; then {drained:.0f} notes/s confirmed end to end from its start "
                      f"({drained_ready:.0f}/s from ready)")
-        memory = ", ".join(f"{name} {psutil.Process(p.proc.pid).memory_info().rss / 2**20:.0f} MB"
-                           for name, p in procs.items())
-        lines.append(f"resident memory after the run: {memory}")
+        lines.append(f"resident memory after the flood: {resident(procs)}")
+        lines.append(await quiet_figures(lead, insourcing, bridge, lead_database))
+        await asyncio.sleep(IDLE_S)
+        lines.append(f"resident memory after {IDLE_S:.0f} s idle: {resident(procs)}")
         targets = ("targets on Apache Kafka (issue 11): note p50 <= 15 ms, p99 <= 50 ms (beside a hot link too);"
                    " >= 500 notes/s accepted and >= 95 % delivered; backlog >= 2,000 notes/s; a page < 50 ms;"
                    " <= 200 MB a service")
