@@ -21,7 +21,7 @@ from devstack import infra
 from shared.platform.db import make_engine
 from shared.platform.kafka import KafkaAccess, ensure_topics, make_consumer, make_producer, probe_broker
 from tests.e2e.flows import items, linked_tickets
-from tests.harness import ServiceProcess, resolve_infrastructure
+from tests.harness import ServiceProcess, resolve_infrastructure, wait_for_directory
 
 SAMPLES = int(os.environ.get("BENCH_SAMPLES", 500))
 LINKS = 50
@@ -457,6 +457,7 @@ def bench_on(broker: str | None) -> None:
         try:
             for p in procs.values():
                 p.wait_ready()
+            wait_for_directory(procs["lead_partner"], "insourcing-partner")  # the lead may outsource only then
             print(f"\nPostgreSQL from {resolved.postgres_source}; Kafka from {resolved.kafka_source}", flush=True)
             broker_proc = resolved.broker.proc if resolved.broker is not None else resolved.tansu
             meter_parts = {name: p.proc.pid for name, p in procs.items()} | {"bench": os.getpid()}
