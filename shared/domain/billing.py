@@ -139,6 +139,6 @@ def checked(body: Any, *, version: int | None = None, terms: Mapping[str, Any] |
             raise BadStatement(f"the statement is in {currency}, the terms in {terms['currency']}")
         if terms.get("rate_type") and body.get("rate_type") != terms["rate_type"]:
             raise BadStatement(f"the statement is {body.get('rate_type')}, the terms {terms['rate_type']}")
-        if terms.get("rate") is not None and _amount(body.get("rate"), "rate") != _decimal(terms["rate"]):
+        if terms.get("rate") is not None and _amount(body.get("rate"), "rate") != Decimal(money(_decimal(terms["rate"]))):
             raise BadStatement(f"the statement's rate is {body.get('rate')}, the terms' {money(_decimal(terms['rate']))}")
     return body

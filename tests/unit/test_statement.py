@@ -4,10 +4,11 @@ lead's copy, after crossing as JSON, hashes the same."""
 import json
 from decimal import Decimal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.domain.billing import BilledItem, sha256, statement
+from shared.domain.billing import BadStatement, BilledItem, checked, money, sha256, statement
 
 HOURLY = {"rate_type": "hourly", "rate": "95.00", "currency": "EUR", "authorized_hours": 4}
 
@@ -75,3 +76,17 @@ def test_for_any_items_the_total_is_the_sum_of_the_lines_and_the_copy_that_cross
     assert all(Decimal(line["amount"]).as_tuple().exponent == -2 for line in s["lines"])
     crossed = json.loads(json.dumps(s))  # as the lead stores it from the message
     assert sha256(crossed) == sha256(s) and crossed["version"] == 3
+
+
+@given(terms=terms, billed=items, tampered=st.integers(0, 29))
+def test_any_statement_this_function_makes_passes_the_check_and_one_with_a_line_changed_does_not(terms, billed,
+                                                                                                   tampered):
+    """What the other company receives is checked (billing.checked): every statement made here passes,
+    as it crossed, against the same terms; a line whose amount changed without its totals is refused."""
+    crossed = json.loads(json.dumps(statement(terms, billed, version=2)))
+    assert checked(crossed, version=2, terms=terms) == crossed
+    if crossed["lines"]:
+        line = crossed["lines"][tampered % len(crossed["lines"])]
+        line["amount"] = money(Decimal(line["amount"]) + Decimal("0.01"))
+        with pytest.raises(BadStatement, match="but its lines make"):
+            checked(crossed, version=2, terms=terms)
