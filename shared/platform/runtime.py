@@ -15,6 +15,7 @@ from prometheus_client import Gauge
 from prometheus_client.core import GaugeMetricFamily
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
+from shared.platform import memory
 from shared.platform.api_docs import install_api_docs
 from shared.platform.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
 from shared.platform.dead_letters import count_unresolved, dead_letter_router, prune
@@ -142,7 +143,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             listen_for_revocations(settings.database_url, app.state.token_cache), name="token-revocations"
         )
         # Work that does not need Kafka (e.g. sending mail) starts without waiting for it.
-        others = [retention, *(asyncio.create_task(job(app)) for job in spec.background)]
+        others = [retention, asyncio.create_task(memory.keep_trimmed(), name="memory-trim"),
+                  *(asyncio.create_task(job(app)) for job in spec.background)]
 
         task = asyncio.create_task(messaging(), name=f"{spec.name}-messaging")
         try:
