@@ -52,11 +52,12 @@ async def outsource(lead: httpx.AsyncClient, ticket_id: str, **body) -> dict:
 
 
 async def linked_tickets(
-    lead: httpx.AsyncClient, insourcing: httpx.AsyncClient, timeout: float = 15.0, **ticket
+    lead: httpx.AsyncClient, insourcing: httpx.AsyncClient, timeout: float = 15.0, terms: dict | None = None, **ticket
 ) -> tuple[dict, dict, str]:
-    """A lead ticket outsourced and accepted: returns (lead ticket, insourced ticket, link id)."""
+    """A lead ticket outsourced (on these terms, if any) and accepted: (lead ticket, insourced ticket, link id)."""
     lead_ticket = await new_ticket(lead, **ticket)
-    link_id = (await outsource(lead, lead_ticket["id"], instructions="Please look today"))["link_id"]
+    link_id = (await outsource(lead, lead_ticket["id"], instructions="Please look today",
+                               **({"terms": terms} if terms else {})))["link_id"]
     await received(insourcing, link_id, "Pending", timeout=timeout)
     accepted = await insourcing.post(f"/api/received-work/{link_id}/accept")
     assert accepted.status_code == 200, accepted.text

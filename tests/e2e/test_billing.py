@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import expect
 
 from shared.partner_pages import money
-from tests.e2e.flows import approve, insource_status, linked_tickets, new_ticket, outsource, outsource_status, received
+from tests.e2e.flows import approve, insource_status, linked_tickets, outsource_status
 from tests.e2e.test_statement import log
 from tests.e2e.test_web_ui import shot, signed_in
 from tests.harness import eventually
@@ -38,11 +38,8 @@ def unique(title: str) -> str:
 async def approved_work(lead, insourcing, title: str) -> dict:
     """Outsourced with hourly terms in EUR, accepted, 2.50 h and a charge logged, Insource Complete,
     approved by the lead: Complete on both sides."""
-    lead_ticket = await new_ticket(lead, title)
-    link_id = (await outsource(lead, lead_ticket["id"], terms=TERMS))["link_id"]
-    await received(insourcing, link_id, "Pending")
-    insourced_id = (await insourcing.post(f"/api/received-work/{link_id}/accept")).json()["ticket_id"]
-    await outsource_status(lead, lead_ticket["id"], "In Progress")
+    lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing, title=title, terms=TERMS)
+    insourced_id = insourced["id"]
     await log(insourcing, insourced_id, "time-entries", hours="2.50", resource="Ana", date_worked="2026-12-07",
               summary="Swapped the batteries")
     await log(insourcing, insourced_id, "charges", name="Battery", quantity="2", unit_price="19.99")

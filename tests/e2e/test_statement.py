@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.e2e.flows import every, new_ticket, outsource, outsource_status, received
+from tests.e2e.flows import every, linked_tickets, outsource_status
 from tests.harness import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.broker]  # also run on Tansu
@@ -43,11 +43,8 @@ async def both_statements(lead, insourcing, lead_id: str, insourced_id: str, ver
 
 
 async def test_insource_complete_freezes_one_statement_both_sides_hold_and_a_reject_makes_version_2(lead, insourcing):
-    lead_ticket = await new_ticket(lead, "Replace the UPS batteries")
-    link_id = (await outsource(lead, lead_ticket["id"], terms=TERMS))["link_id"]
-    await received(insourcing, link_id, "Pending")
-    insourced_id = (await insourcing.post(f"/api/received-work/{link_id}/accept")).json()["ticket_id"]
-    await outsource_status(lead, lead_ticket["id"], "In Progress")
+    lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing, title="Replace the UPS batteries", terms=TERMS)
+    insourced_id = insourced["id"]
     assert (await lead.get(f"/api/tickets/{lead_ticket['id']}/statement")).status_code == 404
 
     work = {"resource": "Ana", "date_worked": "2026-12-07", "summary": "Swapped 4 batteries"}
@@ -99,11 +96,8 @@ async def test_insource_complete_freezes_one_statement_both_sides_hold_and_a_rej
 
 
 async def test_the_leads_complete_at_any_time_freezes_what_had_crossed_and_both_sides_end_with_it(lead, insourcing):
-    lead_ticket = await new_ticket(lead, "Rack the new switch")
-    link_id = (await outsource(lead, lead_ticket["id"], terms=TERMS))["link_id"]
-    await received(insourcing, link_id, "Pending")
-    insourced_id = (await insourcing.post(f"/api/received-work/{link_id}/accept")).json()["ticket_id"]
-    await outsource_status(lead, lead_ticket["id"], "In Progress")
+    lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing, title="Rack the new switch", terms=TERMS)
+    insourced_id = insourced["id"]
     await log(insourcing, insourced_id, "time-entries", hours="1.25", resource="Ana", date_worked="2026-12-07",
               summary="Racked and patched")
     completed = await lead.post(f"/api/tickets/{lead_ticket['id']}/outsource/complete")
