@@ -104,10 +104,14 @@ class PartnerPages:
                 body = TicketCreate.model_validate(form_fields(form, {"title", "description"}))
             except ValidationError as exc:
                 return await pages.ticket_list(request, who, session, "", "", error=_words(exc), status_code=422)
-            if (before := await idempotency.page_claim(session, who.name, request.url.path, form)) is not None:
+            try:
+                before = await idempotency.page_claim(session, who.token_sha256, request.url.path, form)
+            except DomainError as exc:
+                return await pages.ticket_list(request, who, session, "", "", error=exc.detail, status_code=exc.status_code)
+            if before is not None:
                 return RedirectResponse(before, status_code=303)
             ticket = await service.create_ticket(session, body.title, body.description)
-            await idempotency.page_answered(session, who.name, form, f"/tickets/{ticket.id}")
+            await idempotency.page_answered(session, who.token_sha256, form, f"/tickets/{ticket.id}")
             return RedirectResponse(f"/tickets/{ticket.id}", status_code=303)
 
         @router.get("/tickets/{ticket_id}")
@@ -155,7 +159,7 @@ class PartnerPages:
             policy = request.app.state.sync_policy
             here = f"/tickets/{ticket_id}#timeline"
             try:
-                if await idempotency.page_claim(session, who.name, request.url.path, form) is not None:
+                if await idempotency.page_claim(session, who.token_sha256, request.url.path, form) is not None:
                     return RedirectResponse(here, status_code=303)  # sent twice: written once
                 if kind == ItemKind.ATTACHMENT:
                     upload = form.get("file")
@@ -175,7 +179,7 @@ class PartnerPages:
                 raise PageError(kind, _words(exc), 422) from exc
             except DomainError as exc:
                 raise PageError(kind, exc.detail, exc.status_code) from exc
-            await idempotency.page_answered(session, who.name, form, here)
+            await idempotency.page_answered(session, who.token_sha256, form, here)
             return RedirectResponse(here, status_code=303)
 
         @router.post("/tickets/{ticket_id}/items/{kind}/{item_id}/edit")

@@ -10,6 +10,7 @@ from shared.domain.tickets.schemas import MAX_TEXT
 from shared.domain.workflow import InsourceStatus
 from shared.platform import paging
 from shared.platform.auth import Permission, SessionDep, api_router
+from shared.platform.idempotency import idempotent
 from shared.platform.openapi import CONFLICT
 
 router = api_router("/api", ["received work"], Permission.OUTSOURCING)
@@ -72,6 +73,7 @@ async def received_work(session: SessionDep, status: Annotated[InsourceStatus | 
 
 @router.post("/received-work/{link_id}/accept", responses=CONFLICT, response_model=ReceivedWorkOut,
              summary="Accept received work: creates the insourced ticket and activates the link")
+@idempotent(status_code=200, response_model=ReceivedWorkOut)
 async def accept(link_id: str, session: SessionDep, insourcing=Depends(_insourcing)):
     row = await insourcing.accept(session, link_id)
     await session.flush()  # server-made values for the answer; the request commits in SessionDep
@@ -106,6 +108,7 @@ class InvoicedOut(BaseModel):
 @router.post("/received-work/{link_id}/invoice", responses=CONFLICT, response_model=InvoicedOut,
              summary="Mark the statement the work ended with invoiced (SPEC section 12): the lead sees the number."
                      " The same number again answers the same; another number is 409")
+@idempotent(status_code=200, response_model=InvoicedOut)
 async def invoice(link_id: str, body: InvoiceBody, session: SessionDep, insourcing=Depends(_insourcing)):
     ending = await insourcing.invoice(session, link_id, body.invoice_number)
     return {"link_id": link_id, "statement_version": ending.version, "statement_sha256": ending.sha256,

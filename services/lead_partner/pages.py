@@ -32,7 +32,7 @@ async def outsource(request: Request, ticket_id: str, who: ChangeDep, session: S
     form = await request.form()
     terms = None
     try:
-        if await idempotency.page_claim(session, who.name, request.url.path, form) is not None:
+        if await idempotency.page_claim(session, who.token_sha256, request.url.path, form) is not None:
             return RedirectResponse(f"/tickets/{ticket_id}", status_code=303)  # sent twice: outsourced once
         if form.get("rate_type"):
             terms = TermsIn.model_validate({"rate_type": form["rate_type"], "rate": form.get("rate") or "0",
@@ -43,7 +43,7 @@ async def outsource(request: Request, ticket_id: str, who: ChangeDep, session: S
         raise PageError("panel", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 422) from exc
     except DomainError as exc:
         raise PageError("panel", exc.detail, exc.status_code) from exc
-    await idempotency.page_answered(session, who.name, form, f"/tickets/{ticket_id}")
+    await idempotency.page_answered(session, who.token_sha256, form, f"/tickets/{ticket_id}")
     return RedirectResponse(f"/tickets/{ticket_id}", status_code=303)
 
 

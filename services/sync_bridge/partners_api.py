@@ -12,8 +12,9 @@ from typing import Annotated
 
 from fastapi import Header, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
+from services.sync_bridge.models import Partner
 from services.sync_bridge.onboarding import Hub, Onboarded, PartnerIn, PartnerOut
 from shared.platform import idempotency
 from shared.platform.auth import Permission, api_router
@@ -34,7 +35,7 @@ async def add_partner(new: PartnerIn, request: Request, key: Annotated[str | Non
     hub: Hub = request.app.state.hub
     if key is None:
         return await hub.add(new)
-    scope = f"token:{request.state.token_name}"
+    scope = f"token:{request.state.token_sha256}"
     digest = hashlib.sha256(json.dumps([request.url.path, new.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()
     box = hub.require_box()
     async with hub.sessions() as session, session.begin():
@@ -49,8 +50,11 @@ async def add_partner(new: PartnerIn, request: Request, key: Annotated[str | Non
     try:
         onboarded = await hub.add(new)
     except BaseException:
-        async with hub.sessions() as session, session.begin():  # nothing was made: the key may be used again
-            await session.execute(delete(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key))
+        async with hub.sessions() as session, session.begin():
+            made = await session.scalar(select(Partner.membership).where(Partner.id == new.id))
+            if made != "active":  # nothing was made: the key may be used again
+                await session.execute(delete(IdempotencyKey).where(IdempotencyKey.scope == scope,
+                                                                   IdempotencyKey.key == key))
         raise
     async with hub.sessions() as session, session.begin():
         await idempotency.answered(session, scope, key, 201, box.encrypt(onboarded.model_dump_json().encode()))

@@ -135,13 +135,12 @@ def missed_events(link: Link, lead: SideStatus, ins: SideStatus) -> list[tuple[s
 # --- rounds ---------------------------------------------------------------------------------------
 
 
-async def start_round(session: AsyncSession, link: Link, *, afresh: bool = False) -> str:
-    """Ask both partners for their manifest of `link` (the link row is locked by the caller). A round
-    that went unanswered waits twice as long the next time, unless `afresh` (the partner answers again)."""
+async def start_round(session: AsyncSession, link: Link) -> str:
+    """Ask both partners for their manifest of `link` (the link row is locked by the caller)."""
     now, wait = utcnow(), ROUND_TIMEOUT
     if link.round_id:
         await session.execute(ManifestPart.__table__.delete().where(ManifestPart.round_id == link.round_id))
-        if not afresh and link.round_expires_at and link.round_expires_at <= now:  # it went unanswered: wait longer
+        if link.round_expires_at and link.round_expires_at <= now:  # it went unanswered: wait longer
             wait = min(2 * (link.round_expires_at - link.round_started_at), ROUND_TIMEOUT_MAX)
     link.round_id, link.round_started_at, link.reconcile_due = str(uuid.uuid4()), now, False
     link.round_expires_at = now + wait
@@ -173,11 +172,6 @@ async def manifest(session: AsyncSession, event: LinkEvent) -> None:
     payload: Manifest = event.payload
     link = event.link
     if payload.round_id != link.round_id:
-        if link.round_id and link.round_expires_at - link.round_started_at > ROUND_TIMEOUT:
-            # The partner answers again (a round asked before, held up behind its backlog or a stall): the
-            # round that waits longer for it starts over at once, at the first wait, not when its wait ends.
-            log.info("link %s: %s answers again; its round starts over now", link.id, event.sender)
-            await start_round(session, link, afresh=True)
         raise Ignored(f"a manifest of round {payload.round_id} arrived after link {link.id} moved on")
     await session.execute(
         insert(ManifestPart)

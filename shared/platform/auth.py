@@ -132,6 +132,7 @@ async def authenticate(request: Request) -> None:
             raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
         cache.put(digest, *known)
     request.state.token_name, request.state.token_permissions = known
+    request.state.token_sha256 = digest  # who the caller is, unique (a name may be given twice)
 
 
 class TokenFirstRoute(APIRoute):

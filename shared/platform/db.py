@@ -6,6 +6,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import MetaData, event, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session
 
@@ -78,7 +79,8 @@ TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08
 
 def transient(exc: BaseException) -> bool:
     """Errors that say nothing about the work being done: a lost connection, a deadlock, a serialization failure."""
-    if isinstance(exc, (OSError, asyncio.TimeoutError, OperationalError, InterfaceError)):
+    # A pool that gave no connection in time (every one busy: the budget, issue 28) is no fault of the work.
+    if isinstance(exc, (OSError, asyncio.TimeoutError, OperationalError, InterfaceError, PoolTimeout)):
         return True
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES

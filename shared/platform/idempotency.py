@@ -112,7 +112,7 @@ def idempotent(*, status_code: int, response_model: type[BaseModel]):
             if _idempotency_key is None:
                 return await endpoint(*args, **kwargs)
             session: AsyncSession = kwargs["session"]
-            scope = f"token:{_request.state.token_name}"
+            scope = f"token:{_request.state.token_sha256}"
             try:
                 await claim(session, scope, _idempotency_key, await _fingerprint(_request, kwargs))
             except Claimed as first:
@@ -154,6 +154,7 @@ async def _form_fingerprint(path: str, form) -> str:
 
 
 async def page_claim(session: AsyncSession, who: str, path: str, form) -> str | None:
+    # `who`: the signed-in token's SHA-256 (Viewer.token_sha256), unique where a name may not be.
     """A page form sent again (a second click, a resubmission): where the first one led; None the first
     time (the caller writes, then `page_answered`). The same key with another form is 422."""
     key = form.get(FORM_FIELD)

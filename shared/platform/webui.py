@@ -32,6 +32,7 @@ class Viewer:
     name: str
     permissions: frozenset[str]
     csrf: str
+    token_sha256: str = ""  # the token signed in with: unique, where a name may be given twice
 
     def may(self, permission: str) -> bool:
         return permission in self.permissions
@@ -112,7 +113,7 @@ async def viewer(request: Request, session: SessionDep) -> Viewer:
     row = await session.scalar(select(ApiToken).where(ApiToken.token_sha256 == digest, ApiToken.revoked_at.is_(None)))
     if row is None:
         raise SignInNeeded()
-    return Viewer(row.name, frozenset(row.permissions), ui.csrf_for(digest))
+    return Viewer(row.name, frozenset(row.permissions), ui.csrf_for(digest), digest)
 
 
 ViewerDep = Annotated[Viewer, Depends(viewer)]

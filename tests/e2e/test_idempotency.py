@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from shared.platform.db import asyncpg_dsn
-from tests.e2e.flows import items, new_ticket
+from tests.e2e.flows import items, new_ticket, received
 from tests.e2e.test_web_ui import signed_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -122,3 +122,16 @@ async def test_an_onboarding_sent_again_with_its_key_answers_the_same_bundle_kep
         await conn.close()
     assert kept and first.json()["bundle"]["password"].encode() not in kept
     assert first.json()["bundle"]["signing_key"].encode() not in kept
+
+
+async def test_accepting_work_again_with_its_key_answers_the_same_ticket(lead, insourcing):
+    ticket = await new_ticket(lead, "Accepted twice")
+    link_id = (await lead.post(f"/api/tickets/{ticket['id']}/outsource", json={"partner_id": "insourcing-partner"})).json()["link_id"]
+    await received(insourcing, link_id, "Pending")
+    headers = key()
+    first = await insourcing.post(f"/api/received-work/{link_id}/accept", headers=headers)
+    again = await insourcing.post(f"/api/received-work/{link_id}/accept", headers=headers)
+    assert (first.status_code, again.status_code) == (200, 200), again.text
+    assert again.json()["ticket_id"] == first.json()["ticket_id"] and again.headers.get("idempotency-replayed") == "true"
+    # Without the key the answer a lost one would have given is gone: 409, already accepted.
+    assert (await insourcing.post(f"/api/received-work/{link_id}/accept")).status_code == 409
