@@ -2,18 +2,17 @@
 has not invoiced yet, newest settled first, with what each lead partner owes per currency; as the JSON
 API, a CSV file and the Billing page."""
 from datetime import datetime
-from decimal import Decimal
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Numeric, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.insourcing_partner.models import ReceivedWork
 from services.insourcing_partner.pages import NAV
-from shared.domain import billing
+from shared.domain import billing, statements
 from shared.domain.statements import Statement
 from shared.domain.tickets.models import Ticket
 from shared.partner_pages import PAGE_ROWS, need, ui
@@ -25,7 +24,6 @@ from shared.platform.webui import ChangeDep, ViewerDep
 router = api_router("/api/billing", ["billing"], Permission.OUTSOURCING)
 pages = APIRouter(include_in_schema=False)
 
-AMOUNTS = ("labor", "charges", "total")
 # Not invoiced yet: the statement the link ended with (settled), with no invoice number.
 OWED = (Statement.settled.is_not(None), Statement.invoice_number.is_(None))
 
@@ -69,30 +67,21 @@ def _owed():
 
 
 def _item(statement: Statement, work: ReceivedWork, ticket: Ticket | None) -> dict:
-    totals = statement.body["totals"]
     return {"link_id": statement.link_id, "lead_partner_id": work.lead_partner_id, "lead_partner": work.lead_partner_name,
             "lead_ticket_number": work.lead_ticket_number, "ticket_id": work.ticket_id,
             "ticket_number": ticket.number if ticket else None, "title": ticket.title if ticket else work.title,
-            "statement_version": statement.version, "statement_sha256": statement.sha256,
-            "settled": statement.settled, "settled_at": statement.settled_at,
-            "currency": statement.body.get("currency"), **{name: totals[name] for name in AMOUNTS}}
+            **statements.figures(statement)}
 
 
 async def receivables(session: AsyncSession, limit: int | None, cursor: str | None = None) -> tuple[list[dict], str | None]:
     """A page of what is not invoiced yet, newest settled first; `limit` None: every row."""
-    query = paging.after(_owed(), Statement.settled_at, Statement.link_id, cursor, newest_first=True)
-    if limit is None:
-        return [_item(*row) for row in (await session.execute(query)).all()], None
-    rows, next_cursor = paging.page((await session.execute(query.limit(limit + 1))).all(), limit,
-                                    lambda row: row[0].settled_at, lambda row: row[0].link_id)
-    return [_item(*row) for row in rows], next_cursor
+    return await statements.settled_page(session, _owed(), limit, cursor, _item)
 
 
 async def totals(session: AsyncSession) -> list[dict]:
     """What each lead partner owes per currency, summed exactly by the database."""
     owed = (select(ReceivedWork.lead_partner_id.label("partner_id"), ReceivedWork.lead_partner_name.label("partner"),
-                   Statement.body["currency"].astext.label("currency"),
-                   Statement.body["totals"]["total"].astext.cast(Numeric).label("total"))
+                   statements.CURRENCY.label("currency"), statements.TOTAL.label("total"))
             .join(ReceivedWork, ReceivedWork.link_id == Statement.link_id).where(*OWED).subquery())
     groups = (select(owed.c.partner_id, owed.c.partner, owed.c.currency, func.count(), func.sum(owed.c.total))
               .group_by(owed.c.partner_id, owed.c.partner, owed.c.currency)
@@ -104,8 +93,7 @@ async def totals(session: AsyncSession) -> list[dict]:
 
 def _export(rows: list[dict]):
     """Amounts as Decimals: the CSV writes them as numbers, never guarded as text."""
-    return csv_export.csv_response("receivables", list(ReceivableOut.model_fields), [
-        {**row, **{name: Decimal(row[name]) for name in AMOUNTS}} for row in rows])
+    return csv_export.csv_response("receivables", list(ReceivableOut.model_fields), statements.as_numbers(rows))
 
 
 @router.get("/receivables", response_model=ReceivablesPage, responses=csv_export.responses("Receivables"),

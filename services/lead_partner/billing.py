@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import Numeric, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_partner.models import Outsourcing
 from services.lead_partner.pages import NAV
-from shared.domain import billing
+from shared.domain import billing, statements
 from shared.domain.statements import Statement
 from shared.domain.tickets.models import Ticket
 from shared.partner_pages import PAGE_ROWS, need, ui
@@ -23,7 +23,6 @@ from shared.platform.webui import ViewerDep
 router = api_router("/api/billing", ["billing"], Permission.OUTSOURCING)
 pages = APIRouter(include_in_schema=False)
 
-AMOUNTS = ("labor", "charges", "total")
 FILTERS = [("false", "Open"), ("true", "Invoiced"), ("", "All")]  # the page's ?invoiced=
 
 
@@ -71,12 +70,9 @@ def _settled(invoiced: bool | None) -> tuple:
 
 
 def _item(statement: Statement, row: Outsourcing, ticket: Ticket) -> dict:
-    totals = statement.body["totals"]
     return {"link_id": statement.link_id, "partner_id": row.partner_id, "partner": row.partner_name,
             "partner_ticket_number": row.partner_ticket_number, "ticket_id": ticket.id, "ticket_number": ticket.number,
-            "title": ticket.title, "statement_version": statement.version, "statement_sha256": statement.sha256,
-            "settled": statement.settled, "settled_at": statement.settled_at,
-            "currency": statement.body.get("currency"), **{name: totals[name] for name in AMOUNTS},
+            "title": ticket.title, **statements.figures(statement),
             "invoice_number": statement.invoice_number, "invoiced_at": statement.invoiced_at}
 
 
@@ -87,19 +83,13 @@ async def payables(session: AsyncSession, invoiced: bool | None, limit: int | No
              .join(Outsourcing, Outsourcing.link_id == Statement.link_id)
              .join(Ticket, Ticket.id == Outsourcing.ticket_id)
              .where(*_settled(invoiced)))
-    query = paging.after(query, Statement.settled_at, Statement.link_id, cursor, newest_first=True)
-    if limit is None:
-        return [_item(*row) for row in (await session.execute(query)).all()], None
-    rows, next_cursor = paging.page((await session.execute(query.limit(limit + 1))).all(), limit,
-                                    lambda row: row[0].settled_at, lambda row: row[0].link_id)
-    return [_item(*row) for row in rows], next_cursor
+    return await statements.settled_page(session, query, limit, cursor, _item)
 
 
 async def totals(session: AsyncSession, invoiced: bool | None) -> list[dict]:
     """What this lead owes each partner per currency, invoiced and open, summed exactly by the database."""
     owed = (select(Outsourcing.partner_id, Outsourcing.partner_name.label("partner"),
-                   Statement.body["currency"].astext.label("currency"),
-                   Statement.body["totals"]["total"].astext.cast(Numeric).label("total"),
+                   statements.CURRENCY.label("currency"), statements.TOTAL.label("total"),
                    Statement.invoice_number.is_not(None).label("invoiced"))
             .join(Outsourcing, Outsourcing.link_id == Statement.link_id).where(*_settled(invoiced)).subquery())
     groups = (select(owed.c.partner_id, owed.c.partner, owed.c.currency, func.count(), func.sum(owed.c.total),
@@ -114,8 +104,7 @@ async def totals(session: AsyncSession, invoiced: bool | None) -> list[dict]:
 
 def _export(rows: list[dict]):
     """Amounts as Decimals: the CSV writes them as numbers, never guarded as text."""
-    return csv_export.csv_response("payables", list(PayableOut.model_fields), [
-        {**row, **{name: Decimal(row[name]) for name in AMOUNTS}} for row in rows])
+    return csv_export.csv_response("payables", list(PayableOut.model_fields), statements.as_numbers(rows))
 
 
 Invoiced = Annotated[bool | None, Query(description="true: only what the partner invoiced; false: only what it has not")]

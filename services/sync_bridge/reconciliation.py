@@ -231,21 +231,16 @@ async def compare(session: AsyncSession, link: Link, lead: SideView, ins: SideVi
     return repairs
 
 
-def _in_flight(mapping: ItemMirror | None, link: Link) -> bool:
-    """The bridge passed the item on (its first version, an edit, a deletion, a chunk) after this
-    round's questions: the answers cannot agree on it yet, which is no difference. A later round
-    compares it: its creator asks for one while the item waits for its receipt, as it asked for this
-    one. Under a steady stream of writes every round saw such items as missing and had them sent
-    again (measured: 599 repairs for 1,300 notes; now 7, receipts sent again)."""
-    return mapping is not None and link.round_id is not None and mapping.forwarded_in_round == link.round_id
-
-
-def _receipt_in_flight(mapping: ItemMirror, link: Link) -> bool:
-    """The bridge passed the mirror's receipt to the item's creator after this round's questions: the
-    creator answered before it could apply it (both travel on its inbound topic, in order), which is no
-    lost receipt. One passed on before the questions and still not applied was lost. Under a steady
-    stream of writes, 41 % of the notes had their receipt "repaired" though none was lost (issue 28)."""
-    return link.round_id is not None and mapping.receipt_in_round == link.round_id
+def _after_questions(passed_on_in_round: str | None, link: Link) -> bool:
+    """What the bridge passed on after this round's questions is in flight for that round: the side it
+    went to answered first (both travel on its inbound topic, in order), which is no difference. A later
+    round compares it: its creator asks for one while the item waits for its receipt.
+    - An item (its first version, an edit, a deletion, a chunk), `ItemMirror.forwarded_in_round`: under
+      a steady stream of writes every round saw such items as missing and had them sent again
+      (measured: 599 repairs for 1,300 notes; then 7).
+    - A mirror's receipt, `ItemMirror.receipt_in_round`: 41 % of the notes had their receipt "repaired"
+      though none was lost (issue 28). One passed on before the questions and still not applied was lost."""
+    return link.round_id is not None and passed_on_in_round == link.round_id
 
 
 async def _items(session: AsyncSession, link: Link, source: SideView, target: SideView) -> list[str]:
@@ -257,11 +252,11 @@ async def _items(session: AsyncSession, link: Link, source: SideView, target: Si
     resend, repairs = [], []
     for item in source.items:
         mapping = mappings.get(item.item_id)
-        if _in_flight(mapping, link):
+        if mapping is not None and _after_questions(mapping.forwarded_in_round, link):
             continue
         mirror = held.get(mapping.mirror_id) if mapping else None
         if mirror is not None and (mirror.source_version, mirror.source_hash) == (item.version, item.hash):
-            if item.delivery != "delivered" and not _receipt_in_flight(mapping, link):
+            if item.delivery != "delivered" and not _after_questions(mapping.receipt_in_round, link):
                 send(session, source.partner_id, ItemDelivered(link_id=link.id, item_id=item.item_id,
                                                                version=item.version), link.id)
                 repairs.append(f"sent the lost receipt of item {item.item_id} to {source.partner_id}")
@@ -297,7 +292,8 @@ async def _items(session: AsyncSession, link: Link, source: SideView, target: Si
         present = {item.item_id for item in source.items}
         for mapping in mappings.values():
             mirror = held.get(mapping.mirror_id)
-            if mapping.source_item_id not in present and mirror is not None and not _in_flight(mapping, link):
+            in_flight = _after_questions(mapping.forwarded_in_round, link)
+            if mapping.source_item_id not in present and mirror is not None and not in_flight:
                 mapping.deleted = True
                 send(session, target.partner_id, MirrorDelete(link_id=link.id, mirror_id=mapping.mirror_id,
                                                               source_version=mirror.source_version + 1), link.id)

@@ -4,9 +4,10 @@ request, and the lead stores the copy it received; the lead approves one of them
 its Complete at any time freezes one of what had crossed by then. The statement the link ended with
 is settled on both sides (and never changes after), then invoiced by the partner."""
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, func, select, text
+from sqlalchemy import DateTime, Index, Integer, Numeric, Select, String, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from shared.domain import billing
 from shared.domain.tickets.models import TicketItem
 from shared.domain.tickets.rules import Delivery, ItemKind, Origin
+from shared.platform import paging
 from shared.platform.db import Base, utcnow
 from shared.platform.errors import Conflict, Unprocessable
 
@@ -125,10 +127,44 @@ async def settled(session: AsyncSession, link_id: str) -> Statement | None:
 
 
 async def current(session: AsyncSession, link_id: str) -> Statement | None:
-    """The statement the link ended with, else the latest."""
-    return await settled(session, link_id) or await latest(session, link_id)
+    """The statement the link ended with, else the latest (one query)."""
+    return await session.scalar(select(Statement).where(Statement.link_id == link_id)
+                                .order_by(Statement.settled.is_(None), Statement.version.desc()).limit(1))
 
 
 async def all_of(session: AsyncSession, link_id: str) -> list[Statement]:
     return list(await session.scalars(select(Statement).where(Statement.link_id == link_id)
                                       .order_by(Statement.version)))
+
+
+# --- the billing reports (both partners: receivables and payables) --------------------------------
+
+AMOUNTS = ("labor", "charges", "total")
+CURRENCY = Statement.body["currency"].astext  # for the reports' sums, per currency
+TOTAL = Statement.body["totals"]["total"].astext.cast(Numeric)  # summed exactly by the database
+
+
+def figures(row: Statement) -> dict[str, Any]:
+    """What a report row shows of the statement the link ended with: version, hash, how and when it
+    was settled, currency and amounts (two-place strings)."""
+    totals = row.body["totals"]
+    return {"statement_version": row.version, "statement_sha256": row.sha256, "settled": row.settled,
+            "settled_at": row.settled_at, "currency": row.body.get("currency"),
+            **{name: totals[name] for name in AMOUNTS}}
+
+
+async def settled_page(session: AsyncSession, query: Select, limit: int | None, cursor: str | None,
+                       item) -> tuple[list[dict], str | None]:
+    """A report's rows (`query` selects the Statement first), newest settled first, a page at a time;
+    `limit` None: every row (an export)."""
+    query = paging.after(query, Statement.settled_at, Statement.link_id, cursor, newest_first=True)
+    if limit is None:
+        return [item(*row) for row in (await session.execute(query)).all()], None
+    rows, next_cursor = paging.page((await session.execute(query.limit(limit + 1))).all(), limit,
+                                    lambda row: row[0].settled_at, lambda row: row[0].link_id)
+    return [item(*row) for row in rows], next_cursor
+
+
+def as_numbers(rows: list[dict]) -> list[dict]:
+    """Rows for a CSV: amounts as Decimals, which the export writes as numbers, never guarded as text."""
+    return [{**row, **{name: Decimal(row[name]) for name in AMOUNTS}} for row in rows]

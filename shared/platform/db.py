@@ -37,26 +37,25 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 2) -> AsyncEn
 
 
 class PoolUse:
-    """How many of the pool's connections are in use now, and the most at once since the start: what a
-    replica really needs of its budget (`/metrics`, `make bench`)."""
+    """The most of the pool's connections in use at once since the start: what a replica really
+    needs of its budget (`/metrics`, `make bench`). How many are in use now is the pool's own count."""
 
-    def __init__(self) -> None:
-        self.in_use = 0
+    def __init__(self, engine) -> None:
+        self.engine = engine  # its pool, not one pool: a database restart replaces the pool
         self.peak = 0
+
+    @property
+    def in_use(self) -> int:
+        return self.engine.pool.checkedout()
 
     @classmethod
     def watch(cls, engine: AsyncEngine) -> "PoolUse":
-        use = engine.sync_engine.pool_use = cls()
+        use = engine.sync_engine.pool_use = cls(engine.sync_engine)
 
         def checked_out(*_):
-            use.in_use += 1
             use.peak = max(use.peak, use.in_use)
 
-        def checked_in(*_):
-            use.in_use = max(0, use.in_use - 1)
-
         event.listen(engine.sync_engine.pool, "checkout", checked_out)
-        event.listen(engine.sync_engine.pool, "checkin", checked_in)
         return use
 
 

@@ -61,13 +61,14 @@ async def claim(session: AsyncSession, scope: str, key: str, request_sha256: str
     db = await plain_sql(session)
     if random.random() < 0.01:  # now and then, forget the keys past their time
         await db.execute("DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval", KEEP)
-    await db.execute("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < now() - $3::interval",
-                     scope, key, KEEP)
     # A row another transaction inserted and has not committed makes this wait for it: a duplicate sent
-    # at the same moment answers what the first answered, or (the first failed) goes ahead itself.
+    # at the same moment answers what the first answered, or (the first failed) goes ahead itself. A key
+    # past its 24 hours is taken over, in the same statement.
     mine = await db.fetchval(
         "INSERT INTO idempotency_keys (scope, key, request_sha256) VALUES ($1, $2, $3)"
-        " ON CONFLICT DO NOTHING RETURNING key", scope, key, request_sha256)
+        " ON CONFLICT (scope, key) DO UPDATE SET request_sha256 = excluded.request_sha256, status_code = NULL,"
+        " answer = NULL, created_at = now() WHERE idempotency_keys.created_at < now() - $4::interval"
+        " RETURNING key", scope, key, request_sha256, KEEP)
     if mine is not None:
         return
     row = await db.fetchrow("SELECT request_sha256, status_code, answer FROM idempotency_keys"
@@ -85,6 +86,13 @@ async def answered(session: AsyncSession, scope: str, key: str, status_code: int
         scope, key, status_code, answer)
 
 
+async def _file(upload: UploadFile) -> list:
+    """An uploaded file as a request's fingerprint sees it; read again from its start by the endpoint."""
+    content = await upload.read()
+    await upload.seek(0)
+    return [upload.filename, upload.content_type, hashlib.sha256(content).hexdigest()]
+
+
 async def _fingerprint(request: Request, values: dict[str, Any]) -> str:
     """The request a key names: its method, path and what the endpoint read (bodies, form fields, files)."""
     parts: dict[str, Any] = {"method": request.method, "path": request.url.path}
@@ -92,9 +100,7 @@ async def _fingerprint(request: Request, values: dict[str, Any]) -> str:
         if isinstance(value, BaseModel):
             parts[name] = value.model_dump(mode="json")
         elif isinstance(value, UploadFile):
-            content = await value.read()
-            await value.seek(0)
-            parts[name] = [value.filename, value.content_type, hashlib.sha256(content).hexdigest()]
+            parts[name] = await _file(value)
         elif value is None or isinstance(value, str | int | float | bool):
             parts[name] = value
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -146,9 +152,7 @@ async def _form_fingerprint(path: str, form) -> str:
         if name in ("csrf", FORM_FIELD):
             continue
         if isinstance(value, UploadFile):
-            content = await value.read()
-            await value.seek(0)
-            value = f"{value.filename}:{value.content_type}:{hashlib.sha256(content).hexdigest()}"
+            value = await _file(value)
         parts.append(f"{name}={value}")
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 

@@ -135,3 +135,21 @@ async def test_accepting_work_again_with_its_key_answers_the_same_ticket(lead, i
     assert again.json()["ticket_id"] == first.json()["ticket_id"] and again.headers.get("idempotency-replayed") == "true"
     # Without the key the answer a lost one would have given is gone: 409, already accepted.
     assert (await insourcing.post(f"/api/received-work/{link_id}/accept")).status_code == 409
+
+
+async def test_a_key_past_its_24_hours_names_a_new_request(lead, databases):
+    ticket = await new_ticket(lead, "A key reused the next day")
+    headers = key()
+    first = await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "yesterday"}, headers=headers)
+    assert first.status_code == 201
+    conn = await asyncpg.connect(asyncpg_dsn(databases["lead_partner"]))
+    try:
+        await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1",
+                           headers["Idempotency-Key"])
+    finally:
+        await conn.close()
+    today = await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "today"}, headers=headers)
+    assert today.status_code == 201 and "idempotency-replayed" not in today.headers
+    assert today.json()["id"] != first.json()["id"]
+    again = await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "today"}, headers=headers)
+    assert again.json()["id"] == today.json()["id"]  # the key names today's request now
