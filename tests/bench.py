@@ -340,6 +340,30 @@ async def big_ticket_pages(client, database_url: str) -> list[float]:
             return out
 
 
+async def round_costs(bridge, link_id: str, samples: int = 4) -> str:
+    """Reconciliation rounds of the hot link once it holds thousands of notes (issue 28): each side
+    asked for everything it holds, then asked only for what changed since (nothing much), in turns.
+    Each figure: from the question to the round compared, as the operator's API shows it."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    answers: dict[bool, dict] = {}
+    for _ in range(samples):
+        for everything in (True, False):
+            before = (await bridge.get(f"/api/links/{link_id}/health")).json()["last_reconciled_at"]
+            started = time.perf_counter()
+            (await bridge.post(f"/api/links/{link_id}/reconcile", params={"everything": everything})).raise_for_status()
+            while True:
+                health = (await bridge.get(f"/api/links/{link_id}/health")).json()
+                if health["last_reconciled_at"] != before and not health["reconciling"]:
+                    break
+                await asyncio.sleep(POLL)
+            times[everything].append(time.perf_counter() - started)
+            answers[everything] = health["lead"]["last_answer"]
+    whole, changes = (statistics.median(times[e]) * 1000 for e in (True, False))
+    return (f"reconciliation round of the hot link ({answers[True]['held']:,} items held on the lead side), median of"
+            f" {samples}: everything {whole:.0f} ms ({answers[True]['entries']:,} listed), only what changed"
+            f" {changes:.0f} ms ({answers[False]['entries']:,} listed); ratio {whole / max(changes, 0.001):.1f}")
+
+
 def resident(procs: dict[str, ServiceProcess]) -> str:
     return ", ".join(f"{name} {psutil.Process(p.proc.pid).memory_info().rss / 2**20:.0f} MB" for name, p in procs.items())
 
@@ -371,11 +395,12 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
     lead_database = databases["lead_partner"]
     async with procs["lead_partner"].client() as lead, procs["insourcing_partner"].client() as insourcing, \
             procs["sync_bridge"].client() as bridge:
-        pairs, link_ids = [], set()
+        pairs, link_ids, hot_link = [], set(), None
         for _ in range(LINKS):
             lead_ticket, insourced, link_id = await linked_tickets(lead, insourcing)
             pairs.append((lead_ticket["id"], insourced["id"]))
             link_ids.add(link_id)
+            hot_link = hot_link or link_id  # pairs[0]'s
         lines = [
             summary("floor: HTTP round trip (GET /healthz)", await http_floor(lead)),
             summary("floor: Kafka produce -> consume, one hop", await kafka_floor(access)),
@@ -407,6 +432,7 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
                                                databases["insourcing_partner"]))
         lines.append(f"  the hot link took {hot_notes} notes from 16 writers meanwhile; its backlog was delivered"
                      f" {drained:.1f} s after they stopped")
+        lines.append(await round_costs(bridge, hot_link))
         quiet, hot_drained = await quiet_after_a_hot_backlog(lead, insourcing, procs["sync_bridge"], pairs[0],
                                                              pairs[1:11], lead_database)
         lines.append(f"after an outage: {HOT_BACKLOG} notes waiting on one link, then one on each of {len(quiet)} quiet"

@@ -5,6 +5,7 @@ from prometheus_client import Gauge
 
 from services.sync_bridge import pages
 from services.sync_bridge.bridge import Bridge
+from services.sync_bridge.kept_manifests import Counts
 from services.sync_bridge.directory import Directory, secret_box
 from services.sync_bridge.endpoints import router
 from services.sync_bridge.onboarding import Hub
@@ -79,3 +80,9 @@ def _reconcile_metrics(registry, scheduler: Scheduler) -> None:
           registry=registry).set_function(lambda: scheduler.rounds_total)
     Gauge("sync_repairs_total", "differences reconciliation repaired, over all links (as of its last check)",
           registry=registry).set_function(lambda: scheduler.repairs_total)
+    answers = Gauge("reconcile_answers_total", "partners' answers to reconciliation rounds, by what they described:"
+                    " what changed since the last kept answer, everything, or a kept answer that did not add up"
+                    " (then that side is asked for everything)", ["described"], registry=registry)
+    for described, count in (("changes", lambda: Counts.incremental), ("everything", lambda: Counts.whole),
+                             ("dropped", lambda: Counts.dropped)):
+        answers.labels(described).set_function(count)

@@ -8,11 +8,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, Integer, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.sync_bridge import kept_manifests
 from services.sync_bridge.models import ItemMirror, Link, Repair
 from services.sync_bridge.reconciliation import start_round
 from shared.domain.workflow import LinkState
 from shared.platform import paging
 from shared.platform.auth import Permission, SessionDep, api_router
+from shared.platform.db import plain_sql
 from shared.platform.errors import NotFound
 from shared.platform.inbox import InboxConsumer
 
@@ -125,6 +127,14 @@ async def read_link(request: Request, link_id: str, session: SessionDep):
     return out
 
 
+class AnswerOut(BaseModel):
+    described: str = Field(description="`changes`: only what changed since the answer before, which the bridge"
+                           " keeps (issue 28); `everything`: the whole set (a first round, a partner of 1.0.0, or"
+                           " a kept answer that did not add up)")
+    entries: int = Field(description="items, mirrors and removals the answer listed")
+    held: int = Field(description="items and mirrors the side holds of the link, which the round compared")
+
+
 class SideHealthOut(BaseModel):
     partner_id: str
     ticket_id: str | None
@@ -135,6 +145,7 @@ class SideHealthOut(BaseModel):
     oldest_pending_at: datetime | None
     last_sent_at: datetime | None
     last_received_at: datetime | None
+    last_answer: AnswerOut | None = Field(None, description="what the side's answer to the last round described")
 
 
 class RepairOut(BaseModel):
@@ -169,7 +180,7 @@ def _side(partner_id: str, ticket_id: str | None, seen: dict | None) -> SideHeal
     return SideHealthOut(partner_id=partner_id, ticket_id=ticket_id, status=seen.get("status"),
                          **{name: seen.get(name, 0 if name in ("pending", "delivered", "refused") else None)
                             for name in ("pending", "delivered", "refused", "oldest_pending_at", "last_sent_at",
-                                         "last_received_at")})
+                                         "last_received_at", "last_answer")})
 
 
 @router.get("/links/{link_id}/health", response_model=LinkHealthOut,
@@ -196,15 +207,19 @@ async def health_of(session: AsyncSession, link_id: str) -> LinkHealthOut:
 
 @router.post("/links/{link_id}/reconcile", status_code=202, response_model=ReconcileOut,
              summary="Reconcile the link now: both partners are asked what they hold, and differences are repaired")
-async def reconcile_now(link_id: str, session: SessionDep):
-    return await reconcile(session, link_id)
+async def reconcile_now(link_id: str, session: SessionDep, everything: Annotated[bool, Query(description=(
+        "ask both sides for everything they hold, not only what changed since the answers the bridge keeps"
+        " (which it forgets)"))] = False):
+    return await reconcile(session, link_id, everything)
 
 
-async def reconcile(session: AsyncSession, link_id: str) -> ReconcileOut:
+async def reconcile(session: AsyncSession, link_id: str, everything: bool = False) -> ReconcileOut:
     """Starts a reconciliation round of the link, under its row lock (the API and the operator page)."""
     link = await session.get(Link, link_id, with_for_update=True)
     if link is None:
         raise NotFound(f"link {link_id} not found")
+    if everything:
+        await kept_manifests.forget(await plain_sql(session), link.id)
     return ReconcileOut(link_id=link.id, round_id=await start_round(session, link))
 
 

@@ -112,6 +112,32 @@ class ManifestPart(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
 
+class KeptManifest(Base):
+    """What the bridge keeps of one side's answer (issue 28): the point of that side's own changes it
+    describes, and its entries below. A round asks only for what changed after it."""
+
+    __tablename__ = "kept_manifests"
+
+    link_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    as_of: Mapped[int] = mapped_column(BigInteger)
+
+
+class KeptEntry(Base):
+    """One item or mirror of a kept answer, in the order the bridge first heard of it."""
+
+    __tablename__ = "kept_manifest_entries"
+
+    link_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    entry_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, Identity())
+    mirror: Mapped[bool] = mapped_column(Boolean)
+    version: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    delivery: Mapped[str | None] = mapped_column(String(10))
+
+
 class Repair(Base):
     """One difference reconciliation found and repaired."""
 
@@ -170,6 +196,7 @@ class DirectoryVersion(Base):
 
 # What the bridge's migrations must build (tests/integration/test_schema.py).
 metadata = service_metadata(
-    *PLATFORM_TABLES, Link.__table__, ItemMirror.__table__, ManifestPart.__table__, Repair.__table__,
+    *PLATFORM_TABLES, Link.__table__, ItemMirror.__table__, ManifestPart.__table__, KeptManifest.__table__,
+    KeptEntry.__table__, Repair.__table__,
     Partner.__table__, PartnerKey.__table__, DirectoryVersion.__table__, IdempotencyKey.__table__,
 )

@@ -7,14 +7,14 @@ the receiving side applies once."""
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.sync_bridge import links
+from services.sync_bridge import kept_manifests, links
 from services.sync_bridge.links import LinkEvent, send
 from services.sync_bridge.mirroring import NOT_CROSSING
 from services.sync_bridge.models import ItemMirror, Link, ManifestPart, Repair
@@ -52,7 +52,7 @@ from shared.domain import workflow
 from shared.domain.workflow import InsourceStatus as I
 from shared.domain.workflow import LinkState as L
 from shared.domain.workflow import OutsourceStatus as O
-from shared.platform.db import utcnow
+from shared.platform.db import plain_sql, utcnow
 from shared.platform.inbox import DataLoss
 from shared.platform.messagebus import Ignored
 
@@ -75,6 +75,7 @@ class SideView:
     health: SideHealth
     items: list[ManifestItem]
     mirrors: list[ManifestMirror]
+    answer: dict = field(default_factory=dict)  # what it described: for the health view
 
 
 # --- the workflow: what a side decided that the bridge missed, and what a side missed -------------
@@ -144,8 +145,10 @@ async def start_round(session: AsyncSession, link: Link) -> str:
             wait = min(2 * (link.round_expires_at - link.round_started_at), ROUND_TIMEOUT_MAX)
     link.round_id, link.round_started_at, link.reconcile_due = str(uuid.uuid4()), now, False
     link.round_expires_at = now + wait
+    kept = await kept_manifests.since(await plain_sql(session), link.id)
     for partner in (link.lead_partner_id, link.insourcing_partner_id):
-        send(session, partner, ManifestRequested(link_id=link.id, round_id=link.round_id), link.id)
+        send(session, partner, ManifestRequested(link_id=link.id, round_id=link.round_id, since=kept.get(partner)),
+             link.id)
     return link.round_id
 
 
@@ -190,9 +193,24 @@ async def manifest(session: AsyncSession, event: LinkEvent) -> None:
         bodies = [Manifest.model_validate(b) for b in await session.scalars(
             select(ManifestPart.body).where(ManifestPart.round_id == payload.round_id, ManifestPart.side == partner)
             .order_by(ManifestPart.part))]
-        views[partner] = SideView(partner, bodies[0].side, bodies[0].health,
-                                  [i for b in bodies for i in b.items], [m for b in bodies for m in b.mirrors])
+        head = bodies[0]
+        items, mirrors = [i for b in bodies for i in b.items], [m for b in bodies for m in b.mirrors]
+        removed = [r for b in bodies for r in b.removed]
+        answer = {"described": "everything" if head.since is None else "changes",
+                  "entries": len(items) + len(mirrors) + len(removed)}
+        if head.as_of is not None:  # a partner of 1.0.0 describes everything, and nothing is kept of it
+            whole = await kept_manifests.take(await plain_sql(session), link.id, partner, head, items, mirrors, removed)
+            if whole is None:
+                continue
+            items, mirrors = whole
+        views[partner] = SideView(partner, head.side, head.health, items, mirrors,
+                                  {**answer, "held": len(items) + len(mirrors)})
     await session.execute(ManifestPart.__table__.delete().where(ManifestPart.round_id == payload.round_id))
+    if len(views) < 2:
+        # A side's kept answer did not add up: it is asked at once for everything, in a round of its own.
+        link.round_expires_at = None
+        await start_round(session, link)
+        return
     await compare(session, link, views[link.lead_partner_id], views[link.insourcing_partner_id])
 
 
@@ -217,8 +235,10 @@ async def compare(session: AsyncSession, link: Link, lead: SideView, ins: SideVi
         repairs += await _items(session, link, ins, lead)
     now, round_id = utcnow(), link.round_id or str(uuid.uuid4())
     link.round_id, link.last_reconciled_at, link.in_sync = None, now, not repairs
-    link.lead_health = {**lead.side.model_dump(), **lead.health.model_dump()}
-    link.insourcing_health = {**ins.side.model_dump(), **ins.health.model_dump()}
+    if L(link.state) == L.TERMINATED and not repairs:
+        await kept_manifests.forget(await plain_sql(session), link.id)  # rounds of an ended link are rare
+    link.lead_health = {**lead.side.model_dump(), **lead.health.model_dump(), "last_answer": lead.answer or None}
+    link.insourcing_health = {**ins.side.model_dump(), **ins.health.model_dump(), "last_answer": ins.answer or None}
     if repairs:
         link.repairs += len(repairs)
         link.last_repair_at = now

@@ -456,6 +456,10 @@ class ManifestRequested(Payload):
     type = "sync.manifest_requested"
     link_id: str
     round_id: str
+    since: int | None = Field(None, description=(
+        "describe only what changed after this point of your own (the `as_of` of an answer the bridge"
+        " keeps); null: describe everything. From the release after 1.0.0 on; a partner of 1.0.0"
+        " ignores it and describes everything"))
 
 
 class ManifestItem(Message):
@@ -524,6 +528,21 @@ class Manifest(Payload):
     health: SideHealth
     items: list[ManifestItem] = Field(default_factory=list, max_length=MANIFEST_PART)
     mirrors: list[ManifestMirror] = Field(default_factory=list, max_length=MANIFEST_PART)
+    # From the release after 1.0.0 on (a bridge of 1.0.0 ignores them): an answer that describes only
+    # what changed, and what lets the bridge check the whole it keeps.
+    as_of: int | None = Field(None, description=(
+        "the point of this side's own changes the answer describes the link as of; the bridge asks"
+        " `since` it next time. Null: a partner of 1.0.0, which always describes everything"))
+    since: int | None = Field(None, description=(
+        "the request's `since` this answer honoured: `items` and `mirrors` are only those changed after it,"
+        " and `removed` the ids that left the set. Null: the answer describes everything"))
+    removed: list[str] = Field(default_factory=list, max_length=MANIFEST_PART, description=(
+        "ids of items and mirrors that left the set after `since` (deleted, unshared, made internal)"))
+    digest: str | None = Field(None, description=(
+        "the whole set as `count:sum`: the number of items and mirrors, and the sum of the first 15 hex"
+        " digits of the MD5 of each one's `i:<item_id>:<version>:<delivery>` or"
+        " `m:<mirror_id>:<source_version>:<source_hash>`, as integers. The bridge checks what it keeps"
+        " against it, and asks for everything when they differ"))
 
 
 @inbound(LEAD, INSOURCING)

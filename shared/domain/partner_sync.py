@@ -25,8 +25,6 @@ from shared.contracts.messages import (
     ItemDeleted,
     ItemUnshared,
     Manifest,
-    ManifestItem,
-    ManifestMirror,
     ManifestRequested,
     PartnerLeft,
     Reconciled,
@@ -34,9 +32,9 @@ from shared.contracts.messages import (
     ResendRequested,
     SideHealth,
 )
-from shared.domain import workflow
+from shared.domain import manifests, workflow
 from shared.domain.tickets.models import AttachmentContent, TicketItem
-from shared.domain.tickets.rules import Delivery, ItemKind, Origin, content_hash
+from shared.domain.tickets.rules import Delivery, ItemKind, Origin
 from shared.platform.db import Base, plain_sql, utcnow
 from shared.platform.inbox import DataLoss
 from shared.platform.outbox import Publisher
@@ -224,37 +222,23 @@ class PartnerSync:
         # the other order deadlocked with an API write on the same ticket.
         ticket_id = await self.links.ticket_for_link(session, link_id)
         side = await self.links.side_status(session, link_id)
-        items: list[ManifestItem] = []
-        mirrors: list[ManifestMirror] = []
         health = SideHealth()
         current = ticket_id is not None and (await self.links.link_for_ticket(session, ticket_id)).link_id == link_id
         if current:
             # Only the ticket's current link holds its shared set (an older link's items were its own).
-            rows = await session.execute(
-                select(TicketItem.id, TicketItem.kind, TicketItem.version, TicketItem.fields, TicketItem.delivery_status)
-                .where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.LOCAL,
-                       TicketItem.shared.is_(True), TicketItem.internal.is_(False), TicketItem.link_id == link_id)
-                .order_by(TicketItem.seq)
-            )
-            items = [ManifestItem(item_id=r.id, version=r.version, hash=content_hash(r.kind, r.fields),
-                                  delivery=r.delivery_status) for r in rows]
-            rows = await session.execute(
-                select(TicketItem.id, TicketItem.source_version, TicketItem.source_hash)
-                .where(TicketItem.ticket_id == ticket_id, TicketItem.origin == Origin.PARTNER,
-                       TicketItem.link_id == link_id)
-                .order_by(TicketItem.seq)
-            )
-            mirrors = [ManifestMirror(mirror_id=r.id, source_version=r.source_version or 1,
-                                      source_hash=r.source_hash or "") for r in rows]
+            answer = await manifests.describe(await plain_sql(session), ticket_id, link_id, payload.since)
             health = await self._health_counts(session, ticket_id, link_id)
+        else:
+            answer = manifests.Description(as_of=0, since=None, digest=manifests.digest([]))
         row = await session.get(LinkSync, link_id)
         await _touch(session, link_id, manifest_as_of=row.changed_at if row else None)
-        parts = max(1, -(-max(len(items), len(mirrors)) // MANIFEST_PART))
+        parts = max(1, -(-max(len(answer.items), len(answer.mirrors), len(answer.removed)) // MANIFEST_PART))
         for part in range(parts):
             window = slice(part * MANIFEST_PART, (part + 1) * MANIFEST_PART)
             self.publisher.emit(session, Manifest(
                 link_id=link_id, round_id=payload.round_id, part=part, parts=parts, side=side, health=health,
-                items=items[window], mirrors=mirrors[window]), link_id)
+                items=answer.items[window], mirrors=answer.mirrors[window], removed=answer.removed[window],
+                as_of=answer.as_of, since=answer.since, digest=answer.digest), link_id)
 
     async def on_resend_requested(self, session: AsyncSession, payload: ResendRequested) -> None:
         """Send the items again as they are now: their latest version, attachments with their bytes."""
@@ -265,7 +249,8 @@ class PartnerSync:
             select(TicketItem).where(TicketItem.id.in_(payload.item_ids), TicketItem.ticket_id == ticket_id)
         )
         found = {item.id: item for item in rows}
-        for item_id in payload.item_ids:
+        # In the order they were created, as they first crossed (a deletion has no place: first).
+        for item_id in sorted(payload.item_ids, key=lambda i: found[i].seq if i in found else -1):
             item = found.get(item_id)
             if item is None:
                 deletion = await session.get(ItemDeletion, item_id)

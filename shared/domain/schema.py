@@ -5,7 +5,7 @@ with the result, and tests/integration/test_schema.py checks the migrations buil
 from shared.domain.partner_mirroring import IncomingAttachment, IncomingChunk
 from shared.domain.partner_sync import ItemDeletion, LinkSync
 from shared.domain.statements import Statement
-from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketNumberCounter
+from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem, TicketItemRemoval, TicketNumberCounter
 from shared.platform.auth import ApiToken
 from shared.platform.db import service_metadata
 from shared.platform.idempotency import IdempotencyKey
@@ -18,7 +18,8 @@ PLATFORM_TABLES = [
 ]
 PARTNER_TABLES = [
     *PLATFORM_TABLES,
-    Ticket.__table__, TicketNumberCounter.__table__, TicketItem.__table__, AttachmentContent.__table__,
+    Ticket.__table__, TicketNumberCounter.__table__, TicketItem.__table__, TicketItemRemoval.__table__,
+    AttachmentContent.__table__,
     IncomingAttachment.__table__, IncomingChunk.__table__, Notification.__table__,
     ItemDeletion.__table__, LinkSync.__table__, Statement.__table__, IdempotencyKey.__table__,
 ]

@@ -310,3 +310,49 @@ def create_notification_table(op) -> None:
         sa.Column("claimed_until", sa.DateTime(timezone=True)),
     )
     op.create_index("ix_notifications_unsent", "notifications", ["id"], postgresql_where=sa.text("sent_at IS NULL"))
+
+
+def add_change_points(op) -> None:
+    """Every write of a ticket item takes the next number of one sequence, and a deleted item leaves
+    its id with the number of its deletion (both partners, issue 28): a reconciliation answer then
+    describes only what changed after the point the bridge last kept. Triggers, so that no write
+    path can forget it."""
+    op.execute("CREATE SEQUENCE ticket_item_changes")
+    op.add_column("ticket_items", sa.Column("change_point", sa.BigInteger, nullable=True))
+    op.execute("UPDATE ticket_items SET change_point = nextval('ticket_item_changes')")
+    op.alter_column("ticket_items", "change_point", nullable=False,
+                    server_default=sa.text("nextval('ticket_item_changes')"))
+    op.create_index("ix_ticket_items_changes", "ticket_items", ["ticket_id", "change_point"])
+    op.create_table(
+        "ticket_item_removals",
+        sa.Column("item_id", sa.String(36), primary_key=True),
+        sa.Column("ticket_id", sa.String(36), nullable=False),
+        sa.Column("change_point", sa.BigInteger, nullable=False),
+    )
+    op.create_index("ix_ticket_item_removals_changes", "ticket_item_removals", ["ticket_id", "change_point"])
+    op.execute("""
+        CREATE FUNCTION ticket_item_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                INSERT INTO ticket_item_removals (item_id, ticket_id, change_point)
+                VALUES (OLD.id, OLD.ticket_id, nextval('ticket_item_changes'))
+                ON CONFLICT (item_id) DO UPDATE SET change_point = excluded.change_point;
+                RETURN OLD;
+            END IF;
+            NEW.change_point := nextval('ticket_item_changes');
+            RETURN NEW;
+        END $$""")
+    op.execute("CREATE TRIGGER ticket_items_change_point BEFORE UPDATE ON ticket_items"
+               " FOR EACH ROW EXECUTE FUNCTION ticket_item_changed()")
+    op.execute("CREATE TRIGGER ticket_items_removal AFTER DELETE ON ticket_items"
+               " FOR EACH ROW EXECUTE FUNCTION ticket_item_changed()")
+
+
+def drop_change_points(op) -> None:
+    op.execute("DROP TRIGGER ticket_items_removal ON ticket_items")
+    op.execute("DROP TRIGGER ticket_items_change_point ON ticket_items")
+    op.execute("DROP FUNCTION ticket_item_changed()")
+    op.drop_table("ticket_item_removals")
+    op.drop_index("ix_ticket_items_changes", "ticket_items")
+    op.drop_column("ticket_items", "change_point")
+    op.execute("DROP SEQUENCE ticket_item_changes")

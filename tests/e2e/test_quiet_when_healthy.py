@@ -50,8 +50,16 @@ async def test_a_flooded_link_reconciled_throughout_records_no_repair(lead, inso
 
     health = await eventually(agreed, timeout=60)
     repairs = health["repairs"]["count"] - before
+    answers = {side: health[side]["last_answer"] for side in ("lead", "insourcing")}
     print(f"\nhot link: {len(written)} notes by {WRITERS} writers in {SECONDS:.0f} s, {rounds} rounds asked, "
-          f"{repairs} repairs ({1000 * repairs / len(written):.1f} per 1,000 notes), round {finished[:8]}")
+          f"{repairs} repairs ({1000 * repairs / len(written):.1f} per 1,000 notes), round {finished[:8]}; "
+          f"its answers: " + ", ".join(f"{side} {a['described']} ({a['entries']} listed of {a['held']} held)"
+                                        for side, a in answers.items()))
     assert rounds >= 5 and len(written) >= 100
     assert repairs == 0, health["repairs"]["recent"]
     assert health["in_sync"] is True
+    # The last round, after everything crossed, cost what changed since the one before: each side held
+    # every note (its own and the other's mirrors), and listed only what the last receipts changed.
+    for answer in answers.values():
+        assert answer["described"] == "changes" and answer["held"] == len(written), answers
+        assert answer["entries"] < len(written) / 4, answers

@@ -8,6 +8,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    FetchedValue,
     ForeignKey,
     Identity,
     Index,
@@ -56,6 +57,7 @@ class TicketItem(Base):
         Index("ix_ticket_items_ticket_id_kind", "ticket_id", "kind", "seq"),  # a ticket's items of a kind, in order
         # What waits for a receipt, for the health view and its metrics.
         Index("ix_ticket_items_pending", "ticket_id", postgresql_where=text("delivery_status = 'pending'")),
+        Index("ix_ticket_items_changes", "ticket_id", "change_point"),  # what changed since a point
     )
     __mapper_args__ = {"eager_defaults": True}
 
@@ -85,8 +87,24 @@ class TicketItem(Base):
     # On a mirror: the version and content hash of the original it mirrors.
     source_version: Mapped[int | None] = mapped_column(Integer)
     source_hash: Mapped[str | None] = mapped_column(String(64))
+    # The number of its last write, from one sequence (a trigger sets it on every update): a
+    # reconciliation answer describes only the items written after the point the bridge last kept.
+    change_point: Mapped[int] = mapped_column(BigInteger, server_default=text("nextval('ticket_item_changes')"),
+                                              server_onupdate=FetchedValue())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())
+
+
+class TicketItemRemoval(Base):
+    """A deleted item's id and the change point of its deletion (written by a trigger), until the
+    bridge keeps what the partner held after it."""
+
+    __tablename__ = "ticket_item_removals"
+    __table_args__ = (Index("ix_ticket_item_removals_changes", "ticket_id", "change_point"),)
+
+    item_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    ticket_id: Mapped[str] = mapped_column(String(36))
+    change_point: Mapped[int] = mapped_column(BigInteger)
 
 
 class AttachmentContent(Base):
