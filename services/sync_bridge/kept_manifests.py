@@ -37,7 +37,8 @@ async def forget(db: PlainSql, link_id: str, partner_id: str | None = None) -> N
 async def take(db: PlainSql, link_id: str, partner_id: str, head: Manifest, items: list[ManifestItem],
                mirrors: list[ManifestMirror], removed: list[str]) -> tuple[list[ManifestItem], list[ManifestMirror]] | None:
     """One side's answer laid over what is kept of it: its whole set, in the order the bridge first
-    heard of each entry; None when it cannot be trusted (then nothing is kept of that side)."""
+    heard of each entry; None when it cannot be trusted (then nothing is kept of the link: the caller
+    asks both sides for everything, which always ends in a comparison)."""
     kept_as_of = await db.fetchval(
         "SELECT as_of FROM kept_manifests WHERE link_id = $1 AND partner_id = $2", link_id, partner_id)
     if head.since is None:
@@ -45,7 +46,7 @@ async def take(db: PlainSql, link_id: str, partner_id: str, head: Manifest, item
     elif head.since != kept_as_of:
         log.warning("link %s: %s answered since %s, but the bridge keeps its answer as of %s: asking for everything",
                     link_id, partner_id, head.since, kept_as_of)
-        return await _drop(db, link_id, partner_id)
+        return await _drop(db, link_id)
     elif removed:
         await db.execute("DELETE FROM kept_manifest_entries WHERE link_id = $1 AND partner_id = $2"
                          " AND entry_id = ANY($3::varchar[])", link_id, partner_id, removed)
@@ -65,22 +66,30 @@ async def take(db: PlainSql, link_id: str, partner_id: str, head: Manifest, item
                    for r in rows if not r["mirror"]]
     whole_mirrors = [ManifestMirror(mirror_id=r["entry_id"], source_version=r["version"], source_hash=r["hash"])
                      for r in rows if r["mirror"]]
-    if head.since is not None:
-        held = manifests.digest([*map(manifests.item_entry, whole_items), *map(manifests.mirror_entry, whole_mirrors)])
-        if held != head.digest:
-            log.warning("link %s: what the bridge keeps of %s's answer does not add up to the whole it holds"
-                        " (%s, it says %s): asking for everything", link_id, partner_id, held, head.digest)
-            return await _drop(db, link_id, partner_id)
-        Counts.incremental += 1
-    else:
+    held = manifests.digest([*map(manifests.item_entry, whole_items), *map(manifests.mirror_entry, whole_mirrors)])
+    if held != head.digest:
+        if head.since is None:
+            # Listed whole, so still compared; but nothing is kept of a side whose lists and digest
+            # disagree (a bug of its own), and it is asked for everything each time.
+            log.warning("link %s: %s's answer does not add up to its own digest (%s, it says %s): nothing kept of it",
+                        link_id, partner_id, held, head.digest)
+            Counts.dropped += 1
+            await forget(db, link_id, partner_id)
+            return whole_items, whole_mirrors
+        log.warning("link %s: what the bridge keeps of %s's answer does not add up to the whole it holds"
+                    " (%s, it says %s): asking both sides for everything", link_id, partner_id, held, head.digest)
+        return await _drop(db, link_id)
+    if head.since is None:
         Counts.whole += 1
+    else:
+        Counts.incremental += 1
     await db.execute(
         "INSERT INTO kept_manifests (link_id, partner_id, as_of) VALUES ($1, $2, $3)"
         " ON CONFLICT (link_id, partner_id) DO UPDATE SET as_of = excluded.as_of", link_id, partner_id, head.as_of)
     return whole_items, whole_mirrors
 
 
-async def _drop(db: PlainSql, link_id: str, partner_id: str) -> None:
+async def _drop(db: PlainSql, link_id: str) -> None:
     Counts.dropped += 1
-    await forget(db, link_id, partner_id)
+    await forget(db, link_id)
     return None

@@ -198,16 +198,20 @@ async def manifest(session: AsyncSession, event: LinkEvent) -> None:
         removed = [r for b in bodies for r in b.removed]
         answer = {"described": "everything" if head.since is None else "changes",
                   "entries": len(items) + len(mirrors) + len(removed)}
-        if head.as_of is not None:  # a partner of 1.0.0 describes everything, and nothing is kept of it
+        if head.as_of is None:  # a partner of 1.0.0 (or one rolled back to it) describes everything
+            await kept_manifests.forget(await plain_sql(session), link.id, partner)
+        else:
             whole = await kept_manifests.take(await plain_sql(session), link.id, partner, head, items, mirrors, removed)
             if whole is None:
-                continue
+                views.clear()
+                break
             items, mirrors = whole
         views[partner] = SideView(partner, head.side, head.health, items, mirrors,
                                   {**answer, "held": len(items) + len(mirrors)})
     await session.execute(ManifestPart.__table__.delete().where(ManifestPart.round_id == payload.round_id))
     if len(views) < 2:
-        # A side's kept answer did not add up: it is asked at once for everything, in a round of its own.
+        # A kept answer did not add up: both sides are asked at once for everything, in a round of its
+        # own, which always ends in a comparison (asking only the one side could alternate for ever).
         link.round_expires_at = None
         await start_round(session, link)
         return

@@ -58,8 +58,10 @@ class Description:
 async def describe(db: PlainSql, ticket_id: str, link_id: str, since: int | None) -> Description:
     """The link's set on this side (the ticket's row locked by the caller), whole or since a point.
     Removal records up to `since` are forgotten: the bridge keeps what came after them."""
+    # The sum as text: as a numeric, asyncpg hands it over as a Decimal that prints with an exponent
+    # when it ends in zeros, and the bridge's integer would never match it.
     count, total = await db.fetchrow(
-        f"SELECT count(*), coalesce(sum({_ENTRY_SQL}), 0) FROM ticket_items WHERE ticket_id = $1 AND {_IN_SET}",
+        f"SELECT count(*), coalesce(sum({_ENTRY_SQL}), 0)::text FROM ticket_items WHERE ticket_id = $1 AND {_IN_SET}",
         ticket_id, link_id)
     as_of = await db.fetchval(
         "SELECT greatest((SELECT max(change_point) FROM ticket_items WHERE ticket_id = $1),"
@@ -84,5 +86,9 @@ async def describe(db: PlainSql, ticket_id: str, link_id: str, since: int | None
     if after:
         answer.removed += [row["item_id"] for row in await db.fetch(
             "SELECT item_id FROM ticket_item_removals WHERE ticket_id = $1 AND change_point > $2", ticket_id, since)]
-        await db.execute("DELETE FROM ticket_item_removals WHERE ticket_id = $1 AND change_point <= $2", ticket_id, since)
+    # What the bridge keeps covers the removals up to the point it asked since (or, asked for everything,
+    # up to this answer): it never asks from before that again, except after losing what it kept, and
+    # then a missing removal shows in the digest and it asks for everything.
+    await db.execute("DELETE FROM ticket_item_removals WHERE ticket_id = $1 AND change_point <= $2",
+                     ticket_id, answer.as_of if since is None else since)
     return answer

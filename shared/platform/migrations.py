@@ -334,6 +334,9 @@ def add_change_points(op) -> None:
         CREATE FUNCTION ticket_item_changed() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP = 'DELETE' THEN
+                IF OLD.link_id IS NULL THEN
+                    RETURN OLD;  -- never in a link's set: nobody keeps it
+                END IF;
                 INSERT INTO ticket_item_removals (item_id, ticket_id, change_point)
                 VALUES (OLD.id, OLD.ticket_id, nextval('ticket_item_changes'))
                 ON CONFLICT (item_id) DO UPDATE SET change_point = excluded.change_point;
