@@ -141,29 +141,53 @@ class Credentials:
         return user, self.services[user]
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a node sits in its cluster: its id, the controller quorum, and the replication the
+    cluster gives every topic (SPEC section 13). The default is a node alone."""
+
+    node_id: int = 1
+    voters: str = ""  # "1@127.0.0.1:9093,2@...": the controllers; "" is this node alone
+    controller: bool = True
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+
+
 class KafkaBroker:
-    """One KRaft node (broker and controller) with its data and credentials in `data_dir`."""
+    """One KRaft node (broker, and controller unless its place says otherwise): its credentials and
+    TLS files in `home`, its data in `data_dir` (the same folder for a node alone)."""
 
     def __init__(self, data_dir: Path, port: int, controller_port: int | None = None,
-                 admin_username: str | None = None, admin_password: str | None = None):
+                 admin_username: str | None = None, admin_password: str | None = None,
+                 place: Place = Place(), home: Path | None = None, cluster_id: str | None = None):
+        self.home = home or data_dir
         self.data_dir = data_dir
         self.port = port
         self.controller_port = controller_port or infra.free_port()
-        self.credentials = Credentials.load_or_create(data_dir / "credentials.json", admin_username, admin_password)
+        self.place = place
+        self.cluster_id = cluster_id
+        self.credentials = Credentials.load_or_create(self.home / "credentials.json", admin_username, admin_password)
         self.proc: subprocess.Popen | None = None
         self.bootstrap = f"127.0.0.1:{port}"
         # The hub operator's CA and the broker's certificate, beside the data (var/kafka/ca.pem for make run).
-        self.tls = tls.ensure(data_dir, ["127.0.0.1", "localhost"])
+        self.tls = tls.ensure(self.home, ["127.0.0.1", "localhost"])
 
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "log"
 
     def _config(self) -> Path:
+        place = self.place
+        listeners = f"CLIENT://127.0.0.1:{self.port}"
+        if place.controller:
+            listeners += f",CONTROLLER://127.0.0.1:{self.controller_port}"
         values = {
-            "CONTROLLER_ADDRESS": f"127.0.0.1:{self.controller_port}",
-            "CLIENT_BIND": f"127.0.0.1:{self.port}",
-            "CONTROLLER_BIND": f"127.0.0.1:{self.controller_port}",
+            "PROCESS_ROLES": "broker,controller" if place.controller else "broker",
+            "NODE_ID": str(place.node_id),
+            "CONTROLLER_QUORUM_VOTERS": place.voters or f"{place.node_id}@127.0.0.1:{self.controller_port}",
+            "LISTENERS": listeners,
+            "REPLICATION_FACTOR": str(place.replication_factor),
+            "MIN_INSYNC_REPLICAS": str(place.min_insync_replicas),
             "CLIENT_ADVERTISED": f"127.0.0.1:{self.port}",
             "ADMIN_USERNAME": self.credentials.admin_username,
             "ADMIN_PASSWORD": self.credentials.admin_password,
@@ -173,6 +197,7 @@ class KafkaBroker:
         text = SERVER_PROPERTIES.read_text()
         for name, value in values.items():
             text = text.replace(f"@{name}@", value)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / "server.properties"
         infra.write_private(path, text)
         return path
@@ -192,9 +217,11 @@ class KafkaBroker:
         config = self._config()
         if (self.log_dir / "meta.properties").exists():
             return
-        cluster_id = new_cluster_id()
+        cluster_id = self.cluster_id or new_cluster_id()
         users = [(self.credentials.admin_username, self.credentials.admin_password), *self.credentials.services.items()]
-        scram = [arg for name, pw in users for arg in ("--add-scram", f"SCRAM-SHA-256=[name={name},password={pw}]")]
+        # The users go into the metadata the controllers hold; a broker-only node learns them from them.
+        scram = [arg for name, pw in users for arg in ("--add-scram", f"SCRAM-SHA-256=[name={name},password={pw}]")
+                 if self.place.controller]
         done = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
                                          *scram),
                               capture_output=True, text=True, timeout=120)
@@ -232,9 +259,99 @@ class KafkaBroker:
                            tls=True, ssl_cafile=str(self.tls.ca))
 
     def service_access(self, service: str):
+        return self.admin_access().as_user(*self.credentials.for_service(service))
+
+
+class KafkaCluster:
+    """`size` nodes of one cluster on this machine (make run with KAFKA_BROKERS=N, the cluster tests):
+    the first on `port`, the others on ports chosen once and kept (`home`/cluster.json), so a restart
+    finds the same cluster where the services remember it. The first three are the controller quorum
+    (below three nodes, the first alone); every node holds min(size, 3) replicas' worth of topics. Each
+    node's data is in `home`/node-<id>/; the users and TLS files in `home`, for all of them."""
+
+    def __init__(self, home: Path, size: int, port: int, admin_username: str | None = None,
+                 admin_password: str | None = None):
+        self.home = home
+        layout = self._layout(size, port)
+        controllers = 3 if size >= 3 else 1
+        factor = min(size, 3)
+        self.replication_factor, self.min_insync_replicas = factor, 2 if factor == 3 else 1
+        voters = ",".join(f"{node}@127.0.0.1:{ports[1]}" for node, ports in enumerate(layout["nodes"][:controllers], 1))
+        self.nodes = [
+            KafkaBroker(home / f"node-{node}", client, controller, admin_username, admin_password,
+                        Place(node, voters, node <= controllers, factor, self.min_insync_replicas),
+                        home=home, cluster_id=layout["cluster_id"])
+            for node, (client, controller) in enumerate(layout["nodes"], 1)]
+        self.bootstrap = ",".join(node.bootstrap for node in self.nodes)
+        self.credentials, self.tls = self.nodes[0].credentials, self.nodes[0].tls
+
+    def _layout(self, size: int, port: int) -> dict:
+        path = self.home / "cluster.json"
+        if path.exists():
+            layout = json.loads(path.read_text())
+            if len(layout["nodes"]) != size:
+                raise SystemExit(f"{self.home} holds a Kafka cluster of {len(layout['nodes'])} nodes, not {size}: set"
+                                 f" KAFKA_BROKERS={len(layout['nodes'])}, or remove {self.home}/node-* and"
+                                 f" {path} to start afresh (every message on it is lost)")
+            return layout
+        first = [port, port + 1] if size == 1 else [port, infra.free_port()]
+        layout = {"cluster_id": new_cluster_id(),
+                  "nodes": [first, *([infra.free_port(), infra.free_port()] for _ in range(size - 1))]}
+        self.home.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(layout))
+        return layout
+
+    def format_if_new(self) -> None:
+        for node in self.nodes:
+            node.format_if_new()
+
+    def start(self, log_dir: Path | None = None) -> None:
+        for node in self.nodes:
+            node.start(log_dir / f"kafka-node-{node.place.node_id}.log" if log_dir else None)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Every node listening, and the cluster serving its super user with every broker registered."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            while not infra.port_answers("127.0.0.1", node.port):
+                if why := node._exited():
+                    raise RuntimeError(f"node {node.place.node_id}: {why}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Kafka node {node.place.node_id} not listening on {node.bootstrap}")
+                time.sleep(0.2)
+        wait_until_serving(self.admin_access(), deadline, "the Kafka cluster")
+        wait_for_brokers(self.admin_access(), len(self.nodes), deadline)
+
+    def admin_access(self):
         from shared.platform.kafka import KafkaAccess
 
+        return KafkaAccess(self.bootstrap, self.credentials.admin_username, self.credentials.admin_password,
+                           tls=True, ssl_cafile=str(self.tls.ca))
+
+    def service_access(self, service: str):
         return self.admin_access().as_user(*self.credentials.for_service(service))
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.proc:
+                infra.stop_process(node.proc, timeout=30)
+
+
+def wait_for_brokers(access, count: int, deadline: float) -> None:
+    """Until the cluster's metadata lists `count` brokers (a node that listens may not have registered)."""
+    import asyncio
+
+    from shared.platform.kafka import cluster_brokers
+
+    while True:
+        try:
+            if len(asyncio.run(asyncio.wait_for(cluster_brokers(access), 5))) >= count:
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {count} Kafka brokers registered at {access.bootstrap}")
+        time.sleep(0.3)
 
 
 # (module, env prefix) of each service: its Kafka user goes in <PREFIX>_KAFKA_USERNAME/PASSWORD.

@@ -121,11 +121,44 @@ class Stack:
         why_not = kafka_broker.unavailable_reason()
         if why_not is None and kafka_broker.resolve_jars(self.say) is None:
             why_not = "Maven could not resolve the Apache Kafka jars (no route to Maven Central?)"
-        if why_not is None:
+        nodes = int(self.env.get("KAFKA_BROKERS", "1"))
+        if nodes > 1 and why_not is not None:
+            sys.exit(f"KAFKA_BROKERS={nodes} needs Apache Kafka, which cannot run here ({why_not}); Tansu, the"
+                     " fallback, is one node holding its data in memory: it has nothing to replicate to")
+        self.env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
+        if nodes > 1:
+            self.start_kafka_cluster(nodes, port)
+        elif why_not is None:
             self.start_apache_kafka(port)
         else:
             self.start_tansu(port, why_not)
-        self.env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
+
+    def start_kafka_cluster(self, nodes: int, port: int) -> None:
+        """KAFKA_BROKERS=N (SPEC section 13): N nodes of one cluster, each restarted when it exits."""
+        cluster = kafka_broker.KafkaCluster(VAR / "kafka", nodes, port, self.env.get("KAFKA_ADMIN_USERNAME"),
+                                            self.env.get("KAFKA_ADMIN_PASSWORD"))
+        cluster.format_if_new()
+        for node in cluster.nodes:
+            component = Component(f"Kafka node {node.place.node_id}", node.command(), self.env,
+                                  VAR / "logs" / f"kafka-node-{node.place.node_id}.log")
+            component.start()
+            self.infrastructure.append(component)
+            node.proc = component.proc
+        cluster.wait_ready()
+        self.kafka_admin = cluster.admin_access()
+        self.env["KAFKA_BOOTSTRAP_SERVERS"] = cluster.bootstrap
+        self.env.update(kafka_broker.service_env(cluster.credentials, cluster.tls.ca))
+        self.env.setdefault("KAFKA_ADMIN_USERNAME", cluster.credentials.admin_username)
+        self.env.setdefault("KAFKA_REPLICATION_FACTOR", str(cluster.replication_factor))
+        self.env.setdefault("KAFKA_MIN_INSYNC_REPLICAS", str(cluster.min_insync_replicas))
+        self.broker_name = (f"Apache Kafka {kafka_broker.KAFKA_VERSION}, a cluster of {nodes} nodes (KRaft, SASL/SCRAM"
+                            f" over TLS, ACLs; every topic on {cluster.replication_factor} brokers, "
+                            f"{cluster.min_insync_replicas} in sync), data in {VAR / 'kafka'}/node-*")
+        self.say(f"{self.broker_name}:")
+        for node in cluster.nodes:
+            role = "broker and controller" if node.place.controller else "broker"
+            self.say(f"  node {node.place.node_id} on {node.bootstrap} ({role}), log {VAR / 'logs'}/kafka-node-"
+                     f"{node.place.node_id}.log, data {node.data_dir}")
 
     def start_apache_kafka(self, port: int) -> None:
         controller_port = int(self.env.get("DEVSTACK_KAFKA_CONTROLLER_PORT", "9093"))

@@ -21,9 +21,20 @@ config=/tmp/server.properties
 admin_file="$data/admin.sha256"
 admin_sha=$(printf '%s\n%s' "$KAFKA_ADMIN_USERNAME" "$KAFKA_ADMIN_PASSWORD" | sha256sum | cut -d' ' -f1)
 umask 077  # the configuration holds the broker's key and the super user's password
-sed -e "s|@CONTROLLER_ADDRESS@|localhost:9093|" \
-    -e "s|@CLIENT_BIND@|0.0.0.0:9092|" \
-    -e "s|@CONTROLLER_BIND@|localhost:9093|" \
+# A node alone by default; in a cluster (deploy/hub) each node says which it is, and which are the controllers.
+node_id=${KAFKA_NODE_ID:-1}
+roles=${KAFKA_PROCESS_ROLES:-broker,controller}
+voters=${KAFKA_CONTROLLER_QUORUM_VOTERS:-1@localhost:9093}
+case "$roles" in
+    *controller*) listeners="CLIENT://0.0.0.0:9092,CONTROLLER://${KAFKA_CONTROLLER_BIND:-localhost:9093}" ;;
+    *) listeners="CLIENT://0.0.0.0:9092" ;;
+esac
+sed -e "s|@PROCESS_ROLES@|${roles}|" \
+    -e "s|@NODE_ID@|${node_id}|" \
+    -e "s|@CONTROLLER_QUORUM_VOTERS@|${voters}|" \
+    -e "s|@LISTENERS@|${listeners}|" \
+    -e "s|@REPLICATION_FACTOR@|${KAFKA_REPLICATION_FACTOR:-1}|g" \
+    -e "s|@MIN_INSYNC_REPLICAS@|${KAFKA_MIN_INSYNC_REPLICAS:-1}|g" \
     -e "s|@CLIENT_ADVERTISED@|${KAFKA_ADVERTISED_ADDRESS:-kafka:9092}|" \
     -e "s|@ADMIN_USERNAME@|${KAFKA_ADMIN_USERNAME}|g" \
     -e "s|@ADMIN_PASSWORD@|${KAFKA_ADMIN_PASSWORD}|g" \

@@ -248,7 +248,7 @@ class Hub:
     async def _provision(self, kafka: KafkaAccess, partner_id: str, username: str | None,
                          credential: ScramCredential) -> None:
         await ensure_topics(kafka, [outbound_topic(partner_id), inbound_topic(partner_id)],
-                            self.settings.kafka_topic_partitions)
+                            self.settings.kafka_topic_partitions, replication=self.settings.replication())
         if username is None:
             return
         await set_scram_credential(kafka, username, credential)
@@ -272,11 +272,12 @@ class Hub:
         except Unavailable:
             kafka = None
         if kafka is None or not kafka.username:
-            await ensure_topics(self.settings.kafka_access(), self.directory.topics(), partitions, skip_refused=True)
+            await ensure_topics(self.settings.kafka_access(), self.directory.topics(), partitions, skip_refused=True,
+                                replication=self.settings.replication())
             return
         if not set(self.directory.topics()) - set(await list_topics(kafka)):
             return  # nothing lost: users and ACLs are as onboarding left them (and each ACL sent is a request)
-        await ensure_topics(kafka, self.directory.topics(), partitions)
+        await ensure_topics(kafka, self.directory.topics(), partitions, replication=self.settings.replication())
         async with self.sessions() as session:
             partners = list(await session.scalars(select(Partner).where(Partner.membership == "active")))
         grants = bridge_grants(self.settings.kafka_username, [], "sync_bridge") if self.settings.kafka_username else []

@@ -3,7 +3,7 @@ nothing outside a Settings class reads the environment."""
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.platform.kafka import KafkaAccess
+from shared.platform.kafka import KafkaAccess, Replication
 from shared.platform.signing import KeyRing
 
 
@@ -14,6 +14,10 @@ class CommonSettings(BaseSettings):
     # Tansu answers a group join after about half the session timeout: keep it short locally.
     kafka_session_timeout_ms: int = Field(10_000, validation_alias="KAFKA_SESSION_TIMEOUT_MS")
     kafka_topic_partitions: int = Field(4, validation_alias="KAFKA_TOPIC_PARTITIONS")
+    # The topics this service creates (SPEC section 13): on how many brokers, and how many must hold a
+    # write before it is acknowledged. Unset: the broker's defaults (make run and deploy/hub set them).
+    kafka_replication_factor: int | None = Field(None, ge=1, validation_alias="KAFKA_REPLICATION_FACTOR")
+    kafka_min_insync_replicas: int | None = Field(None, ge=1, validation_alias="KAFKA_MIN_INSYNC_REPLICAS")
     # This service's own Kafka user (SASL/SCRAM-SHA-256), read with the service's prefix
     # (LEAD_KAFKA_USERNAME...): on Apache Kafka with ACLs each service may use only its own topics.
     kafka_username: str | None = None
@@ -62,6 +66,9 @@ class CommonSettings(BaseSettings):
             return KeyRing.parse(text)
         except ValueError as exc:
             raise SystemExit(f"{variable}: {exc}") from None
+
+    def replication(self) -> Replication:
+        return Replication(self.kafka_replication_factor, self.kafka_min_insync_replicas)
 
     def kafka_access(self) -> KafkaAccess:
         return KafkaAccess(self.kafka_bootstrap_servers, self.kafka_username, self.kafka_password,

@@ -110,7 +110,9 @@ def make_producer(access: KafkaAccess, profile: BrokerProfile = FALLBACK) -> AIO
         enable_idempotence=profile.idempotent,
         linger_ms=0,  # a burst from the relay still batches: send() queues before the sender runs
         max_request_size=MAX_REQUEST_BYTES,
-        request_timeout_ms=15_000,
+        # A send to a broker that stopped answering (frozen, cut off) is given up and sent again to the
+        # partition's new leader: the brokers fence a silent one in 4 s (deploy/kafka/server.properties).
+        request_timeout_ms=6_000,
     )
 
 
@@ -174,18 +176,39 @@ async def list_topics(access: KafkaAccess) -> list[str]:
         await admin.close()
 
 
-async def ensure_topics(access: KafkaAccess, topics: list[str], partitions: int, skip_refused: bool = False) -> None:
+@dataclass(frozen=True)
+class Replication:
+    """How many brokers hold each topic this service creates, and how many must have a write before it
+    is acknowledged (SPEC section 13). None leaves it to the broker's own defaults (`make run` and
+    deploy/hub configure them: min(brokers, 3), and 2 in sync at 3)."""
+
+    factor: int | None = None
+    min_insync: int | None = None
+
+    def new_topic(self, name: str, partitions: int) -> NewTopic:
+        configs = {"min.insync.replicas": str(self.min_insync)} if self.min_insync else {}
+        if self.factor:
+            return NewTopic(name, partitions, self.factor, topic_configs=configs)
+        # -1: the broker's default.replication.factor (aiokafka wants an assignment beside it: none).
+        return NewTopic(name, partitions, -1, replica_assignments={}, topic_configs=configs)
+
+
+async def ensure_topics(access: KafkaAccess, topics: list[str], partitions: int, skip_refused: bool = False,
+                        replication: Replication = Replication()) -> None:
     """Create the topics explicitly (idempotent): auto-creation would pick its own partition count.
     With ACLs the operator creates them (make run does); a service then finds them and creates none.
-    `skip_refused`: a topic this user may not create is logged and left, the others made."""
+    `skip_refused`: a topic this user may not create is logged and left, the others made. An existing
+    topic with fewer replicas than `replication` asks for is logged: creating it again would not help."""
     admin = _admin(access)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
+        if replication.factor and (present := [t for t in topics if t in existing]):
+            _say_under_replicated(await admin.describe_topics(present), replication.factor)
         if missing:
             try:
-                response = await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+                response = await admin.create_topics([replication.new_topic(t, partitions) for t in missing])
             except TopicAlreadyExistsError:
                 return
             refused = []
@@ -202,14 +225,45 @@ async def ensure_topics(access: KafkaAccess, topics: list[str], partitions: int,
         await admin.close()
 
 
-async def broker_reachable(bootstrap: str, timeout: float = 2.0) -> bool:
+def _say_under_replicated(described: list[dict], factor: int) -> None:
+    for topic in described:
+        held = min((len(p["replicas"]) for p in topic.get("partitions") or []), default=factor)
+        if held < factor:
+            log.warning("topic %s has %d replica(s), fewer than KAFKA_REPLICATION_FACTOR=%d: a broker lost takes"
+                        " what only it holds; add replicas with kafka-reassign-partitions (docs/operations.md,"
+                        " \"The hub on a Kafka cluster\")", topic["topic"], held, factor)
+
+
+async def cluster_brokers(access: KafkaAccess) -> list[dict]:
+    """The brokers the cluster's metadata lists (node_id, host, port)."""
+    admin = _admin(access)
+    await admin.start()
+    try:
+        return (await admin.describe_cluster())["brokers"]
+    finally:
+        await admin.close()
+
+
+async def broker_reachable(bootstrap: str, timeout: float = 2.0, ssl=None) -> bool:
+    """Does the first address of `bootstrap` answer: a TCP connection, and with `ssl` (an SSL context)
+    a TLS handshake too, which a frozen broker does not complete (its kernel still accepts the TCP)."""
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), ssl=ssl), timeout)
     except (OSError, asyncio.TimeoutError):
         return False
     writer.close()
     return True
+
+
+async def unreachable_brokers(access: KafkaAccess, timeout: float = 2.0) -> list[str]:
+    """The addresses of `access.bootstrap` that do not answer, each asked at once."""
+    addresses = [a.strip() for a in access.bootstrap.split(",") if a.strip()]
+    ssl = create_ssl_context(cafile=access.ssl_cafile, cadata=access.ssl_cadata) if access.tls else None
+    if ssl is not None:
+        ssl.check_hostname = False  # only whether it answers: the clients check who it is
+    answers = await asyncio.gather(*(broker_reachable(a, timeout, ssl) for a in addresses))
+    return [address for address, answered in zip(addresses, answers) if not answered]
 
 
 # --- ACLs (Apache Kafka's StandardAuthorizer) ----------------------------------------------------

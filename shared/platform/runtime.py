@@ -91,7 +91,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             if spec.make_topics is not None:
                 await spec.make_topics(app)
             else:
-                await ensure_topics(access, spec.topics(spec.topics_to_create), settings.kafka_topic_partitions)
+                await ensure_topics(access, spec.topics(spec.topics_to_create), settings.kafka_topic_partitions,
+                                    replication=settings.replication())
         relay = OutboxRelay(
             settings.database_url,
             lambda: make_producer(access, app.state.broker),
@@ -170,7 +171,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     app.state.metrics_registry = install_common(
         app,
         spec.name,
-        [lambda: database_check(app.state.engine)(), kafka_check(settings.kafka_bootstrap_servers), consumer_check(app)],
+        [lambda: database_check(app.state.engine)(), kafka_check(settings.kafka_access()), consumer_check(app)],
         spec.max_body_bytes,
     )
     if spec.metrics is not None:

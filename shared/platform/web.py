@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from shared.platform.errors import DomainError, size_in_words
-from shared.platform.kafka import broker_reachable
+from shared.platform.kafka import KafkaAccess, unreachable_brokers
 from shared.platform.openapi import ErrorOut, FieldError, install_openapi
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,10 @@ def install_common(app: FastAPI, service_name: str, ready_checks: list[Callable[
              responses={503: {"model": ReadyOut, "description": "The database or Kafka is unreachable"}},
              summary="The database and Kafka are reachable")
     async def readyz():
-        problems = [p for p in [await check() for check in ready_checks] if p]
-        body = {"status": "ready" if not problems else "not ready", "service": service_name, "problems": problems}
+        found = [p for p in [await check() for check in ready_checks] if p]
+        problems = [p for p in found if not isinstance(p, Degraded)]
+        body = {"status": "ready" if not problems else "not ready", "service": service_name, "problems": problems,
+                "degraded": [str(p) for p in found if isinstance(p, Degraded)]}
         return JSONResponse(body, status_code=200 if not problems else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse, summary="Prometheus metrics",
@@ -114,6 +116,8 @@ class ReadyOut(BaseModel):
     status: str = Field(description='"ready" or "not ready"')
     service: str
     problems: list[str] = Field(description="what is unreachable, in words")
+    degraded: list[str] = Field(default_factory=list, description=(
+        "what is unreachable but not needed to serve, in words: a broker of a Kafka cluster the others stand in for"))
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -153,10 +157,21 @@ def database_check(engine) -> Callable[[], Awaitable[str | None]]:
     return check
 
 
-def kafka_check(bootstrap: str) -> Callable[[], Awaitable[str | None]]:
+class Degraded(str):
+    """What a ready check notes without making the service unready: it still serves."""
+
+
+def kafka_check(access: KafkaAccess) -> Callable[[], Awaitable[str | None]]:
+    """Unready when no broker of the bootstrap list answers; ready, naming them, when some do not (a
+    cluster serves on with one broker lost, SPEC section 13)."""
     async def check() -> str | None:
-        if not await broker_reachable(bootstrap):
-            return f"Kafka unreachable at {bootstrap}"
+        gone = await unreachable_brokers(access)
+        addresses = [a for a in access.bootstrap.split(",") if a.strip()]
+        if len(gone) == len(addresses):
+            return f"Kafka unreachable at {access.bootstrap}"
+        if gone:
+            return Degraded(f"Kafka broker{'s' if len(gone) > 1 else ''} {', '.join(gone)} unreachable; the cluster"
+                            f" serves through {', '.join(a for a in addresses if a not in gone)}")
         return None
 
     return check
