@@ -70,6 +70,7 @@ release: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.bench
 	$(PY) -m tests.bench_idle
+	$(PY) -m tests.bench_cluster
 
 bench-idle: $(STAMP)
 	$(PY) -m tests.bench_idle

@@ -10,7 +10,7 @@ from cryptography.fernet import Fernet
 from devstack import infra
 from shared.platform.kafka import inbound_topic, outbound_topic
 from shared.platform.signing import KeyRing, Signatures
-from tests.harness import LOGS, Infrastructure, Mailbox, ServiceProcess, resolve_infrastructure, wait_for_directory
+from tests.harness import LOGS, Infrastructure, Mailbox, resolve_infrastructure, start_services, stop_services
 
 LEAD_EMAIL = "dispatch@lead.example"
 KEY_GRACE_S = 15
@@ -91,19 +91,11 @@ def mailbox(base_env):
 
 @pytest.fixture(scope="session")
 def services(base_env, mailbox):
-    procs = {name: ServiceProcess(name, base_env) for name in ("lead_partner", "insourcing_partner", "sync_bridge")}
-    for proc in procs.values():
-        proc.migrate()
-    for proc in procs.values():
-        proc.start()
+    procs = start_services(base_env)
     try:
-        for proc in procs.values():
-            proc.wait_ready()
-        wait_for_directory(procs["lead_partner"], "insourcing-partner")
         yield procs
     finally:
-        for proc in procs.values():
-            proc.stop()
+        stop_services(procs)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -320,6 +320,32 @@ class PartnerServices:
             infra.drop_databases(self.postgres_admin_url, [database])
 
 
+def start_services(env: dict[str, str], log_prefix: str = "", bridges: int = 1) -> dict[str, ServiceProcess]:
+    """The three services on `env` (and more bridge replicas, sharing the work), migrated and ready, with
+    the lead told of the insourcing partner by the hub's directory: what a suite or a bench runs against.
+    Stopped, all of them, if any does not come up."""
+    procs = {name: ServiceProcess(name, env) for name in SERVICES}
+    procs |= {f"sync_bridge {n}": ServiceProcess("sync_bridge", env) for n in range(2, bridges + 1)}
+    try:
+        for proc in procs.values():
+            proc.log_path = LOGS / f"{log_prefix}{proc.name}.log"
+            proc.migrate()
+        for proc in procs.values():
+            proc.start()
+        for proc in procs.values():
+            proc.wait_ready()
+        wait_for_directory(procs["lead_partner"], "insourcing-partner")
+    except BaseException:
+        stop_services(procs)
+        raise
+    return procs
+
+
+def stop_services(procs: dict[str, ServiceProcess]) -> None:
+    for proc in procs.values():
+        proc.stop()
+
+
 def wait_for_directory(lead: ServiceProcess, partner_id: str, timeout: float = 30.0) -> None:
     """Until the lead's partner list (the hub's directory, sent by the bridge) names `partner_id`."""
     deadline = time.monotonic() + timeout

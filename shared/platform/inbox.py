@@ -45,7 +45,7 @@ STALL_S = 30.0  # a poll that takes longer: the consumer is replaced
 # and aiokafka's lookup of it can fail for good without a word to the commit (seen after Apache
 # Kafka lost its data and ACLs: the bridge's commit waited 30 s, the old bound, after the broker was back).
 COMMIT_S = 10.0
-STOP_S = 5.0  # a consumer that takes longer to stop is torn down
+STOP_S = 2.0  # a consumer that takes longer to stop is torn down (a cluster's frozen broker: issue 29)
 # At most this many records are applied in one transaction: it holds the rows of every ticket it
 # touched until it commits, and API writes to those tickets wait for it.
 APPLY_TOGETHER = 25

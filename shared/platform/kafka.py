@@ -111,8 +111,10 @@ def make_producer(access: KafkaAccess, profile: BrokerProfile = FALLBACK) -> AIO
         linger_ms=0,  # a burst from the relay still batches: send() queues before the sender runs
         max_request_size=MAX_REQUEST_BYTES,
         # A send to a broker that stopped answering (frozen, cut off) is given up and sent again to the
-        # partition's new leader: the brokers fence a silent one in 4 s (deploy/kafka/server.properties).
-        request_timeout_ms=6_000,
+        # partition's new leader: the brokers fence a silent one in 4 s (deploy/kafka/server.properties),
+        # and the producer asks for the cluster's metadata at least as often (not every 5 minutes).
+        request_timeout_ms=4_000,
+        metadata_max_age_ms=5_000,
     )
 
 
@@ -135,8 +137,10 @@ def make_consumer(access: KafkaAccess, group_id: str, topics: list[str], session
         metadata_max_age_ms=5_000,
         # Not aiokafka's 40 s: a request sent as a restarted broker accepted connections before it
         # served them hung the coordinator lookup, and with it every commit, for that long. A join
-        # may wait out the rebalance (the session timeout), so a request gets that and 5 s more.
-        request_timeout_ms=session_timeout_ms + 5_000,
+        # may wait out the rebalance (the session timeout), so a request gets that and 2 s more; a
+        # fetch from a broker that stopped answering (frozen, on a cluster) is given up as soon, and
+        # its partitions are read from their new leader (issue 29: it was 5 s more).
+        request_timeout_ms=session_timeout_ms + 2_000,
     )
     if listener is not None:
         consumer.subscribe(topics, listener=listener)

@@ -13,7 +13,7 @@ from devstack import infra, kafka_broker
 from devstack.kafka_broker import KafkaCluster
 from shared.platform.kafka import _admin, inbound_topic, outbound_topic
 from tests.e2e.flows import arrived, items, linked_tickets
-from tests.harness import LOGS, ROOT, ServiceProcess, eventually, wait_for_directory
+from tests.harness import LOGS, ROOT, eventually, start_services, stop_services
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TOPICS = [f(p) for p in ("lead-partner", "insourcing-partner") for f in (outbound_topic, inbound_topic)]
@@ -47,19 +47,13 @@ def cluster_services(cluster, base_env, infrastructure, mailbox):
            "KAFKA_REPLICATION_FACTOR": "3", "KAFKA_MIN_INSYNC_REPLICAS": "2",
            **{f"{prefix}_DATABASE_URL": urls[names[name]] for name, prefix in
               (("lead_partner", "LEAD"), ("insourcing_partner", "INSOURCING"), ("sync_bridge", "BRIDGE"))}}
-    procs = {name: ServiceProcess(name, env) for name in names}
-    for proc in procs.values():
-        proc.log_path = LOGS / f"cluster-{proc.name}.log"
-        proc.migrate()
-        proc.start()
     try:
-        for proc in procs.values():
-            proc.wait_ready()
-        wait_for_directory(procs["lead_partner"], "insourcing-partner")
-        yield procs
+        procs = start_services(env, log_prefix="cluster-")
+        try:
+            yield procs
+        finally:
+            stop_services(procs)
     finally:
-        for proc in procs.values():
-            proc.stop()
         infra.drop_databases(infrastructure.postgres_admin_url, list(names.values()))
 
 
@@ -130,6 +124,8 @@ async def test_a_frozen_leader_costs_seconds_and_rejoins_when_thawed(cluster, on
         crossed = time.monotonic() - started
         new_lead, new_insourced, _ = await linked_tickets(lead, insourcing)  # a new outsourcing, both ways
         outsourced = time.monotonic() - started
+        ready = await lead.get("/readyz")  # still serving, and saying which broker does not answer
+        assert ready.status_code == 200 and frozen.bootstrap in " ".join(ready.json()["degraded"]), ready.text
     finally:
         frozen.proc.send_signal(signal.SIGCONT)
     print(f"\nnode {frozen.place.node_id} frozen: notes crossed both ways {crossed:.1f} s after, a new outsourcing"

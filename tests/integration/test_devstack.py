@@ -249,3 +249,27 @@ async def _note_accepted(lead: httpx.AsyncClient, ticket_id: str, body: str) -> 
     answer = await lead.post(f"/api/tickets/{ticket_id}/notes", json={"body": body})
     assert answer.status_code in (201, 503), answer.text
     return answer.status_code == 201
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_kafka_brokers_3_make_run_serves_through_a_killed_node(own_stack_env, tmp_path):
+    """SPEC section 13: `KAFKA_BROKERS=3 make run` starts a cluster of three, every topic on three brokers;
+    a node killed is started again, and notes cross meanwhile."""
+    stack = MakeRun({**own_stack_env, "KAFKA_BROKERS": "3"}, tmp_path / "run.log")
+    try:
+        banner = await asyncio.to_thread(stack.wait_for_banner, 240)
+        assert "a cluster of 3 nodes" in banner and "every topic on 3 brokers, 2 in sync" in banner, banner
+        var = Path(own_stack_env["DEVSTACK_VAR"])
+        assert all((var / "kafka" / f"node-{n}" / "log" / "meta.properties").exists() for n in (1, 2, 3))
+        async with stack.client("lead_partner", "LEAD_PORT") as lead, \
+                stack.client("insourcing_partner", "INSOURCING_PORT") as insourcing:
+            lead_ticket, insourced, _ = await linked_tickets(lead, insourcing, timeout=90)
+            stack.child(str(var / "kafka" / "node-2" / "server.properties")).kill()
+            await eventually(lambda: _said(stack, "Kafka node 2 died; restarting"), timeout=10)
+            assert (await lead.post(f"/api/tickets/{lead_ticket['id']}/notes",
+                                    json={"body": "while node 2 was away"})).status_code == 201
+            await arrived(insourcing, insourced["id"], "notes", lambda n: n["body"] == "while node 2 was away",
+                          timeout=30)
+        await asyncio.to_thread(stack.stop_and_check_nothing_is_left)
+    finally:
+        stack.kill()

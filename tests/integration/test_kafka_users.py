@@ -1,6 +1,7 @@
 """Onboarding and removing a partner's Kafka user at run time (shared/platform/kafka_users.py), on the
 real Apache Kafka: who can log in with which password, and what its grants let it write."""
 import asyncio
+import logging
 import secrets
 
 import pytest
@@ -10,6 +11,7 @@ from shared.platform.kafka import (
     Grant,
     KafkaAccess,
     Operation,
+    Replication,
     Resource,
     create_acls,
     ensure_topics,
@@ -112,3 +114,14 @@ async def test_a_credential_the_broker_refuses_is_an_error_naming_the_user(hub):
     with pytest.raises(KafkaError, match=user):
         await set_scram_password(hub, user, "too-few-iterations", iterations=1024)
     assert not await user_exists(hub, user)
+
+
+async def test_a_topic_with_fewer_replicas_than_configured_is_named_at_start(hub, caplog):
+    """SPEC section 13: a service given KAFKA_REPLICATION_FACTOR=3 finds its topic made with one replica
+    (on this one-broker hub), and says so with what to do: creating it again would not add replicas."""
+    topic = new_name("topic")
+    await ensure_topics(hub, [topic], partitions=1)
+    with caplog.at_level(logging.WARNING, logger="shared.platform.kafka"):
+        await ensure_topics(hub, [topic], partitions=1, replication=Replication(factor=3, min_insync=2))
+    [said] = [r.getMessage() for r in caplog.records if topic in r.getMessage() and r.levelno >= logging.WARNING]
+    assert "has 1 replica(s), fewer than KAFKA_REPLICATION_FACTOR=3" in said and "kafka-reassign-partitions" in said
