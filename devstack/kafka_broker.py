@@ -188,6 +188,11 @@ class KafkaBroker:
             "LISTENERS": listeners,
             "REPLICATION_FACTOR": str(place.replication_factor),
             "MIN_INSYNC_REPLICAS": str(place.min_insync_replicas),
+            # Fencing and in-sync timings: a cluster's (a lost broker costs seconds), or Kafka's own.
+            **({"BROKER_HEARTBEAT_INTERVAL_MS": "1000", "BROKER_SESSION_TIMEOUT_MS": "4000",
+                "REPLICA_LAG_TIME_MAX_MS": "8000"} if place.voters else
+               {"BROKER_HEARTBEAT_INTERVAL_MS": "2000", "BROKER_SESSION_TIMEOUT_MS": "9000",
+                "REPLICA_LAG_TIME_MAX_MS": "30000"}),
             "CLIENT_ADVERTISED": f"127.0.0.1:{self.port}",
             "ADMIN_USERNAME": self.credentials.admin_username,
             "ADMIN_PASSWORD": self.credentials.admin_password,
@@ -263,19 +268,23 @@ class KafkaBroker:
 
 
 class KafkaCluster:
-    """`size` nodes of one cluster on this machine (make run with KAFKA_BROKERS=N, the cluster tests):
-    the first on `port`, the others on ports chosen once and kept (`home`/cluster.json), so a restart
-    finds the same cluster where the services remember it. The first three are the controller quorum
-    (below three nodes, the first alone); every node holds min(size, 3) replicas' worth of topics. Each
-    node's data is in `home`/node-<id>/; the users and TLS files in `home`, for all of them."""
+    """`size` (3 or more) nodes of one cluster on this machine (make run with KAFKA_BROKERS=N, the
+    cluster tests): the first on `port`, the others on ports chosen once and kept (`home`/cluster.json),
+    so a restart finds the same cluster where the services remember it. The first three are the
+    controller quorum; every topic is on three brokers, two in sync. Each node's data is in
+    `home`/node-<id>/; the users and TLS files in `home`, for all of them."""
 
     def __init__(self, home: Path, size: int, port: int, admin_username: str | None = None,
                  admin_password: str | None = None):
+        if size < 3:
+            # Two nodes have one controller between them (two voters could lose neither): the one that
+            # is not could be lost, the other not, which is no cluster to offer.
+            raise SystemExit(f"KAFKA_BROKERS={size}: a cluster needs at least 3 nodes (a quorum of three"
+                             " controllers, any one of which may be lost); use 1 or 3 or more")
         self.home = home
         layout = self._layout(size, port)
-        controllers = 3 if size >= 3 else 1
-        factor = min(size, 3)
-        self.replication_factor, self.min_insync_replicas = factor, 2 if factor == 3 else 1
+        controllers = factor = 3
+        self.replication_factor, self.min_insync_replicas = factor, 2
         voters = ",".join(f"{node}@127.0.0.1:{ports[1]}" for node, ports in enumerate(layout["nodes"][:controllers], 1))
         self.nodes = [
             KafkaBroker(home / f"node-{node}", client, controller, admin_username, admin_password,
@@ -294,9 +303,8 @@ class KafkaCluster:
                                  f" KAFKA_BROKERS={len(layout['nodes'])}, or remove {self.home}/node-* and"
                                  f" {path} to start afresh (every message on it is lost)")
             return layout
-        first = [port, port + 1] if size == 1 else [port, infra.free_port()]
         layout = {"cluster_id": new_cluster_id(),
-                  "nodes": [first, *([infra.free_port(), infra.free_port()] for _ in range(size - 1))]}
+                  "nodes": [[port, infra.free_port()], *([infra.free_port(), infra.free_port()] for _ in range(size - 1))]}
         self.home.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(layout))
         return layout
@@ -306,6 +314,8 @@ class KafkaCluster:
             node.format_if_new()
 
     def start(self, log_dir: Path | None = None) -> None:
+        if log_dir:
+            log_dir.mkdir(parents=True, exist_ok=True)
         for node in self.nodes:
             node.start(log_dir / f"kafka-node-{node.place.node_id}.log" if log_dir else None)
 

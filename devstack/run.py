@@ -137,6 +137,12 @@ class Stack:
         """KAFKA_BROKERS=N (SPEC section 13): N nodes of one cluster, each restarted when it exits."""
         cluster = kafka_broker.KafkaCluster(VAR / "kafka", nodes, port, self.env.get("KAFKA_ADMIN_USERNAME"),
                                             self.env.get("KAFKA_ADMIN_PASSWORD"))
+        for node in cluster.nodes:  # the ports were chosen at the cluster's first start, and kept
+            for taken in (node.port, node.controller_port):
+                if infra.port_answers("127.0.0.1", taken):
+                    sys.exit(f"port {taken} of Kafka node {node.place.node_id} (kept in {VAR / 'kafka' / 'cluster.json'})"
+                             f" is taken; free it, or remove {VAR / 'kafka'}/node-* and cluster.json to start the"
+                             " cluster afresh (its messages are lost)")
         cluster.format_if_new()
         for node in cluster.nodes:
             component = Component(f"Kafka node {node.place.node_id}", node.command(), self.env,

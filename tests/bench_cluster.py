@@ -4,6 +4,7 @@ three brokers, two in sync, acks=all), and the sustained rate on the cluster wit
 bridge replicas sharing the work (the scale-out figure). Printed, never asserted; run by `make bench`."""
 import asyncio
 import os
+import shutil
 import statistics
 import uuid
 
@@ -60,7 +61,7 @@ def main() -> None:
         one = on(resolved.kafka_bootstrap, resolved.kafka_service_env, {}, resolved.postgres_admin_url, 1)
         cluster = KafkaCluster(ROOT / "var" / "bench-kafka-cluster" / str(os.getpid()), 3, infra.free_port())
         cluster.format_if_new()
-        cluster.start(LOGS)
+        cluster.start(LOGS / "bench-cluster")
         cluster.wait_ready()
         kafka_broker.provision(cluster.admin_access())
         service_env = kafka_broker.service_env(cluster.credentials, cluster.tls.ca)
@@ -71,6 +72,7 @@ def main() -> None:
     finally:
         if cluster is not None:
             cluster.stop()
+            shutil.rmtree(cluster.home, ignore_errors=True)
         resolved.close()
     print("\n".join([
         "", "make bench: what replication costs (issue 29), the same run, Apache Kafka",

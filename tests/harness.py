@@ -325,10 +325,10 @@ def start_services(env: dict[str, str], log_prefix: str = "", bridges: int = 1) 
     the lead told of the insourcing partner by the hub's directory: what a suite or a bench runs against.
     Stopped, all of them, if any does not come up."""
     procs = {name: ServiceProcess(name, env) for name in SERVICES}
-    procs |= {f"sync_bridge {n}": ServiceProcess("sync_bridge", env) for n in range(2, bridges + 1)}
+    procs |= {f"sync_bridge-{n}": ServiceProcess("sync_bridge", env) for n in range(2, bridges + 1)}
     try:
-        for proc in procs.values():
-            proc.log_path = LOGS / f"{log_prefix}{proc.name}.log"
+        for key, proc in procs.items():
+            proc.log_path = LOGS / f"{log_prefix}{key}.log"
             proc.migrate()
         for proc in procs.values():
             proc.start()

@@ -15,7 +15,7 @@ class CommonSettings(BaseSettings):
     kafka_session_timeout_ms: int = Field(10_000, validation_alias="KAFKA_SESSION_TIMEOUT_MS")
     kafka_topic_partitions: int = Field(4, validation_alias="KAFKA_TOPIC_PARTITIONS")
     # The topics this service creates (SPEC section 13): on how many brokers, and how many must hold a
-    # write before it is acknowledged. Unset: the broker's defaults (make run and deploy/hub set them).
+    # write before it is acknowledged. Unset: the broker's defaults (make run sets them for its cluster).
     kafka_replication_factor: int | None = Field(None, ge=1, validation_alias="KAFKA_REPLICATION_FACTOR")
     kafka_min_insync_replicas: int | None = Field(None, ge=1, validation_alias="KAFKA_MIN_INSYNC_REPLICAS")
     # This service's own Kafka user (SASL/SCRAM-SHA-256), read with the service's prefix
@@ -68,7 +68,12 @@ class CommonSettings(BaseSettings):
             raise SystemExit(f"{variable}: {exc}") from None
 
     def replication(self) -> Replication:
-        return Replication(self.kafka_replication_factor, self.kafka_min_insync_replicas)
+        factor, insync = self.kafka_replication_factor, self.kafka_min_insync_replicas
+        if factor and insync and insync > factor:
+            # Every acks=all write would be refused (NOT_ENOUGH_REPLICAS), for ever.
+            raise SystemExit(f"KAFKA_MIN_INSYNC_REPLICAS={insync} is more than KAFKA_REPLICATION_FACTOR={factor}:"
+                             " no write could ever be acknowledged")
+        return Replication(factor, insync)
 
     def kafka_access(self) -> KafkaAccess:
         return KafkaAccess(self.kafka_bootstrap_servers, self.kafka_username, self.kafka_password,

@@ -93,14 +93,29 @@ _FULL_KAFKA_APIS = {23, 27}
 
 
 async def probe_broker(access: KafkaAccess, timeout: float = 10.0) -> BrokerProfile:
-    host, _, port = access.bootstrap.split(",")[0].rpartition(":")
+    """What the brokers of `access` are, asked of the first that answers: on a cluster with one broker
+    lost, a service still starts (SPEC section 13)."""
     options = {k: v for k, v in access.options().items() if k != "bootstrap_servers"}
-    conn = await asyncio.wait_for(create_conn(host, int(port), **options), timeout)
-    try:
-        apis = set(conn._versions)  # filled by aiokafka's ApiVersions exchange on connect
-    finally:
-        conn.close()
-    return APACHE_KAFKA if _FULL_KAFKA_APIS <= apis else FALLBACK
+    addresses = bootstrap_addresses(access.bootstrap)
+    for n, address in enumerate(addresses):
+        host, _, port = address.rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(host, int(port), **options),
+                                          timeout if len(addresses) == 1 else min(timeout, 3.0))
+        except Exception:
+            if n == len(addresses) - 1:
+                raise
+            continue
+        try:
+            apis = set(conn._versions)  # filled by aiokafka's ApiVersions exchange on connect
+        finally:
+            conn.close()
+        return APACHE_KAFKA if _FULL_KAFKA_APIS <= apis else FALLBACK
+    raise ValueError(f"no broker address in {access.bootstrap!r}")
+
+
+def bootstrap_addresses(bootstrap: str) -> list[str]:
+    return [address.strip() for address in bootstrap.split(",") if address.strip()]
 
 
 def make_producer(access: KafkaAccess, profile: BrokerProfile = FALLBACK) -> AIOKafkaProducer:
@@ -183,8 +198,8 @@ async def list_topics(access: KafkaAccess) -> list[str]:
 @dataclass(frozen=True)
 class Replication:
     """How many brokers hold each topic this service creates, and how many must have a write before it
-    is acknowledged (SPEC section 13). None leaves it to the broker's own defaults (`make run` and
-    deploy/hub configure them: min(brokers, 3), and 2 in sync at 3)."""
+    is acknowledged (SPEC section 13). None leaves it to the broker's own defaults (`make run`
+    configures them: min(brokers, 3), and 2 in sync at 3)."""
 
     factor: int | None = None
     min_insync: int | None = None
@@ -257,15 +272,25 @@ async def broker_reachable(bootstrap: str, timeout: float = 2.0, ssl=None) -> bo
     except (OSError, asyncio.TimeoutError):
         return False
     writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), timeout)
+    except (OSError, asyncio.TimeoutError):
+        pass
     return True
 
 
-async def unreachable_brokers(access: KafkaAccess, timeout: float = 2.0) -> list[str]:
+def probe_context(access: KafkaAccess):
+    """The TLS context `unreachable_brokers` shakes hands with (None: plaintext), made once per service."""
+    if not access.tls:
+        return None
+    context = create_ssl_context(cafile=access.ssl_cafile, cadata=access.ssl_cadata)
+    context.check_hostname = False  # only whether it answers: the clients check who it is
+    return context
+
+
+async def unreachable_brokers(access: KafkaAccess, ssl=None, timeout: float = 2.0) -> list[str]:
     """The addresses of `access.bootstrap` that do not answer, each asked at once."""
-    addresses = [a.strip() for a in access.bootstrap.split(",") if a.strip()]
-    ssl = create_ssl_context(cafile=access.ssl_cafile, cadata=access.ssl_cadata) if access.tls else None
-    if ssl is not None:
-        ssl.check_hostname = False  # only whether it answers: the clients check who it is
+    addresses = bootstrap_addresses(access.bootstrap)
     answers = await asyncio.gather(*(broker_reachable(a, timeout, ssl) for a in addresses))
     return [address for address, answered in zip(addresses, answers) if not answered]
 

@@ -31,7 +31,7 @@ from shared.platform.signing import Signatures
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "outbox"
-SEND_TIMEOUT_S = 20.0  # longer than the producer's own request timeout (15 s)
+SEND_TIMEOUT_S = 20.0  # longer than the producer's own request timeout (4 s) and its retries
 # Sends the broker refused at once are tried again this soon with the same producer, for this long
 # after the first refusal; then the relay starts over with a new one (after its backoff). Sends
 # that failed slowly (the producer gave up after its request timeout: a topic the broker lost, a

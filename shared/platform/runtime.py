@@ -84,6 +84,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                 await ensure_token(session, "operator (from environment)", settings.api_token, spec.token_permissions)
 
         access = settings.kafka_access()
+        replication = settings.replication()  # refuses to start with more in sync than replicas
         app.state.broker = FALLBACK  # until the broker has been asked what it is
 
         async def make_topics() -> None:
@@ -92,7 +93,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                 await spec.make_topics(app)
             else:
                 await ensure_topics(access, spec.topics(spec.topics_to_create), settings.kafka_topic_partitions,
-                                    replication=settings.replication())
+                                    replication=replication)
         relay = OutboxRelay(
             settings.database_url,
             lambda: make_producer(access, app.state.broker),

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from shared.platform.errors import DomainError, size_in_words
-from shared.platform.kafka import KafkaAccess, unreachable_brokers
+from shared.platform.kafka import KafkaAccess, bootstrap_addresses, probe_context, unreachable_brokers
 from shared.platform.openapi import ErrorOut, FieldError, install_openapi
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,11 @@ class Degraded(str):
 def kafka_check(access: KafkaAccess) -> Callable[[], Awaitable[str | None]]:
     """Unready when no broker of the bootstrap list answers; ready, naming them, when some do not (a
     cluster serves on with one broker lost, SPEC section 13)."""
+    context = probe_context(access)
+
     async def check() -> str | None:
-        gone = await unreachable_brokers(access)
-        addresses = [a for a in access.bootstrap.split(",") if a.strip()]
+        gone = await unreachable_brokers(access, context)
+        addresses = bootstrap_addresses(access.bootstrap)
         if len(gone) == len(addresses):
             return f"Kafka unreachable at {access.bootstrap}"
         if gone:
