@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from devstack import infra, tls
@@ -141,6 +141,14 @@ class Credentials:
         return user, self.services[user]
 
 
+# Fencing and in-sync timings (deploy/kafka/server.properties): on a cluster a lost broker costs seconds
+# (SPEC section 13); a node alone keeps Kafka's own, as deploy/kafka/start.sh does by default.
+CLUSTER_TIMINGS = {"BROKER_HEARTBEAT_INTERVAL_MS": "1000", "BROKER_SESSION_TIMEOUT_MS": "4000",
+                   "REPLICA_LAG_TIME_MAX_MS": "8000"}
+ALONE_TIMINGS = {"BROKER_HEARTBEAT_INTERVAL_MS": "2000", "BROKER_SESSION_TIMEOUT_MS": "9000",
+                 "REPLICA_LAG_TIME_MAX_MS": "30000"}
+
+
 @dataclass(frozen=True)
 class Place:
     """Where a node sits in its cluster: its id, the controller quorum, and the replication the
@@ -188,11 +196,7 @@ class KafkaBroker:
             "LISTENERS": listeners,
             "REPLICATION_FACTOR": str(place.replication_factor),
             "MIN_INSYNC_REPLICAS": str(place.min_insync_replicas),
-            # Fencing and in-sync timings: a cluster's (a lost broker costs seconds), or Kafka's own.
-            **({"BROKER_HEARTBEAT_INTERVAL_MS": "1000", "BROKER_SESSION_TIMEOUT_MS": "4000",
-                "REPLICA_LAG_TIME_MAX_MS": "8000"} if place.voters else
-               {"BROKER_HEARTBEAT_INTERVAL_MS": "2000", "BROKER_SESSION_TIMEOUT_MS": "9000",
-                "REPLICA_LAG_TIME_MAX_MS": "30000"}),
+            **(CLUSTER_TIMINGS if place.voters else ALONE_TIMINGS),
             "CLIENT_ADVERTISED": f"127.0.0.1:{self.port}",
             "ADMIN_USERNAME": self.credentials.admin_username,
             "ADMIN_PASSWORD": self.credentials.admin_password,
@@ -242,15 +246,18 @@ class KafkaBroker:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Ready when the admin can list topics through the client listener (SASL and all)."""
-        access = self.admin_access()
         deadline = time.monotonic() + timeout
-        while not infra.port_answers("127.0.0.1", self.port):  # quietly, before a client logs refusals
+        self.until_listening(deadline)
+        wait_until_serving(self.admin_access(), deadline, "Apache Kafka", self._exited)
+
+    def until_listening(self, deadline: float) -> None:
+        """Until the client port accepts connections, quietly (before a client logs refusals)."""
+        while not infra.port_answers("127.0.0.1", self.port):
             if why := self._exited():
-                raise RuntimeError(why)
+                raise RuntimeError(f"Kafka node {self.place.node_id}: {why}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Apache Kafka not listening on {self.bootstrap} after {timeout:.0f}s")
+                raise TimeoutError(f"Kafka node {self.place.node_id} not listening on {self.bootstrap}")
             time.sleep(0.2)
-        wait_until_serving(access, deadline, "Apache Kafka", self._exited)
 
     def _exited(self) -> str | None:
         if self.proc and self.proc.poll() is not None:
@@ -323,23 +330,13 @@ class KafkaCluster:
         """Every node listening, and the cluster serving its super user with every broker registered."""
         deadline = time.monotonic() + timeout
         for node in self.nodes:
-            while not infra.port_answers("127.0.0.1", node.port):
-                if why := node._exited():
-                    raise RuntimeError(f"node {node.place.node_id}: {why}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"Kafka node {node.place.node_id} not listening on {node.bootstrap}")
-                time.sleep(0.2)
+            node.until_listening(deadline)
         wait_until_serving(self.admin_access(), deadline, "the Kafka cluster")
         wait_for_brokers(self.admin_access(), len(self.nodes), deadline)
 
     def admin_access(self):
-        from shared.platform.kafka import KafkaAccess
-
-        return KafkaAccess(self.bootstrap, self.credentials.admin_username, self.credentials.admin_password,
-                           tls=True, ssl_cafile=str(self.tls.ca))
-
-    def service_access(self, service: str):
-        return self.admin_access().as_user(*self.credentials.for_service(service))
+        """The super user, as a node reaches it, with every node in the bootstrap list."""
+        return replace(self.nodes[0].admin_access(), bootstrap=self.bootstrap)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -82,7 +82,7 @@ def _reconcile_metrics(registry, scheduler: Scheduler) -> None:
           registry=registry).set_function(lambda: scheduler.repairs_total)
     answers = Gauge("reconcile_answers_total", "partners' answers to reconciliation rounds, by what they described:"
                     " what changed since the last kept answer, everything, or a kept answer that did not add up"
-                    " (then that side is asked for everything)", ["described"], registry=registry)
+                    " (then both sides are asked for everything)", ["described"], registry=registry)
     for described, count in (("changes", lambda: Counts.incremental), ("everything", lambda: Counts.whole),
                              ("dropped", lambda: Counts.dropped)):
         answers.labels(described).set_function(count)

@@ -2,7 +2,7 @@
 round asks a side only for what changed after the point that answer described, and still compares
 the whole: the kept entries with the changes laid over them, checked against the digest of the
 whole that the side computed itself. A kept answer that does not add up (a side restored from a
-backup, a removal it forgot, a bridge that lost its own) is dropped, and that side is asked for
+backup, a removal it forgot, a bridge that lost its own) is dropped, and both sides are asked for
 everything again: the cost of a busy link's round is what changed, never a wrong comparison."""
 import logging
 

@@ -188,11 +188,12 @@ async def manifest(session: AsyncSession, event: LinkEvent) -> None:
     )).all())
     if len(have) < 2 or any(missing < 0 for missing in have.values()):
         return  # the other side's answer (or more parts) still to come
+    answers = {partner: [Manifest.model_validate(b) for b in await session.scalars(
+        select(ManifestPart.body).where(ManifestPart.round_id == payload.round_id, ManifestPart.side == partner)
+        .order_by(ManifestPart.part))] for partner in (link.lead_partner_id, link.insourcing_partner_id)}
+    await session.execute(ManifestPart.__table__.delete().where(ManifestPart.round_id == payload.round_id))
     views = {}
-    for partner in (link.lead_partner_id, link.insourcing_partner_id):
-        bodies = [Manifest.model_validate(b) for b in await session.scalars(
-            select(ManifestPart.body).where(ManifestPart.round_id == payload.round_id, ManifestPart.side == partner)
-            .order_by(ManifestPart.part))]
+    for partner, bodies in answers.items():
         head = bodies[0]
         items, mirrors = [i for b in bodies for i in b.items], [m for b in bodies for m in b.mirrors]
         removed = [r for b in bodies for r in b.removed]
@@ -203,18 +204,15 @@ async def manifest(session: AsyncSession, event: LinkEvent) -> None:
         else:
             whole = await kept_manifests.take(await plain_sql(session), link.id, partner, head, items, mirrors, removed)
             if whole is None:
-                views.clear()
-                break
+                # A kept answer did not add up: both sides are asked at once for everything, in a round
+                # of its own (with the first wait), which always ends in a comparison; asking only the
+                # one side could alternate for ever.
+                link.round_expires_at = None
+                await start_round(session, link)
+                return
             items, mirrors = whole
         views[partner] = SideView(partner, head.side, head.health, items, mirrors,
                                   {**answer, "held": len(items) + len(mirrors)})
-    await session.execute(ManifestPart.__table__.delete().where(ManifestPart.round_id == payload.round_id))
-    if len(views) < 2:
-        # A kept answer did not add up: both sides are asked at once for everything, in a round of its
-        # own, which always ends in a comparison (asking only the one side could alternate for ever).
-        link.round_expires_at = None
-        await start_round(session, link)
-        return
     await compare(session, link, views[link.lead_partner_id], views[link.insourcing_partner_id])
 
 

@@ -7,7 +7,6 @@ Every write of a ticket item takes the next change point of one sequence, and a 
 item's id with its own (triggers, shared/platform/migrations.py). A writer of a ticket's items holds
 the ticket's row, and so does the answer: every write it does not see is numbered after it."""
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -34,8 +33,7 @@ def mirror_entry(mirror: ManifestMirror) -> str:
 
 
 def digest(entries: Iterable[str]) -> str:
-    """`count:sum` of a set's entries (see `Manifest.digest`): equal sums say the same set, and a sum
-    is kept up to date by adding and subtracting entries."""
+    """`count:sum` of a set's entries (see `Manifest.digest`): equal digests say the same set."""
     count = total = 0
     for entry in entries:
         count += 1
@@ -77,9 +75,8 @@ async def describe(db: PlainSql, ticket_id: str, link_id: str, since: int | None
             if after:
                 answer.removed.append(row["id"])  # unshared, made internal: it left the set
         elif row["origin"] == Origin.LOCAL:
-            fields = row["fields"] if isinstance(row["fields"], dict) else json.loads(row["fields"])
             answer.items.append(ManifestItem(item_id=row["id"], version=row["version"], delivery=row["delivery_status"],
-                                             hash=content_hash(row["kind"], fields)))
+                                             hash=content_hash(row["kind"], row["fields"])))
         else:
             answer.mirrors.append(ManifestMirror(mirror_id=row["id"], source_version=row["source_version"] or 1,
                                                  source_hash=row["source_hash"] or ""))

@@ -198,8 +198,8 @@ async def list_topics(access: KafkaAccess) -> list[str]:
 @dataclass(frozen=True)
 class Replication:
     """How many brokers hold each topic this service creates, and how many must have a write before it
-    is acknowledged (SPEC section 13). None leaves it to the broker's own defaults (`make run`
-    configures them: min(brokers, 3), and 2 in sync at 3)."""
+    is acknowledged (SPEC section 13). None leaves it to the broker's own defaults (`make run`'s
+    cluster: 3, and 2 in sync)."""
 
     factor: int | None = None
     min_insync: int | None = None
@@ -263,10 +263,10 @@ async def cluster_brokers(access: KafkaAccess) -> list[dict]:
         await admin.close()
 
 
-async def broker_reachable(bootstrap: str, timeout: float = 2.0, ssl=None) -> bool:
-    """Does the first address of `bootstrap` answer: a TCP connection, and with `ssl` (an SSL context)
+async def broker_reachable(address: str, timeout: float = 2.0, ssl=None) -> bool:
+    """Does the broker at `address` (host:port) answer: a TCP connection, and with `ssl` (an SSL context)
     a TLS handshake too, which a frozen broker does not complete (its kernel still accepts the TCP)."""
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    host, _, port = address.rpartition(":")
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), ssl=ssl), timeout)
     except (OSError, asyncio.TimeoutError):

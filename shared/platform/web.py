@@ -164,11 +164,10 @@ class Degraded(str):
 def kafka_check(access: KafkaAccess) -> Callable[[], Awaitable[str | None]]:
     """Unready when no broker of the bootstrap list answers; ready, naming them, when some do not (a
     cluster serves on with one broker lost, SPEC section 13)."""
-    context = probe_context(access)
+    context, addresses = probe_context(access), bootstrap_addresses(access.bootstrap)
 
     async def check() -> str | None:
         gone = await unreachable_brokers(access, context)
-        addresses = bootstrap_addresses(access.bootstrap)
         if len(gone) == len(addresses):
             return f"Kafka unreachable at {access.bootstrap}"
         if gone:

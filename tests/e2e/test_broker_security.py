@@ -32,8 +32,7 @@ LEAD, PARTNER = "lead-partner", "insourcing-partner"
 @pytest.fixture
 def acl_broker(infrastructure):
     """The ACL tests need a broker with users; the local Apache Kafka (this machine's path) has them."""
-    if not infrastructure.acls:
-        pytest.skip(f"no users or ACLs on the broker from {infrastructure.kafka_source} (docker or env path)")
+    assert infrastructure.acls, f"the broker from {infrastructure.kafka_source} has no users or ACLs"
     return infrastructure
 
 
