@@ -4,10 +4,11 @@ nobody types a secret by hand:
     python -m devstack.deploy_env hub --kafka-host kafka.hub.example.com   # deploy/hub/.env and deploy/hub/tls/
     python -m devstack.deploy_env partner --bundle globex.json --port 8012  # deploy/partner/.env
 
-`hub` writes the hub operator's: Kafka's super user, the bridge's tokens, database password, Kafka user
-and secret key, and the broker's TLS key and certificate, issued by the hub's CA in `tls/` beside the
-file (made once; `ca.pem` is what every bundle carries, `ca.key` signs the broker's next certificate:
-keep both). `partner` writes one partner company's: its own operator token, database password, port,
+`hub` writes the hub operator's: Kafka's cluster id, super user and the three brokers' published ports,
+the bridge's tokens, database password, Kafka user and secret key, and the brokers' TLS key and
+certificate (naming the public names and the nodes' names inside the project), issued by the hub's CA in
+`tls/` beside the file (made once; `ca.pem` is what every bundle carries, `ca.key` signs the brokers'
+next certificate: keep both). `partner` writes one partner company's: its own operator token, database password, port,
 role and the path of the bundle the hub gave it; nothing of the hub's.
 
 Either file is made readable by its owner only (0600) and never replaced: the volumes of a project
@@ -34,15 +35,27 @@ def _secret() -> str:
     return secrets.token_urlsafe(24)
 
 
-def hub_values(folder: Path, kafka_host: str, kafka_port: int, bridge_ports: str) -> dict[str, str]:
-    """Every value deploy/hub/compose.yaml asks for, freshly generated; the hub's TLS files in folder/tls."""
+BROKERS = 3  # deploy/hub's Kafka nodes (SPEC section 13)
+# The names the nodes reach each other's controller port by, inside the hub's project (compose's default
+# KAFKA_CONTROLLER_QUORUM_VOTERS): the brokers' certificate names them beside the public names.
+CONTROLLER_NAMES = [f"kafka-{n}" for n in range(1, BROKERS + 1)]
+
+
+def hub_values(folder: Path, kafka_hosts: list[str], kafka_ports: list[int], bridge_ports: str) -> dict[str, str]:
+    """Every value deploy/hub/compose.yaml asks for, freshly generated; the hub's TLS files in folder/tls.
+    `kafka_hosts` holds one public name for the three brokers, or one per broker (each on its own host)."""
     from cryptography.fernet import Fernet
 
-    hub_tls = tls.ensure(folder / "tls", [kafka_host])
+    from devstack.kafka_broker import new_cluster_id
+
+    hub_tls = tls.ensure(folder / "tls", list(dict.fromkeys([*kafka_hosts, *CONTROLLER_NAMES])))
     broker = hub_tls.config_values()
-    values = {
-        "KAFKA_PUBLIC_HOST": kafka_host,
-        "KAFKA_PUBLISHED_PORT": str(kafka_port),
+    values = {"KAFKA_PUBLIC_HOST": kafka_hosts[0]}
+    if len(kafka_hosts) > 1:
+        values |= {f"KAFKA_{n}_PUBLIC_HOST": host for n, host in enumerate(kafka_hosts, 1)}
+    values |= {f"KAFKA_{n}_PUBLISHED_PORT": str(port) for n, port in enumerate(kafka_ports, 1)}
+    values |= {
+        "KAFKA_CLUSTER_ID": new_cluster_id(),
         "KAFKA_ADMIN_PASSWORD": _secret(),
         "KAFKA_TLS_KEY": broker["SSL_KEY"],
         "KAFKA_TLS_CERTIFICATE_CHAIN": broker["SSL_CERTIFICATE_CHAIN"],
@@ -117,10 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     hub = projects.add_parser("hub", help="the hub operator's .env (Kafka and the bridge) and TLS files")
     hub.add_argument("--dir", type=Path, default=DEPLOY / "hub",
                      help="where .env and tls/ go (default deploy/hub; elsewhere, the .env names its tls/)")
-    hub.add_argument("--kafka-host", default=SAME_HOST,
-                     help="the name (or address) partners reach Kafka by: the broker's certificate names it and "
-                          f"it is in every bundle (default {SAME_HOST}: partners on this same machine only)")
-    hub.add_argument("--kafka-port", type=int, default=9092, help="Kafka's published TLS port (default 9092)")
+    hub.add_argument("--kafka-host", action="append",
+                     help="the name (or address) partners reach Kafka by: the brokers' certificate names it and "
+                          f"it is in every bundle (default {SAME_HOST}: partners on this same machine only); "
+                          f"given {BROKERS} times, one per broker, for brokers on hosts of their own")
+    hub.add_argument("--kafka-ports", default="9092,9093,9094",
+                     help=f"the {BROKERS} brokers' published TLS ports, comma-separated (default 9092,9093,9094)")
     hub.add_argument("--bridge-ports", default="8003-8004",
                      help="the bridge's published port(s), a range for replicas (default 8003-8004)")
     partner = projects.add_parser("partner", help="one partner company's .env, from the bundle the hub gave it")
@@ -138,10 +153,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.project == "hub":
         if not re.fullmatch(r"\d+(-\d+)?", args.bridge_ports):
             sys.exit(f"--bridge-ports {args.bridge_ports!r}: a port or a range such as 8003-8004")
-        values = hub_values(args.dir, args.kafka_host, args.kafka_port, args.bridge_ports)
+        hosts = args.kafka_host or [SAME_HOST]
+        if len(hosts) not in (1, BROKERS):
+            sys.exit(f"--kafka-host given {len(hosts)} times: once (one name for the {BROKERS} brokers) or "
+                     f"{BROKERS} times (one per broker)")
+        ports = args.kafka_ports.split(",")
+        if len(ports) != BROKERS or not all(p.strip().isdigit() for p in ports):
+            sys.exit(f"--kafka-ports {args.kafka_ports!r}: {BROKERS} ports, comma-separated, one per broker")
+        values = hub_values(args.dir, hosts, [int(p) for p in ports], args.bridge_ports)
         infra.write_private(env_file, env_text(values))
-        print(f"wrote {env_file} ({len(values)} values, readable by you only) and the hub's CA and broker certificate "
-              f"(for {args.kafka_host}) in {args.dir / 'tls'}; the bridge's token is BRIDGE_API_TOKEN in the file")
+        print(f"wrote {env_file} ({len(values)} values, readable by you only) and the hub's CA and brokers' "
+              f"certificate (for {', '.join(dict.fromkeys(hosts))}) in {args.dir / 'tls'}; Kafka's three brokers "
+              f"on ports {', '.join(ports)}; the bridge's token is BRIDGE_API_TOKEN in the file")
         return
     values = partner_values(args.bundle, args.port, args.hub_address, args.notify_email)
     _readable_by_its_group(args.bundle)

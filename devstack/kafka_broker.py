@@ -414,6 +414,22 @@ def provision_hub(admin, bridge_user: str | None, bridge_password: str | None = 
         asyncio.run(create_acls(admin, bridge_grants(bridge_user, [], "sync_bridge")))
 
 
+def replication_report(partitions: list[dict]) -> tuple[bool, str]:
+    """Whether every partition has a leader and all its replicas in sync, and what to tell the operator:
+    one line when it does, else one line per partition that does not (a rolling restart waits for the
+    first before it stops the next broker)."""
+    behind = [p for p in partitions if p["leader"] < 0 or p["isr"] != p["replicas"]]
+    topics = {p["topic"] for p in partitions}
+    brokers = sorted({node for p in partitions for node in p["replicas"]})
+    if not behind:
+        return True, (f"all {len(partitions)} partitions of {len(topics)} topics in sync, on brokers "
+                      f"{', '.join(map(str, brokers))}")
+    lines = [f"{len(behind)} of {len(partitions)} partitions not fully in sync:"]
+    lines += [f"  {p['topic']}-{p['partition']}: leader {p['leader'] if p['leader'] >= 0 else 'none'}, "
+              f"replicas {p['replicas']}, in sync {p['isr']}" for p in behind]
+    return False, "\n".join(lines)
+
+
 def admin_from_env():
     """The broker named by KAFKA_BOOTSTRAP_SERVERS as KAFKA_ADMIN_USERNAME/PASSWORD, over TLS with KAFKA_SSL_CAFILE."""
     from shared.platform.kafka import KafkaAccess
@@ -432,9 +448,28 @@ def main() -> None:
     serve.add_argument("--controller-port", type=int, default=9093)
     commands.add_parser("provision", help="create the topics and ACLs on the broker named by "
                                           "KAFKA_BOOTSTRAP_SERVERS, as KAFKA_ADMIN_USERNAME/PASSWORD")
+    replication = commands.add_parser(
+        "replication", help="whether every partition of the cluster named by KAFKA_BOOTSTRAP_SERVERS has all its "
+                            "replicas in sync (exit 0) or which do not (exit 1; 2 when it does not answer), as "
+                            "KAFKA_ADMIN_USERNAME/PASSWORD")
+    replication.add_argument("--json", action="store_true", help="every partition's leader, replicas and in-sync set")
     commands.add_parser("provision-hub", help="on a hub whose partners are onboarded through the bridge: the "
                                               "bridge's user (BRIDGE_KAFKA_USERNAME/PASSWORD) and its group's ACL")
     args = parser.parse_args()
+    if args.command == "replication":
+        import asyncio
+
+        from shared.platform.kafka import partition_replicas
+
+        admin = admin_from_env()
+        try:
+            partitions = asyncio.run(asyncio.wait_for(partition_replicas(admin), 30))
+        except Exception as exc:  # exit 2: the cluster could not say (1 is its answer "not in sync")
+            print(f"the cluster at {admin.bootstrap} did not answer: {exc!r}", file=sys.stderr)
+            sys.exit(2)
+        in_sync, report = replication_report(partitions)
+        print(json.dumps(partitions) if args.json else report)
+        sys.exit(0 if in_sync else 1)
     if args.command == "provision-hub":
         env = os.environ
         admin = admin_from_env()

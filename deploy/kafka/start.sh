@@ -6,7 +6,7 @@
 # (deploy/kafka/Dockerfile) and the official apache/kafka image hold them. Secrets come from the environment.
 #
 #   start.sh          formats the storage when it is new, else checks it was made with this super user; runs the broker
-#   start.sh format   only the first part (deploy/hub's one-shot kafka-storage: a volume of another .env stops
+#   start.sh format   only the first part (deploy/hub's one-shots kafka-N-storage: a volume of another .env stops
 #                     `docker compose up` there, with the message below, instead of a broker restarting forever)
 set -euo pipefail
 : "${KAFKA_ADMIN_USERNAME:?}" "${KAFKA_ADMIN_PASSWORD:?}"

@@ -253,6 +253,20 @@ def _say_under_replicated(described: list[dict], factor: int) -> None:
                         " \"The hub on a Kafka cluster\")", topic["topic"], held, factor)
 
 
+async def partition_replicas(access: KafkaAccess) -> list[dict]:
+    """Every partition of every topic this client may see, Kafka's own included: topic, partition,
+    leader (-1 when it has none), replicas and isr (the node ids in sync with the leader)."""
+    admin = _admin(access)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(await admin.list_topics())
+        return sorted(({"topic": t["topic"], "partition": p["partition"], "leader": p["leader"],
+                        "replicas": sorted(p["replicas"]), "isr": sorted(p["isr"])}
+                       for t in described for p in t["partitions"]), key=lambda p: (p["topic"], p["partition"]))
+    finally:
+        await admin.close()
+
+
 async def cluster_brokers(access: KafkaAccess) -> list[dict]:
     """The brokers the cluster's metadata lists (node_id, host, port)."""
     admin = _admin(access)

@@ -50,6 +50,14 @@ def _append(env_file: Path, values: dict[str, str]) -> None:
         out.write("".join(f"{name}={value}\n" for name, value in values.items()))
 
 
+def _free_ports(count: int) -> str:
+    """`count` distinct free ports, comma-separated (one per Kafka broker)."""
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(infra.free_port())
+    return ",".join(map(str, sorted(ports)))
+
+
 def _two_free_ports() -> str:
     """Two consecutive free ports, one per bridge replica."""
     while True:
@@ -78,12 +86,12 @@ def engine():
 
 @pytest.fixture(scope="session")
 def hub(engine):
-    """deploy/hub/ up: Kafka, kafka-setup, the bridge and its database."""
+    """deploy/hub/ up: three Kafka brokers, kafka-setup, the bridge and its database."""
     folder = WORK / "hub"
 
     def write_env():
         deploy_env.main(["hub", "--dir", str(folder), "--kafka-host", HUB_KAFKA_HOST,
-                         "--kafka-port", str(infra.free_port()), "--bridge-ports", _two_free_ports()])
+                         "--kafka-ports", _free_ports(3), "--bridge-ports", _two_free_ports()])
         _append(folder / ".env", {"RECONCILE_INTERVAL_S": "10"})
 
     project = _fresh(f"{PREFIX}-hub", "hub", folder, write_env)

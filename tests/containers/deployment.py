@@ -76,11 +76,28 @@ class Partner:
         return self.project.container_ids("partner")[0]
 
 
+BROKERS = ("kafka-1", "kafka-2", "kafka-3")
+
+
 class Hub:
     def __init__(self, project: Project):
         self.project = project
         self.token = project.env["BRIDGE_API_TOKEN"]
         self.reads_partners_without_a_restart: bool | None = None
+
+    def kafka_ports(self) -> list[str]:
+        """The brokers' published TLS ports, the hub's doors for partners."""
+        return [self.project.env[f"KAFKA_{n}_PUBLISHED_PORT"] for n in range(1, len(BROKERS) + 1)]
+
+    def replication(self) -> tuple[bool, list[dict]]:
+        """As the operator asks it (`python -m devstack.kafka_broker replication` in kafka-setup's
+        container): whether every partition has all its replicas in sync, and each one's leader and sets."""
+        done = self.project.compose("run", "--rm", "--no-deps", "kafka-setup", "python", "-m",
+                                    "devstack.kafka_broker", "replication", "--json", timeout=60, check=False)
+        assert done.returncode in (0, 1, 2), f"replication: {done.stderr[-2000:]}"
+        if done.returncode == 2:  # the cluster did not answer (a broker restarting): not in sync, as far as known
+            return False, []
+        return done.returncode == 0, json.loads(done.stdout.strip().splitlines()[-1])
 
     def bridge_urls(self) -> list[str]:
         """One URL per running bridge replica, from the port Docker published for each."""

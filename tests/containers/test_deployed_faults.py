@@ -16,16 +16,17 @@ from tests.containers.steps import bodies, each_exactly_once, linked, note, note
 pytestmark = pytest.mark.containers
 
 
-def _firewall(partner: Partner, action: str, kafka_port: str) -> None:
+def _firewall(partner: Partner, action: str, kafka_ports: list[str]) -> None:
     """Adds (-I) or removes (-D) rules in the partner container's own network namespace that cut it off
-    from the hub's Kafka port both ways, as a cut line would (one way only, the answer to a fetch sent
-    just before the cut still came in): its published port and database still answer."""
+    from every one of the hub's Kafka ports both ways, as a cut line would (one way only, the answer to a
+    fetch sent just before the cut still came in): its published port and database still answer."""
     for tool in ("nsenter", "iptables"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is needed to cut a container off (util-linux, iptables)", pytrace=False)
     pid = partner.project.inspect(partner.container())["State"]["Pid"]
-    for rule in (["OUTPUT", "-p", "tcp", "--dport", kafka_port, "-j", "REJECT"],
-                 ["INPUT", "-p", "tcp", "--sport", kafka_port, "-j", "DROP"]):
+    ports = ",".join(kafka_ports)
+    for rule in (["OUTPUT", "-p", "tcp", "-m", "multiport", "--dports", ports, "-j", "REJECT"],
+                 ["INPUT", "-p", "tcp", "-m", "multiport", "--sports", ports, "-j", "DROP"]):
         subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "iptables", action, *rule], check=True,
                        capture_output=True, timeout=30)
 
@@ -35,9 +36,9 @@ async def test_an_insourcing_partner_cut_off_from_the_hubs_kafka_for_30_s_conver
     lead_ticket, insourced, _ = await linked(lead, insourcing, FIRST, "Switch down")
     from_lead = [f"lead note {i} during the partition" for i in range(10)]
     from_insourcing = [f"insourcing note {i} during the partition" for i in range(10)]
-    kafka_port = hub.project.env["KAFKA_PUBLISHED_PORT"]
+    kafka_ports = hub.kafka_ports()
 
-    _firewall(partners[FIRST], "-I", kafka_port)
+    _firewall(partners[FIRST], "-I", kafka_ports)
     try:
         cut_at = time.monotonic()
         for i, (lead_body, insourcing_body) in enumerate(zip(from_lead, from_insourcing)):
@@ -48,7 +49,7 @@ async def test_an_insourcing_partner_cut_off_from_the_hubs_kafka_for_30_s_conver
         heard = set(from_lead) & set(await bodies(insourcing, insourced["id"]))
         assert not heard, f"heard while cut off: {sorted(heard)}"
     finally:
-        _firewall(partners[FIRST], "-D", kafka_port)
+        _firewall(partners[FIRST], "-D", kafka_ports)
 
     await each_exactly_once(insourcing, insourced["id"], from_lead)
     await each_exactly_once(lead, lead_ticket["id"], from_insourcing)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from devstack import containers, deploy_env, infra
+from devstack import containers, deploy_env
 from tests.containers.deployment import FIRST, HUB_KAFKA_HOST, LEAD, SECOND, Project
 from tests.containers.steps import add, delivered, linked, note
 from tests.e2e.flows import approve, arrived, items, outsource_status
@@ -32,7 +32,7 @@ bundle = json.load(open("/run/partner/bundle.json"))
 context = ssl.create_default_context(cadata=bundle["ca_pem"])
 with context.wrap_socket(socket.create_connection((host, kafka_port), timeout=5), server_hostname=host) as tls:
     subject = dict(x[0] for x in tls.getpeercert()["subject"])
-print(json.dumps({"names": {n: resolves(n) for n in ("kafka", "sync-bridge", "bridge-db", "kafka-setup")},
+print(json.dumps({"names": {n: resolves(n) for n in ("kafka-1", "kafka-2", "kafka-3", "sync-bridge", "bridge-db", "kafka-setup")},
                   "kafka_certificate": subject["commonName"], "others": [answers(p) for p in others]}))
 """
 
@@ -54,9 +54,9 @@ async def test_the_four_projects_share_no_network_and_a_partner_reaches_only_the
     bridge_port = hub.project.published(hub.project.container_ids("sync-bridge")[0], "8003/tcp")
     other_ports = [bridge_port, *(int(partners[p].project.env["PARTNER_PUBLISHED_PORT"]) for p in (FIRST, SECOND))]
     probe = containers.docker("exec", partners[LEAD].container(), "python", "-c", PROBE, HUB_KAFKA_HOST,
-                              hub.project.env["KAFKA_PUBLISHED_PORT"], *map(str, other_ports))
+                              hub.kafka_ports()[0], *map(str, other_ports))
     seen = json.loads(probe.stdout)
-    assert seen["names"] == {"kafka": None, "sync-bridge": None, "bridge-db": None, "kafka-setup": None}
+    assert set(seen["names"].values()) == {None}, seen["names"]
     assert seen["kafka_certificate"] == HUB_KAFKA_HOST
     assert seen["others"] == [False, False, False]
 
@@ -124,11 +124,11 @@ async def test_a_partner_removed_at_run_time_cancels_the_leads_open_outsourcing_
 def test_a_new_env_on_the_hubs_volumes_stops_it_saying_to_run_down_v(hub, tmp_path):
     # An operator who wrote a new .env for a hub that already ran: Kafka's volume remembers its super user.
     other = tmp_path / "hub"
-    deploy_env.main(["hub", "--dir", str(other), "--kafka-host", HUB_KAFKA_HOST, "--kafka-port", str(infra.free_port())])
+    deploy_env.main(["hub", "--dir", str(other), "--kafka-host", HUB_KAFKA_HOST])
     again = Project(hub.project.name, "hub", other / ".env")
-    done = again.compose("run", "--rm", "--no-deps", "kafka-storage", check=False)
+    done = again.compose("run", "--rm", "--no-deps", "kafka-2-storage", check=False)
     said = done.stdout + done.stderr
     assert done.returncode != 0
     assert "formatted with another .env" in said and "docker compose down -v" in said, said
     # The hub itself runs on, untouched, on the .env it was made with.
-    assert hub.project.container_ids("kafka") and hub.project.compose("run", "--rm", "--no-deps", "kafka-storage")
+    assert hub.project.container_ids("kafka-2") and hub.project.compose("run", "--rm", "--no-deps", "kafka-2-storage")

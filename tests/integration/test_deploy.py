@@ -18,7 +18,7 @@ DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 COMPOSE = containers.compose_binary()
 DOCKERFILES = sorted(str(ROOT / d) for d in containers.IMAGES.values())
-HUB_SECRETS = ["KAFKA_PUBLIC_HOST", "KAFKA_ADMIN_PASSWORD", "KAFKA_TLS_KEY", "KAFKA_TLS_CERTIFICATE_CHAIN",
+HUB_SECRETS = ["KAFKA_PUBLIC_HOST", "KAFKA_CLUSTER_ID", "KAFKA_ADMIN_PASSWORD", "KAFKA_TLS_KEY", "KAFKA_TLS_CERTIFICATE_CHAIN",
                "BRIDGE_API_TOKEN", "BRIDGE_POSTGRES_PASSWORD", "BRIDGE_KAFKA_PASSWORD", "BRIDGE_SECRET_KEY"]
 PARTNER_SECRETS = ["PARTNER_ROLE", "PARTNER_BUNDLE_FILE", "PARTNER_BUNDLE_GID", "PARTNER_API_TOKEN",
                    "PARTNER_POSTGRES_PASSWORD", "PARTNER_NOTIFY_EMAIL"]
@@ -40,7 +40,7 @@ def hub_env(tmp_path) -> Path:
     """What an operator's deploy/hub/.env holds (deploy/hub/env.example lists the same names)."""
     path = tmp_path / "hub.env"
     path.write_text("".join(f"{name}=value-of-{name.lower()}-0123456789\n" for name in HUB_SECRETS)
-                    + "KAFKA_PUBLIC_HOST=kafka.hub.example.com\nKAFKA_PUBLISHED_PORT=9093\n")
+                    + "KAFKA_PUBLIC_HOST=kafka.hub.example.com\nKAFKA_1_PUBLISHED_PORT=9192\n")
     return path
 
 
@@ -80,16 +80,22 @@ def test_compose_refuses_to_start_a_project_without_a_secret(project, missing, h
     assert done.returncode != 0 and missing in done.stderr
 
 
+NODES = ("kafka-1", "kafka-2", "kafka-3")
+KAFKA_SERVICES = (*NODES, *(f"{node}-storage" for node in NODES))
+
+
 def test_the_hub_runs_the_same_kafka_as_make_run_with_only_the_super_user_made_at_format(hub_env):
     services = config("hub", hub_env)["services"]
-    for name in ("kafka-storage", "kafka"):
+    for name in KAFKA_SERVICES:
         assert services[name]["image"] == f"partner-ticket-sync/kafka:{kafka_broker.KAFKA_VERSION}"
         mounted = {Path(v["source"]).resolve() for v in services[name]["volumes"] if v["type"] == "bind"}
         assert kafka_broker.SERVER_PROPERTIES.resolve() in mounted  # the very file the local broker renders
     assert f"partner-ticket-sync/kafka:{kafka_broker.KAFKA_VERSION}" in containers.IMAGES
-    # The volume is formatted (or checked against this .env) by a one-shot before the broker starts.
-    assert services["kafka-storage"]["entrypoint"][-1] == "format" and services["kafka-storage"]["restart"] == "no"
-    assert services["kafka"]["depends_on"]["kafka-storage"]["condition"] == "service_completed_successfully"
+    # Each volume is formatted (or checked against this .env) by a one-shot before its broker starts.
+    for node in NODES:
+        storage = services[f"{node}-storage"]
+        assert storage["entrypoint"][-1] == "format" and storage["restart"] == "no"
+        assert services[node]["depends_on"][f"{node}-storage"]["condition"] == "service_completed_successfully"
     start = (DEPLOY / "kafka" / "start.sh").read_text()
     assert start.count("--add-scram") == 1 and "down -v" in start
     # Every other user is made at run time: the bridge's by kafka-setup, each partner's by onboarding.
@@ -98,20 +104,47 @@ def test_the_hub_runs_the_same_kafka_as_make_run_with_only_the_super_user_made_a
     assert services["kafka-setup"]["environment"]["BRIDGE_KAFKA_USERNAME"] == bridge_user
     bridge = services["sync-bridge"]["environment"]
     assert bridge["BRIDGE_KAFKA_USERNAME"] == bridge_user and bridge["BRIDGE_PARTNERS"] == ""
-    assert bridge["BRIDGE_KAFKA_ADMIN_PASSWORD"] == services["kafka"]["environment"]["KAFKA_ADMIN_PASSWORD"]
+    assert bridge["BRIDGE_KAFKA_ADMIN_PASSWORD"] == services["kafka-1"]["environment"]["KAFKA_ADMIN_PASSWORD"]
     assert bridge["BRIDGE_SECRET_KEY"]
 
 
-def test_partners_and_the_bridge_reach_kafka_by_its_public_name_on_its_published_port(hub_env):
+def test_the_hub_runs_three_kafka_nodes_each_with_its_own_volume_one_cluster_and_every_topic_on_three(hub_env):
     services = config("hub", hub_env)["services"]
-    public = "kafka.hub.example.com:9093"
-    assert services["kafka"]["environment"]["KAFKA_ADVERTISED_ADDRESS"] == public
-    assert [(p["published"], p["target"]) for p in services["kafka"]["ports"]] == [("9093", 9092)]
+    environments = [services[node]["environment"] for node in NODES]
+    assert [e["KAFKA_NODE_ID"] for e in environments] == ["1", "2", "3"]
+    volumes = [{v["source"] for v in services[node]["volumes"] if v["type"] == "volume"} for node in NODES]
+    assert volumes == [{"kafka-1"}, {"kafka-2"}, {"kafka-3"}]
+    for node in NODES:  # a storage one-shot formats its own node's volume, as that node
+        storage = services[f"{node}-storage"]
+        assert {v["source"] for v in storage["volumes"] if v["type"] == "volume"} == {node}
+        assert storage["environment"] == services[node]["environment"]
+    for e in environments:
+        assert e["KAFKA_CLUSTER_ID"] == "value-of-kafka_cluster_id-0123456789"
+        assert e["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert e["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+        assert (e["KAFKA_REPLICATION_FACTOR"], e["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+        # The fencing and in-sync timings of a cluster, as make run's (devstack/kafka_broker.py)
+        assert {name: e[f"KAFKA_{name}"] for name in kafka_broker.CLUSTER_TIMINGS} == kafka_broker.CLUSTER_TIMINGS
+    # start.sh renders what it is given: no placeholder of server.properties is left to its default.
+    start = (DEPLOY / "kafka" / "start.sh").read_text()
+    settings = [line for line in kafka_broker.SERVER_PROPERTIES.read_text().splitlines() if not line.startswith("#")]
+    placeholders = set(re.findall(r"@(\w+)@", "\n".join(settings)))
+    assert placeholders <= set(re.findall(r"s\|@(\w+)@\|", start))
+
+
+def test_partners_and_the_bridge_reach_the_three_brokers_by_their_public_names_on_their_published_ports(hub_env):
+    services = config("hub", hub_env)["services"]
+    public = ["kafka.hub.example.com:9192", "kafka.hub.example.com:9093", "kafka.hub.example.com:9094"]
+    assert [services[node]["environment"]["KAFKA_ADVERTISED_ADDRESS"] for node in NODES] == public
+    assert [[(p["published"], p["target"]) for p in services[node]["ports"]] for node in NODES] == [
+        [("9192", 9092)], [("9093", 9092)], [("9094", 9092)]]
     bridge = services["sync-bridge"]["environment"]
-    assert bridge["BRIDGE_PUBLIC_BOOTSTRAP_SERVERS"] == public  # what every bundle names
-    for name in ("sync-bridge", "kafka-setup"):
-        assert services[name]["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == public
+    assert bridge["BRIDGE_PUBLIC_BOOTSTRAP_SERVERS"] == ",".join(public)  # what every bundle names
+    for name in ("sync-bridge", "kafka-setup", *NODES):  # the brokers replicate through the same addresses
         assert services[name]["extra_hosts"] == ["kafka.hub.example.com=host-gateway"]
+    for name in ("sync-bridge", "kafka-setup"):
+        assert services[name]["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == ",".join(public)
+    assert set(services["kafka-setup"]["depends_on"]) == set(NODES)
     # The bridge's HTTP port is for the hub operator: on the hub's loopback unless told otherwise.
     assert {p["host_ip"] for p in services["sync-bridge"]["ports"]} == {"127.0.0.1"}
 
@@ -120,18 +153,18 @@ def test_every_hub_service_verifies_the_broker_against_the_hubs_ca_and_the_broke
     services = config("hub", hub_env)["services"]
     for name in ("sync-bridge", "kafka-setup"):
         assert services[name]["environment"]["KAFKA_SSL_CAFILE"] == "/opt/tls/ca.pem", name
-    for name in ("sync-bridge", "kafka-setup", "kafka", "kafka-storage"):
+    for name in ("sync-bridge", "kafka-setup", *KAFKA_SERVICES):
         mounts = {v["target"]: v for v in services[name]["volumes"] if v["type"] == "bind"}
         assert mounts["/opt/tls/ca.pem"]["source"].endswith("/tls/ca.pem") and mounts["/opt/tls/ca.pem"]["read_only"]
     assert "/opt/tls/broker.key" not in {v["target"] for s in services.values() for v in s.get("volumes", [])}
-    assert "CLIENT:SASL_SSL" in kafka_broker.SERVER_PROPERTIES.read_text()
+    assert "CLIENT:SASL_SSL,CONTROLLER:SASL_SSL" in kafka_broker.SERVER_PROPERTIES.read_text()  # the quorum too
 
 
 def test_each_project_keeps_its_database_on_an_internal_network_and_shares_no_network_with_another(
         hub_env, partner_env):
     hub, partner = config("hub", hub_env), config("partner", partner_env)
     networks = {name: set(s.get("networks", {})) for name, s in hub["services"].items()}
-    assert networks == {"kafka-storage": {"kafka"}, "kafka": {"kafka"}, "kafka-setup": {"bridge"},
+    assert networks == {**{name: {"kafka"} for name in KAFKA_SERVICES}, "kafka-setup": {"bridge"},
                         "bridge-db": {"database"}, "sync-bridge": {"bridge", "database"}}
     assert hub["networks"]["database"]["internal"] and not hub["networks"]["kafka"].get("internal")
     networks = {name: set(s["networks"]) for name, s in partner["services"].items()}
@@ -183,13 +216,32 @@ def test_one_command_writes_the_hubs_env_and_tls_files_compose_accepts_and_never
     values = dict(line.split("=", 1) for line in out.read_text().splitlines())
     assert set(HUB_SECRETS) <= set(values) and all(values[name] for name in HUB_SECRETS)
     assert values["KAFKA_PUBLIC_HOST"] == "kafka.hub.example.com" and values["HUB_TLS_DIR"] == str(folder / "tls")
-    assert tls.BrokerTls(folder / "tls").broker_hosts() == {"kafka.hub.example.com"}
+    assert [values[f"KAFKA_{n}_PUBLISHED_PORT"] for n in (1, 2, 3)] == ["9092", "9093", "9094"]
+    # The public name for clients, and the nodes' names for the quorum inside the project.
+    assert tls.BrokerTls(folder / "tls").broker_hosts() == {"kafka.hub.example.com", *NODES}
     assert out.stat().st_mode & 0o777 == 0o600 and (folder / "tls" / "broker.key").stat().st_mode & 0o777 == 0o600
     assert compose("hub", out, "config", "-q").returncode == 0
     written = out.read_text()
     again = deploy_env(*command)
     assert again.returncode != 0 and "down -v" in again.stderr
     assert out.read_text() == written
+
+
+def test_brokers_on_hosts_of_their_own_each_advertise_their_own_name_which_the_certificate_holds(tmp_path):
+    folder = tmp_path / "hub"
+    hosts = ["kafka1.hub.example.com", "kafka2.hub.example.com", "kafka3.hub.example.com"]
+    done = deploy_env("hub", "--dir", str(folder), *(a for h in hosts for a in ("--kafka-host", h)),
+                      "--kafka-ports", "9092,9092,9092")
+    assert done.returncode == 0, done.stderr
+    assert tls.BrokerTls(folder / "tls").broker_hosts() == {*hosts, *NODES}
+    services = config("hub", folder / ".env")["services"]
+    assert [services[node]["environment"]["KAFKA_ADVERTISED_ADDRESS"] for node in NODES] == [f"{h}:9092" for h in hosts]
+    assert services["sync-bridge"]["environment"]["BRIDGE_PUBLIC_BOOTSTRAP_SERVERS"] == ",".join(f"{h}:9092" for h in hosts)
+    # Two names for three brokers is a mistake, said as one.
+    refused = deploy_env("hub", "--dir", str(tmp_path / "other"), "--kafka-host", "a.example.com", "--kafka-host",
+                         "b.example.com")
+    assert refused.returncode != 0 and "--kafka-host given 2 times" in refused.stderr
+    assert not (tmp_path / "other" / ".env").exists()
 
 
 def _bundle(path: Path, role: str = "insourcing", mode: int = 0o600) -> Path:
