@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run partner test containers-test fuzz browser asyncapi-tools contracts release bench bench-idle bench-apply install clean lint
+.PHONY: run partner test containers-test fuzz browser wrk asyncapi-tools contracts release bench bench-idle bench-apply install clean lint
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -67,7 +67,15 @@ contracts: $(STAMP)
 release: $(STAMP)
 	$(PY) -m devstack.release "$(VERSION)"
 
-bench: $(STAMP)
+# The bench's load generator (tests/load): Debian's wrk, installed here as root when missing.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's wrk, the bench's load generator"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "make bench writes its load with wrk: install the 'wrk' package"; exit 1; fi; }
+
+bench: $(STAMP) wrk
 	$(PY) -m tests.bench
 	$(PY) -m tests.bench_idle
 	$(PY) -m tests.bench_cluster

@@ -79,7 +79,11 @@ def partner_values(bundle_file: Path, port: int, hub_address: str | None, notify
         bundle = Bundle.model_validate(json.loads(bundle_file.read_text()))
     except (OSError, ValueError) as exc:
         sys.exit(f"{bundle_file}: not an onboarding bundle the hub gave ({exc})")
+    hosts = {address.strip().rsplit(":", 1)[0] for address in bundle.bootstrap_servers.split(",")}
     host = bundle.bootstrap_servers.split(",")[0].rsplit(":", 1)[0]
+    if hub_address is not None and len(hosts) > 1:
+        sys.exit(f"the hub's brokers have {len(hosts)} names ({', '.join(sorted(hosts))}): --hub-address maps one "
+                 f"name only; they must resolve in DNS (leave --hub-address out)")
     if hub_address is None and host == SAME_HOST:
         hub_address = "host-gateway"
     values = {
@@ -134,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
                      help="the name (or address) partners reach Kafka by: the brokers' certificate names it and "
                           f"it is in every bundle (default {SAME_HOST}: partners on this same machine only); "
                           f"given {BROKERS} times, one per broker, for brokers on hosts of their own")
-    hub.add_argument("--kafka-ports", default="9092,9093,9094",
-                     help=f"the {BROKERS} brokers' published TLS ports, comma-separated (default 9092,9093,9094)")
+    hub.add_argument("--kafka-ports",
+                     help=f"the {BROKERS} brokers' published TLS ports, comma-separated (default 9092,9093,9094 "
+                          f"on one host; 9092,9092,9092 for brokers on hosts of their own)")
     hub.add_argument("--bridge-ports", default="8003-8004",
                      help="the bridge's published port(s), a range for replicas (default 8003-8004)")
     partner = projects.add_parser("partner", help="one partner company's .env, from the bundle the hub gave it")
@@ -157,9 +162,11 @@ def main(argv: list[str] | None = None) -> None:
         if len(hosts) not in (1, BROKERS):
             sys.exit(f"--kafka-host given {len(hosts)} times: once (one name for the {BROKERS} brokers) or "
                      f"{BROKERS} times (one per broker)")
-        ports = args.kafka_ports.split(",")
+        ports = (args.kafka_ports or ("9092,9093,9094" if len(hosts) == 1 else "9092,9092,9092")).split(",")
         if len(ports) != BROKERS or not all(p.strip().isdigit() for p in ports):
             sys.exit(f"--kafka-ports {args.kafka_ports!r}: {BROKERS} ports, comma-separated, one per broker")
+        if len(set(zip(hosts * BROKERS if len(hosts) == 1 else hosts, ports))) != BROKERS:
+            sys.exit(f"--kafka-ports {','.join(ports)}: brokers on one host need a port each")
         values = hub_values(args.dir, hosts, [int(p) for p in ports], args.bridge_ports)
         infra.write_private(env_file, env_text(values))
         print(f"wrote {env_file} ({len(values)} values, readable by you only) and the hub's CA and brokers' "

@@ -421,6 +421,8 @@ def replication_report(partitions: list[dict]) -> tuple[bool, str]:
     behind = [p for p in partitions if p["leader"] < 0 or p["isr"] != p["replicas"]]
     topics = {p["topic"] for p in partitions}
     brokers = sorted({node for p in partitions for node in p["replicas"]})
+    if not partitions:
+        return False, "no partition is visible: no topic yet, or the user may not describe any"
     if not behind:
         return True, (f"all {len(partitions)} partitions of {len(topics)} topics in sync, on brokers "
                       f"{', '.join(map(str, brokers))}")
@@ -461,11 +463,11 @@ def main() -> None:
 
         from shared.platform.kafka import partition_replicas
 
-        admin = admin_from_env()
         try:
+            admin = admin_from_env()
             partitions = asyncio.run(asyncio.wait_for(partition_replicas(admin), 30))
         except Exception as exc:  # exit 2: the cluster could not say (1 is its answer "not in sync")
-            print(f"the cluster at {admin.bootstrap} did not answer: {exc!r}", file=sys.stderr)
+            print(f"the cluster at {os.environ.get('KAFKA_BOOTSTRAP_SERVERS')} did not answer: {exc!r}", file=sys.stderr)
             sys.exit(2)
         in_sync, report = replication_report(partitions)
         print(json.dumps(partitions) if args.json else report)

@@ -31,8 +31,7 @@ async def figures(procs: dict[str, ServiceProcess], rate_only: bool = False) -> 
         if not rate_only:
             p50 = statistics.median(await bench.note_latency(lead, insourcing, pairs)) * 1000
         meter = {name: p.proc.pid for name, p in procs.items()}
-        _, delivered, _ = await bench.sustained_rate(lead, bridge, pairs, link_ids, meter)
-        return p50, delivered
+        return p50, (await bench.sustained_rate(lead, bridge, pairs, link_ids, meter)).delivered
 
 
 def on(bootstrap: str, service_env: dict[str, str], extra: dict[str, str], postgres_admin_url: str,

@@ -94,10 +94,12 @@ class Hub:
         container): whether every partition has all its replicas in sync, and each one's leader and sets."""
         done = self.project.compose("run", "--rm", "--no-deps", "kafka-setup", "python", "-m",
                                     "devstack.kafka_broker", "replication", "--json", timeout=60, check=False)
-        assert done.returncode in (0, 1, 2), f"replication: {done.stderr[-2000:]}"
+        assert done.returncode in (0, 1, 2), f"replication: exit {done.returncode}: {done.stderr[-2000:]}"
         if done.returncode == 2:  # the cluster did not answer (a broker restarting): not in sync, as far as known
             return False, []
-        return done.returncode == 0, json.loads(done.stdout.strip().splitlines()[-1])
+        answer = done.stdout.strip().splitlines()
+        assert answer, f"replication: exit {done.returncode} and no answer: {done.stderr[-2000:]}"
+        return done.returncode == 0, json.loads(answer[-1])
 
     def bridge_urls(self) -> list[str]:
         """One URL per running bridge replica, from the port Docker published for each."""

@@ -230,18 +230,24 @@ def test_one_command_writes_the_hubs_env_and_tls_files_compose_accepts_and_never
 def test_brokers_on_hosts_of_their_own_each_advertise_their_own_name_which_the_certificate_holds(tmp_path):
     folder = tmp_path / "hub"
     hosts = ["kafka1.hub.example.com", "kafka2.hub.example.com", "kafka3.hub.example.com"]
-    done = deploy_env("hub", "--dir", str(folder), *(a for h in hosts for a in ("--kafka-host", h)),
-                      "--kafka-ports", "9092,9092,9092")
+    done = deploy_env("hub", "--dir", str(folder), *(a for h in hosts for a in ("--kafka-host", h)))
     assert done.returncode == 0, done.stderr
     assert tls.BrokerTls(folder / "tls").broker_hosts() == {*hosts, *NODES}
     services = config("hub", folder / ".env")["services"]
     assert [services[node]["environment"]["KAFKA_ADVERTISED_ADDRESS"] for node in NODES] == [f"{h}:9092" for h in hosts]
     assert services["sync-bridge"]["environment"]["BRIDGE_PUBLIC_BOOTSTRAP_SERVERS"] == ",".join(f"{h}:9092" for h in hosts)
-    # Two names for three brokers is a mistake, said as one.
-    refused = deploy_env("hub", "--dir", str(tmp_path / "other"), "--kafka-host", "a.example.com", "--kafka-host",
-                         "b.example.com")
-    assert refused.returncode != 0 and "--kafka-host given 2 times" in refused.stderr
-    assert not (tmp_path / "other" / ".env").exists()
+    # On host 2, its own broker's name is the one that resolves to the host (the others' in DNS).
+    on_host_2 = tmp_path / "host2.env"
+    on_host_2.write_text((folder / ".env").read_text() + f"KAFKA_THIS_HOST={hosts[1]}\n")
+    services = config("hub", on_host_2)["services"]
+    assert {name: services[name]["extra_hosts"] for name in ("kafka-2", "sync-bridge")} == {
+        name: [f"{hosts[1]}=host-gateway"] for name in ("kafka-2", "sync-bridge")}
+    # Two names for three brokers, or three brokers on one host with one port, is a mistake, said as one.
+    for args, said in ((["--kafka-host", "a.example.com", "--kafka-host", "b.example.com"], "--kafka-host given 2 times"),
+                       (["--kafka-host", "a.example.com", "--kafka-ports", "9092,9092,9092"], "need a port each")):
+        refused = deploy_env("hub", "--dir", str(tmp_path / "other"), *args)
+        assert refused.returncode != 0 and said in refused.stderr, refused.stderr
+        assert not (tmp_path / "other" / ".env").exists()
 
 
 def _bundle(path: Path, role: str = "insourcing", mode: int = 0o600) -> Path:
@@ -282,4 +288,13 @@ def test_a_partners_env_is_refused_for_a_bundle_anyone_may_read(tmp_path):
     bundle = _bundle(tmp_path / "globex.json", mode=0o644)
     done = deploy_env("partner", "--dir", str(tmp_path / "globex"), "--bundle", str(bundle))
     assert done.returncode != 0 and "readable by anyone" in done.stderr
+    assert not (tmp_path / "globex" / ".env").exists()
+
+
+def test_a_partners_env_does_not_map_one_address_for_brokers_of_several_names(tmp_path):
+    bundle = _bundle(tmp_path / "globex.json")
+    given = json.loads(bundle.read_text()) | {"bootstrap_servers": "kafka1.hub.test:9092,kafka2.hub.test:9092"}
+    bundle.write_text(json.dumps(given))
+    done = deploy_env("partner", "--dir", str(tmp_path / "globex"), "--bundle", str(bundle), "--hub-address", "10.0.0.5")
+    assert done.returncode != 0 and "2 names" in done.stderr and "DNS" in done.stderr
     assert not (tmp_path / "globex" / ".env").exists()

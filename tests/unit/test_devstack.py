@@ -19,6 +19,7 @@ def test_the_replication_report_names_each_partition_short_of_its_replicas_and_o
     whole = [{"topic": "psa.a.outbound", "partition": p, "leader": 1 + p % 3, "replicas": [1, 2, 3], "isr": [1, 2, 3]}
              for p in range(4)]
     assert replication_report(whole) == (True, "all 4 partitions of 1 topics in sync, on brokers 1, 2, 3")
+    assert not replication_report([])[0]  # nothing visible is no answer
     behind = [*whole[:2], {**whole[2], "isr": [1, 3]}, {**whole[3], "leader": -1, "isr": []}]
     in_sync, report = replication_report(behind)
     assert not in_sync

@@ -1,0 +1,77 @@
+"""The bench's load generator: Debian's `wrk` with a Lua script (`notes.lua`), a process of its own written
+in C, so that the bench measures the product and not its client (issue 30: the bench's 16 Python writers
+cost 5-6 ms of CPU per note, as much as the lead service). `make bench` installs it (Debian's `wrk`)."""
+import asyncio
+import json
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+SCRIPT = Path(__file__).with_name("notes.lua")
+THREADS = 2  # one per core of this machine
+
+
+@dataclass
+class Written:
+    created: int  # notes the service answered 201
+    refused: int  # answered anything else (never expected)
+    seconds: float
+
+
+def _wrk() -> str:
+    found = shutil.which("wrk")
+    assert found, "the bench writes its load with wrk: `apt-get install wrk` (`make bench` does it as root)"
+    return found
+
+
+class Writers:
+    """`connections` connections writing notes through `client`'s service, round-robin over `ticket_ids`:
+    `count` of them in all, exactly (a multiple of THREADS), or with count=0 until `stop()`. Its pid is
+    there for the bench's CPU meter."""
+
+    def __init__(self, client: httpx.AsyncClient, ticket_ids: list[str], label: str, count: int = 0,
+                 connections: int = 16):
+        assert count % THREADS == 0, f"{count} notes: a multiple of {THREADS}, one share per wrk thread"
+        token = client.headers["Authorization"].removeprefix("Bearer ")
+        self.count = count
+        self._args = [_wrk(), "--threads", str(THREADS), "--connections", str(max(connections, THREADS)),
+                      "--duration", "3600s", "--timeout", "60s", "--script", str(SCRIPT),
+                      str(client.base_url).rstrip("/"), "--", token, label, str(count // THREADS), str(THREADS),
+                      *ticket_ids]
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    async def start(self) -> "Writers":
+        self._proc = await asyncio.create_subprocess_exec(*self._args, stdout=asyncio.subprocess.PIPE,
+                                                          stderr=asyncio.subprocess.PIPE)
+        return self
+
+    async def finished(self) -> Written:
+        """Once every note is answered (count > 0), or at once after SIGINT (wrk then reports what it had)."""
+        assert self._proc is not None
+        out, err = await self._proc.communicate()
+        lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+        assert self._proc.returncode == 0 and lines, f"wrk: exit {self._proc.returncode}: {out.decode()[-2000:]}{err.decode()[-2000:]}"
+        written = Written(**json.loads(lines[-1]))
+        assert not written.refused, f"{written.refused} notes refused by the service"
+        assert not self.count or written.created == self.count, written
+        return written
+
+    async def stop(self) -> Written:
+        assert self._proc is not None
+        if self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGINT)
+        return await self.finished()
+
+
+async def write_notes(client: httpx.AsyncClient, ticket_ids: list[str], count: int, label: str,
+                      connections: int = 16) -> Written:
+    """`count` notes through the client's service by `connections` concurrent connections, round-robin."""
+    return await (await Writers(client, ticket_ids, label, count, connections).start()).finished()
