@@ -271,12 +271,19 @@ class Stack:
 
     def add_services(self) -> None:
         self.env.setdefault("KAFKA_SESSION_TIMEOUT_MS", "6000")
+        # SERVICE_WORKERS=1: each service as an API process and a worker beside it (issue 30), the
+        # worker's probes on the service's port + 100.
+        workers = self.env.get("SERVICE_WORKERS", "").lower() in ("1", "true", "yes")
         for module, prefix, port, _ in SERVICES:
             self.env.setdefault(f"{prefix}_PORT", str(port))
+            command = [sys.executable, "-m", f"services.{module}"]
             self.components.append(
-                Component(module, [sys.executable, "-m", f"services.{module}", "serve"], self.service_env(prefix),
+                Component(module, [*command, "serve", *(["--api-only"] if workers else [])], self.service_env(prefix),
                           VAR / "logs" / f"{module}.log")
             )
+            if workers:
+                self.components.append(Component(f"{module} worker", [*command, "worker"], self.service_env(prefix),
+                                                 VAR / "logs" / f"{module}-worker.log"))
 
     def service_env(self, prefix: str) -> dict[str, str]:
         """What one service is given: nothing of another service's settings, nor the broker's super user
@@ -318,18 +325,20 @@ class Stack:
 
     def wait_ready(self, modules: list[str], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
+        workers = any(c.name.endswith(" worker") for c in self.components)  # SERVICE_WORKERS=1: port + 100
         for module, prefix, _, _ in (s for s in SERVICES if s[0] in modules):
-            url = f"http://127.0.0.1:{self.env[f'{prefix}_PORT']}/readyz"
-            while True:
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as answer:
-                        if answer.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{module} not ready after {timeout:.0f}s; see {VAR / 'logs' / (module + '.log')}")
-                time.sleep(0.2)
+            port = int(self.env[f"{prefix}_PORT"])
+            for url in [f"http://127.0.0.1:{p}/readyz" for p in (port, port + 100)[:2 if workers else 1]]:
+                while True:
+                    try:
+                        with urllib.request.urlopen(url, timeout=2) as answer:
+                            if answer.status == 200:
+                                break
+                    except OSError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"{module} not ready after {timeout:.0f}s ({url}); see {VAR / 'logs'}")
+                    time.sleep(0.2)
 
     def wait_for_directory(self, timeout: float = 60.0) -> None:
         """Until the lead's Outsource form lists the insourcing partner (the bridge's answer to the
@@ -423,7 +432,7 @@ class Stack:
             self.add_services()
             # The hub first: the partners are onboarded through the bridge before they start.
             for c in self.components:
-                if c.name in ("mail sink", "sync_bridge"):
+                if c.name in ("mail sink", "sync_bridge", "sync_bridge worker"):
                     c.start()
             self.wait_ready(["sync_bridge"])
             self.onboard()

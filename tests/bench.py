@@ -34,6 +34,8 @@ HOT_BACKLOG = int(os.environ.get("BENCH_HOT_BACKLOG", 400))
 BIG_TICKET = 100_000
 IDLE_S = float(os.environ.get("BENCH_IDLE_SECONDS", 60))  # resident memory again after this long idle
 POOL = int(os.environ.get("DATABASE_POOL_SIZE", 10)) + int(os.environ.get("DATABASE_MAX_OVERFLOW", 2))
+# BENCH_WORKERS=1: each service as `serve --api-only` and a `worker` beside it (issue 30).
+WORKERS = os.environ.get("BENCH_WORKERS", "").lower() in ("1", "true", "yes")
 
 
 def percentile(seconds: list[float], pct: int) -> float:
@@ -417,8 +419,15 @@ async def round_costs(bridge, link_id: str, samples: int = 4) -> str:
             f" {changes:.0f} ms ({answers[False]['entries']:,} listed); ratio {whole / max(changes, 0.001):.1f}")
 
 
+def processes(procs: dict[str, ServiceProcess]) -> dict[str, int]:
+    """Each service's process, and its worker's beside it (BENCH_WORKERS=1): name -> pid."""
+    return {name: p.proc.pid for name, p in procs.items()} | {
+        f"{name} worker": p.worker_proc.pid for name, p in procs.items() if p.worker_proc}
+
+
 def resident(procs: dict[str, ServiceProcess]) -> str:
-    return ", ".join(f"{name} {psutil.Process(p.proc.pid).memory_info().rss / 2**20:.0f} MB" for name, p in procs.items())
+    return ", ".join(f"{name} {psutil.Process(pid).memory_info().rss / 2**20:.0f} MB"
+                     for name, pid in processes(procs).items())
 
 
 async def gauge(client: httpx.AsyncClient, name: str) -> float:
@@ -426,7 +435,7 @@ async def gauge(client: httpx.AsyncClient, name: str) -> float:
     return float(found[0]) if found else float("nan")
 
 
-async def quiet_figures(lead, insourcing, bridge, lead_database: str) -> str:
+async def quiet_figures(lead, insourcing, bridge, lead_database: str, worker_urls: list[str]) -> str:
     """Quiet when healthy (issue 28): what reconciliation repaired over every note of the run (nothing
     was lost: the target is 0), losses reported, and the most database connections each pool needed."""
     engine = make_engine(lead_database, pool_size=1)
@@ -435,12 +444,19 @@ async def quiet_figures(lead, insourcing, bridge, lead_database: str) -> str:
             notes = await conn.scalar(text("SELECT count(*) FROM ticket_items WHERE kind = 'note' AND origin = 'local'"))
     finally:
         await engine.dispose()
-    repairs = await gauge(bridge, "sync_repairs_total")
-    losses = [await gauge(c, "inbox_broker_data_losses_total") for c in (lead, insourcing, bridge)]
-    peaks = [await gauge(c, "db_pool_connections_peak") for c in (lead, insourcing, bridge)]
+    # The messaging's gauges are its worker's, when a service has one (BENCH_WORKERS=1).
+    workers = [httpx.AsyncClient(base_url=url) for url in worker_urls]
+    try:
+        messaging = workers or [lead, insourcing, bridge]
+        repairs = await gauge(messaging[2], "sync_repairs_total")
+        losses = [await gauge(c, "inbox_broker_data_losses_total") for c in messaging]
+        peaks = [await gauge(c, "db_pool_connections_peak") for c in (lead, insourcing, bridge, *workers)]
+    finally:
+        for client in workers:
+            await client.aclose()
     return (f"reconciliation: {repairs:.0f} repairs over {notes:,} notes ({1000 * repairs / max(notes, 1):.2f} per 1,000;"
             f" target 0), broker losses reported {sum(losses):.0f}; pool connections at most"
-            f" {', '.join(f'{n:.0f}' for n in peaks)} of {POOL} (lead, insourcing, bridge)")
+            f" {', '.join(f'{n:.0f}' for n in peaks)} of {POOL} (lead, insourcing, bridge{', and their workers' if workers else ''})")
 
 
 async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str, databases: dict[str, str],
@@ -500,7 +516,7 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         lines.append(f"after an outage: {HOT_BACKLOG} notes waiting on one link, then one on each of {len(after)} quiet"
                      f" links; from the bridge's start the quiet ones were readable in {min(after):.1f}-{max(after):.1f} s,"
                      f" the hot backlog confirmed in {hot_drained:.1f} s")
-        meter_parts["sync_bridge"] = procs["sync_bridge"].proc.pid  # started again
+        meter_parts |= processes({"sync_bridge": procs["sync_bridge"]})  # started again
         sustained = await sustained_rate(lead, bridge, pairs, link_ids, meter_parts)
         lines.append(f"sustained: {RATE_NOTES} notes over {LINKS} links, 16 connections of wrk: "
                      f"{sustained.accepted:.0f} notes/s accepted, {sustained.delivered:.0f} notes/s delivered to the"
@@ -514,14 +530,16 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
                      f"stopped; then {drained_rate:.0f} notes/s confirmed end to end from its start "
                      f"({drained_ready:.0f}/s from ready)")
         lines.append(f"resident memory after the flood: {resident(procs)}")
-        lines.append(await quiet_figures(lead, insourcing, bridge, lead_database))
+        lines.append(await quiet_figures(lead, insourcing, bridge, lead_database,
+                                         [p.worker_url for p in procs.values() if p.worker_url]))
         await asyncio.sleep(IDLE_S)
         lines.append(f"resident memory after {IDLE_S:.0f} s idle: {resident(procs)}")
         table = ratios(floor_sum, quiet, beside_hot, sustained.product_cpu, post_cpu, sustained.accepted,
                        sustained.delivered, drained_rate)
         lines += [f"targets of issue 30, as ratios of this run's figures ({sum(r.met for r in table)} of {len(table)} met;"
                   f" a page < 50 ms and <= 200 MB a service stay):", *(r.line() for r in table)]
-        print("\n".join(["", f"make bench on {broker}", *lines]), flush=True)
+        shape = "each service an API process and a worker beside it" if WORKERS else "each service one process"
+        print("\n".join(["", f"make bench on {broker}; {shape}", *lines]), flush=True)
 
 
 def bench_on(broker: str | None) -> None:
@@ -540,7 +558,7 @@ def bench_on(broker: str | None) -> None:
             "BRIDGE_DATABASE_URL": urls[names["sync_bridge"]],
             "LOG_LEVEL": "WARNING",
         }
-        procs = {n: ServiceProcess(n, env) for n in names}
+        procs = {n: ServiceProcess(n, env, workers=WORKERS) for n in names}
         for p in procs.values():
             p.migrate()
             p.start()
@@ -550,7 +568,7 @@ def bench_on(broker: str | None) -> None:
             wait_for_directory(procs["lead_partner"], "insourcing-partner")  # the lead may outsource only then
             print(f"\nPostgreSQL from {resolved.postgres_source}; Kafka from {resolved.kafka_source}", flush=True)
             broker_proc = resolved.broker.proc if resolved.broker is not None else resolved.tansu
-            meter_parts = {name: p.proc.pid for name, p in procs.items()} | {"bench": os.getpid()}
+            meter_parts = processes(procs) | {"bench": os.getpid()}
             if broker_proc is not None:  # not a broker named by KAFKA_BOOTSTRAP_SERVERS
                 meter_parts["broker"] = broker_proc.pid
             asyncio.run(run(procs, resolved.kafka_admin, resolved.kafka_source,

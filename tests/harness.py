@@ -200,22 +200,29 @@ SERVICES = {
 
 
 class ServiceProcess:
-    """One service as an operator runs it: `python -m services.<name> serve`, configured by env."""
+    """One service as an operator runs it: `python -m services.<name> serve`, configured by env; with
+    `workers`, as `serve --api-only` and a `worker` beside it (issue 30), each a process of its own."""
 
-    def __init__(self, name: str, env: dict[str, str], python: str = sys.executable, cwd: Path = ROOT):
+    def __init__(self, name: str, env: dict[str, str], python: str = sys.executable, cwd: Path = ROOT,
+                 workers: bool = False):
         # Another release's service: its own interpreter (venv) and source tree (tests/compat).
         self.python, self.cwd = python, cwd
         self.name = name
         self.prefix = SERVICES[name]
         self.port = infra.free_port()
+        self.workers = workers
+        self.worker_port = infra.free_port() if workers else None
         self.token = f"test_{secrets.token_urlsafe(16)}"
         self.env = {
             **env,
             f"{self.prefix}_PORT": str(self.port),
             f"{self.prefix}_API_TOKEN": self.token,
+            **({f"{self.prefix}_WORKER_PORT": str(self.worker_port)} if workers else {}),
         }
         self.url = f"http://127.0.0.1:{self.port}"
+        self.worker_url = f"http://127.0.0.1:{self.worker_port}" if workers else None
         self.proc: subprocess.Popen | None = None
+        self.worker_proc: subprocess.Popen | None = None  # with `workers`: the relay, consumer and jobs
         self.log_path = LOGS / f"{name}.log"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
@@ -231,32 +238,41 @@ class ServiceProcess:
     def start(self) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [self.python, "-m", f"services.{self.name}", "serve"],
-            env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
-        )
+        module = [self.python, "-m", f"services.{self.name}"]
+        self.proc = subprocess.Popen([*module, "serve", *(["--api-only"] if self.workers else [])],
+                                     env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT)
+        if self.workers:
+            self.worker_proc = subprocess.Popen([*module, "worker"], env=self.env, cwd=self.cwd, stdout=out,
+                                                stderr=subprocess.STDOUT)
+
+    def _processes(self) -> list[tuple[subprocess.Popen, str]]:
+        found = [(self.proc, self.url)] if self.proc else []
+        return found + ([(self.worker_proc, self.worker_url)] if self.worker_proc else [])
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s; see {self.log_path}")
+        for proc, url in self._processes():
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {proc.returncode}; see {self.log_path}")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name} ({url}) not ready after {timeout:.0f}s; see {self.log_path}")
+                time.sleep(0.1)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
+        for proc, _ in self._processes():
+            if proc.poll() is None:
+                proc.send_signal(sig)
+                proc.wait(30)
 
     def stop(self) -> None:
-        if self.proc:
-            infra.stop_process(self.proc)
+        for proc, _ in self._processes():
+            infra.stop_process(proc)
 
     def client(self, token: str | None = None) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -320,12 +336,14 @@ class PartnerServices:
             infra.drop_databases(self.postgres_admin_url, [database])
 
 
-def start_services(env: dict[str, str], log_prefix: str = "", bridges: int = 1) -> dict[str, ServiceProcess]:
+def start_services(env: dict[str, str], log_prefix: str = "", bridges: int = 1,
+                   workers: bool = False) -> dict[str, ServiceProcess]:
     """The three services on `env` (and more bridge replicas, sharing the work), migrated and ready, with
     the lead told of the insourcing partner by the hub's directory: what a suite or a bench runs against.
-    Stopped, all of them, if any does not come up."""
-    procs = {name: ServiceProcess(name, env) for name in SERVICES}
-    procs |= {f"sync_bridge-{n}": ServiceProcess("sync_bridge", env) for n in range(2, bridges + 1)}
+    With `workers`, each service as an API process and a worker beside it. Stopped, all of them, if any
+    does not come up."""
+    procs = {name: ServiceProcess(name, env, workers=workers) for name in SERVICES}
+    procs |= {f"sync_bridge-{n}": ServiceProcess("sync_bridge", env, workers=workers) for n in range(2, bridges + 1)}
     try:
         for key, proc in procs.items():
             proc.log_path = LOGS / f"{log_prefix}{key}.log"

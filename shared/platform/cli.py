@@ -26,7 +26,11 @@ def main(
 ) -> None:
     parser = argparse.ArgumentParser(prog=name, description=f"The {name.replace('_', ' ')} service")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="run the HTTP API and the Kafka workers (default)")
+    serve_command = sub.add_parser("serve", help="run the HTTP API and the Kafka workers (default)")
+    serve_command.add_argument("--api-only", action="store_true",
+                               help="the HTTP API alone; its writes are published by a `worker` beside it")
+    sub.add_parser("worker", help="the outbox relay, the Kafka consumer and the background jobs alone, answering "
+                                  "/healthz, /readyz and /metrics on the worker port (default the port + 100)")
     sub.add_parser("migrate", help="apply the database migrations")
     tokens = sub.add_parser("tokens", help="create, list or revoke API tokens").add_subparsers(dest="action", required=True)
     create = tokens.add_parser("create", help="create a token and print it once")
@@ -55,9 +59,16 @@ def main(
         asyncio.run(_tokens(args, settings.database_url, token_prefix, permissions))
     elif args.command == "dead-letters":
         asyncio.run(_dead_letters(args, settings, app_factory))
+    elif args.command == "worker":
+        from shared.platform.http_server import serve_worker
+
+        settings.process = "worker"
+        serve_worker(app_factory(settings), settings)
     else:
         from shared.platform.http_server import serve
 
+        if getattr(args, "api_only", False):
+            settings.process = "api"
         serve(app_factory(settings), settings)
 
 

@@ -1,5 +1,7 @@
 """Settings every service shares. Each service subclasses this with its own env prefix;
 nothing outside a Settings class reads the environment."""
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -46,6 +48,12 @@ class CommonSettings(BaseSettings):
     dead_letter_max_count: int = Field(10_000, ge=1, validation_alias="DEAD_LETTER_MAX_COUNT")
     dead_letter_max_age_days: float = Field(30.0, gt=0, validation_alias="DEAD_LETTER_MAX_AGE_DAYS")
     host: str = "127.0.0.1"
+    # What this process runs (issue 30, "workers beside the API"; the command line sets it): "all", the
+    # HTTP API with the relay, the consumer and the background jobs (`serve`); "api", the HTTP API alone
+    # (`serve --api-only`), whose writes a worker publishes; "worker", the relay, the consumer and the
+    # jobs (`worker`), answering only /healthz, /readyz and /metrics, on WORKER_PORT (default the port + 100).
+    process: Literal["all", "api", "worker"] = "all"
+    worker_port: int | None = None
     # What a client may hold of this service (shared/platform/http_server.py): a request head must be
     # whole within this many seconds (at most 30: a stranger's half request holds a connection that long),
     # a request body may pause at most this long, and at most this many connections get an answer.

@@ -27,7 +27,26 @@ class HttpLimits:
     head_bytes: int = HEAD_LIMIT_BYTES
 
 
-def serve(app, settings) -> None:
+WORKER_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def serve_worker(app, settings) -> None:
+    """A worker (`worker`): the app's lifespan runs its relay, consumer and jobs; HTTP answers only the
+    operator's probes, on the worker's own port."""
+    async def probes_only(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in WORKER_PATHS:
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body",
+                        "body": b'{"detail": "a worker answers /healthz, /readyz and /metrics only; the API is '
+                                b'served by `serve --api-only`"}'})
+            return
+        await app(scope, receive, send)
+
+    serve(probes_only, settings, port=settings.worker_port or settings.port + 100)
+
+
+def serve(app, settings, port: int | None = None) -> None:
     """Serves `app` on the service's host and port until stopped.
 
     At `settings.http_max_connections` uvicorn (its `limit_concurrency`) still accepts a connection,
@@ -36,7 +55,7 @@ def serve(app, settings) -> None:
     closes the connection. A connection that sends nothing gets no answer until the head timeout closes
     it, so the file descriptors a stranger holds are bounded by what he opens in that time."""
     limits = HttpLimits(settings.http_head_timeout_s, settings.http_body_idle_s)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+    uvicorn.run(app, host=settings.host, port=port or settings.port, log_level="warning", access_log=False,
                 http=limited_protocol(limits), ws="none", timeout_keep_alive=KEEP_ALIVE_S,
                 # uvicorn counts the asking connection too: one more, so that this many are served.
                 limit_concurrency=settings.http_max_connections + 1)

@@ -67,6 +67,11 @@ def _lock_key(name: str) -> int:
 
 def create_app(spec: ServiceSpec) -> FastAPI:
     settings = spec.settings
+    # An API process alone (`serve --api-only`) runs no relay, consumer or job: its worker does, and
+    # picks its writes up from the outbox (NOTIFY crosses processes). The relay's settle lets an API
+    # caller be answered first; a worker has none.
+    messaging_here = settings.process != "api"
+    settle_s = 0.0 if settings.process == "worker" else spec.relay_settle_s
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -100,7 +105,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             lock_key=_lock_key(spec.name),
             signatures=spec.signatures,
             prepare=make_topics,
-            settle_s=spec.relay_settle_s,
+            settle_s=settle_s,
         )
         def make_inbox_consumer(listener):
             topics = spec.topics(spec.inbound_topics)
@@ -140,21 +145,21 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             await asyncio.gather(relay.run(), consumer.run())
 
         app.state.unresolved_letters = 0
-        retention = asyncio.create_task(_prune_dead_letters(app, sessions, settings), name="dead-letter-retention")
         listener = asyncio.create_task(
             listen_for_revocations(settings.database_url, app.state.token_cache), name="token-revocations"
         )
-        # Work that does not need Kafka (e.g. sending mail) starts without waiting for it.
-        others = [retention, asyncio.create_task(memory.keep_trimmed(), name="memory-trim"),
-                  *(asyncio.create_task(job(app)) for job in spec.background)]
-
-        task = asyncio.create_task(messaging(), name=f"{spec.name}-messaging")
+        others = [asyncio.create_task(memory.keep_trimmed(), name="memory-trim")]
+        if messaging_here:
+            # Work that does not need Kafka (e.g. sending mail) starts without waiting for it.
+            others += [asyncio.create_task(_prune_dead_letters(app, sessions, settings), name="dead-letter-retention"),
+                       *(asyncio.create_task(job(app)) for job in spec.background),
+                       asyncio.create_task(messaging(), name=f"{spec.name}-messaging")]
         try:
             yield
         finally:
-            for running in (task, listener, *others):
+            for running in (listener, *others):
                 running.cancel()
-            await asyncio.gather(task, listener, *others, return_exceptions=True)
+            await asyncio.gather(listener, *others, return_exceptions=True)
             await engine.dispose()
 
     app = FastAPI(
@@ -169,12 +174,10 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     for router in (*spec.routers, dead_letter_router(spec.operator_permission)):
         app.include_router(router)
     app.state.spec = spec  # the command line replays dead letters with its handler and key rings
-    app.state.metrics_registry = install_common(
-        app,
-        spec.name,
-        [lambda: database_check(app.state.engine)(), kafka_check(settings.kafka_access()), consumer_check(app)],
-        spec.max_body_bytes,
-    )
+    checks = [lambda: database_check(app.state.engine)()]
+    if messaging_here:  # an API alone needs its database only: what it writes waits in the outbox
+        checks += [kafka_check(settings.kafka_access()), consumer_check(app)]
+    app.state.metrics_registry = install_common(app, spec.name, checks, spec.max_body_bytes)
     if spec.metrics is not None:
         spec.metrics(app.state.metrics_registry)
     return app
