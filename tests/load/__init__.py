@@ -29,8 +29,8 @@ def _wrk() -> str:
 
 class Writers:
     """`connections` connections writing notes through `client`'s service, round-robin over `ticket_ids`:
-    `count` of them in all, exactly (a multiple of THREADS), or with count=0 until `stop()`. Its pid is
-    there for the bench's CPU meter."""
+    `count` of them in all (a multiple of THREADS; `created` says how many were answered 201: a note
+    whose connection wrk lost goes unanswered), or with count=0 until `stop()`."""
 
     def __init__(self, client: httpx.AsyncClient, ticket_ids: list[str], label: str, count: int = 0,
                  connections: int = 16):
@@ -42,11 +42,6 @@ class Writers:
                       str(client.base_url).rstrip("/"), "--", token, label, str(count // THREADS), str(THREADS),
                       *ticket_ids]
         self._proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
 
     async def start(self) -> "Writers":
         self._proc = await asyncio.create_subprocess_exec(*self._args, stdout=asyncio.subprocess.PIPE,
@@ -61,7 +56,8 @@ class Writers:
         assert self._proc.returncode == 0 and lines, f"wrk: exit {self._proc.returncode}: {out.decode()[-2000:]}{err.decode()[-2000:]}"
         written = Written(**json.loads(lines[-1]))
         assert not written.refused, f"{written.refused} notes refused by the service"
-        assert not self.count or written.created == self.count, written
+        # A note whose connection wrk lost is not answered (nor counted); a few in thousands at most.
+        assert not self.count or self.count * 0.99 <= written.created <= self.count, written
         return written
 
     async def stop(self) -> Written:

@@ -1,9 +1,12 @@
--- The bench's load generator (tests/load.py): notes POSTed by wrk over its connections, round-robin
--- over the tickets given. Arguments (after `--`): the API token, a label for the notes' bodies, how many
--- notes each thread writes (0: until wrk is stopped), the number of threads, then the ticket ids.
--- A thread that has sent its share asks GET /healthz instead (wrk cannot leave a connection idle) and
--- stops once every note it sent is answered, so exactly the share is written. done() prints one JSON line.
+-- The bench's load generator (tests/load): notes POSTed by wrk over its connections, round-robin over
+-- the tickets given. Arguments (after `--`): the API token, a label for the notes' bodies, how many notes
+-- each thread writes (0: until wrk is stopped), the number of threads, then the ticket ids.
+-- A thread that has sent its share asks GET /healthz instead, 50 ms apart on each connection (wrk cannot
+-- leave a connection idle), and stops once every note it sent is answered, or after LOST_AFTER answers
+-- to those when a note's answer never comes (a connection wrk lost and made again drops what it had
+-- sent). done() prints one JSON line: how many notes were answered 201, how many otherwise.
 
+local LOST_AFTER = 160  -- about a second of /healthz answers on 8 connections
 local threads = {}
 
 function setup(thread)
@@ -15,14 +18,23 @@ function init(args)
   token, label, share, nthreads = args[1], args[2], tonumber(args[3]), tonumber(args[4])
   tickets = {}
   for i = 5, #args do tickets[#tickets + 1] = args[i] end
-  sent, created, refused = 0, 0, 0
+  sent, created, refused, waited = 0, 0, 0, 0
   wrk.headers["Authorization"] = "Bearer " .. token
   wrk.headers["Content-Type"] = "application/json"
   health = wrk.format("GET", "/healthz", {["Authorization"] = "Bearer " .. token}, nil)
 end
 
+local function written()
+  return share > 0 and sent >= share
+end
+
+function delay()
+  if written() then return 50 end
+  return 0
+end
+
 function request()
-  if share > 0 and sent >= share then
+  if written() then
     return health
   end
   sent = sent + 1
@@ -34,10 +46,12 @@ end
 function response(status, headers, body)
   if status == 201 then
     created = created + 1
-  elseif status ~= 200 then
+  elseif status == 200 then
+    waited = waited + 1
+  else
     refused = refused + 1
   end
-  if share > 0 and created + refused >= share then
+  if written() and (created + refused >= share or waited >= LOST_AFTER) then
     wrk.thread:stop()
   end
 end
