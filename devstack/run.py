@@ -271,11 +271,13 @@ class Stack:
 
     def add_services(self) -> None:
         self.env.setdefault("KAFKA_SESSION_TIMEOUT_MS", "6000")
-        # SERVICE_WORKERS=1: each service as an API process and a worker beside it (issue 30), the
-        # worker's probes on the service's port + 100.
-        workers = self.env.get("SERVICE_WORKERS", "").lower() in ("1", "true", "yes")
+        # SERVICE_WORKERS=1: each partner service as an API process and a worker beside it (issue 30), the
+        # worker's probes on the service's port + 100; the bridge runs whole.
+        split = self.env.get("SERVICE_WORKERS", "").lower() in ("1", "true", "yes")
         for module, prefix, port, _ in SERVICES:
+            workers = split and module != "sync_bridge"
             self.env.setdefault(f"{prefix}_PORT", str(port))
+            self.env.setdefault(f"{prefix}_WORKER_PORT", str(int(self.env[f"{prefix}_PORT"]) + 100))
             command = [sys.executable, "-m", f"services.{module}"]
             self.components.append(
                 Component(module, [*command, "serve", *(["--api-only"] if workers else [])], self.service_env(prefix),
@@ -325,10 +327,11 @@ class Stack:
 
     def wait_ready(self, modules: list[str], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        workers = any(c.name.endswith(" worker") for c in self.components)  # SERVICE_WORKERS=1: port + 100
         for module, prefix, _, _ in (s for s in SERVICES if s[0] in modules):
-            port = int(self.env[f"{prefix}_PORT"])
-            for url in [f"http://127.0.0.1:{p}/readyz" for p in (port, port + 100)[:2 if workers else 1]]:
+            ports = [self.env[f"{prefix}_PORT"]]
+            if any(c.name == f"{module} worker" for c in self.components):  # SERVICE_WORKERS=1
+                ports.append(self.env[f"{prefix}_WORKER_PORT"])
+            for url in [f"http://127.0.0.1:{p}/readyz" for p in ports]:
                 while True:
                     try:
                         with urllib.request.urlopen(url, timeout=2) as answer:
@@ -432,7 +435,7 @@ class Stack:
             self.add_services()
             # The hub first: the partners are onboarded through the bridge before they start.
             for c in self.components:
-                if c.name in ("mail sink", "sync_bridge", "sync_bridge worker"):
+                if c.name in ("mail sink", "sync_bridge"):
                     c.start()
             self.wait_ready(["sync_bridge"])
             self.onboard()

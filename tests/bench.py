@@ -34,7 +34,7 @@ HOT_BACKLOG = int(os.environ.get("BENCH_HOT_BACKLOG", 400))
 BIG_TICKET = 100_000
 IDLE_S = float(os.environ.get("BENCH_IDLE_SECONDS", 60))  # resident memory again after this long idle
 POOL = int(os.environ.get("DATABASE_POOL_SIZE", 10)) + int(os.environ.get("DATABASE_MAX_OVERFLOW", 2))
-# BENCH_WORKERS=1: each service as `serve --api-only` and a `worker` beside it (issue 30).
+# BENCH_WORKERS=1: each partner service as `serve --api-only` and a `worker` beside it (issue 30).
 WORKERS = os.environ.get("BENCH_WORKERS", "").lower() in ("1", "true", "yes")
 
 
@@ -249,7 +249,10 @@ class Sustained:
         return sum(ms for part, ms in self.cpu.items() if part not in CLIENT_PARTS)
 
 
-async def sustained_rate(source, bridge, pairs, link_ids, meter_parts) -> Sustained:
+async def sustained_rate(source, bridge, pairs, link_ids, meter_parts, lead_database: str | None = None) -> Sustained:
+    """RATE_NOTES notes written over the links; delivered when the bridge has mirrored each of them and,
+    with `lead_database`, when every receipt is back at the lead (the other side applied them all): the
+    phase, and its CPU meter, end there."""
     async def mirrored() -> int:
         count, cursor = 0, None
         while True:  # every active link, a page at a time
@@ -266,6 +269,8 @@ async def sustained_rate(source, bridge, pairs, link_ids, meter_parts) -> Sustai
     written = time.perf_counter() - started
     while await mirrored() - start_count < notes:
         await asyncio.sleep(0.05)
+    if lead_database is not None:
+        await until_delivered(lead_database, poll=0.05)
     return Sustained(notes / written, notes / (time.perf_counter() - started), meter.per_item(notes))
 
 
@@ -321,12 +326,12 @@ async def pending_receipts(engine) -> int:
         return await connection.scalar(text("SELECT count(*) FROM ticket_items WHERE delivery_status = 'pending'"))
 
 
-async def until_delivered(lead_database: str) -> float:
+async def until_delivered(lead_database: str, poll: float = 0.2) -> float:
     """Seconds until every note the lead shared has its receipt back."""
     started, engine = time.perf_counter(), make_engine(lead_database)
     try:
         while await pending_receipts(engine) > 0:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(poll)
     finally:
         await engine.dispose()
     return time.perf_counter() - started
@@ -518,10 +523,10 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
                      f" links; from the bridge's start the quiet ones were readable in {min(after):.1f}-{max(after):.1f} s,"
                      f" the hot backlog confirmed in {hot_drained:.1f} s")
         meter_parts |= processes({"sync_bridge": procs["sync_bridge"]})  # started again
-        sustained = await sustained_rate(lead, bridge, pairs, link_ids, meter_parts)
+        sustained = await sustained_rate(lead, bridge, pairs, link_ids, meter_parts, lead_database)
         lines.append(f"sustained: {RATE_NOTES} notes over {LINKS} links, 16 connections of wrk: "
                      f"{sustained.accepted:.0f} notes/s accepted, {sustained.delivered:.0f} notes/s delivered to the"
-                     f" other side")
+                     f" other side (its receipts back)")
         lines.append(f"  {cpu_line(sustained.cpu)}")
         while len(pairs) < BACKLOG_LINKS:
             lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
@@ -539,7 +544,7 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
                        sustained.delivered, drained_rate)
         lines += [f"targets of issue 30, as ratios of this run's figures ({sum(r.met for r in table)} of {len(table)} met;"
                   f" a page < 50 ms and <= 200 MB a service stay):", *(r.line() for r in table)]
-        shape = "each service an API process and a worker beside it" if WORKERS else "each service one process"
+        shape = "each partner an API process and a worker beside it" if WORKERS else "each service one process"
         print("\n".join(["", f"make bench on {broker}; {shape}", *lines]), flush=True)
 
 
@@ -559,7 +564,7 @@ def bench_on(broker: str | None) -> None:
             "BRIDGE_DATABASE_URL": urls[names["sync_bridge"]],
             "LOG_LEVEL": "WARNING",
         }
-        procs = {n: ServiceProcess(n, env, workers=WORKERS) for n in names}
+        procs = {n: ServiceProcess(n, env, workers=WORKERS and n != "sync_bridge") for n in names}
         for p in procs.values():
             p.migrate()
             p.start()

@@ -340,10 +340,10 @@ def start_services(env: dict[str, str], log_prefix: str = "", bridges: int = 1,
                    workers: bool = False) -> dict[str, ServiceProcess]:
     """The three services on `env` (and more bridge replicas, sharing the work), migrated and ready, with
     the lead told of the insourcing partner by the hub's directory: what a suite or a bench runs against.
-    With `workers`, each service as an API process and a worker beside it. Stopped, all of them, if any
-    does not come up."""
-    procs = {name: ServiceProcess(name, env, workers=workers) for name in SERVICES}
-    procs |= {f"sync_bridge-{n}": ServiceProcess("sync_bridge", env, workers=workers) for n in range(2, bridges + 1)}
+    With `workers`, each partner service as an API process and a worker beside it (the bridge runs whole).
+    Stopped, all of them, if any does not come up."""
+    procs = {name: ServiceProcess(name, env, workers=workers and name != "sync_bridge") for name in SERVICES}
+    procs |= {f"sync_bridge-{n}": ServiceProcess("sync_bridge", env) for n in range(2, bridges + 1)}
     try:
         for key, proc in procs.items():
             proc.log_path = LOGS / f"{log_prefix}{key}.log"

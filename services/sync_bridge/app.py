@@ -57,6 +57,7 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             on_data_loss=scheduler.broker_lost_data,
             metrics=lambda registry: _reconcile_metrics(registry, scheduler),
             relay_settle_s=0.0,  # its writers are its consumers: no caller waits for an answer
+            splits=False,
         )
     )
     # A partner onboarded or removed (here, by another replica, or on the command line) is read at once.

@@ -56,6 +56,9 @@ class ServiceSpec:
     make_topics: Callable[[FastAPI], Awaitable[None]] | None = None
     # Run (and retried, like the broker's probe) before the relay and the consumer start.
     before_messaging: Callable[[FastAPI], Awaitable[None]] | None = None
+    # Whether it may run as an API process and a worker beside it (`serve --api-only`, `worker`). The
+    # bridge may not: its operator's API shows its consumer's backlog and its directory in process.
+    splits: bool = True
 
     def topics(self, which: list[str] | Callable[[], list[str]]) -> list[str]:
         return which() if callable(which) else list(which)
@@ -70,6 +73,9 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     # An API process alone (`serve --api-only`) runs no relay, consumer or job: its worker does, and
     # picks its writes up from the outbox (NOTIFY crosses processes). The relay's settle lets an API
     # caller be answered first; a worker has none.
+    if settings.process != "all" and not spec.splits:
+        raise SystemExit(f"{spec.name} runs as one process (`serve`): its API shows what its consumer and jobs "
+                         f"hold in process, so it cannot be an API process with a worker beside it")
     messaging_here = settings.process != "api"
     settle_s = 0.0 if settings.process == "worker" else spec.relay_settle_s
 
@@ -125,8 +131,9 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             prepare=make_topics,
         )
         app.state.relay = relay
-        app.state.consumer = consumer
-        _install_messaging_metrics(app, relay, consumer)
+        app.state.consumer = consumer  # in an API process too: a dead letter is replayed through it
+        if messaging_here:  # an API process's would read 0: its worker's /metrics has them
+            _install_messaging_metrics(app, relay, consumer)
 
         async def messaging() -> None:
             async for attempt in AsyncRetrying(
@@ -178,7 +185,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     if messaging_here:  # an API alone needs its database only: what it writes waits in the outbox
         checks += [kafka_check(settings.kafka_access()), consumer_check(app)]
     app.state.metrics_registry = install_common(app, spec.name, checks, spec.max_body_bytes)
-    if spec.metrics is not None:
+    if spec.metrics is not None and messaging_here:  # the service's gauges are its jobs'
         spec.metrics(app.state.metrics_registry)
     return app
 

@@ -49,11 +49,19 @@ class Writers:
         return self
 
     async def finished(self) -> Written:
-        """Once every note is answered (count > 0), or at once after SIGINT (wrk then reports what it had)."""
-        assert self._proc is not None
-        out, err = await self._proc.communicate()
-        lines = [line for line in out.decode().splitlines() if line.startswith("{")]
-        assert self._proc.returncode == 0 and lines, f"wrk: exit {self._proc.returncode}: {out.decode()[-2000:]}{err.decode()[-2000:]}"
+        """Once every note is answered (count > 0), or at once after SIGINT (wrk then reports what it had).
+        wrk runs until its --duration whatever its threads do: each says "finished", then it is stopped."""
+        assert self._proc is not None and self._proc.stdout is not None
+        out, done = [], 0
+        while self.count and done < THREADS and (line := await self._proc.stdout.readline()):
+            out.append(line)
+            done += line.strip() == b"finished"
+        if self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGINT)
+        rest, err = await self._proc.communicate()
+        text = b"".join(out).decode() + rest.decode()
+        lines = [line for line in text.splitlines() if line.startswith("{")]
+        assert self._proc.returncode == 0 and lines, f"wrk: exit {self._proc.returncode}: {text[-2000:]}{err.decode()[-2000:]}"
         written = Written(**json.loads(lines[-1]))
         assert not written.refused, f"{written.refused} notes refused by the service"
         # A note whose connection wrk lost is not answered (nor counted); a few in thousands at most.
@@ -61,9 +69,8 @@ class Writers:
         return written
 
     async def stop(self) -> Written:
-        assert self._proc is not None
-        if self._proc.returncode is None:
-            self._proc.send_signal(signal.SIGINT)
+        """Stops writers without a count (SIGINT), and says what they wrote."""
+        assert self._proc is not None and not self.count
         return await self.finished()
 
 

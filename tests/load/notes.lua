@@ -4,7 +4,8 @@
 -- A thread that has sent its share asks GET /healthz instead, 50 ms apart on each connection (wrk cannot
 -- leave a connection idle), and stops once every note it sent is answered, or after LOST_AFTER answers
 -- to those when a note's answer never comes (a connection wrk lost and made again drops what it had
--- sent). done() prints one JSON line: how many notes were answered 201, how many otherwise.
+-- sent); it then prints "finished". done() prints one JSON line: how many notes were answered 201, how
+-- many otherwise.
 
 local LOST_AFTER = 160  -- about a second of /healthz answers on 8 connections
 local threads = {}
@@ -18,7 +19,7 @@ function init(args)
   token, label, share, nthreads = args[1], args[2], tonumber(args[3]), tonumber(args[4])
   tickets = {}
   for i = 5, #args do tickets[#tickets + 1] = args[i] end
-  sent, created, refused, waited = 0, 0, 0, 0
+  sent, created, refused, waited, finished = 0, 0, 0, 0, false
   wrk.headers["Authorization"] = "Bearer " .. token
   wrk.headers["Content-Type"] = "application/json"
   health = wrk.format("GET", "/healthz", {["Authorization"] = "Bearer " .. token}, nil)
@@ -51,7 +52,12 @@ function response(status, headers, body)
   else
     refused = refused + 1
   end
-  if written() and (created + refused >= share or waited >= LOST_AFTER) then
+  if written() and not finished and (created + refused >= share or waited >= LOST_AFTER) then
+    -- wrk runs until its --duration even when every thread stopped: tests/load ends it (SIGINT) once
+    -- each thread has said so.
+    finished = true
+    io.write("finished\n")
+    io.flush()
     wrk.thread:stop()
   end
 end
