@@ -4,13 +4,15 @@ here), the worker publishes what the API wrote (a NOTIFY crosses processes), and
 one process did. The suite's lead is run so for this module, on its own database and Kafka user."""
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
 from tests.e2e.flows import arrived, items, linked_tickets
-from tests.harness import LOGS, ServiceProcess, eventually
+from tests.harness import LOGS, ROOT, ServiceProcess, eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -75,3 +77,10 @@ async def test_a_worker_answers_only_the_operators_probes(split_lead):
         metrics = (await worker.get("/metrics")).text
     published = [line for line in metrics.splitlines() if line.startswith("outbox_published_total ")]
     assert published and float(published[0].split()[-1]) > 0, published
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--api-only"]])
+async def test_the_bridge_refuses_to_split_saying_why(base_env, command):
+    done = subprocess.run([sys.executable, "-m", "services.sync_bridge", *command], env=base_env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "runs as one process" in done.stderr, done.stderr[-2000:]
