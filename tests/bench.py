@@ -441,7 +441,7 @@ async def gauge(client: httpx.AsyncClient, name: str) -> float:
     return float(found[0]) if found else float("nan")
 
 
-async def quiet_figures(lead, insourcing, bridge, lead_database: str, worker_urls: list[str]) -> str:
+async def quiet_figures(lead, insourcing, bridge, lead_database: str, worker_urls: list[str | None]) -> str:
     """Quiet when healthy (issue 28): what reconciliation repaired over every note of the run (nothing
     was lost: the target is 0), losses reported, and the most database connections each pool needed."""
     engine = make_engine(lead_database, pool_size=1)
@@ -450,19 +450,20 @@ async def quiet_figures(lead, insourcing, bridge, lead_database: str, worker_url
             notes = await conn.scalar(text("SELECT count(*) FROM ticket_items WHERE kind = 'note' AND origin = 'local'"))
     finally:
         await engine.dispose()
-    # The messaging's gauges are its worker's, when a service has one (BENCH_WORKERS=1).
-    workers = [httpx.AsyncClient(base_url=url) for url in worker_urls]
+    # The messaging's gauges are its worker's, when a service has one (BENCH_WORKERS=1: the partners).
+    workers = [httpx.AsyncClient(base_url=url) if url else None for url in worker_urls]
     try:
-        messaging = workers or [lead, insourcing, bridge]
+        messaging = [worker or client for worker, client in zip(workers, (lead, insourcing, bridge))]
         repairs = await gauge(messaging[2], "sync_repairs_total")
         losses = [await gauge(c, "inbox_broker_data_losses_total") for c in messaging]
-        peaks = [await gauge(c, "db_pool_connections_peak") for c in (lead, insourcing, bridge, *workers)]
+        peaks = [await gauge(c, "db_pool_connections_peak") for c in (lead, insourcing, bridge, *filter(None, workers))]
     finally:
-        for client in workers:
+        for client in filter(None, workers):
             await client.aclose()
     return (f"reconciliation: {repairs:.0f} repairs over {notes:,} notes ({1000 * repairs / max(notes, 1):.2f} per 1,000;"
             f" target 0), broker losses reported {sum(losses):.0f}; pool connections at most"
-            f" {', '.join(f'{n:.0f}' for n in peaks)} of {POOL} (lead, insourcing, bridge{', and their workers' if workers else ''})")
+            f" {', '.join(f'{n:.0f}' for n in peaks)} of {POOL} (lead, insourcing, bridge"
+            f"{', and the partner workers' if any(workers) else ''})")
 
 
 async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str, databases: dict[str, str],
@@ -537,7 +538,8 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
                      f"({drained_ready:.0f}/s from ready)")
         lines.append(f"resident memory after the flood: {resident(procs)}")
         lines.append(await quiet_figures(lead, insourcing, bridge, lead_database,
-                                         [p.worker_url for p in procs.values() if p.worker_url]))
+                                         [procs[name].worker_url for name in ("lead_partner", "insourcing_partner",
+                                                                              "sync_bridge")]))
         await asyncio.sleep(IDLE_S)
         lines.append(f"resident memory after {IDLE_S:.0f} s idle: {resident(procs)}")
         table = ratios(floor_sum, quiet, beside_hot, sustained.product_cpu, post_cpu, sustained.accepted,
