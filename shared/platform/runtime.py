@@ -132,6 +132,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         )
         app.state.relay = relay
         app.state.consumer = consumer  # in an API process too: a dead letter is replayed through it
+        _install_pool_metrics(app)
         if messaging_here:  # an API process's would read 0: its worker's /metrics has them
             _install_messaging_metrics(app, relay, consumer)
 
@@ -190,13 +191,17 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     return app
 
 
-def _install_messaging_metrics(app: FastAPI, relay: OutboxRelay, consumer: InboxConsumer) -> None:
+def _install_pool_metrics(app: FastAPI) -> None:
     registry = app.state.metrics_registry
     pool = app.state.engine.sync_engine.pool_use
     Gauge("db_pool_connections_in_use", "connections of the database pool in use now", registry=registry
           ).set_function(lambda: pool.in_use)
     Gauge("db_pool_connections_peak", "the most connections of the database pool in use at once since the start "
           "(of DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW)", registry=registry).set_function(lambda: pool.peak)
+
+
+def _install_messaging_metrics(app: FastAPI, relay: OutboxRelay, consumer: InboxConsumer) -> None:
+    registry = app.state.metrics_registry
     Gauge("outbox_published_total", "events published by this replica", registry=registry).set_function(
         lambda: relay.published_total
     )

@@ -77,6 +77,9 @@ async def test_a_worker_answers_only_the_operators_probes(split_lead):
         metrics = (await worker.get("/metrics")).text
     published = [line for line in metrics.splitlines() if line.startswith("outbox_published_total ")]
     assert published and float(published[0].split()[-1]) > 0, published
+    # The API process's are its own: its pool, none of the messaging's (they would read 0 there).
+    api = httpx.get(f"{split_lead.url}/metrics", timeout=10).text
+    assert "db_pool_connections_peak" in api and "outbox_published_total" not in api
 
 
 @pytest.mark.parametrize("command", [["worker"], ["serve", "--api-only"]])
