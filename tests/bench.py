@@ -248,6 +248,11 @@ class Sustained:
         """CPU ms per mirrored note of the product: the services, the broker and PostgreSQL, not the bench."""
         return sum(ms for part, ms in self.cpu.items() if part not in CLIENT_PARTS)
 
+    def cpu_line(self) -> str:
+        parts = ", ".join(f"{name} {ms:.1f}" for name, ms in self.cpu.items())
+        return (f"CPU ms per note: {parts}; the product (services, broker, PostgreSQL) {self.product_cpu:.1f}, all"
+                f" {sum(self.cpu.values()):.1f} (of {psutil.cpu_count()} cores)")
+
 
 async def sustained_rate(source, bridge, pairs, link_ids, meter_parts, lead_database: str | None = None) -> Sustained:
     """RATE_NOTES notes written over the links; delivered when the bridge has mirrored each of them and,
@@ -309,13 +314,6 @@ class CpuMeter:
         """CPU ms per item since the meter started, by part."""
         end = self._read()
         return {name: (end[name] - self._start[name]) * 1000 / items for name in end}
-
-
-def cpu_line(per_note: dict[str, float]) -> str:
-    parts = ", ".join(f"{name} {ms:.1f}" for name, ms in per_note.items())
-    product = sum(ms for part, ms in per_note.items() if part not in CLIENT_PARTS)
-    return (f"CPU ms per note: {parts}; the product (services, broker, PostgreSQL) {product:.1f}, all"
-            f" {sum(per_note.values()):.1f} (of {psutil.cpu_count()} cores)")
 
 
 async def pending_receipts(engine) -> int:
@@ -528,7 +526,7 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         lines.append(f"sustained: {RATE_NOTES} notes over {LINKS} links, 16 connections of wrk: "
                      f"{sustained.accepted:.0f} notes/s accepted, {sustained.delivered:.0f} notes/s delivered to the"
                      f" other side (its receipts back)")
-        lines.append(f"  {cpu_line(sustained.cpu)}")
+        lines.append(f"  {sustained.cpu_line()}")
         while len(pairs) < BACKLOG_LINKS:
             lead_ticket, insourced, _ = await linked_tickets(lead, insourcing)
             pairs.append((lead_ticket["id"], insourced["id"]))

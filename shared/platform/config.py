@@ -51,7 +51,8 @@ class CommonSettings(BaseSettings):
     # What this process runs (issue 30, "workers beside the API"; the command line sets it): "all", the
     # HTTP API with the relay, the consumer and the background jobs (`serve`); "api", the HTTP API alone
     # (`serve --api-only`), whose writes a worker publishes; "worker", the relay, the consumer and the
-    # jobs (`worker`), answering only /healthz, /readyz and /metrics, on WORKER_PORT (default the port + 100).
+    # jobs (`worker`), answering only /healthz, /readyz and /metrics, on <PREFIX>_WORKER_PORT (default the
+    # port + 100).
     process: Literal["all", "api", "worker"] = "all"
     worker_port: int | None = None
     # What a client may hold of this service (shared/platform/http_server.py): a request head must be

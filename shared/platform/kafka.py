@@ -253,13 +253,13 @@ def _say_under_replicated(described: list[dict], factor: int) -> None:
                         " \"The hub on a Kafka cluster\")", topic["topic"], held, factor)
 
 
-async def partition_replicas(access: KafkaAccess) -> list[dict]:
-    """Every partition of every topic this client may see, Kafka's own included: topic, partition,
-    leader (-1 when it has none), replicas and isr (the node ids in sync with the leader)."""
+async def partition_replicas(access: KafkaAccess, topics: list[str] | None = None) -> list[dict]:
+    """Every partition of `topics` (default: every topic this client may see, Kafka's own included):
+    topic, partition, leader (-1 when it has none), replicas and isr (the node ids in sync with the leader)."""
     admin = _admin(access)
     await admin.start()
     try:
-        described = await admin.describe_topics(await admin.list_topics())
+        described = await admin.describe_topics(topics if topics is not None else await admin.list_topics())
         return sorted(({"topic": t["topic"], "partition": p["partition"], "leader": p["leader"],
                         "replicas": sorted(p["replicas"]), "isr": sorted(p["isr"])}
                        for t in described for p in t["partitions"]), key=lambda p: (p["topic"], p["partition"]))

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from devstack import infra, kafka_broker
 from devstack.kafka_broker import KafkaCluster
-from shared.platform.kafka import _admin, inbound_topic, outbound_topic
+from shared.platform.kafka import _admin, inbound_topic, outbound_topic, partition_replicas
 from tests.e2e.flows import arrived, items, linked_tickets
 from tests.harness import LOGS, ROOT, eventually, start_services, stop_services
 
@@ -67,12 +67,7 @@ async def on_cluster(cluster_services):
 
 
 async def partitions(cluster, topics: list[str]) -> list[dict]:
-    admin = _admin(cluster.admin_access())
-    await admin.start()
-    try:
-        return [p | {"topic": t["topic"]} for t in await admin.describe_topics(topics) for p in t["partitions"]]
-    finally:
-        await admin.close()
+    return await partition_replicas(cluster.admin_access(), topics)
 
 
 async def fully_in_sync(cluster, topics=TOPICS) -> bool:
