@@ -5,12 +5,17 @@ four messages every note makes: the mirror the partner stores, the bridge passin
 bridge passing the receipt back, the creator taking the receipt. Issue 11 measured its plain-SQL
 hot paths with it; the floor printed first is an empty transaction of the same session machinery."""
 import asyncio
+import itertools
+import json
 import os
 import secrets
+import statistics
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+import asyncpg
 
 from devstack import infra
 from services.insourcing_partner.received_work import Insourcing
@@ -20,12 +25,13 @@ from services.lead_partner.settings import LeadSettings
 from services.sync_bridge.bridge import Bridge
 from services.sync_bridge.directory import Directory
 from services.sync_bridge.mirroring import MIRROR_NAMESPACE
-from shared.contracts.envelope import Payload, envelope
+from shared.contracts.envelope import Payload, envelope, parse
 from shared.contracts.messages import ItemCreated, ItemDelivered, MirrorApplied, MirrorUpsert
 from shared.platform.inbox import APPLY_TOGETHER, InboxConsumer
 from shared.platform.kafka import inbound_topic, outbound_topic
+from shared.platform.db import asyncpg_dsn
 from shared.platform.migrations import upgrade
-from tests.handlers.sides import LEAD, PARTNER, Side, accepted_work, active_link, outsourced
+from tests.handlers.sides import LEAD, PARTNER, Side, accepted_work, active_link, directory, outsourced
 from tests.harness import resolve_infrastructure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +40,14 @@ ROUNDS = 2
 
 
 class Record:
-    """What the inbox reads of a Kafka record when it applies a batch."""
+    """What the inbox reads of a Kafka record when it applies a batch: where it was read (the
+    inbox moves the partition's position past it) and its key."""
+
+    offsets = itertools.count()
 
     def __init__(self, topic: str, key: bytes):
         self.topic, self.key = topic, key
+        self.partition, self.offset = 0, next(self.offsets)
 
 
 async def cpu_per_message(side: Side, make: Callable[[int], Payload], source: str, topic: str) -> dict[str, list[float]]:
@@ -70,6 +80,43 @@ async def empty_transactions(side: Side) -> list[float]:
     return figures
 
 
+async def durable_commits(url: str) -> list[float]:
+    """Wall-clock ms of one committed single-row INSERT, p50 per round: what each transaction on a
+    note's path waits for at least (the WAL flushed to disk), beside the CPU figures here."""
+    figures = []
+    raw = await asyncpg.connect(asyncpg_dsn(url))  # each statement its own transaction
+    try:
+        await raw.execute("CREATE TABLE IF NOT EXISTS bench_commits (id bigserial PRIMARY KEY, body text)")
+        for _ in range(ROUNDS):
+            waits = []
+            for n in range(MESSAGES):
+                started = time.perf_counter()
+                await raw.execute("INSERT INTO bench_commits (body) VALUES ($1)", f"note {n}")
+                waits.append((time.perf_counter() - started) * 1000)
+            figures.append(statistics.median(waits))
+    finally:
+        await raw.close()
+    return figures
+
+
+def decoding(samples: int = 20_000) -> str:
+    """µs of CPU to read one message as the inbox does (JSON, then the envelope's and the payload's
+    pydantic models), beside the JSON parse alone: the leanest decoder could save at most the difference."""
+    payload = MirrorUpsert(link_id=str(uuid.uuid4()), mirror_id=str(uuid.uuid4()), kind="note",
+                           fields={"title": "", "body": "a note of a few words " * 5}, source_version=1, source_hash="h" * 64)
+    raw = envelope(payload, source="bridge", link_id=payload.link_id).to_bytes()
+    started = time.process_time()
+    for _ in range(samples):
+        parse(raw)
+    parsed = (time.process_time() - started) * 1e6 / samples
+    started = time.process_time()
+    for _ in range(samples):
+        json.loads(raw)
+    loaded = (time.process_time() - started) * 1e6 / samples
+    return (f"{'decoding a mirror.upsert of ' + str(len(raw)) + ' bytes: pydantic / json.loads alone':<66} "
+            f"{parsed:5.1f} / {loaded:5.1f} µs CPU per message")
+
+
 def line(name: str, figures: list[float]) -> str:
     return f"{name:<66} " + " / ".join(f"{f:5.2f}" for f in figures) + " ms CPU per message"
 
@@ -84,6 +131,9 @@ async def run(urls: dict[str, str]) -> None:
     lead.service = outsourcing
     try:
         print(line("floor: an empty transaction", await empty_transactions(partner)))
+        print(f"{'a committed one-row INSERT, wall-clock p50':<66} "
+              + " / ".join(f"{f:5.2f}" for f in await durable_commits(urls['insourcing_partner'])) + " ms")
+        print(decoding())
         link_id, _ = await accepted_work(partner)
         figures = await cpu_per_message(partner, lambda n: MirrorUpsert(
             link_id=link_id, mirror_id=str(uuid.uuid4()), kind="note", fields={"title": "", "body": f"note {n}"},
@@ -102,6 +152,7 @@ async def run(urls: dict[str, str]) -> None:
             link_id=bridged, mirror_id=str(uuid.uuid5(MIRROR_NAMESPACE, f"{bridged}:{next(mirrors)}")), source_version=1),
             PARTNER, outbound_topic(PARTNER)))
 
+        await lead.receive(directory(1))  # as the bridge answers the lead: it may outsource to the partner
         _, outsourced_link = await outsourced(lead)
         report("creator takes the receipt (item.delivered)", await cpu_per_message(lead, lambda n: ItemDelivered(
             link_id=outsourced_link, item_id=str(uuid.uuid4()), version=1), "bridge", inbound_topic(LEAD)))
