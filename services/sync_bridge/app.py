@@ -56,7 +56,6 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
                         lambda app: directory.follow(app.state.sessions, settings.database_url)],
             on_data_loss=scheduler.broker_lost_data,
             metrics=lambda registry: _reconcile_metrics(registry, scheduler),
-            relay_settle_s=0.0,  # its writers are its consumers: no caller waits for an answer
             splits=False,
         )
     )

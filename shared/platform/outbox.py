@@ -39,9 +39,6 @@ SEND_TIMEOUT_S = 20.0  # longer than the producer's own request timeout (4 s) an
 RESEND_AFTER_S = 0.2
 RESEND_FOR_S = 3.0
 QUICK_REFUSAL_S = 1.0
-# After a NOTIFY the relay lets the writer answer its caller first when they share a process (the
-# partners' API); a service whose writers are its consumers (the bridge) sends at once.
-SETTLE_S = 0.003
 
 
 class SendsRefused(Exception):
@@ -134,10 +131,8 @@ class OutboxRelay:
         batch_size: int = 200,
         after_publish: Callable[[list[int]], Awaitable[None]] | None = None,
         prepare: Callable[[], Awaitable[None]] | None = None,
-        settle_s: float = SETTLE_S,
     ):
         self._dsn = asyncpg_dsn(database_url)
-        self._settle_s = settle_s
         self._producer_factory = producer_factory
         self._lock_key = lock_key
         self._signatures = signatures
@@ -203,12 +198,11 @@ class OutboxRelay:
                 if published == self._batch_size:
                     continue
                 try:
-                    # NOTIFY wakes us at once; the timeout is only a safety net.
+                    # NOTIFY wakes us at once; the timeout is only a safety net. No pause after it
+                    # (issue 30: a 3 ms pause, meant to let an API's writer answer first, added 3 ms
+                    # to every note's crossing and answered no sooner; rows that commit while a
+                    # batch waits for the broker go out together with the next one).
                     await asyncio.wait_for(self._wake.wait(), timeout=2.0)
-                    # The NOTIFY arrives as the writer's commit returns: let the writer answer
-                    # its caller first (this runs in the same process as the API).
-                    if self._settle_s:
-                        await asyncio.sleep(self._settle_s)
                 except asyncio.TimeoutError:
                     await conn.execute("SELECT 1")  # a connection that died silently holds no lock
         finally:

@@ -22,7 +22,7 @@ from shared.platform.dead_letters import count_unresolved, dead_letter_router, p
 from shared.platform.db import asyncpg_dsn, make_engine, make_sessionmaker
 from shared.platform.inbox import Handler, InboxConsumer
 from shared.platform.kafka import FALLBACK, ensure_topics, make_consumer, make_producer, probe_broker
-from shared.platform.outbox import SETTLE_S, OutboxRelay
+from shared.platform.outbox import OutboxRelay
 from shared.platform.signing import Signatures
 from shared.platform.web import database_check, install_common, kafka_check
 
@@ -49,7 +49,6 @@ class ServiceSpec:
     # Told (with the topic) when a consumer sees the broker lost data: reconciliation starts at once.
     on_data_loss: Callable[[str], None] | None = None
     metrics: Callable[[Any], None] | None = None  # adds the service's own gauges to its registry
-    relay_settle_s: float = SETTLE_S  # see shared/platform/outbox.py
     group_id: str | None = None  # the consumer group; default `name`
     # Makes what the service's topics need, instead of creating `topics_to_create` (the bridge: users
     # and ACLs too, after a broker lost its metadata).
@@ -71,13 +70,11 @@ def _lock_key(name: str) -> int:
 def create_app(spec: ServiceSpec) -> FastAPI:
     settings = spec.settings
     # An API process alone (`serve --api-only`) runs no relay, consumer or job: its worker does, and
-    # picks its writes up from the outbox (NOTIFY crosses processes). The relay's settle lets an API
-    # caller be answered first; a worker has none.
+    # picks its writes up from the outbox (NOTIFY crosses processes).
     if settings.process != "all" and not spec.splits:
         raise SystemExit(f"{spec.name} runs as one process (`serve`): its API shows what its consumer and jobs "
                          f"hold in process, so it cannot be an API process with a worker beside it")
     messaging_here = settings.process != "api"
-    settle_s = 0.0 if settings.process == "worker" else spec.relay_settle_s
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -111,7 +108,6 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             lock_key=_lock_key(spec.name),
             signatures=spec.signatures,
             prepare=make_topics,
-            settle_s=settle_s,
         )
         def make_inbox_consumer(listener):
             topics = spec.topics(spec.inbound_topics)
