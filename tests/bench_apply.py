@@ -50,10 +50,13 @@ class Record:
         self.partition, self.offset = 0, next(self.offsets)
 
 
-async def cpu_per_message(side: Side, make: Callable[[int], Payload], source: str, topic: str) -> dict[str, list[float]]:
-    """ms of this process's CPU per message, alone and in batches, ROUNDS times each."""
+async def cpu_per_message(side: Side, make: Callable[[int], Payload], source: str, topic: str,
+                          together=None) -> dict[str, list[float]]:
+    """ms of this process's CPU per message, alone and in batches, ROUNDS times each; with `together`
+    (the service's set-based handlers), in batches both one at a time and set-based."""
     consumer = InboxConsumer(side.sessions, None, side.handle, "bench", None)
-    out: dict[str, list[float]] = {"alone": [], "batched": []}
+    out: dict[str, list[float]] = {"alone": [], "batched": []} | ({"together": []} if together else {})
+    set_based = InboxConsumer(side.sessions, None, side.handle, "bench", None, together=together)
     for _ in range(ROUNDS):
         for mode in out:
             ready = [(Record(topic, p.link_id.encode()), envelope(p, source=source, link_id=p.link_id), p)
@@ -63,8 +66,9 @@ async def cpu_per_message(side: Side, make: Callable[[int], Payload], source: st
                 for _, env, payload in ready:
                     await consumer._apply_retrying(env, payload, topic)
             else:
+                applier = set_based if mode == "together" else consumer
                 for start in range(0, MESSAGES, APPLY_TOGETHER):
-                    await consumer._apply_together(ready[start:start + APPLY_TOGETHER])
+                    await applier._apply_together(ready[start:start + APPLY_TOGETHER])
             out[mode].append((time.process_time() - started) * 1000 / MESSAGES)
     return out
 
@@ -155,7 +159,8 @@ async def run(urls: dict[str, str]) -> None:
         await lead.receive(directory(1))  # as the bridge answers the lead: it may outsource to the partner
         _, outsourced_link = await outsourced(lead)
         report("creator takes the receipt (item.delivered)", await cpu_per_message(lead, lambda n: ItemDelivered(
-            link_id=outsourced_link, item_id=str(uuid.uuid4()), version=1), "bridge", inbound_topic(LEAD)))
+            link_id=outsourced_link, item_id=str(uuid.uuid4()), version=1), "bridge", inbound_topic(LEAD),
+            together=outsourcing.sync.together()))
     finally:
         for side in (partner, bridge, lead):
             await side.engine.dispose()
@@ -164,6 +169,8 @@ async def run(urls: dict[str, str]) -> None:
 def report(name: str, figures: dict[str, list[float]]) -> None:
     print(line(f"{name}, alone", figures["alone"]))
     print(line(f"{name}, {APPLY_TOGETHER} a transaction", figures["batched"]))
+    if "together" in figures:
+        print(line(f"{name}, {APPLY_TOGETHER} a transaction, set-based", figures["together"]))
 
 
 def main() -> None:

@@ -179,6 +179,33 @@ class PartnerSync:
         await db.execute("DELETE FROM item_deletions WHERE item_id = $1 AND version <= $2", payload.item_id, payload.version)
         await self._settle(session, payload.link_id, ticket_id)
 
+    async def delivered_together(self, session: AsyncSession, receipts: list[ItemDelivered]) -> None:
+        """Receipts that came together, set-based (issue 30): what `on_delivered` and `received` do for
+        each, in two statements for them all and two per link, where each receipt alone takes six."""
+        tickets: dict[str, str | None] = {}
+        for receipt in receipts:  # each ticket row first, in the order the receipts came
+            if receipt.link_id not in tickets:
+                tickets[receipt.link_id] = await self.links.ticket_for_link(session, receipt.link_id)
+        db = await plain_sql(session)
+        items, versions = [r.item_id for r in receipts], [r.version for r in receipts]
+        await db.execute(
+            "UPDATE ticket_items AS i SET delivery_status = $3, delivery_at = $4, delivery_reason = NULL, updated_at = now()"
+            " FROM unnest($1::varchar[], $2::int[]) AS r(id, version)"
+            " WHERE i.id = r.id AND i.origin = $5 AND i.version = r.version",
+            items, versions, Delivery.DELIVERED, utcnow(), Origin.LOCAL)
+        await db.execute("DELETE FROM item_deletions AS d USING unnest($1::varchar[], $2::int[]) AS r(id, version)"
+                         " WHERE d.item_id = r.id AND d.version <= r.version", items, versions)
+        for link_id, ticket_id in tickets.items():
+            await self._settle(session, link_id, ticket_id)
+        # What `received` notes of each link (a receipt changes no workflow).
+        await db.execute("INSERT INTO link_sync (link_id, last_received_at) SELECT unnest($1::varchar[]), $2"
+                         " ON CONFLICT (link_id) DO UPDATE SET last_received_at = excluded.last_received_at",
+                         list(tickets), utcnow())
+
+    def together(self) -> dict[type[Payload], Callable[[AsyncSession, list[Any]], Awaitable[None]]]:
+        """The messages this side applies set-based when several come together (`InboxConsumer`)."""
+        return {ItemDelivered: self.delivered_together}
+
     async def on_refused(self, session: AsyncSession, payload: ItemRefused) -> None:
         """An edit or a deletion stayed on this side; the item itself remains shared as it was."""
         ticket_id = await self.links.ticket_for_link(session, payload.link_id)

@@ -162,6 +162,10 @@ _RECORD_MANY = (f"WITH moved AS ({_MOVE_POSITIONS})"
 # (session, envelope, payload, topic it came from): the topic is the sender's identity, the
 # envelope's `source` only a claim.
 Handler = Callable[[AsyncSession, Envelope, Payload, str], Awaitable[None]]
+# Applies several messages of one type in one go, set-based (issue 30): the same effects as the
+# Handler applying each in turn, in fewer statements. Messages of that type that follow each other in
+# a batch are handed over together; a message alone goes to the Handler.
+Together = Callable[[AsyncSession, list[Payload]], Awaitable[None]]
 
 
 class CannotPark(Exception):
@@ -238,8 +242,10 @@ class InboxConsumer:
         signatures: Signatures,
         on_data_loss: Callable[[str], None] | None = None,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        together: dict[type[Payload], Together] | None = None,
     ):
         self._sessions = sessions
+        self._together = together or {}
         self._prepare = prepare  # run before each (re)start, e.g. making topics a broker lost
         self._consumer_factory = consumer_factory
         self._handler = handler
@@ -592,7 +598,7 @@ class InboxConsumer:
             first_time = {row["event_id"] for row in await (await plain_sql(session)).fetch(
                 _RECORD_MANY, *positions_after(record for record, _, _ in ready),
                 [str(env.event_id) for _, env, _ in ready], [env.type for _, env, _ in ready])}
-            applied = 0
+            fresh = []
             for record, env, payload in ready:
                 event_id = str(env.event_id)
                 if event_id not in first_time:  # applied before, or twice in this batch
@@ -600,12 +606,18 @@ class InboxConsumer:
                     log.info("%s: %s %s already applied; skipped", self._name, env.type, event_id)
                     continue
                 first_time.discard(event_id)
-                await self._handler(session, env, payload, record.topic)
+                fresh.append((record, env, payload))
+            for run in runs(fresh, self._together):
+                together = self._together.get(type(run[0][2])) if len(run) > 1 else None
+                if together is not None:
+                    await together(session, [payload for _, _, payload in run])
+                else:
+                    record, env, payload = run[0]
+                    await self._handler(session, env, payload, record.topic)
                 # Each handler starts from the database, as it would in a transaction of its own.
                 await session.flush()
                 session.expunge_all()
-                applied += 1
-        self.applied_total += applied
+        self.applied_total += len(fresh)
 
     async def handle(self, record: ConsumerRecord) -> None:
         try:
@@ -718,6 +730,20 @@ class InboxConsumer:
         self.parked_total += 1
         log.error("%s: parked message %s[%d]@%d as dead letter %d: %s", self._name, record.topic, record.partition,
                   record.offset, letter_id, row["reason"])
+
+
+def runs(entries: list[tuple[ConsumerRecord, Envelope, Payload]], together) -> list[list]:
+    """A batch's messages in order, grouped: messages that follow each other and are of a type
+    `together` applies set-based form one group; every other message is a group of its own. No
+    message moves past another, so each link's messages keep their order."""
+    out: list[list] = []
+    for entry in entries:
+        kind = type(entry[2])
+        if out and kind in together and type(out[-1][0][2]) is kind:
+            out[-1].append(entry)
+        else:
+            out.append([entry])
+    return out
 
 
 def positions_after(records) -> tuple[list[str], list[int], list[int]]:

@@ -15,12 +15,13 @@ from prometheus_client import Gauge
 from prometheus_client.core import GaugeMetricFamily
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
+from shared.contracts.envelope import Payload
 from shared.platform import memory
 from shared.platform.api_docs import install_api_docs
 from shared.platform.auth import TOKENS_CHANNEL, Permission, TokenCache, ensure_token
 from shared.platform.dead_letters import count_unresolved, dead_letter_router, prune
 from shared.platform.db import asyncpg_dsn, make_engine, make_sessionmaker
-from shared.platform.inbox import Handler, InboxConsumer
+from shared.platform.inbox import Handler, InboxConsumer, Together
 from shared.platform.kafka import FALLBACK, ensure_topics, make_consumer, make_producer, probe_broker
 from shared.platform.outbox import OutboxRelay
 from shared.platform.signing import Signatures
@@ -43,6 +44,8 @@ class ServiceSpec:
     inbound_topics: list[str] | Callable[[], list[str]]
     handler: Handler
     signatures: Signatures  # the key ring of each topic the service writes or reads
+    # Message types applied set-based when several follow each other in a batch (`inbox.Together`).
+    together: dict[type[Payload], Together] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)  # extra app.state values (e.g. the sync policy)
     max_body_bytes: int = 1024 * 1024  # a request body over this is refused (413) before it is read
     background: list[Callable[[FastAPI], Awaitable[None]]] = field(default_factory=list)
@@ -125,6 +128,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             signatures=spec.signatures,
             on_data_loss=spec.on_data_loss,
             prepare=make_topics,
+            together=spec.together,
         )
         app.state.relay = relay
         app.state.consumer = consumer  # in an API process too: a dead letter is replayed through it

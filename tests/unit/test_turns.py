@@ -1,8 +1,11 @@
 """One poll, applied in turns (issue 11: one hot link must not stall the others): the first record
-of every link goes in the first transaction, the rest take turns, and each link keeps its order."""
+of every link goes in the first transaction, the rest take turns, and each link keeps its order.
+Within a transaction, receipts that follow each other are applied together (issue 30), never past
+another message."""
 from aiokafka import ConsumerRecord, TopicPartition
 
-from shared.platform.inbox import APPLY_TOGETHER, in_turns
+from shared.contracts.messages import ItemDelivered, MirrorUpsert
+from shared.platform.inbox import APPLY_TOGETHER, in_turns, runs
 
 
 def record(topic: str, partition: int, offset: int, link: str) -> ConsumerRecord:
@@ -48,3 +51,16 @@ def test_many_quiet_links_fill_the_first_transactions_before_any_second_record()
 
     assert [len(t) for t in transactions] == [APPLY_TOGETHER, 5, 1]
     assert transactions[-1][0].offset == 99
+
+
+def test_only_receipts_that_follow_each_other_are_applied_together():
+    def entry(payload):
+        return (None, None, payload)
+
+    upsert = MirrorUpsert(link_id="a", mirror_id="m", kind="note", fields={"title": "", "body": "x"})
+    r = [ItemDelivered(link_id="a", item_id=str(n), version=1) for n in range(4)]
+    batch = [entry(r[0]), entry(r[1]), entry(upsert), entry(r[2]), entry(r[3])]
+    grouped = runs(batch, {ItemDelivered: None})
+    assert [[e[2] for e in group] for group in grouped] == [[r[0], r[1]], [upsert], [r[2], r[3]]]
+    assert [len(group) for group in runs(batch, {})] == [1, 1, 1, 1, 1]
+
