@@ -129,7 +129,8 @@ async def run(urls: dict[str, str]) -> None:
     insourcing = Insourcing(InsourcingSettings(database_url=urls["insourcing_partner"]))
     partner = Side(urls["insourcing_partner"], insourcing.handle)
     partner.service = insourcing
-    bridge = Side(urls["sync_bridge"], Bridge(Directory.of({LEAD: "lead", PARTNER: "insourcing"})).handle)
+    passing = Bridge(Directory.of({LEAD: "lead", PARTNER: "insourcing"}))
+    bridge = Side(urls["sync_bridge"], passing.handle)
     outsourcing = LeadOutsourcing(LeadSettings(database_url=urls["lead_partner"]))
     lead = Side(urls["lead_partner"], outsourcing.handle)
     lead.service = outsourcing
@@ -151,10 +152,10 @@ async def run(urls: dict[str, str]) -> None:
             items.append(str(uuid.uuid4()))
             return ItemCreated(link_id=bridged, item_id=items[-1], kind="note", fields={"title": "", "body": f"n {n}"})
         report("bridge passes an item on (item.created)", await cpu_per_message(bridge, created, LEAD, outbound_topic(LEAD)))
-        mirrors = iter(items)
+        mirrors = itertools.cycle(items)  # a receipt again is passed on again
         report("bridge passes its receipt back (mirror.applied)", await cpu_per_message(bridge, lambda n: MirrorApplied(
             link_id=bridged, mirror_id=str(uuid.uuid5(MIRROR_NAMESPACE, f"{bridged}:{next(mirrors)}")), source_version=1),
-            PARTNER, outbound_topic(PARTNER)))
+            PARTNER, outbound_topic(PARTNER), together=passing.together()))
 
         await lead.receive(directory(1))  # as the bridge answers the lead: it may outsource to the partner
         _, outsourced_link = await outsourced(lead)

@@ -32,6 +32,7 @@ def directory_of(settings: BridgeSettings) -> Directory:
 def create_app(settings: BridgeSettings | None = None) -> FastAPI:
     settings = settings or BridgeSettings()
     directory = directory_of(settings)
+    bridge = Bridge(directory)
     scheduler = Scheduler(settings.reconcile_interval_s)
 
     async def load_directory(app: FastAPI) -> None:
@@ -47,7 +48,8 @@ def create_app(settings: BridgeSettings | None = None) -> FastAPI:
             operator_permission=Permission.LINKS,
             topics_to_create=directory.topics,
             inbound_topics=directory.outbound_topics,
-            handler=Bridge(directory).handle,
+            handler=bridge.handle,
+            together=bridge.together(),  # receipts that come together, set-based (issue 30)
             signatures=directory,
             state={"scheduler": scheduler, "directory": directory},
             before_messaging=load_directory,

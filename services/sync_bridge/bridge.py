@@ -12,7 +12,13 @@ from services.sync_bridge.links import LinkEvent, send
 from services.sync_bridge.models import Link, LinkFacts
 from services.sync_bridge.onboarding import announce
 from shared.contracts.envelope import Envelope, Payload
-from shared.contracts.messages import DirectoryRequested, LinkUnknown, OutsourceRequested, ReconcileRequested
+from shared.contracts.messages import (
+    DirectoryRequested,
+    LinkUnknown,
+    MirrorApplied,
+    OutsourceRequested,
+    ReconcileRequested,
+)
 from shared.platform.db import plain_sql
 from shared.platform.inbox import Rejected
 from shared.platform.messagebus import Ignored, MessageBus
@@ -33,13 +39,18 @@ class Bridge:
         self.directory = directory
         self.bus = MessageBus("bridge", {**links.HANDLERS, **mirroring.HANDLERS, **reconciliation.HANDLERS})
 
-    async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
+    def _sender(self, env: Envelope, topic: str):
+        """Who sent it (the topic says), refused unless the envelope agrees and the partner is active."""
         sender = sender_of(topic)
         if env.source != sender:
             raise Rejected(f"event claims to come from {env.source!r} but arrived on {sender}'s topic")
         member = self.directory.get(sender)
         if member is None or member.status != "active":
             raise Rejected(f"partner removed: {sender} is not an active partner of this hub")
+        return sender, member
+
+    async def handle(self, session: AsyncSession, env: Envelope, payload: Payload, topic: str) -> None:
+        sender, member = self._sender(env, topic)
         if isinstance(payload, DirectoryRequested):
             if not member.may("lead"):
                 raise Rejected(f"{sender} is not a lead partner: it is sent no directory")
@@ -84,3 +95,33 @@ class Bridge:
         if sender not in (link.lead_partner_id, link.insourcing_partner_id):
             raise Rejected(f"{sender} is not a party to link {link_id}")
         await self.bus.dispatch(session, payload, LinkEvent(link, sender, payload))
+
+    async def receipts_together(self, session: AsyncSession, messages: list[tuple[Envelope, MirrorApplied, str]]) -> None:
+        """Receipts (mirror.applied) that came together, set-based (issue 30): each checked as `handle`
+        checks it, their links locked in one statement, in the order they came (as `handle` locks
+        each), and passed on by `mirroring.applied_together`. A refusal refuses the batch, whose
+        messages the inbox then applies one at a time (the refused one is parked alone)."""
+        senders = []
+        for env, payload, topic in messages:
+            sender, _ = self._sender(env, topic)
+            if payload.link_id != env.link_id:
+                raise Rejected("the event's link id and its envelope's do not agree")
+            senders.append(sender)
+        rows = await (await plain_sql(session)).fetch(
+            "SELECT l.id, l.state, l.lead_partner_id, l.insourcing_partner_id, l.round_id"
+            " FROM unnest($1::varchar[]) WITH ORDINALITY AS u(id, n) JOIN links AS l ON l.id = u.id"
+            " ORDER BY u.n FOR NO KEY UPDATE OF l", list(dict.fromkeys(payload.link_id for _, payload, _ in messages)))
+        links = {row["id"]: LinkFacts(**row) for row in rows}
+        events = []
+        for sender, (_, payload, _) in zip(senders, messages):
+            link = links.get(payload.link_id)
+            if link is None:
+                raise Rejected(f"unknown link {payload.link_id}")
+            if sender not in (link.lead_partner_id, link.insourcing_partner_id):
+                raise Rejected(f"{sender} is not a party to link {payload.link_id}")
+            events.append(LinkEvent(link, sender, payload))
+        await mirroring.applied_together(session, events)
+
+    def together(self) -> dict:
+        """The messages the bridge applies set-based when several come together (`InboxConsumer`)."""
+        return {MirrorApplied: self.receipts_together}

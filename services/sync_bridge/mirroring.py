@@ -271,6 +271,32 @@ async def applied(session: AsyncSession, event: LinkEvent) -> None:
         link_id=link.id, item_id=mapping["source_item_id"], version=payload.source_version), link.id)
 
 
+async def applied_together(session: AsyncSession, events: list[LinkEvent]) -> None:
+    """Receipts that came together, as `applied` passes each on: the mirrors looked up in one
+    statement, and those on a link in a reconciliation round noted in one more."""
+    db = await plain_sql(session)
+    found = {}
+    for in_round, statement in ((False, "SELECT m.link_id, m.mirror_id, m.source_partner_id, m.source_item_id"
+                                        " FROM item_mirrors AS m JOIN unnest($1::varchar[], $2::varchar[], $3::varchar[])"
+                                        " AS u(link_id, mirror_id, round_id)"
+                                        " ON m.link_id = u.link_id AND m.mirror_id = u.mirror_id"),
+                                (True, "UPDATE item_mirrors AS m SET receipt_in_round = u.round_id"
+                                       " FROM unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS u(link_id, mirror_id, round_id)"
+                                       " WHERE m.link_id = u.link_id AND m.mirror_id = u.mirror_id"
+                                       " RETURNING m.link_id, m.mirror_id, m.source_partner_id, m.source_item_id")):
+        these = [event for event in events if (event.link.round_id is not None) == in_round]
+        if these:
+            for row in await db.fetch(statement, [e.link.id for e in these], [e.payload.mirror_id for e in these],
+                                      [e.link.round_id for e in these]):
+                found[row["link_id"], row["mirror_id"]] = row
+    for event in events:
+        mapping = found.get((event.link.id, event.payload.mirror_id))
+        if mapping is None or mapping["source_partner_id"] == event.sender:
+            raise Rejected(f"{event.sender} holds no mirror {event.payload.mirror_id} on link {event.link.id}")
+        send(session, mapping["source_partner_id"], ItemDelivered(
+            link_id=event.link.id, item_id=mapping["source_item_id"], version=event.payload.source_version), event.link.id)
+
+
 HANDLERS = {
     ItemCreated: created,
     ItemUpdated: updated,

@@ -179,9 +179,11 @@ class PartnerSync:
         await db.execute("DELETE FROM item_deletions WHERE item_id = $1 AND version <= $2", payload.item_id, payload.version)
         await self._settle(session, payload.link_id, ticket_id)
 
-    async def delivered_together(self, session: AsyncSession, receipts: list[ItemDelivered]) -> None:
+    async def delivered_together(self, session: AsyncSession, messages: list[tuple[Any, ItemDelivered, str]]) -> None:
         """Receipts that came together, set-based (issue 30): what `on_delivered` and `received` do for
-        each, in two statements for them all and two per link, where each receipt alone takes six."""
+        each, in four statements for them all and one per link (its ticket locked), where each receipt
+        alone takes five."""
+        receipts = [payload for _, payload, _ in messages]
         tickets: dict[str, str | None] = {}
         for receipt in receipts:  # each ticket row first, in the order the receipts came
             if receipt.link_id not in tickets:
@@ -195,14 +197,13 @@ class PartnerSync:
             items, versions, Delivery.DELIVERED, utcnow(), Origin.LOCAL)
         await db.execute("DELETE FROM item_deletions AS d USING unnest($1::varchar[], $2::int[]) AS r(id, version)"
                          " WHERE d.item_id = r.id AND d.version <= r.version", items, versions)
-        for link_id, ticket_id in tickets.items():
-            await self._settle(session, link_id, ticket_id)
+        await self._settle_links(session, tickets)
         # What `received` notes of each link (a receipt changes no workflow).
         await db.execute("INSERT INTO link_sync (link_id, last_received_at) SELECT unnest($1::varchar[]), $2"
                          " ON CONFLICT (link_id) DO UPDATE SET last_received_at = excluded.last_received_at",
                          list(tickets), utcnow())
 
-    def together(self) -> dict[type[Payload], Callable[[AsyncSession, list[Any]], Awaitable[None]]]:
+    def together(self) -> dict[type[Payload], Callable[[AsyncSession, list[tuple[Any, Any, str]]], Awaitable[None]]]:
         """The messages this side applies set-based when several come together (`InboxConsumer`)."""
         return {ItemDelivered: self.delivered_together}
 
@@ -230,16 +231,20 @@ class PartnerSync:
         await self._settle(session, payload.link_id)
 
     async def _settle(self, session: AsyncSession, link_id: str, ticket_id: str | None = None) -> None:
-        """Nothing of the link waits any more: say so (the watch stops asking about it). One plain
-        statement: it runs for every receipt."""
-        ticket_id = ticket_id or await self.links.ticket_for_link(session, link_id)
+        """Nothing of the link waits any more: say so (the watch stops asking about it)."""
+        await self._settle_links(session, {link_id: ticket_id or await self.links.ticket_for_link(session, link_id)})
+
+    @staticmethod
+    async def _settle_links(session: AsyncSession, tickets: dict[str, str | None]) -> None:
+        """`_settle` for each link (to its ticket, locked; None: not linked to one), in one plain
+        statement: it runs for every receipt, or for every batch of them."""
         await (await plain_sql(session)).execute(
-            "UPDATE link_sync SET pending_since = NULL WHERE link_id = $1 AND pending_since IS NOT NULL"
-            " AND ($2::varchar IS NULL OR NOT EXISTS"
+            "UPDATE link_sync AS s SET pending_since = NULL FROM unnest($1::varchar[], $2::varchar[]) AS l(link_id, ticket_id)"
+            " WHERE s.link_id = l.link_id AND s.pending_since IS NOT NULL AND (l.ticket_id IS NULL OR NOT EXISTS"
             # A literal, not a parameter: the partial index of pending items serves it.
-            f" (SELECT FROM ticket_items WHERE ticket_id = $2 AND delivery_status = '{Delivery.PENDING}')"
-            " AND NOT EXISTS (SELECT FROM item_deletions WHERE ticket_id = $2))",
-            link_id, ticket_id)
+            f" (SELECT FROM ticket_items WHERE ticket_id = l.ticket_id AND delivery_status = '{Delivery.PENDING}')"
+            " AND NOT EXISTS (SELECT FROM item_deletions WHERE ticket_id = l.ticket_id))",
+            list(tickets), list(tickets.values()))
 
     # --- reconciliation: what the bridge asks ----------------------------------------------------
 

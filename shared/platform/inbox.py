@@ -164,8 +164,8 @@ _RECORD_MANY = (f"WITH moved AS ({_MOVE_POSITIONS})"
 Handler = Callable[[AsyncSession, Envelope, Payload, str], Awaitable[None]]
 # Applies several messages of one type in one go, set-based (issue 30): the same effects as the
 # Handler applying each in turn, in fewer statements. Messages of that type that follow each other in
-# a batch are handed over together; a message alone goes to the Handler.
-Together = Callable[[AsyncSession, list[Payload]], Awaitable[None]]
+# a batch are handed over together, as (envelope, payload, topic); a message alone goes to the Handler.
+Together = Callable[[AsyncSession, list[tuple[Envelope, Payload, str]]], Awaitable[None]]
 
 
 class CannotPark(Exception):
@@ -610,7 +610,7 @@ class InboxConsumer:
             for run in runs(fresh, self._together):
                 together = self._together.get(type(run[0][2])) if len(run) > 1 else None
                 if together is not None:
-                    await together(session, [payload for _, _, payload in run])
+                    await together(session, [(env, payload, record.topic) for record, env, payload in run])
                 else:
                     record, env, payload = run[0]
                     await self._handler(session, env, payload, record.topic)
@@ -791,15 +791,24 @@ def in_turns(batches: dict[TopicPartition, list[ConsumerRecord]]) -> list[list[C
     the third..., at most APPLY_TOGETHER to a transaction. Each stream keeps its order, the only
     order a message relies on, and a quiet link's record is committed with the first transaction,
     not after every record a busy link had before it in the poll (issue 11: one hot link must not
-    stall the others)."""
+    stall the others). Within a turn, which holds one record of each stream, records are ordered by
+    the type they say they are, so that receipts follow each other and are applied together (`runs`)."""
     streams: dict[tuple[str, bytes | None], list[ConsumerRecord]] = {}
     for records in batches.values():
         for record in records:
             streams.setdefault((record.topic, record.key), []).append(record)
-    firsts = [records[0] for records in streams.values()]
+    firsts = sorted((records[0] for records in streams.values()), key=_said_type)
     rest = [record for turn in itertools.zip_longest(*(records[1:] for records in streams.values()))
-            for record in turn if record is not None]
+            for record in sorted((r for r in turn if r is not None), key=_said_type)]
     return [part[start:start + APPLY_TOGETHER] for part in (firsts, rest) for start in range(0, len(part), APPLY_TOGETHER)]
+
+
+def _said_type(record: ConsumerRecord) -> bytes:
+    """The record's `type` header, unchecked (it only orders a turn), whatever the headers hold."""
+    for name, value in record.headers or ():
+        if name == "type" and isinstance(value, bytes):
+            return value
+    return b""
 
 
 def kept(value: bytes | None) -> dict[str, Any]:

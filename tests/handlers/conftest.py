@@ -51,6 +51,8 @@ async def insourcing(handler_databases):
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def bridge(handler_databases):
-    side = Side(handler_databases["sync_bridge"], Bridge(Directory.of({LEAD: "lead", PARTNER: "insourcing"})).handle)
+    service = Bridge(Directory.of({LEAD: "lead", PARTNER: "insourcing"}))
+    side = Side(handler_databases["sync_bridge"], service.handle)
+    side.service = service
     yield side
     await side.engine.dispose()

@@ -64,3 +64,18 @@ def test_only_receipts_that_follow_each_other_are_applied_together():
     assert [[e[2] for e in group] for group in grouped] == [[r[0], r[1]], [upsert], [r[2], r[3]]]
     assert [len(group) for group in runs(batch, {})] == [1, 1, 1, 1, 1]
 
+
+
+def test_within_a_turn_records_are_ordered_by_their_type_so_receipts_follow_each_other():
+    def typed(link: str, offset: int, type_: bytes) -> ConsumerRecord:
+        made = record("psa.lead.outbound", 0, offset, link)
+        made.headers = (("type", type_), ("x", None))
+        return made
+
+    poll = [typed("a", 0, b"mirror.applied"), typed("b", 1, b"item.created"), typed("c", 2, b"mirror.applied"),
+            typed("a", 3, b"item.created"), typed("b", 4, b"mirror.applied"), typed("c", 5, b"item.created")]
+    [first, rest] = in_turns({TopicPartition("psa.lead.outbound", 0): poll})
+    assert [(r.key, dict(r.headers)["type"]) for r in first] == [
+        (b"b", b"item.created"), (b"a", b"mirror.applied"), (b"c", b"mirror.applied")]
+    assert [(r.key, dict(r.headers)["type"]) for r in rest] == [
+        (b"a", b"item.created"), (b"c", b"item.created"), (b"b", b"mirror.applied")]
