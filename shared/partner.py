@@ -148,7 +148,7 @@ def create_partner_app(name: str, settings: PartnerSettings, link_field: str, ro
         inbound_topics=[inbound_topic(settings.partner_id)],
         group_id=partner_group(settings.partner_id),  # its own, as its topics: partners share a hub's Kafka
         handler=handler,
-        together=policy.sync.together(),  # receipts that come together, set-based (issue 30)
+        together=policy.together(),  # mirrors and receipts that come together, set-based (issue 30)
         max_body_bytes=MAX_ATTACHMENT_BYTES + 256 * 1024,  # room for the multipart envelope around a 10 MiB file
         signatures=Signatures.per_partner({settings.partner_id: ring}),
         state={"sync_policy": policy, **state},

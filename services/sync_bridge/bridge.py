@@ -14,6 +14,7 @@ from services.sync_bridge.onboarding import announce
 from shared.contracts.envelope import Envelope, Payload
 from shared.contracts.messages import (
     DirectoryRequested,
+    ItemCreated,
     LinkUnknown,
     MirrorApplied,
     OutsourceRequested,
@@ -97,10 +98,21 @@ class Bridge:
         await self.bus.dispatch(session, payload, LinkEvent(link, sender, payload))
 
     async def receipts_together(self, session: AsyncSession, messages: list[tuple[Envelope, MirrorApplied, str]]) -> None:
-        """Receipts (mirror.applied) that came together, set-based (issue 30): each checked as `handle`
-        checks it, their links locked in one statement, in the order they came (as `handle` locks
-        each), and passed on by `mirroring.applied_together`. A refusal refuses the batch, whose
-        messages the inbox then applies one at a time (the refused one is parked alone)."""
+        """Receipts (mirror.applied) that came together, set-based (issue 30), passed on by
+        `mirroring.applied_together`."""
+        await mirroring.applied_together(session, await self._events_together(session, messages, stamp=False))
+
+    async def items_together(self, session: AsyncSession, messages: list[tuple[Envelope, ItemCreated, str]]) -> None:
+        """New items (item.created) that came together, set-based (issue 30), passed on by
+        `mirroring.created_together`."""
+        await mirroring.created_together(session, await self._events_together(session, messages, stamp=True))
+
+    async def _events_together(self, session: AsyncSession, messages: list[tuple[Envelope, Payload, str]],
+                               stamp: bool) -> list[LinkEvent]:
+        """Messages of the mirroring kind that came together, each checked as `handle` checks it, their
+        links locked in one statement, in the order they came (as `handle` locks each), and with
+        `stamp` their last event noted in one more. A refusal refuses the batch, whose messages the
+        inbox then applies one at a time (the refused one is parked alone)."""
         senders = []
         for env, payload, topic in messages:
             sender, _ = self._sender(env, topic)
@@ -112,6 +124,9 @@ class Bridge:
             " FROM unnest($1::varchar[]) WITH ORDINALITY AS u(id, n) JOIN links AS l ON l.id = u.id"
             " ORDER BY u.n FOR NO KEY UPDATE OF l", list(dict.fromkeys(payload.link_id for _, payload, _ in messages)))
         links = {row["id"]: LinkFacts(**row) for row in rows}
+        if stamp and links:
+            await (await plain_sql(session)).execute("UPDATE links SET last_event_at = now() WHERE id = ANY($1::varchar[])",
+                                                     list(links))
         events = []
         for sender, (_, payload, _) in zip(senders, messages):
             link = links.get(payload.link_id)
@@ -120,8 +135,8 @@ class Bridge:
             if sender not in (link.lead_partner_id, link.insourcing_partner_id):
                 raise Rejected(f"{sender} is not a party to link {payload.link_id}")
             events.append(LinkEvent(link, sender, payload))
-        await mirroring.applied_together(session, events)
+        return events
 
     def together(self) -> dict:
         """The messages the bridge applies set-based when several come together (`InboxConsumer`)."""
-        return {MirrorApplied: self.receipts_together}
+        return {MirrorApplied: self.receipts_together, ItemCreated: self.items_together}

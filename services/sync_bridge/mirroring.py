@@ -147,6 +147,53 @@ async def created(session: AsyncSession, event: LinkEvent) -> None:
     send(session, event.other_partner, upsert, link.id)
 
 
+async def created_together(session: AsyncSession, events: list[LinkEvent]) -> None:
+    """Items that came together, as `created` passes each on: the new ones on links that cross, with
+    fields the other side takes, mapped in one INSERT and passed on in their turn; anything else (a
+    link not crossing, fields refused, an item announced before) through `created`, in its turn."""
+    new: list[tuple[LinkEvent, MirrorUpsert]] = []
+    for event in events:
+        upsert = _new_mirror(event)
+        if upsert is None:
+            await _map_new(session, new)
+            new = []
+            await created(session, event)
+        else:
+            new.append((event, upsert))
+    await _map_new(session, new)
+
+
+def _new_mirror(event: LinkEvent) -> MirrorUpsert | None:
+    """What `created` sends for a new item, or None where it would not send it (it says why)."""
+    if not workflow.link_crosses(event.link.state):
+        return None
+    try:
+        return _upsert(event.link, str(uuid.uuid5(MIRROR_NAMESPACE, f"{event.link.id}:{event.payload.item_id}")),
+                       event.from_lead, event.payload)
+    except InvalidItem:
+        return None
+
+
+async def _map_new(session: AsyncSession, new: list[tuple[LinkEvent, MirrorUpsert]]) -> None:
+    """New items' mappings in one statement, each passed on; one mapped before goes through `created`
+    (an item announced twice in the batch is passed on twice, as `created` passes it on again)."""
+    if not new:
+        return
+    columns = list(zip(*[(e.link.id, e.payload.item_id, e.sender, u.mirror_id, u.kind, e.link.round_id)
+                         for e, u in new]))
+    mapped = {(row["link_id"], row["source_item_id"]) for row in await (await plain_sql(session)).fetch(
+        "INSERT INTO item_mirrors (link_id, source_item_id, source_partner_id, mirror_id, kind, deleted, forwarded_in_round)"
+        " SELECT link_id, item_id, partner_id, mirror_id, kind, false, round_id FROM unnest($1::varchar[],"
+        " $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[])"
+        " AS n(link_id, item_id, partner_id, mirror_id, kind, round_id)"
+        " ON CONFLICT DO NOTHING RETURNING link_id, source_item_id", *columns)}
+    for event, upsert in new:
+        if (event.link.id, event.payload.item_id) in mapped:
+            send(session, event.other_partner, upsert, event.link.id)
+        else:
+            await created(session, event)
+
+
 def forwarded(mapping: ItemMirror, link: LinkFacts) -> None:
     """Notes the round under way (if any) on an item the bridge passes on (its first version, an
     edit, a deletion or a chunk): the round's questions went out before it, so the answers cannot

@@ -192,6 +192,59 @@ class MirroringPolicy:
             await session.execute(delete(IncomingChunk).where(IncomingChunk.mirror_id == payload.mirror_id))
             await self._applied(session, payload.link_id, (payload.mirror_id, payload.source_version))
 
+    async def upserts_together(self, session: AsyncSession, messages: list[tuple[Any, MirrorUpsert, str]]) -> None:
+        """Mirrors that came together, set-based (issue 30), with the effects of `apply` and `received` for
+        each: the new notes, time entries and charges on their tickets' current links go in with one
+        INSERT (in the order they came, which is the order a ticket lists them) and their receipts are
+        staged as `apply` stages them; anything else (an attachment, a new version of a mirror held, a
+        link not synchronizing here, fields refused) goes through `apply`, in its turn. Each link is
+        looked up once, and its bookkeeping is one statement for them all."""
+        views: dict[str, tuple[str | None, bool]] = {}
+        for _, payload, _ in messages:  # each ticket row first, in the order the messages came
+            if payload.link_id not in views:
+                ticket_id = await self.links.ticket_for_link(session, payload.link_id)
+                link = await self.links.link_for_ticket(session, ticket_id) if ticket_id else None
+                views[payload.link_id] = ticket_id, (link is not None and link.link_id == payload.link_id
+                                                     and synchronizing(link.status))
+        new: list[tuple[MirrorUpsert, str, dict[str, Any]]] = []
+        for _, payload, _ in messages:
+            ticket_id, current = views[payload.link_id]
+            fields = _new_mirror_fields(payload) if ticket_id and current else None
+            if fields is not None:
+                new.append((payload, ticket_id, fields))
+                continue
+            await self._insert_mirrors(session, new)
+            new = []
+            await self.apply(session, payload)
+        await self._insert_mirrors(session, new)
+        await self.sync.received_links(session, list(views))
+
+    async def _insert_mirrors(self, session: AsyncSession, new: list[tuple[MirrorUpsert, str, dict[str, Any]]]) -> None:
+        """New mirrors in one statement; one that is already held (sent again, or a later version of a
+        mirror created in this batch) goes through `apply` after it, as it would alone."""
+        if not new:
+            return
+        columns = list(zip(*[(p.mirror_id, ticket_id, p.kind, p.internal, json.dumps(fields), p.link_id,
+                              p.source_version, p.source_hash) for p, ticket_id, fields in new]))
+        created = {row["id"] for row in await (await plain_sql(session)).fetch(
+            "INSERT INTO ticket_items (id, ticket_id, kind, origin, internal, shared, released, fields, link_id,"
+            " version, source_version, source_hash)"
+            " SELECT id, ticket_id, kind, $9, internal, true, false, fields::jsonb, link_id, 1, source_version, source_hash"
+            " FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::bool[], $5::text[], $6::varchar[], $7::int[],"
+            " $8::varchar[]) WITH ORDINALITY AS m(id, ticket_id, kind, internal, fields, link_id, source_version,"
+            " source_hash, position) ORDER BY position ON CONFLICT (id) DO NOTHING RETURNING id",
+            *columns, Origin.PARTNER)}
+        for payload, _, _ in new:
+            if payload.mirror_id in created:
+                created.discard(payload.mirror_id)  # a second message of the same mirror is an update
+                await self._applied(session, payload.link_id, (payload.mirror_id, payload.source_version))
+            else:
+                await self.apply(session, payload)
+
+    def together(self) -> dict[type, Any]:
+        """The messages this side applies set-based when several come together (`InboxConsumer`)."""
+        return {**self.sync.together(), MirrorUpsert: self.upserts_together}
+
     async def _refuse(self, session: AsyncSession, payload: MirrorUpsert, reason: str) -> None:
         """Fields this side's API would refuse are never stored, even from the bridge (a bug there must
         not leave a ticket here that cannot be read); the item's creator hears why through the bridge."""
@@ -210,6 +263,17 @@ class MirroringPolicy:
 
 
 MIRROR_MESSAGES = (MirrorUpsert, MirrorChunk, MirrorDelete, ItemUnshared)
+
+
+def _new_mirror_fields(payload: MirrorUpsert) -> dict[str, Any] | None:
+    """The fields a new note, time entry or charge is stored with, as `apply` checks them; None for an
+    attachment (its bytes come in chunks) or fields this side refuses (`apply` says why)."""
+    if payload.kind == ItemKind.ATTACHMENT:
+        return None
+    try:
+        return valid_item(payload.kind, payload.fields, payload.chunk_count)
+    except InvalidItem:
+        return None
 
 
 async def lock_items(session: AsyncSession, ticket_id: str, lock: Lock) -> None:

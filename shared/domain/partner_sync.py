@@ -198,10 +198,14 @@ class PartnerSync:
         await db.execute("DELETE FROM item_deletions AS d USING unnest($1::varchar[], $2::int[]) AS r(id, version)"
                          " WHERE d.item_id = r.id AND d.version <= r.version", items, versions)
         await self._settle_links(session, tickets)
-        # What `received` notes of each link (a receipt changes no workflow).
-        await db.execute("INSERT INTO link_sync (link_id, last_received_at) SELECT unnest($1::varchar[]), $2"
-                         " ON CONFLICT (link_id) DO UPDATE SET last_received_at = excluded.last_received_at",
-                         list(tickets), utcnow())
+        await self.received_links(session, list(tickets))
+
+    async def received_links(self, session: AsyncSession, link_ids: list[str]) -> None:
+        """What `received` notes of each link, in one statement, for messages that change no workflow
+        (items and receipts), their tickets locked already."""
+        await (await plain_sql(session)).execute(
+            "INSERT INTO link_sync (link_id, last_received_at) SELECT unnest($1::varchar[]), $2"
+            " ON CONFLICT (link_id) DO UPDATE SET last_received_at = excluded.last_received_at", link_ids, utcnow())
 
     def together(self) -> dict[type[Payload], Callable[[AsyncSession, list[tuple[Any, Any, str]]], Awaitable[None]]]:
         """The messages this side applies set-based when several come together (`InboxConsumer`)."""

@@ -1,9 +1,13 @@
-"""Receipts that arrive together are applied set-based (issue 30), with exactly the effects of applying
-them one at a time: the lead's and the bridge's real inbox and handler on a real database, records
-signed as their senders sign them. The same receipts go to twin links, one batch applied together and
-one message at a time, and each item, tombstone, link and message passed on ends the same on both."""
+"""Messages that arrive together are applied set-based (issue 30), with exactly the effects of applying
+them one at a time: receipts (the lead's item.delivered, the bridge's mirror.applied), the bridge
+passing new items on (item.created) and a partner storing mirrors (mirror.upsert). Each side's real
+inbox and handler on a real database, records signed as their senders sign them. The same messages go
+to twin links, one batch applied together and one message at a time, with the cases the set-based path
+hands back to the handler among them (fields refused, a link not crossing, an attachment, a version of
+a mirror already held), and each item, tombstone, link and message passed on ends the same on both."""
 import itertools
 import uuid
+from datetime import datetime
 
 import pytest
 from aiokafka.structs import ConsumerRecord
@@ -13,16 +17,27 @@ from services.sync_bridge.mirroring import MIRROR_NAMESPACE
 from services.sync_bridge.models import ItemMirror, Link
 from services.sync_bridge.reconciliation import start_round
 from shared.contracts.envelope import envelope, parse
-from shared.contracts.messages import ItemDelivered, MirrorApplied, WorkAccepted
+from shared.contracts.messages import ItemCreated, ItemDelivered, MirrorApplied, MirrorUpsert, WorkAccepted
 from shared.domain.partner_sync import ItemDeletion, LinkSync
 from shared.domain.tickets.models import TicketItem
 from shared.domain.tickets.rules import ItemKind
 from shared.domain.tickets.service import add_item, delete_item, update_item
+from shared.platform.db import utcnow
 from shared.platform.inbox import InboxConsumer
 from shared.platform.kafka import inbound_topic, outbound_topic
 from shared.platform.outbox import OutboxMessage
 from shared.platform.signing import KeyRing, Signatures
-from tests.handlers.sides import LEAD, PARTNER, Side, active_link, from_partner, note, outsourced
+from tests.handlers.sides import (
+    LEAD,
+    PARTNER,
+    Side,
+    accepted_work,
+    active_link,
+    from_partner,
+    note,
+    outsourced,
+    pending_link,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 KEYS = Signatures.per_partner({LEAD: KeyRing.parse(KeyRing.generate()), PARTNER: KeyRing.parse(KeyRing.generate())})
@@ -187,3 +202,148 @@ async def test_a_forged_receipt_among_others_is_parked_alone_and_the_others_pass
     await inbox.handle_batch([from_the_partner(r) for r in [*receipts[:3], forged, *receipts[3:]]])
     assert (inbox.applied_total, inbox.parked_total) == (7, 1)
     assert len((await passed_on(bridge, links))["delivered"]) == 7
+
+
+# --- a partner: mirrors (mirror.upsert) stored -----------------------------------------------------
+
+IN_PARTNER = inbound_topic(PARTNER)
+
+
+def to_the_partner(payload) -> ConsumerRecord:
+    value = envelope(payload, source="bridge", link_id=payload.link_id).to_bytes()
+    return ConsumerRecord(IN_PARTNER, 0, next(_offsets), 1_700_000_000_000, 0, payload.link_id.encode(), value, None,
+                          36, len(value), tuple(KEYS.sign(IN_PARTNER, value)))
+
+
+async def three_links(insourcing: Side) -> list[tuple[str, str]]:
+    """(link, ticket): two in progress, and one whose Insource Complete waits for the lead's approval."""
+    links = [await accepted_work(insourcing) for _ in range(3)]
+    await insourcing.call(insourcing.service.request_approval, links[2][1])
+    return links
+
+
+def upserts(links: list[tuple[str, str]]) -> list[MirrorUpsert]:
+    """New notes on the two active links, interleaved; a note's second version right after its first; a
+    charge; fields this side refuses; an attachment (stored once its chunks arrive); and a new note on
+    the link that waits for approval (refused: synchronization is suspended here)."""
+    (a, _), (b, _), (waiting, _) = links
+    ids = [str(uuid.uuid4()) for _ in range(8)]
+
+    def upsert(link_id: str, n: int, kind: str = "note", **changes) -> MirrorUpsert:
+        fields = {"title": "", "body": f"note {n}"} if kind == "note" else {}
+        return MirrorUpsert(link_id=link_id, mirror_id=ids[n], kind=kind, fields=fields, source_hash=f"h{n}") \
+            .model_copy(update=changes)
+
+    return [upsert(a, 0), upsert(b, 1), upsert(a, 0, fields={"title": "", "body": "note 0, edited"}, source_version=2),
+            upsert(a, 2), upsert(b, 3, "charge", fields={"name": "cable", "quantity": "2", "unit_price": "3.50"}),
+            upsert(a, 4, fields={"title": "", "body": "x" * 100_000}),  # over a note's limit
+            upsert(b, 5, "attachment", fields={"filename": "a.txt", "content_type": "text/plain", "size": 1,
+                                               "sha256": "0" * 64}, chunk_count=1),
+            upsert(waiting, 6), upsert(a, 7)]
+
+
+async def stored(insourcing: Side, links: list[tuple[str, str]], since: datetime) -> dict:
+    """Per link, in order: what its ticket lists (kind, fields, version held) and the messages staged
+    for the bridge (type, version); and whether the link noted a message received since `since`."""
+    async with insourcing.sessions() as session:
+        out = {}
+        for n, (link_id, ticket_id) in enumerate(links):
+            items = (await session.scalars(select(TicketItem).where(
+                TicketItem.ticket_id == ticket_id, TicketItem.origin == "partner").order_by(TicketItem.seq))).all()
+            staged = [parse(value)[1] for value in await session.scalars(select(OutboxMessage.value).where(
+                OutboxMessage.key == link_id, OutboxMessage.type.like("mirror.%")).order_by(OutboxMessage.id))]
+            row = await session.get(LinkSync, link_id)
+            out[n] = {"items": [(i.kind, i.fields, i.source_version) for i in items],
+                      "staged": [(m.type, getattr(m, "source_version", None)) for m in staged],
+                      "received": row is not None and row.last_received_at >= since}
+        return out
+
+
+async def test_mirrors_stored_together_end_as_mirrors_stored_one_at_a_time(insourcing):
+    together, alone = await three_links(insourcing), await three_links(insourcing)
+    since = utcnow()
+    inbox = InboxConsumer(insourcing.sessions, None, insourcing.handle, name="insourcing_partner", signatures=KEYS,
+                          together=insourcing.service.mirroring.together())
+    await inbox.handle_batch([to_the_partner(u) for u in upserts(together)])
+    for upsert in upserts(alone):
+        await inbox.handle(to_the_partner(upsert))
+    assert inbox.parked_total == 0 and inbox.applied_total == 18
+    result = await stored(insourcing, together, since)
+    assert result == await stored(insourcing, alone, since)
+    assert [(kind, fields.get("body"), version) for kind, fields, version in result[0]["items"]] == [
+        ("note", "note 0, edited", 2), ("note", "note 2", 1), ("note", "note 7", 1)]
+    assert result[0]["staged"] == [("mirror.applied", 1), ("mirror.applied", 2), ("mirror.applied", 1),
+                                   ("mirror.refused", None), ("mirror.applied", 1)]
+    assert [kind for kind, _, _ in result[1]["items"]] == ["note", "charge"]  # the attachment waits for its bytes
+    assert result[2] == {"items": [], "staged": [("mirror.refused", None)], "received": True}
+
+
+# --- the bridge: new items (item.created) passed on -----------------------------------------------
+
+LEAD_OUT = outbound_topic(LEAD)
+
+
+def from_the_lead(payload) -> ConsumerRecord:
+    value = envelope(payload, source=LEAD, link_id=payload.link_id).to_bytes()
+    return ConsumerRecord(LEAD_OUT, 0, next(_offsets), 1_700_000_000_000, 0, payload.link_id.encode(), value, None,
+                          36, len(value), tuple(KEYS.sign(LEAD_OUT, value)))
+
+
+async def bridge_links(bridge: Side) -> list[str]:
+    """Two active links (the second in a reconciliation round) and one the partner has not accepted yet."""
+    links = [await active_link(bridge), await active_link(bridge), await pending_link(bridge)]
+    async with bridge.sessions() as session, session.begin():
+        await start_round(session, await session.get(Link, links[1], with_for_update=True))
+    return links
+
+
+def created(links: list[str]) -> list[ItemCreated]:
+    """The lead's new items: notes over both active links, a time entry (a note at the partner), fields
+    the partner's API would refuse, an item announced twice, and a note on the link not accepted yet."""
+    a, b, pending = links
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    entry = {"resource": "Bo", "date_worked": "2026-11-26", "hours": 3, "summary": "Rewired the rack"}
+    return [note(a, ids[0], "one"), note(b, ids[1], "two"),
+            ItemCreated(link_id=a, item_id=ids[2], kind="time_entry", fields=entry),
+            note(b, ids[3], "x" * 100_000), note(a, ids[0], "one"), note(pending, ids[4], "too early"),
+            note(b, ids[5], "three")]
+
+
+async def passed(bridge: Side, links: list[str]) -> list:
+    """Per link, in order: the item messages staged (to whom, type, kind, body); and its mappings (kind,
+    refused, noted in a round)."""
+    async with bridge.sessions() as session:
+        out = []
+        for link_id in links:
+            staged = [(topic, parse(value)[1]) for topic, value in (await session.execute(
+                select(OutboxMessage.topic, OutboxMessage.value).where(OutboxMessage.key == link_id)
+                .order_by(OutboxMessage.id))).all()]
+            mirrors = (await session.scalars(select(ItemMirror).where(ItemMirror.link_id == link_id)
+                                             .order_by(ItemMirror.created_at, ItemMirror.kind))).all()
+            out.append({
+                "staged": [(topic, m.type, getattr(m, "kind", None), (getattr(m, "fields", None) or {}).get("body"))
+                           for topic, m in staged if m.type in ("mirror.upsert", "item.unshared", "item.refused")],
+                "mirrors": sorted((m.kind, m.deleted, m.forwarded_in_round is not None) for m in mirrors),
+            })
+        return out
+
+
+async def test_the_bridge_passes_new_items_on_together_as_it_passes_them_one_at_a_time(bridge):
+    together, alone = await bridge_links(bridge), await bridge_links(bridge)
+    inbox = InboxConsumer(bridge.sessions, None, bridge.handle, name="sync_bridge", signatures=KEYS,
+                          together=bridge.service.together())
+    await inbox.handle_batch([from_the_lead(c) for c in created(together)])
+    for item in created(alone):
+        await inbox.handle(from_the_lead(item))
+    assert (inbox.applied_total, inbox.parked_total) == (14, 0)
+    result = await passed(bridge, together)
+    assert result == await passed(bridge, alone)
+    a, b, pending = result
+    to_partner, to_lead = inbound_topic(PARTNER), inbound_topic(LEAD)
+    # the first note, the time entry as a note, and the first note again (announced twice: sent again)
+    assert [(topic, t, kind) for topic, t, kind, _ in a["staged"]] == [(to_partner, "mirror.upsert", "note")] * 3
+    assert a["staged"][0][3] == a["staged"][2][3] == "one" and "Bo" in a["staged"][1][3]
+    assert ("mirror.upsert", "note", "three") in [(t, k, body) for _, t, k, body in b["staged"]]
+    assert [t for topic, t, _, _ in b["staged"] if topic == to_lead] == ["item.unshared"]  # the refused fields
+    assert b["mirrors"] == [("note", False, True), ("note", False, True), ("note", True, True)]
+    assert [t for _, t, _, _ in pending["staged"]] == ["item.unshared"]
