@@ -6,6 +6,7 @@ payload, is ignored, so a partner one release ahead may add an optional field wi
 `schema_version`. The signature is checked over the exact bytes before any of this runs, so nothing
 unauthenticated gets in by being ignored. Any other change is a new `schema_version`
 (docs/architecture.md, "Changing a message")."""
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -42,6 +43,8 @@ class Payload(Message):
     # not know it, loses that feature alone (it parks the message with its reason; the rest flows), so
     # it is sent from the release that adds it. A type a reader must act on follows the two steps.
     informs_only: ClassVar[bool] = False
+    # Nobody waits for it (a receipt): its relay may hold it a moment (`waits_a_moment`).
+    may_wait: ClassVar[bool] = False
 
 
 class Envelope(Message):
@@ -86,6 +89,12 @@ def outbound(*senders: str, sending: bool = True) -> Callable[[type[Payload]], t
 def inbound(*receivers: str, sending: bool = True) -> Callable[[type[Payload]], type[Payload]]:
     """A message the bridge writes on the inbound topic of the partners named."""
     return _routed((BRIDGE,), receivers, sending)
+
+
+@functools.cache
+def waits_a_moment(type_: str) -> bool:
+    """Whether messages of this type may wait a moment before they are sent (`Payload.may_wait`)."""
+    return any(cls.may_wait for (name, _), cls in _REGISTRY.items() if name == type_)
 
 
 def contracts() -> list[type[Payload]]:

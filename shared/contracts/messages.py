@@ -398,6 +398,7 @@ class MirrorApplied(Payload):
     """Partner -> bridge: this side committed the mirror of that version (or its deletion)."""
 
     type = "mirror.applied"
+    may_wait = True
     link_id: str
     mirror_id: str
     source_version: int = Field(ge=1)
@@ -408,6 +409,7 @@ class ItemDelivered(Payload):
     """Bridge -> the item's creator: the other side holds that version of the item."""
 
     type = "item.delivered"
+    may_wait = True
     link_id: str
     item_id: str
     version: int = Field(ge=1)

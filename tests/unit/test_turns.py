@@ -1,9 +1,10 @@
 """One poll, applied in turns (issue 11: one hot link must not stall the others): the first record
 of every link goes in the first transaction, the rest take turns, and each link keeps its order.
 Within a transaction, receipts that follow each other are applied together (issue 30), never past
-another message."""
+another message; and a relay lets receipts alone wait a moment."""
 from aiokafka import ConsumerRecord, TopicPartition
 
+from shared.contracts.envelope import contracts, waits_a_moment
 from shared.contracts.messages import ItemDelivered, MirrorUpsert
 from shared.platform.inbox import APPLY_TOGETHER, in_turns, runs
 
@@ -79,3 +80,8 @@ def test_within_a_turn_records_are_ordered_by_their_type_so_receipts_follow_each
         (b"b", b"item.created"), (b"a", b"mirror.applied"), (b"c", b"mirror.applied")]
     assert [(r.key, dict(r.headers)["type"]) for r in rest] == [
         (b"a", b"item.created"), (b"c", b"item.created"), (b"b", b"mirror.applied")]
+
+
+def test_only_the_two_delivery_receipts_may_wait_for_their_relay():
+    assert {c.type for c in contracts() if waits_a_moment(c.type)} == {"mirror.applied", "item.delivered"}
+    assert not waits_a_moment("no.such.type")
