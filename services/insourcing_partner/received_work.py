@@ -29,7 +29,13 @@ from shared.domain import billing, statements, workflow
 from shared.domain.partner_mirroring import MIRROR_MESSAGES, LinkView, MirroringPolicy, lock_items, unlock_suspended
 from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import Lock
-from shared.domain.tickets.service import add_system_note, create_ticket, get_ticket, lock_ticket_of_link
+from shared.domain.tickets.service import (
+    add_system_note,
+    create_ticket,
+    get_ticket,
+    lock_ticket_of_link,
+    lock_tickets_of_links,
+)
 from shared.domain.money import TermsOut
 from shared.domain.workflow import InsourceStatus
 from shared.platform import paging
@@ -58,8 +64,19 @@ class ReceivedLinks:
         return LinkView(row["link_id"], InsourceStatus(row["status"]), row["lead_partner_id"], row["lead_ticket_number"],
                         row["lead_partner_name"], json.loads(row["terms"]) if row["terms"] else None)
 
+    async def links_for_tickets(self, session: AsyncSession, ticket_ids: list[str]) -> dict[str, LinkView]:
+        rows = await (await plain_sql(session)).fetch(
+            "SELECT ticket_id, link_id, status, lead_partner_id, lead_ticket_number, lead_partner_name,"
+            " terms::text AS terms FROM received_work WHERE ticket_id = ANY($1::varchar[])", ticket_ids)
+        return {row["ticket_id"]: LinkView(row["link_id"], InsourceStatus(row["status"]), row["lead_partner_id"],
+                                           row["lead_ticket_number"], row["lead_partner_name"],
+                                           json.loads(row["terms"]) if row["terms"] else None) for row in rows}
+
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         return await lock_ticket_of_link(session, link_id, ReceivedWork.__tablename__)
+
+    async def tickets_for_links(self, session: AsyncSession, link_ids: list[str]) -> dict[str, str | None]:
+        return await lock_tickets_of_links(session, link_ids, ReceivedWork.__tablename__)
 
     async def ticket_of(self, session: AsyncSession, link_id: str) -> str | None:
         return await session.scalar(select(ReceivedWork.ticket_id).where(ReceivedWork.link_id == link_id))

@@ -40,7 +40,7 @@ from shared.domain.partner_mirroring import (
 )
 from shared.domain.tickets.models import Ticket, TicketItem
 from shared.domain.tickets.rules import ItemKind, Origin
-from shared.domain.tickets.service import add_system_note, get_ticket, lock_ticket_of_link
+from shared.domain.tickets.service import add_system_note, get_ticket, lock_ticket_of_link, lock_tickets_of_links
 from shared.domain.money import TermsIn, TermsOut, on_the_wire
 from shared.domain.workflow import OutsourceStatus
 from shared.platform import paging
@@ -72,8 +72,20 @@ class Outsourcings:
         return LinkView(row["link_id"], OutsourceStatus(row["status"]), row["partner_id"], row["partner_ticket_number"],
                         row["partner_name"], json.loads(row["terms"]) if row["terms"] else None)
 
+    async def links_for_tickets(self, session: AsyncSession, ticket_ids: list[str]) -> dict[str, LinkView]:
+        rows = await (await plain_sql(session)).fetch(
+            "SELECT DISTINCT ON (ticket_id) ticket_id, link_id, status, partner_id, partner_ticket_number, partner_name,"
+            " terms::text AS terms FROM outsourcings WHERE ticket_id = ANY($1::varchar[]) ORDER BY ticket_id, created_at DESC",
+            ticket_ids)
+        return {row["ticket_id"]: LinkView(row["link_id"], OutsourceStatus(row["status"]), row["partner_id"],
+                                           row["partner_ticket_number"], row["partner_name"],
+                                           json.loads(row["terms"]) if row["terms"] else None) for row in rows}
+
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         return await lock_ticket_of_link(session, link_id, Outsourcing.__tablename__)
+
+    async def tickets_for_links(self, session: AsyncSession, link_ids: list[str]) -> dict[str, str | None]:
+        return await lock_tickets_of_links(session, link_ids, Outsourcing.__tablename__)
 
     async def ticket_of(self, session: AsyncSession, link_id: str) -> str | None:
         return await session.scalar(select(Outsourcing.ticket_id).where(Outsourcing.link_id == link_id))

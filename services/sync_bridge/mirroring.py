@@ -175,8 +175,9 @@ def _new_mirror(event: LinkEvent) -> MirrorUpsert | None:
 
 
 async def _map_new(session: AsyncSession, new: list[tuple[LinkEvent, MirrorUpsert]]) -> None:
-    """New items' mappings in one statement, each passed on; one mapped before goes through `created`
-    (an item announced twice in the batch is passed on twice, as `created` passes it on again)."""
+    """New items' mappings in one statement, each passed on; one mapped before, or announced again in
+    the batch (by its creator or by the other partner), goes through `created`, which checks who
+    created it."""
     if not new:
         return
     columns = list(zip(*[(e.link.id, e.payload.item_id, e.sender, u.mirror_id, u.kind, e.link.round_id)
@@ -189,6 +190,7 @@ async def _map_new(session: AsyncSession, new: list[tuple[LinkEvent, MirrorUpser
         " ON CONFLICT DO NOTHING RETURNING link_id, source_item_id", *columns)}
     for event, upsert in new:
         if (event.link.id, event.payload.item_id) in mapped:
+            mapped.discard((event.link.id, event.payload.item_id))
             send(session, event.other_partner, upsert, event.link.id)
         else:
             await created(session, event)

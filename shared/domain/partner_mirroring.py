@@ -71,6 +71,14 @@ class LinkDirectory(Protocol):
         """The ticket `link_id` links, without locking it (null before acceptance)."""
         ...
 
+    async def tickets_for_links(self, session: AsyncSession, link_ids: list[str]) -> dict[str, str | None]:
+        """`ticket_for_link` for several links in one statement, locked in the order given."""
+        ...
+
+    async def links_for_tickets(self, session: AsyncSession, ticket_ids: list[str]) -> dict[str, LinkView]:
+        """`link_for_ticket` for several tickets in one statement (a ticket with no link is left out)."""
+        ...
+
     async def side_status(self, session: AsyncSession, link_id: str) -> SideStatus:
         """This side's view of the link's workflow, for reconciliation."""
         ...
@@ -197,15 +205,15 @@ class MirroringPolicy:
         each: the new notes, time entries and charges on their tickets' current links go in with one
         INSERT (in the order they came, which is the order a ticket lists them) and their receipts are
         staged as `apply` stages them; anything else (an attachment, a new version of a mirror held, a
-        link not synchronizing here, fields refused) goes through `apply`, in its turn. Each link is
-        looked up once, and its bookkeeping is one statement for them all."""
+        link not synchronizing here, fields refused) goes through `apply`, in its turn. The tickets are
+        locked in one statement, their links read in one, and the links' bookkeeping is one more."""
+        # Each ticket row first, in the order the messages came; then each ticket's current link.
+        tickets = await self.links.tickets_for_links(session, [payload.link_id for _, payload, _ in messages])
+        current = await self.links.links_for_tickets(session, [t for t in tickets.values() if t is not None])
         views: dict[str, tuple[str | None, bool]] = {}
-        for _, payload, _ in messages:  # each ticket row first, in the order the messages came
-            if payload.link_id not in views:
-                ticket_id = await self.links.ticket_for_link(session, payload.link_id)
-                link = await self.links.link_for_ticket(session, ticket_id) if ticket_id else None
-                views[payload.link_id] = ticket_id, (link is not None and link.link_id == payload.link_id
-                                                     and synchronizing(link.status))
+        for link_id, ticket_id in tickets.items():
+            link = current.get(ticket_id) if ticket_id else None
+            views[link_id] = ticket_id, link is not None and link.link_id == link_id and synchronizing(link.status)
         new: list[tuple[MirrorUpsert, str, dict[str, Any]]] = []
         for _, payload, _ in messages:
             ticket_id, current = views[payload.link_id]

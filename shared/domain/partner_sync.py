@@ -181,13 +181,10 @@ class PartnerSync:
 
     async def delivered_together(self, session: AsyncSession, messages: list[tuple[Any, ItemDelivered, str]]) -> None:
         """Receipts that came together, set-based (issue 30): what `on_delivered` and `received` do for
-        each, in four statements for them all and one per link (its ticket locked), where each receipt
-        alone takes five."""
+        each, in five statements for them all, where each receipt alone takes five."""
         receipts = [payload for _, payload, _ in messages]
-        tickets: dict[str, str | None] = {}
-        for receipt in receipts:  # each ticket row first, in the order the receipts came
-            if receipt.link_id not in tickets:
-                tickets[receipt.link_id] = await self.links.ticket_for_link(session, receipt.link_id)
+        # Each ticket row first, in the order the receipts came.
+        tickets = await self.links.tickets_for_links(session, [r.link_id for r in receipts])
         db = await plain_sql(session)
         items, versions = [r.item_id for r in receipts], [r.version for r in receipts]
         await db.execute(

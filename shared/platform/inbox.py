@@ -260,6 +260,7 @@ class InboxConsumer:
         self.applied_total = 0
         self.duplicates_total = 0
         self.parked_total = 0
+        self.batches_split_total = 0  # batches that failed together and were applied one message at a time
         self.data_losses_total = 0
         self.lag: dict[TopicPartition, int] = {}  # per partition read: records not applied yet
         self.rebalances = 0
@@ -581,6 +582,7 @@ class InboxConsumer:
                 # A poison message, or a transaction that lost a race (a deadlock with a writer of
                 # the same tickets): one at a time, each in a transaction of its own, as before.
                 log.warning("%s: a batch of %d failed (%r); applying them one at a time", self._name, len(ready), exc)
+                self.batches_split_total += 1
         for record, env, payload in ready:
             if self._behind_held(record):
                 continue

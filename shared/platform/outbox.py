@@ -218,6 +218,20 @@ class OutboxRelay:
                     log.warning("outbox relay: the producer did not stop cleanly; replacing it", exc_info=True)
             await conn.close()
 
+    async def _receipts_waited(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
+        """What to send now: a batch of nothing but receipts after RECEIPTS_WAIT_S, with what was written
+        meanwhile, or at once when anything else is written (a commit's NOTIFY wakes the wait)."""
+        until = time.monotonic() + RECEIPTS_WAIT_S
+        while (len(rows) < self._batch_size and all(waits_a_moment(row["type"]) for row in rows)
+               and (left := until - time.monotonic()) > 0):
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()  # before the read: a commit after it wakes the relay again
+            rows = await self._waiting(conn)
+        return rows
+
     async def _waiting(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
         return await conn.fetch("SELECT id, topic, key, event_id, type, schema_version, value FROM outbox"
                                 " WHERE published_at IS NULL ORDER BY id LIMIT $1", self._batch_size)
@@ -229,9 +243,7 @@ class OutboxRelay:
         rows = await self._waiting(conn)
         if not rows:
             return 0
-        if len(rows) < self._batch_size and all(waits_a_moment(row["type"]) for row in rows):
-            await asyncio.sleep(RECEIPTS_WAIT_S)
-            rows = await self._waiting(conn)
+        rows = await self._receipts_waited(conn, rows)
         # send() queues in order; one partition's batches are delivered in that order.
         acks = [
             await producer.send(

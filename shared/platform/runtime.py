@@ -215,6 +215,9 @@ def _install_messaging_metrics(app: FastAPI, relay: OutboxRelay, consumer: Inbox
     Gauge("inbox_duplicates_total", "redelivered events skipped", registry=registry).set_function(
         lambda: consumer.duplicates_total
     )
+    Gauge("inbox_batches_split_total", "batches that failed as one transaction (a message refused or parked, a "
+          "lost race) and were applied one message at a time", registry=registry).set_function(
+        lambda: consumer.batches_split_total)
     Gauge("dead_letters_total", "records parked (stored as dead letters) by this replica", registry=registry
           ).set_function(lambda: consumer.parked_total)
     Gauge("dead_letters_unresolved", "dead letters no operator has replayed or discarded (as of the last "

@@ -17,7 +17,14 @@ from services.sync_bridge.mirroring import MIRROR_NAMESPACE
 from services.sync_bridge.models import ItemMirror, Link
 from services.sync_bridge.reconciliation import start_round
 from shared.contracts.envelope import envelope, parse
-from shared.contracts.messages import ItemCreated, ItemDelivered, MirrorApplied, MirrorUpsert, WorkAccepted
+from shared.contracts.messages import (
+    ItemCreated,
+    ItemDelivered,
+    MirrorApplied,
+    MirrorUpsert,
+    WorkAccepted,
+    WorkDeclined,
+)
 from shared.domain.partner_sync import ItemDeletion, LinkSync
 from shared.domain.tickets.models import TicketItem
 from shared.domain.tickets.rules import ItemKind
@@ -115,7 +122,7 @@ async def test_receipts_applied_together_end_as_receipts_applied_one_at_a_time(l
     }
     assert await outcome(lead, together) == expected
     assert await outcome(lead, alone) == expected
-    assert inbox.applied_total == 12 and inbox.parked_total == 0
+    assert (inbox.applied_total, inbox.parked_total, inbox.batches_split_total) == (12, 0, 0)  # applied together
 
 
 async def test_a_receipt_batch_applied_again_changes_nothing(lead):
@@ -190,7 +197,7 @@ async def test_the_bridge_passes_on_receipts_together_as_it_passes_them_one_at_a
         outcome = await passed_on(bridge, links)
         assert outcome["delivered"] == [(links.index(items[n][0]), items[n][1], v) for n, v in zip(order, versions)]
         assert outcome["receipted in the round"] == {item_id for _, item_id in items[3:]}  # the second link's
-    assert (inbox.applied_total, inbox.parked_total) == (14, 0)
+    assert (inbox.applied_total, inbox.parked_total, inbox.batches_split_total) == (14, 0, 0)
 
 
 async def test_a_forged_receipt_among_others_is_parked_alone_and_the_others_pass(bridge):
@@ -200,7 +207,7 @@ async def test_a_forged_receipt_among_others_is_parked_alone_and_the_others_pass
     inbox = InboxConsumer(bridge.sessions, None, bridge.handle, name="sync_bridge", signatures=KEYS,
                           together=bridge.service.together())
     await inbox.handle_batch([from_the_partner(r) for r in [*receipts[:3], forged, *receipts[3:]]])
-    assert (inbox.applied_total, inbox.parked_total) == (7, 1)
+    assert (inbox.applied_total, inbox.parked_total, inbox.batches_split_total) == (7, 1, 1)
     assert len((await passed_on(bridge, links))["delivered"]) == 7
 
 
@@ -267,7 +274,7 @@ async def test_mirrors_stored_together_end_as_mirrors_stored_one_at_a_time(insou
     await inbox.handle_batch([to_the_partner(u) for u in upserts(together)])
     for upsert in upserts(alone):
         await inbox.handle(to_the_partner(upsert))
-    assert inbox.parked_total == 0 and inbox.applied_total == 18
+    assert (inbox.applied_total, inbox.parked_total, inbox.batches_split_total) == (18, 0, 0)
     result = await stored(insourcing, together, since)
     assert result == await stored(insourcing, alone, since)
     assert [(kind, fields.get("body"), version) for kind, fields, version in result[0]["items"]] == [
@@ -335,7 +342,7 @@ async def test_the_bridge_passes_new_items_on_together_as_it_passes_them_one_at_
     await inbox.handle_batch([from_the_lead(c) for c in created(together)])
     for item in created(alone):
         await inbox.handle(from_the_lead(item))
-    assert (inbox.applied_total, inbox.parked_total) == (14, 0)
+    assert (inbox.applied_total, inbox.parked_total, inbox.batches_split_total) == (14, 0, 0)
     result = await passed(bridge, together)
     assert result == await passed(bridge, alone)
     a, b, pending = result
@@ -347,3 +354,56 @@ async def test_the_bridge_passes_new_items_on_together_as_it_passes_them_one_at_
     assert [t for topic, t, _, _ in b["staged"] if topic == to_lead] == ["item.unshared"]  # the refused fields
     assert b["mirrors"] == [("note", False, True), ("note", False, True), ("note", True, True)]
     assert [t for _, t, _, _ in pending["staged"]] == ["item.unshared"]
+
+
+async def outsourced_twice(lead: Side) -> tuple[str, str, str]:
+    """A lead ticket outsourced, declined, and outsourced again (accepted): (ticket, the old link, the current one)."""
+    ticket_id, old = await outsourced(lead)
+    await lead.receive(WorkDeclined(link_id=old, reason="too far"))
+    async with lead.sessions() as session, session.begin():
+        current = (await lead.service.outsource(session, ticket_id, PARTNER, "again", None)).link_id
+    await lead.receive(WorkAccepted(link_id=current, partner_ticket_number="I-8"))
+    return ticket_id, old, current
+
+
+async def test_the_lead_stores_mirrors_together_only_over_a_tickets_current_link(lead):
+    results = []
+    for apply_together in (True, False):
+        ticket_id, old, current = await outsourced_twice(lead)
+        mirrors = [MirrorUpsert(link_id=link_id, mirror_id=str(uuid.uuid4()), kind="note",
+                                fields={"title": "", "body": body}) for link_id, body in
+                   ((current, "first"), (old, "over the declined link"), (current, "second"))]
+        inbox = InboxConsumer(lead.sessions, None, lead.handle, name="lead_partner", signatures=KEYS,
+                              together=lead.service.mirroring.together())
+        records = [record(m) for m in mirrors]
+        if apply_together:
+            await inbox.handle_batch(records)
+        else:
+            for one in records:
+                await inbox.handle(one)
+        async with lead.sessions() as session:
+            bodies = [i.fields["body"] for i in (await session.scalars(select(TicketItem).where(
+                TicketItem.ticket_id == ticket_id, TicketItem.origin == "partner").order_by(TicketItem.seq))).all()]
+            staged = [(key == current, t) for key, t in (await session.execute(
+                select(OutboxMessage.key, OutboxMessage.type).where(OutboxMessage.key.in_([old, current]),
+                                                                    OutboxMessage.type.like("mirror.%"))
+                .order_by(OutboxMessage.id))).all()]
+        results.append((bodies, staged, inbox.parked_total, inbox.batches_split_total))
+    assert results[0] == results[1]
+    assert results[0] == (["first", "second"],
+                          [(True, "mirror.applied"), (False, "mirror.refused"), (True, "mirror.applied")], 0, 0)
+
+
+async def test_an_item_the_other_partner_announces_again_in_the_same_batch_is_parked_not_passed_on(bridge):
+    link_id = await active_link(bridge)
+    item_id = str(uuid.uuid4())
+    inbox = InboxConsumer(bridge.sessions, None, bridge.handle, name="sync_bridge", signatures=KEYS,
+                          together=bridge.service.together())
+    claimed = note(link_id, item_id, "mine")
+    await inbox.handle_batch([from_the_lead(claimed), from_the_partner(claimed)])
+    assert (inbox.applied_total, inbox.parked_total) == (1, 1)
+    async with bridge.sessions() as session:
+        upserts = (await session.scalars(select(OutboxMessage.topic).where(
+            OutboxMessage.key == link_id, OutboxMessage.type == "mirror.upsert"))).all()
+    assert upserts == [inbound_topic(PARTNER)]  # passed on once, to the partner; the lead gets no mirror of its own item
+

@@ -104,6 +104,20 @@ async def lock_ticket_of_link(session: AsyncSession, link_id: str, links_table: 
     return held[links_table, link_id]
 
 
+async def lock_tickets_of_links(session: AsyncSession, link_ids: list[str], links_table: str) -> dict[str, str | None]:
+    """`lock_ticket_of_link` for several links in one statement (a batch of messages, issue 30): their
+    tickets locked in the order the links are given, cached alike; None for a link not linked (yet)."""
+    held = session.info.setdefault(_LOCKED, {})
+    wanted = [link_id for link_id in dict.fromkeys(link_ids) if (links_table, link_id) not in held]
+    if wanted:
+        for row in await (await plain_sql(session)).fetch(
+                "SELECT u.link_id, t.id FROM unnest($1::varchar[]) WITH ORDINALITY AS u(link_id, n)"
+                f" JOIN {links_table} AS l ON l.link_id = u.link_id JOIN tickets AS t ON t.id = l.ticket_id"
+                " ORDER BY u.n FOR UPDATE OF t", wanted):
+            held[links_table, row["link_id"]] = row["id"]
+    return {link_id: held.get((links_table, link_id)) for link_id in link_ids}
+
+
 @event.listens_for(UnitOfWork, "after_transaction_end")
 def _forget_locks(session: Session, transaction) -> None:
     # Any end, a savepoint's too: a savepoint rolled back releases the locks taken in it.
