@@ -39,9 +39,11 @@ SEND_TIMEOUT_S = 20.0  # longer than the producer's own request timeout (4 s) an
 RESEND_AFTER_S = 0.2
 RESEND_FOR_S = 3.0
 QUICK_REFUSAL_S = 1.0
-# A batch of nothing but receipts (`Payload.may_wait`) waits this long before it is sent, with whatever
-# was written meanwhile: nobody waits for a receipt, and sent at once, on a busy machine, it took the
-# CPU from the reader of what it confirms (issue 30: a mirror became readable 4 ms later).
+# A busy relay (it sent a batch less than this long ago) holds a batch of nothing but receipts
+# (`Payload.may_wait`) until this long after that send, or until anything else is written, and sends
+# what came meanwhile with it: nobody waits for a receipt, and under load they go in fewer, larger
+# batches, applied in fewer transactions downstream. A quiet relay sends at once (issue 30: a wait
+# after every receipt pushed a quiet note's receipts into the next note's way).
 RECEIPTS_WAIT_S = 0.005
 
 
@@ -147,6 +149,7 @@ class OutboxRelay:
         self._prepare = prepare  # run before each (re)start of the producer, e.g. making missing topics
         self.is_leader = False
         self.published_total = 0
+        self._sent_at = 0.0  # time.monotonic() of the last batch sent
 
     async def run(self) -> None:
         delay = 0.5
@@ -219,9 +222,10 @@ class OutboxRelay:
             await conn.close()
 
     async def _receipts_waited(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
-        """What to send now: a batch of nothing but receipts after RECEIPTS_WAIT_S, with what was written
-        meanwhile, or at once when anything else is written (a commit's NOTIFY wakes the wait)."""
-        until = time.monotonic() + RECEIPTS_WAIT_S
+        """What to send now: on a busy relay, a batch of nothing but receipts RECEIPTS_WAIT_S after the
+        last batch sent, with what was written meanwhile, or at once when anything else is written (a
+        commit's NOTIFY wakes the wait); anything else at once."""
+        until = self._sent_at + RECEIPTS_WAIT_S
         while (len(rows) < self._batch_size and all(waits_a_moment(row["type"]) for row in rows)
                and (left := until - time.monotonic()) > 0):
             try:
@@ -274,6 +278,7 @@ class OutboxRelay:
                 refused.setdefault(stream, result)
             else:
                 ids.append(row["id"])
+        self._sent_at = time.monotonic()
         if ids:
             if self._after_publish is not None:
                 await self._after_publish(ids)
