@@ -52,10 +52,15 @@ TOPIC = inbound_topic(LEAD)
 _offsets = itertools.count(50_000)
 
 
+def signed(payload, topic: str, source: str) -> ConsumerRecord:
+    """A message as its sender writes it on `topic`, signed, as aiokafka hands it over."""
+    value = envelope(payload, source=source, link_id=payload.link_id).to_bytes()
+    return ConsumerRecord(topic, 0, next(_offsets), 1_700_000_000_000, 0, payload.link_id.encode(), value, None,
+                          36, len(value), tuple(KEYS.sign(topic, value)))
+
+
 def record(payload) -> ConsumerRecord:
-    value = envelope(payload, source="bridge", link_id=payload.link_id).to_bytes()
-    return ConsumerRecord(TOPIC, 0, next(_offsets), 1_700_000_000_000, 0, payload.link_id.encode(), value, None,
-                          36, len(value), tuple(KEYS.sign(TOPIC, value)))
+    return signed(payload, TOPIC, "bridge")
 
 
 async def lead_note(lead: Side, ticket_id: str, body: str) -> TicketItem:
@@ -144,9 +149,7 @@ PARTNER_OUT = outbound_topic(PARTNER)
 
 
 def from_the_partner(payload) -> ConsumerRecord:
-    value = envelope(payload, source=PARTNER, link_id=payload.link_id).to_bytes()
-    return ConsumerRecord(PARTNER_OUT, 0, next(_offsets), 1_700_000_000_000, 0, payload.link_id.encode(), value, None,
-                          36, len(value), tuple(KEYS.sign(PARTNER_OUT, value)))
+    return signed(payload, PARTNER_OUT, PARTNER)
 
 
 async def links_with_items(bridge: Side) -> tuple[list[str], list[tuple[str, str]], str]:
@@ -217,9 +220,7 @@ IN_PARTNER = inbound_topic(PARTNER)
 
 
 def to_the_partner(payload) -> ConsumerRecord:
-    value = envelope(payload, source="bridge", link_id=payload.link_id).to_bytes()
-    return ConsumerRecord(IN_PARTNER, 0, next(_offsets), 1_700_000_000_000, 0, payload.link_id.encode(), value, None,
-                          36, len(value), tuple(KEYS.sign(IN_PARTNER, value)))
+    return signed(payload, IN_PARTNER, "bridge")
 
 
 async def three_links(insourcing: Side) -> list[tuple[str, str]]:
@@ -291,9 +292,7 @@ LEAD_OUT = outbound_topic(LEAD)
 
 
 def from_the_lead(payload) -> ConsumerRecord:
-    value = envelope(payload, source=LEAD, link_id=payload.link_id).to_bytes()
-    return ConsumerRecord(LEAD_OUT, 0, next(_offsets), 1_700_000_000_000, 0, payload.link_id.encode(), value, None,
-                          36, len(value), tuple(KEYS.sign(LEAD_OUT, value)))
+    return signed(payload, LEAD_OUT, LEAD)
 
 
 async def bridge_links(bridge: Side) -> list[str]:
