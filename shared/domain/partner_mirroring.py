@@ -209,10 +209,10 @@ class MirroringPolicy:
         locked in one statement, their links read in one, and the links' bookkeeping is one more."""
         # Each ticket row first, in the order the messages came; then each ticket's current link.
         tickets = await self.links.tickets_for_links(session, [payload.link_id for _, payload, _ in messages])
-        current = await self.links.links_for_tickets(session, [t for t in tickets.values() if t is not None])
-        views: dict[str, tuple[str | None, bool]] = {}
+        links_now = await self.links.links_for_tickets(session, [t for t in tickets.values() if t is not None])
+        views: dict[str, tuple[str | None, bool]] = {}  # per link: its ticket, and whether it synchronizes it now
         for link_id, ticket_id in tickets.items():
-            link = current.get(ticket_id) if ticket_id else None
+            link = links_now.get(ticket_id) if ticket_id else None
             views[link_id] = ticket_id, link is not None and link.link_id == link_id and synchronizing(link.status)
         new: list[tuple[MirrorUpsert, str, dict[str, Any]]] = []
         for _, payload, _ in messages:
