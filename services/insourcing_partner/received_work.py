@@ -48,6 +48,12 @@ from shared.platform.notifications import notify
 log = logging.getLogger(__name__)
 
 
+def _link_view(row) -> LinkView:
+    """A ticket's link as `ReceivedLinks` reads it from its received work's row."""
+    return LinkView(row["link_id"], InsourceStatus(row["status"]), row["lead_partner_id"], row["lead_ticket_number"],
+                    row["lead_partner_name"], json.loads(row["terms"]) if row["terms"] else None)
+
+
 class ReceivedLinks:
     """The insourcing side's LinkDirectory: an insourced ticket belongs to one received work."""
 
@@ -59,18 +65,13 @@ class ReceivedLinks:
         row = await (await plain_sql(session)).fetchrow(
             "SELECT link_id, status, lead_partner_id, lead_ticket_number, lead_partner_name, terms::text AS terms FROM received_work"
             " WHERE ticket_id = $1", ticket_id)
-        if row is None:
-            return None
-        return LinkView(row["link_id"], InsourceStatus(row["status"]), row["lead_partner_id"], row["lead_ticket_number"],
-                        row["lead_partner_name"], json.loads(row["terms"]) if row["terms"] else None)
+        return _link_view(row) if row is not None else None
 
     async def links_for_tickets(self, session: AsyncSession, ticket_ids: list[str]) -> dict[str, LinkView]:
         rows = await (await plain_sql(session)).fetch(
             "SELECT ticket_id, link_id, status, lead_partner_id, lead_ticket_number, lead_partner_name,"
             " terms::text AS terms FROM received_work WHERE ticket_id = ANY($1::varchar[])", ticket_ids)
-        return {row["ticket_id"]: LinkView(row["link_id"], InsourceStatus(row["status"]), row["lead_partner_id"],
-                                           row["lead_ticket_number"], row["lead_partner_name"],
-                                           json.loads(row["terms"]) if row["terms"] else None) for row in rows}
+        return {row["ticket_id"]: _link_view(row) for row in rows}
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         return await lock_ticket_of_link(session, link_id, ReceivedWork.__tablename__)

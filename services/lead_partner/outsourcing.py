@@ -54,6 +54,12 @@ from shared.platform.notifications import notify
 log = logging.getLogger(__name__)
 
 
+def _link_view(row) -> LinkView:
+    """A ticket's link as `Outsourcings` reads it from its latest outsourcing's row."""
+    return LinkView(row["link_id"], OutsourceStatus(row["status"]), row["partner_id"], row["partner_ticket_number"],
+                    row["partner_name"], json.loads(row["terms"]) if row["terms"] else None)
+
+
 class Outsourcings:
     """The lead's LinkDirectory: a ticket's link is its latest outsourcing."""
 
@@ -67,19 +73,14 @@ class Outsourcings:
         row = await (await plain_sql(session)).fetchrow(
             "SELECT link_id, status, partner_id, partner_ticket_number, partner_name, terms::text AS terms FROM outsourcings"
             " WHERE ticket_id = $1 ORDER BY created_at DESC LIMIT 1", ticket_id)
-        if row is None:
-            return None
-        return LinkView(row["link_id"], OutsourceStatus(row["status"]), row["partner_id"], row["partner_ticket_number"],
-                        row["partner_name"], json.loads(row["terms"]) if row["terms"] else None)
+        return _link_view(row) if row is not None else None
 
     async def links_for_tickets(self, session: AsyncSession, ticket_ids: list[str]) -> dict[str, LinkView]:
         rows = await (await plain_sql(session)).fetch(
             "SELECT DISTINCT ON (ticket_id) ticket_id, link_id, status, partner_id, partner_ticket_number, partner_name,"
             " terms::text AS terms FROM outsourcings WHERE ticket_id = ANY($1::varchar[]) ORDER BY ticket_id, created_at DESC",
             ticket_ids)
-        return {row["ticket_id"]: LinkView(row["link_id"], OutsourceStatus(row["status"]), row["partner_id"],
-                                           row["partner_ticket_number"], row["partner_name"],
-                                           json.loads(row["terms"]) if row["terms"] else None) for row in rows}
+        return {row["ticket_id"]: _link_view(row) for row in rows}
 
     async def ticket_for_link(self, session: AsyncSession, link_id: str) -> str | None:
         return await lock_ticket_of_link(session, link_id, Outsourcing.__tablename__)
