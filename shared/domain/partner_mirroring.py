@@ -27,6 +27,7 @@ from shared.contracts.messages import (
 from shared.domain.partner_sync import ItemDeletion, PartnerSync, emit_item
 from shared.domain.tickets.models import AttachmentContent, Ticket, TicketItem
 from shared.domain.tickets.rules import Delivery, ItemFacts, ItemKind, Lock, Origin, item_editable
+from shared.domain.tickets.service import ListedItem
 from shared.domain.tickets.validation import InvalidItem, valid_item
 from shared.domain.workflow import InsourceStatus, OutsourceStatus, synchronizing
 from shared.platform.db import Base, plain_sql, utcnow
@@ -123,7 +124,7 @@ class MirroringPolicy:
         link = await self.links.link_for_ticket(session, ticket.id)
         return link.as_json() if link else None
 
-    def editable(self, item: TicketItem) -> bool:
+    def editable(self, item: TicketItem | ListedItem) -> bool:
         return item_editable(
             ItemFacts(Origin(item.origin), ItemKind(item.kind), Lock(item.lock) if item.lock else None, item.released)
         )

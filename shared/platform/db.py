@@ -133,15 +133,23 @@ class PlainSql:
         return exc
 
 
-async def plain_sql(session: AsyncSession) -> PlainSql:
+async def plain_sql(session: AsyncSession, *, one_read: bool = False) -> PlainSql:
     """The session's transaction (begun if it was not), for plain SQL; what the session holds
-    unwritten is flushed first, as before any query of its own."""
+    unwritten is flushed first, as before any query of its own.
+
+    `one_read`: for a request that reads with one statement and writes nothing (a page of a list).
+    No transaction is begun for it: one statement sees one snapshot, and the BEGIN and COMMIT around
+    it were a third of a page's CPU. Anything the session does afterwards begins its own."""
     if session.new or session.deleted or session.dirty:
         await session.flush()
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     plain = PlainSql(connection, raw.driver_connection)
     adapter = raw.dbapi_connection
+    if one_read:
+        if adapter._transaction is not None:
+            raise RuntimeError("one_read asked inside a transaction: use plain_sql(session)")
+        return plain
     # SQLAlchemy's asyncpg adapter says BEGIN with its first statement, and COMMIT only if it did:
     # a plain statement first would run outside any transaction (seen: a failed batch's inbox
     # records stayed). SQLAlchemy has no public call for this; tests/integration/test_plain_sql.py

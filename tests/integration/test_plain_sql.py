@@ -63,6 +63,23 @@ async def scenario(url: str) -> dict:
                     "INSERT INTO plain_sql_things (name, size) VALUES ('big', $1)", 2 ** 40)
             seen["too big"] = transient(refused.value)
 
+        # One read (a page of a list): no transaction is begun around it (SAVEPOINT is refused
+        # outside one), the session's commit is harmless, and a write after it in the same session
+        # begins its own transaction and commits. Asked inside a transaction, it is refused.
+        async with sessions() as session:
+            plain = await plain_sql(session, one_read=True)
+            seen["one read"] = await plain.fetchval("SELECT count(*) FROM plain_sql_things")
+            with pytest.raises(DBAPIError) as outside:
+                await plain.execute("SAVEPOINT inside")
+            seen["outside a transaction"] = outside.value.orig.sqlstate
+            await session.commit()
+            session.add(Thing(name="after a read"))
+            await session.commit()
+        async with sessions() as session, session.begin():
+            await (await plain_sql(session)).fetchval("SELECT 1")
+            with pytest.raises(RuntimeError, match="inside a transaction"):
+                await plain_sql(session, one_read=True)
+
         # The database cuts every connection (a restart): the next transaction that begins with a
         # plain statement fails as a lost connection would through the session, and the one after
         # it works on a new connection.
@@ -99,7 +116,9 @@ def test_plain_statements_share_the_session_transaction_and_its_errors(infrastru
     finally:
         infra.drop_databases(infrastructure.postgres_admin_url, [name])
 
-    assert seen["rows"] == ["after", "committed"]  # not 'plain-first', 'orm-after', 'added', 'big', 'lost'
+    assert seen["one read"] == 1  # 'committed'
+    assert seen["outside a transaction"] == "25P01"  # no_active_sql_transaction
+    assert seen["rows"] == ["after", "after a read", "committed"]  # not 'plain-first', 'orm-after', 'added', 'big', 'lost'
     assert seen["added"] == 1
     assert seen["duplicate"] == ("23505", False)  # a unique violation: the API answers 400
     assert seen["too big"] is False

@@ -40,7 +40,7 @@ FILE_BYTES = {"description": "The file's bytes, with the Content-Type it was upl
               "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
 
 
-def item_out(policy: service.SyncPolicy, item: TicketItem) -> dict[str, Any]:
+def item_out(policy: service.SyncPolicy, item: TicketItem | service.ListedItem) -> dict[str, Any]:
     return {
         **item.fields,
         "id": item.id,
