@@ -23,6 +23,7 @@ from shared.platform.kafka import KafkaAccess, ensure_topics, make_consumer, mak
 from tests import load
 from tests.e2e.flows import items, linked_tickets
 from tests.harness import ServiceProcess, resolve_infrastructure, wait_for_directory
+from tests.skeleton import Skeleton
 
 SAMPLES = int(os.environ.get("BENCH_SAMPLES", 500))
 LINKS = 50
@@ -68,13 +69,20 @@ class Ratio:
                 f"  target {target:<5} {'met' if self.met else 'NOT met'}")
 
 
+def quiet_ratios(floor_sum: float, quiet: list[float], who: str = "") -> list[Ratio]:
+    """Two of issue 30's targets: the quiet note's p50 and p99 against the floor-sum."""
+    return [
+        Ratio(f"{who}quiet note p50 / floor-sum (2 HTTP + 2 Kafka hops), ms", percentile(quiet, 50), floor_sum, at_most=2),
+        Ratio(f"{who}quiet note p99 / floor-sum, ms", percentile(quiet, 99), floor_sum, at_most=4),
+    ]
+
+
 def ratios(floor_sum: float, quiet: list[float], beside_hot: list[float], product_cpu: float, post_cpu: float,
            accepted: float, delivered: float, drained: float) -> list[Ratio]:
     """Issue 30's six targets, from figures of one run (ms, CPU ms per note, notes/s)."""
     quiet_p99 = percentile(quiet, 99)
     return [
-        Ratio("quiet note p50 / floor-sum (2 HTTP + 2 Kafka hops), ms", percentile(quiet, 50), floor_sum, at_most=2),
-        Ratio("quiet note p99 / floor-sum, ms", quiet_p99, floor_sum, at_most=4),
+        *quiet_ratios(floor_sum, quiet),
         Ratio("product CPU per mirrored note / lead CPU per plain POST, ms", product_cpu, post_cpu, at_most=2.5),
         Ratio("sustained: delivered within the phase / accepted, notes/s", delivered, accepted, at_least=0.98),
         Ratio("quiet p99 beside a hot link / quiet p99 (and quiet p99 on target), ms", percentile(beside_hot, 99),
@@ -229,6 +237,15 @@ async def beside_a_hot_link(source, target, hot_pair, quiet_pairs,
     finally:
         written = await writers.stop()
     return quiet, written.created
+
+
+async def skeleton_latency(postgres_admin_url: str, access: KafkaAccess) -> list[float]:
+    """The design's skeleton (tests/skeleton.py): its quiet note, timed as the product's is, on the
+    same broker, database and machine."""
+    async with Skeleton(postgres_admin_url, access) as skeleton, \
+            httpx.AsyncClient(base_url=skeleton.url("lead")) as lead, \
+            httpx.AsyncClient(base_url=skeleton.url("partner")) as partner:
+        return await note_latency(lead, partner, [(f"ticket-{n}", f"ticket-{n}") for n in range(LINKS)])
 
 
 async def write_notes(source, pairs, count: int, label: str) -> int:
@@ -465,7 +482,7 @@ async def quiet_figures(lead, insourcing, bridge, lead_database: str, worker_url
 
 
 async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str, databases: dict[str, str],
-              meter_parts: dict[str, int]) -> None:
+              meter_parts: dict[str, int], postgres_admin_url: str) -> None:
     lead_database = databases["lead_partner"]
     async with procs["lead_partner"].client() as lead, procs["insourcing_partner"].client() as insourcing, \
             procs["sync_bridge"].client() as bridge:
@@ -493,6 +510,8 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
             lines.append(summary(name, latencies))
             lines.append(await where_the_time_went(traces, databases[source_db], databases["sync_bridge"],
                                                    databases[target_db]))
+        skeleton = await skeleton_latency(postgres_admin_url, access)
+        lines.append(summary("the design's skeleton: note lead -> partner", skeleton))
         unlinked = [(await lead.post("/api/tickets", json={"title": "not outsourced"})).json()["id"] for _ in range(10)]
         meter = CpuMeter({"lead_partner": meter_parts["lead_partner"]})
         lines.append(summary("POST a note, ticket not outsourced", await post_latency(lead, unlinked)))
@@ -543,7 +562,10 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         table = ratios(floor_sum, quiet, beside_hot, sustained.product_cpu, post_cpu, sustained.accepted,
                        sustained.delivered, drained_rate)
         lines += [f"targets of issue 30, as ratios of this run's figures ({sum(r.met for r in table)} of {len(table)} met;"
-                  f" a page < 50 ms and <= 200 MB a service stay):", *(r.line() for r in table)]
+                  f" a page < 50 ms and <= 200 MB a service stay):", *(r.line() for r in table),
+                  "the quiet note of the design's skeleton (tests/skeleton.py: the rules' steps and nothing else),"
+                  " what no design within the rules goes under on this machine:",
+                  *(r.line() for r in quiet_ratios(floor_sum, skeleton, "the skeleton's "))]
         shape = "each partner an API process and a worker beside it" if WORKERS else "each service one process"
         print("\n".join(["", f"make bench on {broker}; {shape}", *lines]), flush=True)
 
@@ -578,7 +600,8 @@ def bench_on(broker: str | None) -> None:
             if broker_proc is not None:  # not a broker named by KAFKA_BOOTSTRAP_SERVERS
                 meter_parts["broker"] = broker_proc.pid
             asyncio.run(run(procs, resolved.kafka_admin, resolved.kafka_source,
-                            {name: urls[database] for name, database in names.items()}, meter_parts))
+                            {name: urls[database] for name, database in names.items()}, meter_parts,
+                            resolved.postgres_admin_url))
         finally:
             for p in procs.values():
                 p.stop()
