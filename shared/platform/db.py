@@ -137,9 +137,10 @@ async def plain_sql(session: AsyncSession, *, one_read: bool = False) -> PlainSq
     """The session's transaction (begun if it was not), for plain SQL; what the session holds
     unwritten is flushed first, as before any query of its own.
 
-    `one_read`: for a request that reads with one statement and writes nothing (a page of a list).
-    No transaction is begun for it: one statement sees one snapshot, and the BEGIN and COMMIT around
-    it were a third of a page's CPU. Anything the session does afterwards begins its own."""
+    `one_read`: for a request that only reads, and whose answer rests on one statement (a page of a
+    list; its ticket is asked for only when the page is empty). No transaction is begun: a statement
+    sees one snapshot, and the BEGIN and COMMIT around it were a third of a page's CPU. Anything the
+    session does afterwards begins its own."""
     if session.new or session.deleted or session.dirty:
         await session.flush()
     connection = await session.connection()

@@ -182,7 +182,14 @@ async def test_text_the_database_cannot_store_is_a_4xx_not_a_500(lead):
 async def test_unknown_tickets_and_items_are_404(lead):
     assert (await lead.get("/api/tickets/nope")).status_code == 404
     assert (await lead.post("/api/tickets/nope/notes", json={"body": "x"})).status_code == 404
+    # A list of an unknown ticket is a 404, first page or next; an existing ticket's empty list is not.
+    for params in ({}, {"cursor": "5"}):
+        unknown = await lead.get("/api/tickets/nope/notes", params=params)
+        assert unknown.status_code == 404 and unknown.json()["detail"] == "ticket nope not found"
     ticket = await new_ticket(lead)
+    for params in ({}, {"cursor": "5"}):
+        empty = await lead.get(f"/api/tickets/{ticket['id']}/charges", params=params)
+        assert empty.status_code == 200 and empty.json() == {"items": [], "next_cursor": None}
     missing = await lead.patch(f"/api/tickets/{ticket['id']}/notes/nope", json={"body": "x"})
     assert missing.status_code == 404 and "not found" in missing.json()["detail"]
     note = (await lead.post(f"/api/tickets/{ticket['id']}/notes", json={"body": "x"})).json()

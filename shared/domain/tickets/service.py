@@ -147,23 +147,31 @@ class ListedItem:
     updated_at: datetime
 
 
-# The ticket, and up to a page of its items of a kind after a number (0 before the first: `seq`
-# counts from 1), in one index range scan; no row when the ticket does not exist, one row of nulls
-# when it has no such items.
-_PAGE = ("SELECT i.id, i.seq, i.ticket_id, i.kind, i.origin, i.internal, i.shared, i.lock, i.released, i.fields,"
-         " i.delivery_status, i.delivery_at, i.delivery_reason, i.created_at, i.updated_at"
-         " FROM tickets t LEFT JOIN LATERAL (SELECT * FROM ticket_items WHERE ticket_id = t.id AND kind = $2"
-         " AND seq > $3 ORDER BY seq LIMIT $4) i ON true WHERE t.id = $1")
+# Up to a page of a ticket's items of a kind, in one index range scan. Two statements, the first page's
+# and the next ones' (after a number), as the ORM wrote them: each is prepared once per connection and
+# its plan kept, and one statement for both, its plan made on the small first pages the API polls, took
+# 24 ms a page to walk a ticket of 100,000 notes (6 ms this way), in the same run.
+_COLUMNS = ("id, seq, ticket_id, kind, origin, internal, shared, lock, released, fields, delivery_status,"
+            " delivery_at, delivery_reason, created_at, updated_at")
+_FIRST_PAGE = f"SELECT {_COLUMNS} FROM ticket_items WHERE ticket_id = $1 AND kind = $2 ORDER BY seq LIMIT $3"
+_NEXT_PAGE = (f"SELECT {_COLUMNS} FROM ticket_items WHERE ticket_id = $1 AND kind = $2 AND seq > $3"
+              " ORDER BY seq LIMIT $4")
 
 
 async def list_items(
     session: AsyncSession, ticket_id: str, kind: ItemKind, limit: int, after: int | None = None
 ) -> tuple[list[ListedItem], bool]:
-    """Up to `limit` items of a kind, oldest first, after the item numbered `after`; and whether more follow."""
-    rows = await (await plain_sql(session, one_read=True)).fetch(_PAGE, ticket_id, str(kind.value), after or 0, limit + 1)
-    if not rows:
+    """Up to `limit` items of a kind, oldest first, after the item numbered `after`; and whether more follow.
+    Read outside a transaction: a page is one statement, and only an empty one asks whether the
+    ticket exists (an item's ticket does: a foreign key)."""
+    db = await plain_sql(session, one_read=True)
+    if after is None:
+        rows = await db.fetch(_FIRST_PAGE, ticket_id, str(kind.value), limit + 1)
+    else:
+        rows = await db.fetch(_NEXT_PAGE, ticket_id, str(kind.value), after, limit + 1)
+    if not rows and await db.fetchval("SELECT 1 FROM tickets WHERE id = $1", ticket_id) is None:
         raise NotFound(f"ticket {ticket_id} not found")
-    items = [ListedItem(*row) for row in rows if row[0] is not None]  # _PAGE's columns, in ListedItem's order
+    items = [ListedItem(*row) for row in rows]  # _COLUMNS, in ListedItem's order
     return items[:limit], len(items) > limit
 
 
