@@ -153,6 +153,8 @@ async def note_latency(source, target, pairs, traces: list[NoteTrace] | None = N
         (await source.post(f"/api/tickets/{src_id}/notes", json={"body": body})).raise_for_status()
         answered = time.time()
         while len(await items(target, dst_id, "notes")) == before:
+            if time.perf_counter() - started > 120:
+                raise RuntimeError(f"note {body!r} was not readable on the other side in 120 s")
             await asyncio.sleep(POLL)  # polling harder steals the CPU the receiving service needs
         out.append(time.perf_counter() - started)
         if traces is not None:
@@ -564,7 +566,7 @@ async def run(procs: dict[str, ServiceProcess], access: KafkaAccess, broker: str
         lines += [f"targets of issue 30, as ratios of this run's figures ({sum(r.met for r in table)} of {len(table)} met;"
                   f" a page < 50 ms and <= 200 MB a service stay):", *(r.line() for r in table),
                   "the quiet note of the design's skeleton (tests/skeleton.py: the rules' steps and nothing else),"
-                  " what no design within the rules goes under on this machine:",
+                  " a reference for what a design doing only them takes on this machine:",
                   *(r.line() for r in quiet_ratios(floor_sum, skeleton, "the skeleton's "))]
         shape = "each partner an API process and a worker beside it" if WORKERS else "each service one process"
         print("\n".join(["", f"make bench on {broker}; {shape}", *lines]), flush=True)

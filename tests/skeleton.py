@@ -12,7 +12,9 @@ states, ticket locks, validation, id mapping rules, versions, reconciliation, me
 everything else. Each process is plain asyncpg and a FastAPI route under uvicorn (the services'
 HTTP stack), and applies one message to a transaction, in the order read. Its quiet note is timed
 as the product's is (POST on the lead, the partner's list polled every 3 ms until it holds the
-note): what no design within the rules can go under on this machine.
+note): a reference for what a design doing only the rules' steps takes on this machine. It connects
+as the broker's admin user, whom the ACLs do not check, so it is if anything a little faster than a
+design could be. Its topics (`skel.<run>.*`) are left on the broker, as the bench's own are.
 
 `python -m tests.skeleton` runs one process of it (its role and where things are in SKEL_*)."""
 import asyncio
@@ -139,18 +141,34 @@ async def _consume(pool: asyncpg.Pool, consumer, role: str, run: str, ring: KeyR
             done = {}
 
 
+async def _no_reset(_conn) -> None:
+    pass
+
+
+def _stop_on_failure(task: asyncio.Task) -> None:
+    """A relay or consumer that failed ends the process, so that the bench waiting on it fails
+    rather than waits for ever (the skeleton has no retries: any failure is a fault of its own)."""
+    if not task.cancelled() and task.exception() is not None:
+        print(f"the skeleton's {task.get_coro().__name__} failed: {task.exception()!r}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
 def app_for(role: str, run: str, dsn: str, access: KafkaAccess, ring: KeyRing) -> FastAPI:
     state = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        state["pool"] = pool = await asyncpg.create_pool(dsn, min_size=2, max_size=10)
+        # No reset query when a connection goes back (asyncpg's default is a round trip each time;
+        # SQLAlchemy's pool, the services', sends nothing when no transaction is open).
+        state["pool"] = pool = await asyncpg.create_pool(dsn, min_size=2, max_size=10, reset=_no_reset)
         profile = await probe_broker(access)
         producer = make_producer(access, profile)
         consumer = make_consumer(access, f"skel-{run}-{role}", reads(run)[role], session_timeout_ms=6000, profile=profile)
         await producer.start()
         await consumer.start()
         tasks = [asyncio.create_task(_relay(dsn, producer, ring)), asyncio.create_task(_consume(pool, consumer, role, run, ring))]
+        for task in tasks:
+            task.add_done_callback(_stop_on_failure)
         try:
             yield
         finally:
@@ -198,6 +216,13 @@ class Skeleton:
         return f"http://127.0.0.1:{self.ports[role]}"
 
     async def __aenter__(self) -> "Skeleton":
+        try:
+            return await self._start()
+        except BaseException:
+            await self.__aexit__()
+            raise
+
+    async def _start(self) -> "Skeleton":
         await ensure_topics(self.access, list(topics(self.run).values()), PARTITIONS)
         urls = await asyncio.to_thread(infra.create_databases, self.admin_url, list(self.names.values()))
         keys = KeyRing.generate()
@@ -235,7 +260,7 @@ class Skeleton:
             proc.terminate()
         for proc in self.procs.values():
             try:
-                proc.wait(timeout=10)
+                await asyncio.to_thread(proc.wait, 10)
             except subprocess.TimeoutExpired:
                 proc.kill()
         await asyncio.to_thread(infra.drop_databases, self.admin_url, list(self.names.values()))

@@ -187,6 +187,21 @@ class ConsumerHung(Exception):
     """A consumer's poll or commit did not return in time."""
 
 
+class FetcherStopped(Exception):
+    """aiokafka's fetcher, a task of its own, ended: its consumer would return nothing for ever."""
+
+
+def _fetching(consumer: AIOKafkaConsumer) -> None:
+    """Raises FetcherStopped when the consumer's fetch task has ended. It ends only on an error of its
+    own (seen: an assertion of aiokafka's when a group's assignment changed while the subscription
+    did, on a three-node cluster's start), and then every poll returns nothing, with no error, so the
+    bridge read nothing more. Such a consumer is replaced, as one that hangs is."""
+    task = getattr(getattr(consumer, "_fetcher", None), "error_future", None)
+    if task is not None and task.done():
+        error = "cancelled" if task.cancelled() else repr(task.exception())
+        raise FetcherStopped(f"the consumer's fetcher stopped ({error})")
+
+
 async def _bounded(call: Awaitable, seconds: float, what: str):
     try:
         return await asyncio.wait_for(call, seconds)
@@ -355,6 +370,7 @@ class InboxConsumer:
             # restart, all three services at once, with no database wait) is replaced by a new one.
             self._retry_held(consumer)
             batches = await _bounded(consumer.getmany(timeout_ms=200, max_records=500), STALL_S, "poll")
+            _fetching(consumer)
             await self._take_fresh()
             # Noted before applying too: what was just read waits until it is applied (noted only
             # after, a poll's records never showed as waiting, however long they took to apply).

@@ -336,6 +336,25 @@ async def test_a_database_crash_between_the_kafka_commit_and_its_note_is_no_loss
         assert await rig.tickets_titled(env.payload["title"]) == 1
 
 
+async def test_a_consumer_whose_fetcher_stopped_is_replaced_and_reads_on(rig):
+    """aiokafka's fetch task ended by an error of its own (seen on a three-node cluster's start: an
+    assertion when the assignment changed while the subscription did) leaves a consumer whose every
+    poll returns nothing, with no error: the bridge read nothing more. The inbox replaces it."""
+    inbox = rig.consumer()
+    rig.spawn(inbox.run())
+    before = envelope(OpenTicket(title="before-the-fetcher-stopped"), source="test", link_id="link-f")
+    await rig.send([before.to_bytes()], key=b"link-f")
+    await eventually(lambda: _at_least(inbox, "applied_total", 1))
+    stopped = inbox.consumer
+    stopped._fetcher.error_future.cancel()  # the task ends, as it does when it raises
+    after = envelope(OpenTicket(title="after-the-fetcher-stopped"), source="test", link_id="link-f")
+    await rig.send([after.to_bytes()], key=b"link-f")
+    await eventually(lambda: _at_least(inbox, "applied_total", 2))
+    assert inbox.restarts_total == 1 and inbox.consumer is not stopped
+    assert "fetcher stopped" in inbox._last_failure
+    assert await rig.tickets_titled("after-the-fetcher-stopped") == 1
+
+
 async def test_a_poison_message_is_parked_and_the_next_one_is_still_applied(rig):
     good = envelope(OpenTicket(title="after-the-poison"), source="test", link_id="link-3")
     unknown = envelope(OpenTicket(title="x"), source="test", link_id="link-3").model_copy(update={"type": "test.nope"})
